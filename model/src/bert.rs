@@ -1,0 +1,239 @@
+//! BERT encoder shared by inference and training.
+//!
+//! Tensor names follow Hugging Face's `BertModel` checkpoints (`embeddings.*`,
+//! `encoder.layer.N.*`), so sentence-transformers directories load unchanged. Unlike
+//! candle-transformers' `BertModel` (used in this crate's tests as the parity reference), the
+//! layers here are reachable for LoRA, and each forward pass takes a [`Mode`] that selects fused
+//! kernels (inference) or differentiable ones with dropout (training).
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{BertConfig, HiddenAct};
+use crate::layers::{softmax_last_dim, Dropout, Embedding, LayerNorm, Linear, Mode};
+
+/// Which linear layer of a transformer block (the LoRA targets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearTarget {
+    /// Attention query projection.
+    Query,
+    /// Attention key projection.
+    Key,
+    /// Attention value projection.
+    Value,
+    /// Attention output projection.
+    AttentionOutput,
+    /// Feed-forward up projection.
+    Intermediate,
+    /// Feed-forward down projection.
+    Output,
+}
+
+impl LinearTarget {
+    /// Every target, in checkpoint order.
+    pub const ALL: [LinearTarget; 6] = [
+        LinearTarget::Query,
+        LinearTarget::Key,
+        LinearTarget::Value,
+        LinearTarget::AttentionOutput,
+        LinearTarget::Intermediate,
+        LinearTarget::Output,
+    ];
+
+    /// The checkpoint name of this layer inside `encoder.layer.N.`.
+    pub fn checkpoint_name(self) -> &'static str {
+        match self {
+            LinearTarget::Query => "attention.self.query",
+            LinearTarget::Key => "attention.self.key",
+            LinearTarget::Value => "attention.self.value",
+            LinearTarget::AttentionOutput => "attention.output.dense",
+            LinearTarget::Intermediate => "intermediate.dense",
+            LinearTarget::Output => "output.dense",
+        }
+    }
+}
+
+struct BertEmbeddings {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        Ok(BertEmbeddings {
+            word: Embedding::load(vb.pp("word_embeddings"), cfg.vocab_size, cfg.hidden_size)?,
+            position: Embedding::load(
+                vb.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+            )?,
+            token_type: Embedding::load(
+                vb.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let seq_len = input_ids.dim(1)?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        let xs = (self.word.forward(input_ids)? + self.token_type.forward(token_type_ids)?)?
+            .broadcast_add(&self.position.forward(&positions)?)?;
+        let xs = self.layer_norm.forward(&xs, mode)?;
+        self.dropout.forward(&xs, mode)
+    }
+}
+
+struct BertLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    activation: HiddenAct,
+    attention_dropout: Dropout,
+    hidden_dropout: Dropout,
+    num_heads: usize,
+    head_size: usize,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let linear =
+            |target: LinearTarget, i, o| Linear::load(vb.pp(target.checkpoint_name()), i, o);
+        Ok(BertLayer {
+            query: linear(LinearTarget::Query, h, h)?,
+            key: linear(LinearTarget::Key, h, h)?,
+            value: linear(LinearTarget::Value, h, h)?,
+            attention_output: linear(LinearTarget::AttentionOutput, h, h)?,
+            attention_norm: LayerNorm::load(
+                vb.pp("attention.output.LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+            )?,
+            intermediate: linear(LinearTarget::Intermediate, h, cfg.intermediate_size)?,
+            output: linear(LinearTarget::Output, cfg.intermediate_size, h)?,
+            output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
+            activation: cfg.hidden_act,
+            attention_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
+            hidden_dropout: Dropout::new(cfg.hidden_dropout_prob),
+            num_heads: cfg.num_attention_heads,
+            head_size: cfg.head_size(),
+        })
+    }
+
+    fn linear_mut(&mut self, target: LinearTarget) -> &mut Linear {
+        match target {
+            LinearTarget::Query => &mut self.query,
+            LinearTarget::Key => &mut self.key,
+            LinearTarget::Value => &mut self.value,
+            LinearTarget::AttentionOutput => &mut self.attention_output,
+            LinearTarget::Intermediate => &mut self.intermediate,
+            LinearTarget::Output => &mut self.output,
+        }
+    }
+
+    /// `(batch, seq, hidden)` → `(batch, heads, seq, head_size)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = xs.dims3()?;
+        xs.reshape((b, s, self.num_heads, self.head_size))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let (b, s, h) = xs.dims3()?;
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
+        let k = self.split_heads(&self.key.forward(xs)?)?;
+        let v = self.split_heads(&self.value.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
+        let probs = self
+            .attention_dropout
+            .forward(&softmax_last_dim(&scores, mode)?, mode)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let attended = self
+            .hidden_dropout
+            .forward(&self.attention_output.forward(&context)?, mode)?;
+        let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
+
+        let inner = self.intermediate.forward(&xs)?;
+        let inner = match self.activation {
+            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::GeluNew => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
+        let out = self
+            .hidden_dropout
+            .forward(&self.output.forward(&inner)?, mode)?;
+        self.output_norm.forward(&(out + xs)?, mode)
+    }
+}
+
+/// The BERT encoder: token ids in, one hidden state per token out.
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    config: BertConfig,
+}
+
+impl BertModel {
+    /// Loads the weights under `vb` (names as in Hugging Face checkpoints, without a `bert.` prefix).
+    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BertModel {
+            embeddings,
+            layers,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The hyper-parameters the model was loaded with.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The linear layer `target` of transformer block `layer` (to attach a LoRA adapter).
+    pub fn linear_mut(&mut self, layer: usize, target: LinearTarget) -> Option<&mut Linear> {
+        self.layers.get_mut(layer).map(|l| l.linear_mut(target))
+    }
+
+    /// Runs the encoder. `input_ids`, `token_type_ids`: `(batch, seq)` u32; `attention_mask`:
+    /// `(batch, seq)` with 1 for real tokens and 0 for padding (any numeric dtype). Returns the
+    /// last hidden states, `(batch, seq, hidden)` f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        // Additive mask: 0 where attended, the most negative float where padded (as transformers).
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        let mask_bias = ((mask.ones_like()? - mask)? * f32::MIN as f64)?.reshape((b, 1, 1, s))?;
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask_bias, mode)?;
+        }
+        Ok(xs)
+    }
+}

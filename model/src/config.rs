@@ -1,0 +1,361 @@
+//! Model configuration: `config.json` (the transformer) and `1_Pooling/config.json` (pooling).
+//!
+//! Families are an enum so that others can be added beside BERT without touching callers.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// The model families attune implements, as `config.json`'s `model_type` spells them.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+
+/// The transformer architecture of a model directory, parsed from `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    /// BERT and BERT-shaped models (MiniLM, bge-small/base, e5-small-v2, gte-small, ...).
+    Bert(BertConfig),
+}
+
+impl Architecture {
+    /// Parses `config.json` text; `path` is only used in error messages.
+    pub fn from_json(path: &Path, text: &str) -> Result<Self> {
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|source| ModelError::InvalidJson {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let architectures: Vec<String> = raw
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let is_bert = match model_type.as_deref() {
+            Some(t) => t == "bert",
+            None => architectures.iter().any(|a| a.starts_with("Bert")),
+        };
+        if !is_bert {
+            let found = model_type.unwrap_or_else(|| {
+                if architectures.is_empty() {
+                    "(no model_type or architectures field)".to_string()
+                } else {
+                    architectures.join(", ")
+                }
+            });
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                found,
+                supported: SUPPORTED_MODEL_TYPES.join(", "),
+            });
+        }
+        // Parsed from the text (not the value) so errors carry a line and column.
+        let config: BertConfig =
+            serde_json::from_str(text).map_err(|source| ModelError::InvalidJson {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.validate(path)?;
+        Ok(Architecture::Bert(config))
+    }
+
+    /// Width of the transformer's token embeddings.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Architecture::Bert(c) => c.hidden_size,
+        }
+    }
+
+    /// Most positions the model has embeddings for.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Architecture::Bert(c) => c.max_position_embeddings,
+        }
+    }
+}
+
+/// Activation of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    /// Exact GELU with erf, as PyTorch's `gelu` (BERT's default).
+    Gelu,
+    /// The tanh approximation of GELU.
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    /// Rectified linear unit.
+    Relu,
+}
+
+/// BERT hyper-parameters, as in Hugging Face's `config.json`. Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Number of token ids in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of every hidden state.
+    pub hidden_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer; divides `hidden_size`.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// Feed-forward activation (default `gelu`).
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: HiddenAct,
+    /// Dropout on embeddings and sub-layer outputs while training (default 0.1).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    /// Dropout on attention probabilities while training (default 0.1).
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    /// Number of position embeddings (the hard limit on sequence length).
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// Number of token types (segments).
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    /// Epsilon of every layer norm (default 1e-12).
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Id of the padding token.
+    #[serde(default)]
+    pub pad_token_id: u32,
+    /// Only `absolute` position embeddings are implemented.
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_hidden_act() -> HiddenAct {
+    HiddenAct::Gelu
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+fn default_max_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_position_embedding_type() -> String {
+    "absolute".to_string()
+}
+
+impl BertConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let field_err = |field: &str, problem: String| ModelError::InvalidField {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            problem,
+        };
+        if self.position_embedding_type != "absolute" {
+            return Err(field_err(
+                "position_embedding_type",
+                format!(
+                    "`{}` is not supported; only `absolute` is",
+                    self.position_embedding_type
+                ),
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(field_err(
+                "num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(field_err(name, format!("{p} is not in [0, 1)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of one attention head.
+    pub fn head_size(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// Pooling modes of sentence-transformers' `Pooling` module. When several are on, their
+/// outputs are concatenated in sentence-transformers' order: cls, max, mean, mean-sqrt-len.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolingConfig {
+    /// Width of the token embeddings the module pools.
+    pub word_embedding_dimension: usize,
+    /// The first token's embedding (`[CLS]`).
+    #[serde(default)]
+    pub pooling_mode_cls_token: bool,
+    /// The mean of the non-padding token embeddings.
+    #[serde(default)]
+    pub pooling_mode_mean_tokens: bool,
+    /// The element-wise maximum over the non-padding token embeddings.
+    #[serde(default)]
+    pub pooling_mode_max_tokens: bool,
+    /// The sum of the non-padding token embeddings over the square root of their count.
+    #[serde(default)]
+    pub pooling_mode_mean_sqrt_len_tokens: bool,
+    /// Position-weighted mean (not implemented; an error if set).
+    #[serde(default)]
+    pub pooling_mode_weightedmean_tokens: bool,
+    /// The last token's embedding (not implemented; an error if set).
+    #[serde(default)]
+    pub pooling_mode_lasttoken: bool,
+}
+
+/// One pooling operation, in the order they are concatenated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingMode {
+    /// First token.
+    Cls,
+    /// Element-wise max over real tokens.
+    Max,
+    /// Mean over real tokens.
+    Mean,
+    /// Sum over real tokens / sqrt(count).
+    MeanSqrtLen,
+}
+
+impl PoolingConfig {
+    /// A config with exactly one mode on.
+    pub fn single(mode: PoolingMode, dimension: usize) -> Self {
+        PoolingConfig {
+            word_embedding_dimension: dimension,
+            pooling_mode_cls_token: mode == PoolingMode::Cls,
+            pooling_mode_mean_tokens: mode == PoolingMode::Mean,
+            pooling_mode_max_tokens: mode == PoolingMode::Max,
+            pooling_mode_mean_sqrt_len_tokens: mode == PoolingMode::MeanSqrtLen,
+            pooling_mode_weightedmean_tokens: false,
+            pooling_mode_lasttoken: false,
+        }
+    }
+
+    /// The modes that are on, in concatenation order; an error names an unsupported or empty
+    /// selection.
+    pub fn modes(&self, path: &Path) -> Result<Vec<PoolingMode>> {
+        let unsupported = [
+            (
+                "pooling_mode_weightedmean_tokens",
+                self.pooling_mode_weightedmean_tokens,
+            ),
+            ("pooling_mode_lasttoken", self.pooling_mode_lasttoken),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return Err(ModelError::InvalidField {
+                path: path.to_path_buf(),
+                field: field.to_string(),
+                problem:
+                    "this pooling mode is not supported; supported: cls, max, mean, mean_sqrt_len"
+                        .to_string(),
+            });
+        }
+        let modes: Vec<PoolingMode> = [
+            (self.pooling_mode_cls_token, PoolingMode::Cls),
+            (self.pooling_mode_max_tokens, PoolingMode::Max),
+            (self.pooling_mode_mean_tokens, PoolingMode::Mean),
+            (
+                self.pooling_mode_mean_sqrt_len_tokens,
+                PoolingMode::MeanSqrtLen,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(on, mode)| on.then_some(mode))
+        .collect();
+        if modes.is_empty() {
+            return Err(ModelError::InvalidField {
+                path: path.to_path_buf(),
+                field: "pooling_mode_*".to_string(),
+                problem: "no pooling mode is on".to_string(),
+            });
+        }
+        Ok(modes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINILM: &str = r#"{"architectures":["BertModel"],"hidden_act":"gelu","hidden_size":384,
+        "intermediate_size":1536,"layer_norm_eps":1e-12,"max_position_embeddings":512,"model_type":"bert",
+        "num_attention_heads":12,"num_hidden_layers":6,"vocab_size":30522,"extra_field":[1,2]}"#;
+
+    #[test]
+    fn parses_a_bert_config_with_defaults_and_unknown_fields() {
+        let Architecture::Bert(c) = Architecture::from_json(Path::new("c.json"), MINILM).unwrap();
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.head_size()),
+            (384, 6, 32)
+        );
+        assert_eq!(c.hidden_act, HiddenAct::Gelu);
+        assert_eq!(c.type_vocab_size, 2);
+        assert!((c.hidden_dropout_prob - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unsupported_family_lists_the_supported_ones() {
+        let text = r#"{"model_type":"xlm-roberta","architectures":["XLMRobertaModel"]}"#;
+        let err = Architecture::from_json(Path::new("m/config.json"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m/config.json"), "{err}");
+        assert!(err.contains("xlm-roberta"), "{err}");
+        assert!(err.contains("supported: bert"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named_with_its_position() {
+        let text = r#"{"model_type":"bert","hidden_size":8}"#;
+        let err = Architecture::from_json(Path::new("config.json"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `vocab_size`"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn heads_must_divide_hidden_size() {
+        let text = MINILM.replace("\"num_attention_heads\":12", "\"num_attention_heads\":5");
+        let err = Architecture::from_json(Path::new("config.json"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn pooling_modes_follow_sentence_transformers_order() {
+        let mut p = PoolingConfig::single(PoolingMode::Mean, 8);
+        p.pooling_mode_cls_token = true;
+        assert_eq!(
+            p.modes(Path::new("p")).unwrap(),
+            vec![PoolingMode::Cls, PoolingMode::Mean]
+        );
+        p.pooling_mode_lasttoken = true;
+        let err = p
+            .modes(Path::new("1_Pooling/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pooling_mode_lasttoken"), "{err}");
+    }
+}

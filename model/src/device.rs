@@ -1,0 +1,152 @@
+//! Device selection: `auto`, `cpu`, `cuda` or `cuda:N`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::error::{ModelError, Result};
+
+/// The device a user asked for. Parsed from `auto | cpu | cuda | cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// The first CUDA GPU when this build has the `cuda` feature and one is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU (all cores, through rayon).
+    Cpu,
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceRequest {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let spec = s.trim().to_ascii_lowercase();
+        match spec.as_str() {
+            "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Cpu),
+            "cuda" | "gpu" => Ok(DeviceRequest::Cuda(0)),
+            _ => match spec.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map(DeviceRequest::Cuda)
+                    .map_err(|_| ModelError::Device {
+                        spec: s.to_string(),
+                        problem: format!(
+                            "`{n}` is not a GPU ordinal; expected cuda:0, cuda:1, ..."
+                        ),
+                    }),
+                None => Err(ModelError::Device {
+                    spec: s.to_string(),
+                    problem: "expected one of auto, cpu, cuda, cuda:N".to_string(),
+                }),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceRequest::Auto => write!(f, "auto"),
+            DeviceRequest::Cpu => write!(f, "cpu"),
+            DeviceRequest::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Whether this binary was built with the `cuda` feature.
+pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
+
+impl DeviceRequest {
+    /// Opens the device, or says why it cannot be opened.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceRequest::Cpu => Ok(Device::Cpu),
+            DeviceRequest::Auto => {
+                if CUDA_COMPILED && candle_core::utils::cuda_is_available() {
+                    if let Ok(device) = Device::new_cuda(0) {
+                        return Ok(device);
+                    }
+                }
+                Ok(Device::Cpu)
+            }
+            DeviceRequest::Cuda(ordinal) => {
+                if !CUDA_COMPILED {
+                    return Err(ModelError::Device {
+                        spec: self.to_string(),
+                        problem: "this attune binary was built without the `cuda` feature; \
+                                  build one with scripts/build-cuda.sh (or cargo build --release --features cuda)"
+                            .to_string(),
+                    });
+                }
+                Device::new_cuda(ordinal).map_err(|e| ModelError::Device {
+                    spec: self.to_string(),
+                    problem: format!("no usable CUDA GPU with ordinal {ordinal}: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// A short human-readable name of an opened device (`cpu`, `cuda:0`).
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_spelling() {
+        assert_eq!(
+            "auto".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Auto
+        );
+        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cpu);
+        assert_eq!(
+            "cuda".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:3".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Cuda(3)
+        );
+        let err = "cuda:x".parse::<DeviceRequest>().unwrap_err().to_string();
+        assert!(err.contains("not a GPU ordinal"), "{err}");
+        let err = "tpu".parse::<DeviceRequest>().unwrap_err().to_string();
+        assert!(err.contains("auto, cpu, cuda, cuda:N"), "{err}");
+    }
+
+    #[test]
+    fn cpu_and_auto_open_without_a_gpu() {
+        assert!(DeviceRequest::Cpu.open().unwrap().is_cpu());
+        // Auto falls back to the CPU when no GPU (or no cuda feature) is there.
+        if !CUDA_COMPILED {
+            assert!(DeviceRequest::Auto.open().unwrap().is_cpu());
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        let err = DeviceRequest::Cuda(0).open().unwrap_err().to_string();
+        assert!(err.contains("device `cuda:0`"), "{err}");
+        assert!(err.contains("without the `cuda` feature"), "{err}");
+        assert!(err.contains("build-cuda.sh"), "{err}");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_with_a_missing_ordinal_is_named() {
+        let err = DeviceRequest::Cuda(97).open().unwrap_err().to_string();
+        assert!(err.contains("cuda:97"), "{err}");
+    }
+}

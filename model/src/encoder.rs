@@ -1,0 +1,347 @@
+//! The sentence encoder: texts in, embeddings out, in the order given.
+//!
+//! Texts are tokenized in parallel, sorted by token length (longest first) and cut into batches
+//! bounded by a text count and a padded-token budget, so padding stays small and memory bounded.
+//! The same [`Encoder::forward_batch`] serves inference and, with [`Mode::Train`], training.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::bert::BertModel;
+use crate::config::{Architecture, PoolingMode};
+use crate::error::{ModelError, Result};
+use crate::layers::Mode;
+use crate::model_dir::ModelDir;
+use crate::pooling::{l2_normalize, pool};
+use crate::tokenize::{TextTokenizer, TokenizedText};
+
+/// Encoder settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderSettings {
+    /// Most texts in one forward pass (default 32).
+    pub batch_size: usize,
+    /// Most padded tokens (texts × longest text) in one forward pass; bounds memory
+    /// (default 8192, i.e. 32 texts of 256 tokens).
+    pub max_tokens_per_batch: usize,
+    /// Overrides the model's `max_seq_length` (tokens, special tokens included); `None` keeps it.
+    pub max_seq_length: Option<usize>,
+    /// Prepended to every [`TextKind::Query`] text; `None` uses the model's `query` prompt, if any.
+    pub query_prefix: Option<String>,
+    /// Prepended to every [`TextKind::Document`] text; `None` uses the model's `document` (or
+    /// `passage`) prompt, if any.
+    pub document_prefix: Option<String>,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings {
+            batch_size: 32,
+            max_tokens_per_batch: 8192,
+            max_seq_length: None,
+            query_prefix: None,
+            document_prefix: None,
+        }
+    }
+}
+
+/// What the texts are, which decides the prefix they get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextKind {
+    /// No prefix: exactly what sentence-transformers' `encode(texts)` does.
+    #[default]
+    Plain,
+    /// Search queries (e5/bge style models want e.g. `"query: "`).
+    Query,
+    /// Documents / passages.
+    Document,
+}
+
+/// Embeddings of a list of texts, with what happened on the way.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedOutput {
+    /// One vector per input text, in input order.
+    pub embeddings: Vec<Vec<f32>>,
+    /// How many texts were longer than the maximum sequence length and were truncated.
+    pub truncated: usize,
+    /// Real (non-padding) tokens processed, special tokens included.
+    pub tokens: usize,
+    /// Padded tokens processed (what the model actually computed on).
+    pub padded_tokens: usize,
+    /// Floating-point operations of the transformer's matrix products for these batches (see
+    /// [`Encoder::forward_flops`]).
+    pub flops: f64,
+}
+
+/// A BERT-family sentence encoder with its tokenizer, pooling and normalization.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: TextTokenizer,
+    pooling_modes: Vec<PoolingMode>,
+    normalize: bool,
+    dimension: usize,
+    pad_id: u32,
+    query_prefix: String,
+    document_prefix: String,
+    settings: EncoderSettings,
+    device: Device,
+}
+
+impl Encoder {
+    /// Loads the model directory's weights onto `device` (f32).
+    pub fn load(dir: &ModelDir, device: &Device, settings: EncoderSettings) -> Result<Self> {
+        let vb = dir.var_builder(DType::F32, device)?;
+        let Architecture::Bert(cfg) = &dir.architecture;
+        let model = BertModel::load(vb, cfg).map_err(|source| ModelError::InvalidWeights {
+            path: dir.weights.path().to_path_buf(),
+            source,
+        })?;
+        Self::from_model(model, dir, device, settings)
+    }
+
+    /// Wraps an already built model (e.g. one whose weights are training variables).
+    pub fn from_model(
+        model: BertModel,
+        dir: &ModelDir,
+        device: &Device,
+        settings: EncoderSettings,
+    ) -> Result<Self> {
+        if settings.batch_size == 0 {
+            return Err(ModelError::InvalidSetting {
+                name: "batch_size",
+                problem: "must be at least 1".to_string(),
+            });
+        }
+        let tokenizer = TextTokenizer::new(dir, settings.max_seq_length)?;
+        if settings.max_tokens_per_batch < tokenizer.max_seq_length() {
+            return Err(ModelError::InvalidSetting {
+                name: "max_tokens_per_batch",
+                problem: format!(
+                    "{} is below max_seq_length {}: the longest text would not fit",
+                    settings.max_tokens_per_batch,
+                    tokenizer.max_seq_length()
+                ),
+            });
+        }
+        let prompt = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| dir.prompts.get(*n).cloned())
+                .unwrap_or_default()
+        };
+        let query_prefix = settings
+            .query_prefix
+            .clone()
+            .unwrap_or_else(|| prompt(&["query"]));
+        let document_prefix = settings
+            .document_prefix
+            .clone()
+            .unwrap_or_else(|| prompt(&["document", "passage", "corpus"]));
+        Ok(Encoder {
+            pad_id: model.config().pad_token_id,
+            dimension: dir.architecture.hidden_size() * dir.pooling_modes.len(),
+            model,
+            tokenizer,
+            pooling_modes: dir.pooling_modes.clone(),
+            normalize: dir.normalize,
+            query_prefix,
+            document_prefix,
+            settings,
+            device: device.clone(),
+        })
+    }
+
+    /// Length of every embedding.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Whether embeddings are unit length.
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    /// Longest input in tokens.
+    pub fn max_seq_length(&self) -> usize {
+        self.tokenizer.max_seq_length()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &EncoderSettings {
+        &self.settings
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The underlying transformer (for training and LoRA).
+    pub fn model_mut(&mut self) -> &mut BertModel {
+        &mut self.model
+    }
+
+    /// The prefix texts of `kind` get.
+    pub fn prefix(&self, kind: TextKind) -> &str {
+        match kind {
+            TextKind::Plain => "",
+            TextKind::Query => &self.query_prefix,
+            TextKind::Document => &self.document_prefix,
+        }
+    }
+
+    /// Tokenizes `texts` with the prefix for `kind`.
+    pub fn tokenize<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: TextKind,
+    ) -> Result<Vec<TokenizedText>> {
+        self.tokenizer.tokenize(texts, self.prefix(kind))
+    }
+
+    /// Embeds `texts`; see [`Encoder::embed_with_progress`].
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S], kind: TextKind) -> Result<EmbedOutput> {
+        self.embed_with_progress(texts, kind, &mut |_| {})
+    }
+
+    /// Embeds `texts` in length-sorted batches; `on_batch` is called with the number of texts
+    /// each finished batch held. Empty texts are embedded (as `[CLS] [SEP]`), never dropped.
+    pub fn embed_with_progress<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: TextKind,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<EmbedOutput> {
+        let tokenized = self.tokenize(texts, kind)?;
+        let mut out = EmbedOutput {
+            embeddings: vec![Vec::new(); texts.len()],
+            truncated: tokenized.iter().filter(|t| t.truncated).count(),
+            tokens: tokenized.iter().map(|t| t.ids.len()).sum(),
+            padded_tokens: 0,
+            flops: 0.0,
+        };
+        let lengths: Vec<usize> = tokenized.iter().map(|t| t.ids.len()).collect();
+        for batch in plan_batches(&lengths, &self.settings) {
+            let items: Vec<&TokenizedText> = batch.iter().map(|&i| &tokenized[i]).collect();
+            out.padded_tokens += items.len() * items[0].ids.len();
+            out.flops += self.forward_flops(items.len(), items[0].ids.len());
+            let rows = self
+                .forward_batch(&items, Mode::Inference)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (i, row) in batch.iter().zip(rows) {
+                out.embeddings[*i] = row;
+            }
+            on_batch(batch.len());
+        }
+        Ok(out)
+    }
+
+    /// Multiply-add work (2 FLOPs each) of one forward pass over `batch` texts padded to `seq`
+    /// tokens: per layer, the Q/K/V/output projections (`8·h²` per token), the feed-forward
+    /// block (`4·h·ff` per token) and attention scores and mixing (`4·seq·h` per token).
+    /// Element-wise work (softmax, GELU, layer norm) is not counted.
+    pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
+        let cfg = self.model.config();
+        let (h, ff, layers) = (
+            cfg.hidden_size as f64,
+            cfg.intermediate_size as f64,
+            cfg.num_hidden_layers as f64,
+        );
+        let tokens = (batch * seq) as f64;
+        layers * tokens * (8.0 * h * h + 4.0 * h * ff + 4.0 * seq as f64 * h)
+    }
+
+    /// Runs one batch through the model, pooling and (if configured) normalization, giving
+    /// `(batch, dimension)`. Texts are padded to the longest in the batch. In [`Mode::Train`]
+    /// the result carries gradients.
+    pub fn forward_batch(&self, items: &[&TokenizedText], mode: Mode<'_>) -> Result<Tensor> {
+        let (ids, type_ids, mask) = self.batch_tensors(items)?;
+        let hidden = self.model.forward(&ids, &type_ids, &mask, mode)?;
+        let pooled = pool(&hidden, &mask, &self.pooling_modes)?;
+        Ok(if self.normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        })
+    }
+
+    /// Padded `(input_ids, token_type_ids, attention_mask)` tensors for a batch.
+    fn batch_tensors(&self, items: &[&TokenizedText]) -> Result<(Tensor, Tensor, Tensor)> {
+        let seq = items.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+        let n = items.len();
+        let mut ids = vec![self.pad_id; n * seq];
+        let mut type_ids = vec![0u32; n * seq];
+        let mut mask = vec![0f32; n * seq];
+        for (row, item) in items.iter().enumerate() {
+            let start = row * seq;
+            let len = item.ids.len();
+            ids[start..start + len].copy_from_slice(&item.ids);
+            type_ids[start..start + len].copy_from_slice(&item.type_ids);
+            mask[start..start + len].fill(1.0);
+        }
+        Ok((
+            Tensor::from_vec(ids, (n, seq), &self.device)?,
+            Tensor::from_vec(type_ids, (n, seq), &self.device)?,
+            Tensor::from_vec(mask, (n, seq), &self.device)?,
+        ))
+    }
+}
+
+/// Groups text indices into batches: longest texts first, each batch at most `batch_size`
+/// texts and at most `max_tokens_per_batch` padded tokens. Every index appears exactly once.
+pub fn plan_batches(lengths: &[usize], settings: &EncoderSettings) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Stable sort: equal lengths keep input order, so batching is deterministic.
+    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted descending: the batch's first text is its longest.
+        let longest = current.first().map_or(lengths[i], |&f| lengths[f]).max(1);
+        let fits = current.len() < settings.batch_size
+            && (current.len() + 1) * longest <= settings.max_tokens_per_batch.max(longest);
+        if !fits {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_text_once_within_both_limits() {
+        let lengths: Vec<usize> = (0..103).map(|i| (i * 37) % 61 + 2).collect();
+        let settings = EncoderSettings {
+            batch_size: 8,
+            max_tokens_per_batch: 200,
+            ..EncoderSettings::default()
+        };
+        let batches = plan_batches(&lengths, &settings);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..103).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(b.len() <= 8);
+            assert!(b.len() * longest <= 200, "{b:?}");
+            assert_eq!(lengths[b[0]], longest, "first text is the longest");
+        }
+    }
+
+    #[test]
+    fn a_text_longer_than_the_budget_still_gets_a_batch() {
+        let settings = EncoderSettings {
+            batch_size: 4,
+            max_tokens_per_batch: 10,
+            ..EncoderSettings::default()
+        };
+        assert_eq!(plan_batches(&[50, 3], &settings), vec![vec![0], vec![1]]);
+        assert!(plan_batches(&[], &settings).is_empty());
+    }
+}

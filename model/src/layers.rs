@@ -1,0 +1,334 @@
+//! Building blocks shared by inference and training.
+//!
+//! candle-nn's fused layer norm has no backward pass and its `Dropout` cannot be seeded, so the
+//! layers here choose per [`Mode`]: fused kernels for inference, differentiable compositions and
+//! real, reproducible dropout for training.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How a forward pass runs.
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
+    /// No gradients are needed: fused kernels, no dropout.
+    Inference,
+    /// Gradients flow through every op; dropout is drawn from the context's generator.
+    Train(&'a TrainContext),
+}
+
+impl Mode<'_> {
+    /// Whether this is a training pass.
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}
+
+/// State a training forward pass needs: the dropout random generator (seeded, so a run and its
+/// resumption draw the same masks).
+pub struct TrainContext {
+    rng: Mutex<StdRng>,
+}
+
+impl TrainContext {
+    /// A context whose dropout masks are determined by `seed`.
+    pub fn new(seed: u64) -> Self {
+        TrainContext {
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// A keep-mask scaled by `1 / (1 - p)`, shaped like `like`: inverted dropout as PyTorch does it.
+    fn dropout_mask(&self, like: &Tensor, p: f32) -> Result<Tensor> {
+        let n = like.elem_count();
+        let keep_scale = 1.0 / (1.0 - p);
+        let mut rng = self.rng.lock().expect("dropout generator lock poisoned");
+        let mask: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f32>() >= p {
+                    keep_scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(mask, like.shape(), like.device())?.to_dtype(like.dtype())
+    }
+}
+
+/// Dropout with probability `p` in training mode; the identity otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    p: f32,
+}
+
+impl Dropout {
+    /// Dropout that zeroes each element with probability `p` (in `[0, 1)`).
+    pub fn new(p: f32) -> Self {
+        Dropout { p }
+    }
+
+    /// Applies the dropout for this pass.
+    pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        match mode {
+            Mode::Train(ctx) if self.p > 0.0 => xs.mul(&ctx.dropout_mask(xs, self.p)?),
+            _ => Ok(xs.clone()),
+        }
+    }
+}
+
+/// Layer normalization over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of width `size`.
+    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    /// The fused kernel for inference; a composition of differentiable ops for training.
+    pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        if mode.is_train() {
+            candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Softmax over the last dimension: fused for inference, differentiable for training.
+pub fn softmax_last_dim(xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+    if mode.is_train() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// A low-rank adapter `x · Aᵀ · Bᵀ · (alpha / rank)` added to a frozen linear layer (LoRA).
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// Down projection, shape `(rank, in)`.
+    pub a: Tensor,
+    /// Up projection, shape `(out, rank)`; zero at initialisation so the adapter starts as a no-op.
+    pub b: Tensor,
+    /// `alpha / rank`.
+    pub scale: f64,
+}
+
+impl LoraAdapter {
+    fn delta(&self, xs2d: &Tensor) -> Result<Tensor> {
+        xs2d.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+    }
+
+    /// The dense weight update `B · A · scale`, shape `(out, in)`, for merging into the base weight.
+    pub fn merged_delta(&self) -> Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+}
+
+/// A linear layer `y = x · Wᵀ + b`, with an optional LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// Loads `weight` `(out, in)` and `bias` `(out)`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: Some(vb.get(out_dim, "bias")?),
+            lora: None,
+        })
+    }
+
+    /// The weight, `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Attaches (or replaces) a LoRA adapter.
+    pub fn set_lora(&mut self, adapter: Option<LoraAdapter>) {
+        self.lora = adapter;
+    }
+
+    /// The attached adapter, if any.
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = *dims
+            .last()
+            .expect("linear input has at least one dimension");
+        let rows = xs.elem_count() / in_dim.max(1);
+        let xs2d = xs.reshape((rows, in_dim))?;
+        let mut ys = xs2d.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            ys = ys.broadcast_add(bias)?;
+        }
+        if let Some(lora) = &self.lora {
+            ys = (ys + lora.delta(&xs2d)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        ys.reshape(out_dims)
+    }
+}
+
+/// Token (or position, or segment) embedding table.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Tensor,
+}
+
+impl Embedding {
+    /// Loads a `(count, dim)` table named `weight`.
+    pub fn load(vb: VarBuilder, count: usize, dim: usize) -> Result<Self> {
+        Ok(Embedding {
+            table: vb.get((count, dim), "weight")?,
+        })
+    }
+
+    /// Looks up `ids` (any shape, integer dtype); the output adds a trailing `dim` axis.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.table.dim(1)?);
+        let ids = if ids.dtype() == DType::U32 || ids.dtype() == DType::I64 {
+            ids.clone()
+        } else {
+            ids.to_dtype(DType::U32)?
+        };
+        self.table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn training_layer_norm_matches_fused_and_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.1, 16, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, 16, &dev).unwrap()).unwrap();
+        let ln = LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+            eps: 1e-12,
+        };
+        let ctx = TrainContext::new(1);
+        let fused = ln.forward(x.as_tensor(), Mode::Inference).unwrap();
+        let slow = ln.forward(x.as_tensor(), Mode::Train(&ctx)).unwrap();
+        let diff = (fused - &slow).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // A loss that depends on the affine weight must give it a non-zero gradient.
+        let loss = (slow * Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for v in [&x, &w, &b] {
+            let g = grads.get(v.as_tensor()).expect("gradient exists");
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "zero gradient");
+        }
+    }
+
+    #[test]
+    fn dropout_is_identity_at_inference_and_seeded_in_training() {
+        let xs = Tensor::ones((64, 64), DType::F32, &Device::Cpu).unwrap();
+        let d = Dropout::new(0.25);
+        let same = d.forward(&xs, Mode::Inference).unwrap();
+        assert_eq!(same.sum_all().unwrap().to_scalar::<f32>().unwrap(), 4096.0);
+        let draw = |seed| {
+            let ctx = TrainContext::new(seed);
+            d.forward(&xs, Mode::Train(&ctx))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7), "same seed, same mask");
+        assert_ne!(a, draw(8));
+        let dropped = a.iter().filter(|v| **v == 0.0).count() as f32 / a.len() as f32;
+        assert!((dropped - 0.25).abs() < 0.03, "dropped share {dropped}");
+        assert!(a
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+    }
+
+    #[test]
+    fn lora_with_zero_up_projection_is_a_no_op_and_merges_exactly() {
+        let dev = Device::Cpu;
+        let mut lin = Linear {
+            weight: Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap(),
+            bias: Some(Tensor::randn(0f32, 1.0, 6, &dev).unwrap()),
+            lora: None,
+        };
+        let xs = Tensor::randn(0f32, 1.0, (2, 3, 4), &dev).unwrap();
+        let base = lin.forward(&xs).unwrap();
+        lin.set_lora(Some(LoraAdapter {
+            a: Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap(),
+            b: Tensor::zeros((6, 2), DType::F32, &dev).unwrap(),
+            scale: 8.0,
+        }));
+        let with_zero = lin.forward(&xs).unwrap();
+        let d = (&base - &with_zero)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        // A trained adapter equals the merged weight.
+        lin.set_lora(Some(LoraAdapter {
+            a: Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap(),
+            b: Tensor::randn(0f32, 1.0, (6, 2), &dev).unwrap(),
+            scale: 0.5,
+        }));
+        let adapted = lin.forward(&xs).unwrap();
+        let merged = Linear {
+            weight: (lin.weight() + lin.lora().unwrap().merged_delta().unwrap()).unwrap(),
+            bias: lin.bias.clone(),
+            lora: None,
+        };
+        let d = (adapted - merged.forward(&xs).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+}

@@ -1,0 +1,402 @@
+//! The sentence-transformers model directory: the only module that reads or writes one.
+//!
+//! Layout (as sentence-transformers saves it):
+//! ```text
+//! DIR/modules.json                      module list: Transformer, Pooling, Normalize
+//! DIR/config.json                       transformer hyper-parameters (in the Transformer module's path)
+//! DIR/tokenizer.json                    fast tokenizer (its own padding/truncation are overridden)
+//! DIR/model.safetensors | pytorch_model.bin
+//! DIR/sentence_bert_config.json         max_seq_length, do_lower_case
+//! DIR/1_Pooling/config.json             pooling modes
+//! DIR/config_sentence_transformers.json optional prompts ({"prompts": {"query": "query: "}})
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use crate::config::{Architecture, PoolingConfig, PoolingMode};
+use crate::error::{ModelError, Result};
+
+/// File names inside a model directory.
+pub mod files {
+    /// sentence-transformers' module list.
+    pub const MODULES: &str = "modules.json";
+    /// Transformer hyper-parameters.
+    pub const CONFIG: &str = "config.json";
+    /// Fast tokenizer.
+    pub const TOKENIZER: &str = "tokenizer.json";
+    /// Weights in safetensors format (preferred).
+    pub const SAFETENSORS: &str = "model.safetensors";
+    /// Weights as a PyTorch pickle (used only when no safetensors file exists).
+    pub const PYTORCH_BIN: &str = "pytorch_model.bin";
+    /// `max_seq_length` and `do_lower_case`.
+    pub const SENTENCE_BERT_CONFIG: &str = "sentence_bert_config.json";
+    /// Pooling configuration, inside the Pooling module's folder.
+    pub const POOLING_CONFIG: &str = "config.json";
+    /// Prompts and library versions.
+    pub const ST_CONFIG: &str = "config_sentence_transformers.json";
+}
+
+const TRANSFORMER_MODULE: &str = "sentence_transformers.models.Transformer";
+const POOLING_MODULE: &str = "sentence_transformers.models.Pooling";
+const NORMALIZE_MODULE: &str = "sentence_transformers.models.Normalize";
+const SUPPORTED_MODULES: &str = "Transformer, Pooling, Normalize";
+
+/// Where the weights are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsFile {
+    /// `model.safetensors` (memory-mapped).
+    Safetensors(PathBuf),
+    /// `pytorch_model.bin`.
+    PyTorch(PathBuf),
+}
+
+impl WeightsFile {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            WeightsFile::Safetensors(p) | WeightsFile::PyTorch(p) => p,
+        }
+    }
+}
+
+/// An opened, validated model directory. Cheap to clone; weights are read by [`ModelDir::var_builder`].
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub root: PathBuf,
+    /// The transformer's architecture and hyper-parameters.
+    pub architecture: Architecture,
+    /// Pooling modes and their input width.
+    pub pooling: PoolingConfig,
+    /// Pooling modes in concatenation order (validated from `pooling`).
+    pub pooling_modes: Vec<PoolingMode>,
+    /// Whether the Normalize module follows pooling (unit-length output).
+    pub normalize: bool,
+    /// Longest input in tokens (special tokens included); longer inputs are truncated.
+    pub max_seq_length: usize,
+    /// Lower-case texts before tokenizing (sentence-transformers' `do_lower_case`).
+    pub do_lower_case: bool,
+    /// Named prompts from `config_sentence_transformers.json` (e.g. `query` → `"query: "`).
+    pub prompts: BTreeMap<String, String>,
+    /// The weights file.
+    pub weights: WeightsFile,
+    /// The tokenizer file.
+    pub tokenizer_path: PathBuf,
+    /// The transformer's `config.json`.
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `sentence_bert_config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentenceBertConfig {
+    /// Longest input in tokens.
+    pub max_seq_length: Option<usize>,
+    /// Lower-case before tokenizing.
+    #[serde(default)]
+    pub do_lower_case: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StConfig {
+    #[serde(default)]
+    prompts: BTreeMap<String, String>,
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ModelError::MissingFile {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        }),
+        Err(e) => Err(ModelError::io(path, e)),
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    let text = read_text(path, what)?;
+    serde_json::from_str(&text).map_err(|source| ModelError::InvalidJson {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl ModelDir {
+    /// Opens and validates a model directory. Reads only the small JSON files; weights and the
+    /// tokenizer are checked for presence here and parsed when loaded.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(ModelError::MissingFile {
+                path: root,
+                what: "model directory".to_string(),
+            });
+        }
+        let modules_path = root.join(files::MODULES);
+        let (transformer_dir, pooling_dir, normalize) = if modules_path.exists() {
+            let modules: Vec<ModuleEntry> = read_json(&modules_path, "module list")?;
+            let mut transformer = None;
+            let mut pooling = None;
+            let mut normalize = false;
+            for m in &modules {
+                match m.kind.as_str() {
+                    TRANSFORMER_MODULE => transformer = Some(root.join(&m.path)),
+                    POOLING_MODULE => pooling = Some(root.join(&m.path)),
+                    NORMALIZE_MODULE => normalize = true,
+                    other => {
+                        return Err(ModelError::UnsupportedModule {
+                            path: modules_path,
+                            module: other.to_string(),
+                            supported: SUPPORTED_MODULES.to_string(),
+                        })
+                    }
+                }
+            }
+            let transformer = transformer.ok_or_else(|| ModelError::InvalidField {
+                path: modules_path.clone(),
+                field: "type".to_string(),
+                problem: format!("no `{TRANSFORMER_MODULE}` module is listed"),
+            })?;
+            (transformer, pooling, normalize)
+        } else {
+            // A plain Hugging Face checkpoint: sentence-transformers wraps it with mean pooling.
+            (root.clone(), None, false)
+        };
+
+        let config_path = transformer_dir.join(files::CONFIG);
+        let architecture = Architecture::from_json(
+            &config_path,
+            &read_text(&config_path, "transformer config")?,
+        )?;
+
+        let pooling = match &pooling_dir {
+            Some(dir) => {
+                let path = dir.join(files::POOLING_CONFIG);
+                read_json::<PoolingConfig>(&path, "pooling config")?
+            }
+            None => PoolingConfig::single(PoolingMode::Mean, architecture.hidden_size()),
+        };
+        let pooling_path = pooling_dir
+            .as_ref()
+            .map(|d| d.join(files::POOLING_CONFIG))
+            .unwrap_or_else(|| root.join(files::MODULES));
+        let pooling_modes = pooling.modes(&pooling_path)?;
+        if pooling.word_embedding_dimension != architecture.hidden_size() {
+            return Err(ModelError::InvalidField {
+                path: pooling_path,
+                field: "word_embedding_dimension".to_string(),
+                problem: format!(
+                    "{} differs from the transformer's hidden_size {}",
+                    pooling.word_embedding_dimension,
+                    architecture.hidden_size()
+                ),
+            });
+        }
+
+        let sbert_path = transformer_dir.join(files::SENTENCE_BERT_CONFIG);
+        let sbert: SentenceBertConfig = if sbert_path.exists() {
+            read_json(&sbert_path, "sentence-transformers settings")?
+        } else {
+            SentenceBertConfig {
+                max_seq_length: None,
+                do_lower_case: false,
+            }
+        };
+        let max_positions = architecture.max_position_embeddings();
+        let max_seq_length = sbert.max_seq_length.unwrap_or(max_positions);
+        if max_seq_length == 0 || max_seq_length > max_positions {
+            return Err(ModelError::InvalidField {
+                path: sbert_path,
+                field: "max_seq_length".to_string(),
+                problem: format!(
+                    "{max_seq_length} is outside 1..={max_positions} (max_position_embeddings)"
+                ),
+            });
+        }
+
+        let st_config_path = root.join(files::ST_CONFIG);
+        let st_config: StConfig = if st_config_path.exists() {
+            read_json(&st_config_path, "sentence-transformers config")?
+        } else {
+            StConfig::default()
+        };
+
+        let safetensors = transformer_dir.join(files::SAFETENSORS);
+        let pytorch = transformer_dir.join(files::PYTORCH_BIN);
+        let weights = if safetensors.exists() {
+            WeightsFile::Safetensors(safetensors)
+        } else if pytorch.exists() {
+            WeightsFile::PyTorch(pytorch)
+        } else {
+            return Err(ModelError::MissingFile {
+                path: safetensors,
+                what: format!("model weights (or {})", files::PYTORCH_BIN),
+            });
+        };
+        let tokenizer_path = transformer_dir.join(files::TOKENIZER);
+        if !tokenizer_path.exists() {
+            return Err(ModelError::MissingFile {
+                path: tokenizer_path,
+                what: "fast tokenizer; attune does not read vocab.txt alone".to_string(),
+            });
+        }
+
+        Ok(ModelDir {
+            root,
+            architecture,
+            pooling,
+            pooling_modes,
+            normalize,
+            max_seq_length,
+            do_lower_case: sbert.do_lower_case,
+            prompts: st_config.prompts,
+            weights,
+            tokenizer_path,
+            config_path,
+        })
+    }
+
+    /// A variable builder over the weights, on `device` in `dtype`. Tensor names are those of the
+    /// checkpoint, with a leading `bert.` stripped where the checkpoint has one.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        let path = self.weights.path().to_path_buf();
+        let wrap = |source| ModelError::InvalidWeights {
+            path: path.clone(),
+            source,
+        };
+        let vb = match &self.weights {
+            // SAFETY: the file is memory-mapped read-only; attune never writes a model directory
+            // it has open (new models are written to a fresh directory and renamed into place).
+            WeightsFile::Safetensors(p) => unsafe {
+                VarBuilder::from_mmaped_safetensors(&[p], dtype, device).map_err(wrap)?
+            },
+            WeightsFile::PyTorch(p) => VarBuilder::from_pth(p, dtype, device).map_err(wrap)?,
+        };
+        let prefixed = !vb.contains_tensor("embeddings.word_embeddings.weight")
+            && vb.contains_tensor("bert.embeddings.word_embeddings.weight");
+        Ok(if prefixed { vb.pp("bert") } else { vb })
+    }
+
+    /// Loads `tokenizer.json` as it is on disk (see [`crate::TextTokenizer`] for the configured one).
+    pub fn load_tokenizer(&self) -> Result<Tokenizer> {
+        Tokenizer::from_file(&self.tokenizer_path).map_err(|e| ModelError::InvalidTokenizer {
+            path: self.tokenizer_path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A fingerprint of everything that determines the embeddings: weights, tokenizer, config,
+    /// pooling, normalization and sequence length (sha256, hex). Two directories with equal
+    /// fingerprints produce equal vectors.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut hasher = Sha256::new();
+        for path in [self.weights.path(), &self.tokenizer_path, &self.config_path] {
+            let mut file = fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+            std::io::copy(&mut file, &mut hasher).map_err(|e| ModelError::io(path, e))?;
+        }
+        hasher.update(format!(
+            "{:?}|{}|{}|{}",
+            self.pooling_modes, self.normalize, self.max_seq_length, self.do_lower_case
+        ));
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+}
+
+/// Everything needed to write a complete sentence-transformers model directory.
+pub struct ModelFiles<'a> {
+    /// `config.json` contents (written as given, so unknown fields survive a round trip).
+    pub config_json: &'a serde_json::Value,
+    /// The tokenizer (saved with its padding and truncation as they are).
+    pub tokenizer: &'a Tokenizer,
+    /// Named tensors for `model.safetensors`.
+    pub tensors: &'a HashMap<String, Tensor>,
+    /// Pooling configuration.
+    pub pooling: &'a PoolingConfig,
+    /// Whether a Normalize module follows pooling.
+    pub normalize: bool,
+    /// `sentence_bert_config.json`.
+    pub sentence_bert: &'a SentenceBertConfig,
+    /// Named prompts for `config_sentence_transformers.json`.
+    pub prompts: &'a BTreeMap<String, String>,
+}
+
+/// Writes a complete model directory at `dest`. The files are written into `dest.tmp-*` and
+/// renamed into place, so a crash never leaves a half-written model at `dest`. An existing
+/// `dest` is replaced.
+pub fn write_model_dir(dest: &Path, model: &ModelFiles<'_>) -> Result<()> {
+    let file_name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string());
+    let staging = dest.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| ModelError::io(&staging, e))?;
+    }
+    fs::create_dir_all(staging.join("1_Pooling")).map_err(|e| ModelError::io(&staging, e))?;
+
+    let write_json = |name: &str, value: &serde_json::Value| -> Result<()> {
+        let path = staging.join(name);
+        let text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
+        fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
+    };
+    write_json(files::CONFIG, model.config_json)?;
+    write_json(
+        &format!("1_Pooling/{}", files::POOLING_CONFIG),
+        &serde_json::to_value(model.pooling).expect("pooling config serializes"),
+    )?;
+    write_json(
+        files::SENTENCE_BERT_CONFIG,
+        &serde_json::to_value(model.sentence_bert).expect("settings serialize"),
+    )?;
+    let mut modules = vec![
+        serde_json::json!({"idx": 0, "name": "0", "path": "", "type": TRANSFORMER_MODULE}),
+        serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": POOLING_MODULE}),
+    ];
+    if model.normalize {
+        modules.push(
+            serde_json::json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE_MODULE}),
+        );
+    }
+    write_json(files::MODULES, &serde_json::Value::Array(modules))?;
+    write_json(
+        files::ST_CONFIG,
+        &serde_json::json!({"prompts": model.prompts, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
+    )?;
+
+    let tokenizer_path = staging.join(files::TOKENIZER);
+    model
+        .tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| ModelError::InvalidTokenizer {
+            path: tokenizer_path.clone(),
+            message: e.to_string(),
+        })?;
+    let weights_path = staging.join(files::SAFETENSORS);
+    candle_core::safetensors::save(model.tensors, &weights_path).map_err(|source| {
+        ModelError::InvalidWeights {
+            path: weights_path.clone(),
+            source,
+        }
+    })?;
+
+    if dest.exists() {
+        fs::remove_dir_all(dest).map_err(|e| ModelError::io(dest, e))?;
+    }
+    fs::rename(&staging, dest).map_err(|e| ModelError::io(dest, e))
+}

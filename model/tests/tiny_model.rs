@@ -1,0 +1,322 @@
+//! Encoder behaviour on tiny random BERT directories written by the test itself (no download).
+
+use std::path::{Path, PathBuf};
+
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::{
+    Architecture, Encoder, EncoderSettings, ModelDir, PoolingMode, TextKind, TextTokenizer,
+};
+use candle_core::{DType, Device, Tensor};
+
+const TEXTS: &[&str] = &[
+    "red running shoes",
+    "the return policy for leather jackets is 30 days",
+    "a",
+    "",
+    "   padded with spaces\tand tabs\n",
+    "laptop battery 4000mah",
+    "zzzz qqqq xyz words the tiny vocabulary spells letter by letter",
+];
+
+fn model_dir(tmp: &Path, name: &str, spec: &RandomBertSpec) -> PathBuf {
+    let dir = tmp.join(name);
+    write_random_bert(&dir, spec).expect("writes a random model");
+    dir
+}
+
+fn encoder(dir: &Path, settings: EncoderSettings) -> Encoder {
+    Encoder::load(&ModelDir::open(dir).unwrap(), &Device::Cpu, settings).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// An independent reference: candle-transformers' BertModel for the hidden states, and pooling
+/// written out by hand per text (no padding at all: each text runs alone).
+fn reference_embedding(dir: &Path, text: &str, mode: PoolingMode, normalize: bool) -> Vec<f32> {
+    use candle_transformers::models::bert as reference;
+    let model_dir = ModelDir::open(dir).unwrap();
+    let config: reference::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = model_dir.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let bert = reference::BertModel::load(vb, &config).unwrap();
+    let tokenizer = TextTokenizer::new(&model_dir, None).unwrap();
+    let tok = &tokenizer.tokenize(&[text], "").unwrap()[0];
+    let ids = Tensor::new(tok.ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let types = ids.zeros_like().unwrap();
+    let hidden = bert
+        .forward(&ids, &types, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let rows = hidden.to_vec2::<f32>().unwrap();
+    let dim = rows[0].len();
+    let pooled: Vec<f32> = match mode {
+        PoolingMode::Cls => rows[0].clone(),
+        PoolingMode::Mean => (0..dim)
+            .map(|j| rows.iter().map(|r| r[j]).sum::<f32>() / rows.len() as f32)
+            .collect(),
+        PoolingMode::Max => (0..dim)
+            .map(|j| rows.iter().map(|r| r[j]).fold(f32::MIN, f32::max))
+            .collect(),
+        PoolingMode::MeanSqrtLen => (0..dim)
+            .map(|j| rows.iter().map(|r| r[j]).sum::<f32>() / (rows.len() as f32).sqrt())
+            .collect(),
+    };
+    if normalize {
+        let n = norm(&pooled);
+        pooled.iter().map(|x| x / n).collect()
+    } else {
+        pooled
+    }
+}
+
+#[test]
+fn every_pooling_mode_with_and_without_normalize_matches_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in [
+        PoolingMode::Mean,
+        PoolingMode::Cls,
+        PoolingMode::Max,
+        PoolingMode::MeanSqrtLen,
+    ] {
+        for normalize in [true, false] {
+            let spec = RandomBertSpec {
+                pooling: vec![mode],
+                normalize,
+                ..RandomBertSpec::default()
+            };
+            let dir = model_dir(tmp.path(), &format!("{mode:?}-{normalize}"), &spec);
+            let enc = encoder(&dir, EncoderSettings::default());
+            let out = enc.embed(TEXTS, TextKind::Plain).unwrap();
+            assert_eq!(out.embeddings.len(), TEXTS.len());
+            for (text, got) in TEXTS.iter().zip(&out.embeddings) {
+                let want = reference_embedding(&dir, text, mode, normalize);
+                let d = max_abs_diff(got, &want);
+                assert!(
+                    d < 1e-5,
+                    "{mode:?} normalize={normalize} {text:?}: max diff {d}"
+                );
+                if normalize {
+                    assert!((norm(got) - 1.0).abs() < 1e-5);
+                }
+            }
+            if !normalize {
+                // Without the Normalize module the vectors are not unit length.
+                assert!(out.embeddings.iter().any(|v| (norm(v) - 1.0).abs() > 1e-3));
+            }
+        }
+    }
+}
+
+#[test]
+fn concatenated_pooling_modes_give_the_modes_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = RandomBertSpec {
+        pooling: vec![PoolingMode::Cls, PoolingMode::Mean],
+        normalize: false,
+        ..RandomBertSpec::default()
+    };
+    let dir = model_dir(tmp.path(), "cls-mean", &spec);
+    let enc = encoder(&dir, EncoderSettings::default());
+    assert_eq!(enc.dimension(), 64);
+    let got = &enc.embed(&[TEXTS[1]], TextKind::Plain).unwrap().embeddings[0];
+    let cls = reference_embedding(&dir, TEXTS[1], PoolingMode::Cls, false);
+    let mean = reference_embedding(&dir, TEXTS[1], PoolingMode::Mean, false);
+    assert!(max_abs_diff(&got[..32], &cls) < 1e-5);
+    assert!(max_abs_diff(&got[32..], &mean) < 1e-5);
+}
+
+#[test]
+fn a_text_embeds_the_same_whatever_shares_its_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in [PoolingMode::Mean, PoolingMode::Cls, PoolingMode::Max] {
+        let spec = RandomBertSpec {
+            pooling: vec![mode],
+            ..RandomBertSpec::default()
+        };
+        let dir = model_dir(tmp.path(), &format!("inv-{mode:?}"), &spec);
+        let enc = encoder(&dir, EncoderSettings::default());
+        let alone: Vec<Vec<f32>> = TEXTS
+            .iter()
+            .map(|t| {
+                enc.embed(&[*t], TextKind::Plain)
+                    .unwrap()
+                    .embeddings
+                    .remove(0)
+            })
+            .collect();
+        // All texts in one padded batch, then in batches of two, then reversed.
+        let together = enc.embed(TEXTS, TextKind::Plain).unwrap().embeddings;
+        let small = encoder(
+            &dir,
+            EncoderSettings {
+                batch_size: 2,
+                ..EncoderSettings::default()
+            },
+        );
+        let in_pairs = small.embed(TEXTS, TextKind::Plain).unwrap().embeddings;
+        let reversed: Vec<&str> = TEXTS.iter().rev().copied().collect();
+        let mut rev = enc.embed(&reversed, TextKind::Plain).unwrap().embeddings;
+        rev.reverse();
+        for i in 0..TEXTS.len() {
+            for other in [&together[i], &in_pairs[i], &rev[i]] {
+                let d = max_abs_diff(&alone[i], other);
+                assert!(d <= 1e-5, "{mode:?} text {i}: batch changed it by {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn padding_and_truncation_follow_the_model_directory_not_tokenizer_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tokenizer.json says: pad and truncate to 8. sentence_bert_config.json says 32.
+    let dir = model_dir(tmp.path(), "trunc", &RandomBertSpec::default());
+    let model = ModelDir::open(&dir).unwrap();
+    assert_eq!(model.max_seq_length, 32);
+    let tok = TextTokenizer::new(&model, None).unwrap();
+    let short = &tok.tokenize(&["red shoes"], "").unwrap()[0];
+    assert_eq!(
+        short.ids.len(),
+        4,
+        "no fixed padding: [CLS] red shoes [SEP]"
+    );
+    let twenty_words = vec!["shoe"; 20].join(" ");
+    let t = &tok.tokenize(&[twenty_words.as_str()], "").unwrap()[0];
+    assert_eq!(t.ids.len(), 22, "not truncated at tokenizer.json's 8");
+    assert!(!t.truncated);
+    let fifty_words = vec!["shoe"; 50].join(" ");
+    let t = &tok.tokenize(&[fifty_words.as_str()], "").unwrap()[0];
+    assert_eq!(t.ids.len(), 32, "truncated at max_seq_length");
+    assert_eq!(*t.ids.last().unwrap(), 3, "[SEP] kept at the end");
+    assert!(t.truncated);
+
+    let enc = encoder(&dir, EncoderSettings::default());
+    let out = enc
+        .embed(
+            &[fifty_words.as_str(), "red", fifty_words.as_str()],
+            TextKind::Plain,
+        )
+        .unwrap();
+    assert_eq!(out.truncated, 2);
+    // An override of max_seq_length is honoured, and bounded by the position embeddings.
+    let enc16 = encoder(
+        &dir,
+        EncoderSettings {
+            max_seq_length: Some(16),
+            ..EncoderSettings::default()
+        },
+    );
+    assert_eq!(
+        enc16
+            .tokenize(&[twenty_words.as_str()], TextKind::Plain)
+            .unwrap()[0]
+            .ids
+            .len(),
+        16
+    );
+    let err = Encoder::load(
+        &model,
+        &Device::Cpu,
+        EncoderSettings {
+            max_seq_length: Some(65),
+            ..EncoderSettings::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("max_seq_length") && err.contains("64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prefixes_apply_per_text_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "prefix", &RandomBertSpec::default());
+    let enc = encoder(
+        &dir,
+        EncoderSettings {
+            query_prefix: Some("query: ".into()),
+            document_prefix: Some("document: ".into()),
+            ..EncoderSettings::default()
+        },
+    );
+    let q = enc
+        .embed(&["red shoes"], TextKind::Query)
+        .unwrap()
+        .embeddings
+        .remove(0);
+    let literal = enc
+        .embed(&["query: red shoes"], TextKind::Plain)
+        .unwrap()
+        .embeddings
+        .remove(0);
+    assert!(max_abs_diff(&q, &literal) < 1e-6);
+    let d = enc
+        .embed(&["red shoes"], TextKind::Document)
+        .unwrap()
+        .embeddings
+        .remove(0);
+    assert!(
+        max_abs_diff(&q, &d) > 1e-3,
+        "query and document prefixes differ"
+    );
+}
+
+#[test]
+fn empty_and_whitespace_texts_are_embedded_not_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "empty", &RandomBertSpec::default());
+    let enc = encoder(&dir, EncoderSettings::default());
+    let out = enc
+        .embed(&["", "   ", "\n", "shoes"], TextKind::Plain)
+        .unwrap();
+    assert_eq!(out.embeddings.len(), 4);
+    for v in &out.embeddings {
+        assert_eq!(v.len(), 32);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+    // Whitespace is stripped, as sentence-transformers does: all three are the empty text.
+    assert!(max_abs_diff(&out.embeddings[0], &out.embeddings[1]) < 1e-6);
+    assert!(max_abs_diff(&out.embeddings[0], &out.embeddings[2]) < 1e-6);
+    assert!(enc
+        .embed(&[] as &[&str], TextKind::Plain)
+        .unwrap()
+        .embeddings
+        .is_empty());
+}
+
+#[test]
+fn a_pytorch_only_directory_is_not_confused_with_a_safetensors_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "arch", &RandomBertSpec::default());
+    let model = ModelDir::open(&dir).unwrap();
+    let Architecture::Bert(cfg) = &model.architecture;
+    assert_eq!(cfg.num_hidden_layers, 2);
+    assert!(matches!(
+        model.weights,
+        attune_model::WeightsFile::Safetensors(_)
+    ));
+    std::fs::rename(dir.join("model.safetensors"), dir.join("elsewhere")).unwrap();
+    let err = ModelDir::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("pytorch_model.bin"),
+        "{err}"
+    );
+}

@@ -1,0 +1,42 @@
+//! `attune`: adapt sentence-embedding models to a domain and serve semantic search with them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// attune: adapt sentence-embedding models to a domain and serve semantic search with them.
+#[derive(Parser)]
+#[command(name = "attune", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed texts with a sentence-transformers model directory (JSONL out, one line per input).
+    Embed(commands::embed::EmbedArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATTUNE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => commands::embed::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("attune: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
