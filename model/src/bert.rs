@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::kernels::{self, Epilogue};
 use crate::layers::{softmax_last_dim, Dropout, Embedding, LayerNorm, Linear, Mode};
 
 /// Which linear layer of a transformer block (the LoRA targets).
@@ -156,6 +157,56 @@ impl BertLayer {
             .contiguous()
     }
 
+    /// Whether the fused CPU kernels can run this layer: plain weights (no LoRA adapter) with biases.
+    fn fusable(&self) -> bool {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+        .iter()
+        .all(|l| l.lora().is_none() && l.bias().is_some())
+    }
+
+    /// Inference on CPU with the fused kernels; `lengths[i]` real tokens start text `i`.
+    fn forward_fused(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let bias = |l: &Linear| l.bias().expect("fusable() checked the biases").clone();
+        let w_qkv = Tensor::cat(
+            &[self.query.weight(), self.key.weight(), self.value.weight()],
+            0,
+        )?;
+        let b_qkv = Tensor::cat(&[bias(&self.query), bias(&self.key), bias(&self.value)], 0)?;
+        let qkv = kernels::linear(xs, &w_qkv, &b_qkv, Epilogue::None)?;
+        let scale = 1.0 / (self.head_size as f32).sqrt();
+        let context = kernels::attention(&qkv, lengths, self.num_heads, scale)?;
+        let attended = kernels::linear(
+            &context,
+            self.attention_output.weight(),
+            &bias(&self.attention_output),
+            Epilogue::None,
+        )?;
+        let xs = self
+            .attention_norm
+            .forward(&(attended + xs)?, Mode::Inference)?;
+        let (w1, b1) = (self.intermediate.weight(), bias(&self.intermediate));
+        let (w2, b2) = (self.output.weight(), bias(&self.output));
+        let out = match self.activation {
+            HiddenAct::Gelu => kernels::feed_forward(&xs, w1, &b1, w2, &b2)?,
+            HiddenAct::GeluNew => {
+                let inner = kernels::linear(&xs, w1, &b1, Epilogue::None)?.gelu()?;
+                kernels::linear(&inner, w2, &b2, Epilogue::None)?
+            }
+            HiddenAct::Relu => {
+                let inner = kernels::linear(&xs, w1, &b1, Epilogue::None)?.relu()?;
+                kernels::linear(&inner, w2, &b2, Epilogue::None)?
+            }
+        };
+        self.output_norm.forward(&(out + xs)?, Mode::Inference)
+    }
+
     fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
@@ -227,13 +278,46 @@ impl BertModel {
         mode: Mode<'_>,
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
-        // Additive mask: 0 where attended, the most negative float where padded (as transformers).
         let mask = attention_mask.to_dtype(DType::F32)?;
-        let mask_bias = ((mask.ones_like()? - mask)? * f32::MIN as f64)?.reshape((b, 1, 1, s))?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
+        if let Some(lengths) = fused_lengths(&mask, &xs, mode)? {
+            for layer in &self.layers {
+                xs = if layer.fusable() {
+                    layer.forward_fused(&xs, &lengths)?
+                } else {
+                    layer.forward(&xs, &composite_mask_bias(&mask, b, s)?, mode)?
+                };
+            }
+            return Ok(xs);
+        }
+        let mask_bias = composite_mask_bias(&mask, b, s)?;
         for layer in &self.layers {
             xs = layer.forward(&xs, &mask_bias, mode)?;
         }
         Ok(xs)
     }
+}
+
+/// Additive mask for the composite path: 0 where attended, the most negative float where
+/// padded (as transformers does), shaped `(batch, 1, 1, seq)`.
+fn composite_mask_bias(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+    ((mask.ones_like()? - mask)? * f32::MIN as f64)?.reshape((b, 1, 1, s))
+}
+
+/// The real-token count of each text when the fused CPU kernels apply: an inference pass on
+/// the CPU in f32 over right-padded texts (each mask row is ones then zeros).
+fn fused_lengths(mask: &Tensor, xs: &Tensor, mode: Mode<'_>) -> Result<Option<Vec<usize>>> {
+    if mode.is_train() || !xs.device().is_cpu() || xs.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let rows = mask.to_vec2::<f32>()?;
+    let mut lengths = Vec::with_capacity(rows.len());
+    for row in rows {
+        let len = row.iter().take_while(|m| **m != 0.0).count();
+        if row[len..].iter().any(|m| *m != 0.0) {
+            return Ok(None); // not right-padded: the composite path handles any mask
+        }
+        lengths.push(len);
+    }
+    Ok(Some(lengths))
 }

@@ -40,6 +40,8 @@ pub struct RandomBertSpec {
     pub tokenizer_fixed_length: usize,
     /// Weight seed: equal seeds give equal models.
     pub seed: u64,
+    /// `hidden_dropout_prob` and `attention_probs_dropout_prob` in `config.json`.
+    pub dropout: f32,
 }
 
 impl Default for RandomBertSpec {
@@ -55,6 +57,7 @@ impl Default for RandomBertSpec {
             normalize: true,
             tokenizer_fixed_length: 8,
             seed: 42,
+            dropout: 0.1,
         }
     }
 }
@@ -186,8 +189,8 @@ pub fn write_random_bert(dest: &Path, spec: &RandomBertSpec) -> Result<usize> {
         "num_attention_heads": spec.num_heads,
         "intermediate_size": ff,
         "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
+        "hidden_dropout_prob": spec.dropout,
+        "attention_probs_dropout_prob": spec.dropout,
         "max_position_embeddings": spec.max_position_embeddings,
         "type_vocab_size": 2,
         "layer_norm_eps": 1e-12,

@@ -162,6 +162,11 @@ impl Linear {
         &self.weight
     }
 
+    /// The bias, `(out)`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Attaches (or replaces) a LoRA adapter.
     pub fn set_lora(&mut self, adapter: Option<LoraAdapter>) {
         self.lora = adapter;

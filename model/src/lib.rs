@@ -34,6 +34,7 @@ pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod fixtures;
+pub mod kernels;
 pub mod layers;
 pub mod model_dir;
 pub mod pooling;

@@ -320,3 +320,48 @@ fn a_pytorch_only_directory_is_not_confused_with_a_safetensors_one() {
         "{err}"
     );
 }
+
+#[test]
+fn fused_inference_kernels_agree_with_the_differentiable_training_path() {
+    use attune_model::{BertModel, Mode, TrainContext};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = RandomBertSpec {
+        dropout: 0.0,
+        ..RandomBertSpec::default()
+    };
+    let dir = model_dir(tmp.path(), "paths", &spec);
+    let model = ModelDir::open(&dir).unwrap();
+    let Architecture::Bert(cfg) = &model.architecture;
+    let bert = BertModel::load(model.var_builder(DType::F32, &Device::Cpu).unwrap(), cfg).unwrap();
+    let tokenizer = TextTokenizer::new(&model, None).unwrap();
+    let toks = tokenizer.tokenize(&TEXTS[..3], "").unwrap();
+    let seq = toks.iter().map(|t| t.ids.len()).max().unwrap();
+    let mut ids = vec![0u32; 3 * seq];
+    let mut mask = vec![0f32; 3 * seq];
+    for (r, t) in toks.iter().enumerate() {
+        ids[r * seq..r * seq + t.ids.len()].copy_from_slice(&t.ids);
+        mask[r * seq..r * seq + t.ids.len()].fill(1.0);
+    }
+    let ids = Tensor::from_vec(ids, (3, seq), &Device::Cpu).unwrap();
+    let mask_t = Tensor::from_vec(mask.clone(), (3, seq), &Device::Cpu).unwrap();
+    let types = ids.zeros_like().unwrap();
+    let ctx = TrainContext::new(0);
+    let fused = bert
+        .forward(&ids, &types, &mask_t, Mode::Inference)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let train = bert
+        .forward(&ids, &types, &mask_t, Mode::Train(&ctx))
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    for r in 0..3 {
+        for p in 0..seq {
+            if mask[r * seq + p] == 1.0 {
+                let d = max_abs_diff(&fused[r][p], &train[r][p]);
+                assert!(d < 1e-4, "text {r} token {p}: {d}");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Criterion benchmarks of the encoder's hot paths.
+//!
+//! `cargo bench --bench encode` runs: sgemm through the `gemm` crate (the machine's achievable
+//! matrix-product rate for attune), the fused CPU kernels at all-MiniLM-L6-v2's shapes
+//! (batch 32 × 256 tokens), and whole-encoder throughput on a tiny random model and, when
+//! `models/all-MiniLM-L6-v2` is present, on the real one. Peer comparisons (vs
+//! sentence-transformers) are made by `scripts/bench-encode.sh`; see `benches/README.md`.
+
+use std::path::PathBuf;
+
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::kernels::{attention, feed_forward, linear, Epilogue};
+use attune_model::{Encoder, EncoderSettings, ModelDir, TextKind};
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn sgemm(c: &mut Criterion) {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut dst = vec![0f32; n * n];
+    let mut group = c.benchmark_group("sgemm");
+    group.throughput(Throughput::Elements((2 * n * n * n) as u64)); // FLOPs: read elem/s as FLOP/s
+    group.bench_function("gemm_crate_1024", |bench| {
+        bench.iter(|| unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let (b, s, h, ff, heads) = (32usize, 256usize, 384usize, 1536usize, 12usize);
+    let tokens = (b * s) as u64;
+    let x = Tensor::randn(0f32, 1.0, (b, s, h), &dev).unwrap();
+    let w_qkv = Tensor::randn(0f32, 0.05, (3 * h, h), &dev).unwrap();
+    let b_qkv = Tensor::randn(0f32, 0.05, 3 * h, &dev).unwrap();
+    let up = Tensor::randn(0f32, 0.05, (ff, h), &dev).unwrap();
+    let up_b = Tensor::randn(0f32, 0.05, ff, &dev).unwrap();
+    let down = Tensor::randn(0f32, 0.05, (h, ff), &dev).unwrap();
+    let down_b = Tensor::randn(0f32, 0.05, h, &dev).unwrap();
+    let qkv = linear(&x, &w_qkv, &b_qkv, Epilogue::None).unwrap();
+    let lengths = vec![s; b];
+    let mut group = c.benchmark_group("kernels_32x256_minilm");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(tokens));
+    group.bench_function("qkv_projection", |bench| {
+        bench.iter(|| linear(&x, &w_qkv, &b_qkv, Epilogue::None).unwrap())
+    });
+    group.bench_function("attention", |bench| {
+        bench.iter(|| attention(&qkv, &lengths, heads, 0.176).unwrap())
+    });
+    group.bench_function("feed_forward", |bench| {
+        bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b).unwrap())
+    });
+    group.finish();
+}
+
+fn sample_texts(n: usize) -> Vec<String> {
+    let words = [
+        "shoe", "running", "size", "return", "policy", "leather", "study", "cell", "protein",
+    ];
+    (0..n)
+        .map(|i| {
+            (0..(8 + (i * 37) % 120))
+                .map(|j| words[(i + j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn encoder(c: &mut Criterion) {
+    let texts = sample_texts(256);
+    let mut group = c.benchmark_group("encoder");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(texts.len() as u64));
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = tmp.path().join("tiny");
+    write_random_bert(
+        &tiny,
+        &RandomBertSpec {
+            max_position_embeddings: 256,
+            max_seq_length: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    for (name, dir) in [("tiny_random", tiny), ("all-MiniLM-L6-v2", real)] {
+        let Ok(model) = ModelDir::open(&dir) else {
+            eprintln!(
+                "skipping {name}: {} not present (scripts/fetch-model.sh)",
+                dir.display()
+            );
+            continue;
+        };
+        let enc = Encoder::load(&model, &Device::Cpu, EncoderSettings::default()).unwrap();
+        group.bench_function(format!("{name}_256_texts"), |bench| {
+            bench.iter(|| enc.embed(&texts, TextKind::Plain).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sgemm, kernels, encoder);
+criterion_main!(benches);

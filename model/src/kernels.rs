@@ -1,0 +1,594 @@
+//! Fused CPU kernels for inference.
+//!
+//! candle's element-wise CPU ops run on one thread, and its batched matmul loops over
+//! `batch × heads` small products. For inference on CPU the BERT layers use instead:
+//! - [`linear`]: one GEMM (the `gemm` crate, AVX-512 where present) into an output pre-filled
+//!   with the bias, then the activation applied in parallel, vectorized;
+//! - [`attention`]: per (text, head) in parallel, `softmax(q·kᵀ·scale)·v` over the text's real
+//!   tokens only (no mask, no padded keys, no transposes: Q, K and V are read in place from the
+//!   fused QKV projection with strided GEMMs).
+//!
+//! Neither has a backward pass: training uses the differentiable composite ops (see
+//! [`crate::layers::Mode`]). Both are checked against the composite path in tests.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Activation fused into [`linear`]'s epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Bias only.
+    None,
+    /// Bias, then exact (erf) GELU.
+    GeluErf,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector math: branch-free, so LLVM vectorizes the loops under AVX2/AVX-512 target features.
+
+/// `e^x` with a relative error below 2e-7 (Cephes' single-precision polynomial).
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    let x = x.clamp(-87.336_55, 88.376_26);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = p * r2 + r + 1.0;
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    y * scale
+}
+
+/// `erf(x)` with an absolute error below 5e-7 in f32 (Abramowitz & Stegun 7.1.26; 1.5e-7 in
+/// exact arithmetic).
+#[inline(always)]
+fn erf_approx(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t
+        + 0.254_829_6)
+        * t;
+    let magnitude = 1.0 - poly * exp_approx(-a * a);
+    magnitude.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_generic(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf_approx(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `row ← softmax(row)`.
+#[inline(always)]
+fn softmax_generic(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Sixteen partial sums let the reduction vectorize without reassociation licence.
+    let mut partial = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (p, x) in partial.iter_mut().zip(chunk.iter_mut()) {
+            *x = exp_approx(*x - max);
+            *p += *x;
+        }
+    }
+    let mut sum: f32 = 0.0;
+    for x in chunks.into_remainder() {
+        *x = exp_approx(*x - max);
+        sum += *x;
+    }
+    sum += partial.iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($arg:ident: &mut [f32]) => $generic:ident) => {
+        $(#[$doc])*
+        $vis fn $name($arg: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn v4($arg: &mut [f32]) {
+                    $generic($arg)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($arg: &mut [f32]) {
+                    $generic($arg)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { v4($arg) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { v3($arg) };
+                }
+            }
+            $generic($arg)
+        }
+    };
+}
+
+dispatch!(
+    /// `x ← 0.5·x·(1 + erf(x/√2))` for every element (AVX-512 or AVX2 when the CPU has them).
+    pub fn gelu_erf_in_place(xs: &mut [f32]) => gelu_generic
+);
+dispatch!(
+    /// `row ← softmax(row)` (AVX-512 or AVX2 when the CPU has them).
+    pub fn softmax_in_place(row: &mut [f32]) => softmax_generic
+);
+
+// ---------------------------------------------------------------------------------------------
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("{what}: fused kernels take f32"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: fused kernels take contiguous tensors"),
+    }
+}
+
+fn gemm_threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// Rows per GEMM block: a block's output (512 × 1536 f32 = 3 MiB at most for BERT-small
+/// shapes) stays in cache while the epilogue (and, in [`feed_forward`], the next GEMM) reads it.
+const BLOCK_ROWS: usize = 512;
+
+/// `dst ← epilogue(x · wᵀ + bias)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block
+/// by block.
+fn linear_rows(x: &[f32], k: usize, w: &[f32], bias: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
+    let n = bias.len();
+    for (xb, db) in x.chunks(BLOCK_ROWS * k).zip(dst.chunks_mut(BLOCK_ROWS * n)) {
+        let m = xb.len() / k;
+        // SAFETY: db is m×n row-major; xb is m×k row-major; w is n×k row-major, read as its
+        // transpose k×n (row stride 1, column stride k). The slices have exactly those lengths.
+        unsafe {
+            gemm(
+                m,
+                n,
+                k,
+                db.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                xb.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm_threads(),
+            );
+        }
+        let rows_per_task = m.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        db.par_chunks_mut(rows_per_task * n).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                for (y, b) in row.iter_mut().zip(bias) {
+                    *y += b;
+                }
+            }
+            if epilogue == Epilogue::GeluErf {
+                gelu_erf_in_place(rows);
+            }
+        });
+    }
+}
+
+struct LinearOp {
+    bias: Vec<f32>,
+    epilogue: Epilogue,
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "attune-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(xs, xs_layout, "linear input")?;
+        let w = contiguous(w, w_layout, "linear weight")?;
+        let (n, k) = w_layout.shape().dims2()?;
+        let dims = xs_layout.shape().dims();
+        if dims.last() != Some(&k) || self.bias.len() != n {
+            candle_core::bail!(
+                "linear: input {dims:?}, weight ({n}, {k}), bias {}",
+                self.bias.len()
+            );
+        }
+        let m = x.len() / k.max(1);
+        let mut dst = vec![0f32; m * n];
+        linear_rows(x, k, w, &self.bias, self.epilogue, &mut dst);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(dst), Shape::from_dims(&out_dims)))
+    }
+}
+
+/// `xs · wᵀ + bias`, then the epilogue. `xs`: `(..., k)`; `w`: `(n, k)`; `bias`: `(n)`; f32 on CPU.
+pub fn linear(xs: &Tensor, w: &Tensor, bias: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    let bias = bias.to_vec1::<f32>()?;
+    xs.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &LinearOp { bias, epilogue })
+}
+
+struct FeedForwardOp {
+    up_bias: Vec<f32>,
+    down_bias: Vec<f32>,
+}
+
+impl CustomOp3 for FeedForwardOp {
+    fn name(&self) -> &'static str {
+        "attune-feed-forward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        up: &CpuStorage,
+        up_layout: &Layout,
+        down: &CpuStorage,
+        down_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(xs, xs_layout, "feed-forward input")?;
+        let up = contiguous(up, up_layout, "feed-forward up weight")?;
+        let down = contiguous(down, down_layout, "feed-forward down weight")?;
+        let (ff, h) = up_layout.shape().dims2()?;
+        let dims = xs_layout.shape().dims();
+        if dims.last() != Some(&h)
+            || down_layout.shape().dims2()? != (h, ff)
+            || self.up_bias.len() != ff
+            || self.down_bias.len() != h
+        {
+            candle_core::bail!(
+                "feed-forward: input {dims:?}, up ({ff}, {h}), down {:?}",
+                down_layout.shape()
+            );
+        }
+        let mut dst = vec![0f32; x.len()];
+        let mut inner = vec![0f32; BLOCK_ROWS * ff];
+        for (xb, db) in x.chunks(BLOCK_ROWS * h).zip(dst.chunks_mut(BLOCK_ROWS * h)) {
+            let inner = &mut inner[..xb.len() / h * ff];
+            linear_rows(xb, h, up, &self.up_bias, Epilogue::GeluErf, inner);
+            linear_rows(inner, ff, down, &self.down_bias, Epilogue::None, db);
+        }
+        Ok((CpuStorage::F32(dst), xs_layout.shape().clone()))
+    }
+}
+
+/// BERT's feed-forward block `gelu(xs · upᵀ + up_bias) · downᵀ + down_bias`, row block by row
+/// block so the wide intermediate never leaves the cache. `xs`: `(..., h)`; `up`: `(ff, h)`;
+/// `down`: `(h, ff)`; f32 on CPU.
+pub fn feed_forward(
+    xs: &Tensor,
+    up: &Tensor,
+    up_bias: &Tensor,
+    down: &Tensor,
+    down_bias: &Tensor,
+) -> Result<Tensor> {
+    let op = FeedForwardOp {
+        up_bias: up_bias.to_vec1::<f32>()?,
+        down_bias: down_bias.to_vec1::<f32>()?,
+    };
+    xs.contiguous()?
+        .apply_op3_no_bwd(&up.contiguous()?, &down.contiguous()?, &op)
+}
+
+struct AttentionOp {
+    lengths: Vec<usize>,
+    heads: usize,
+    head_size: usize,
+    scale: f32,
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: each parallel task writes a disjoint (text, head) block of the output.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attune-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous(storage, layout, "attention input")?;
+        let (b, s, three_h) = layout.shape().dims3()?;
+        let h = self.heads * self.head_size;
+        if three_h != 3 * h || self.lengths.len() != b || self.lengths.iter().any(|&l| l > s) {
+            candle_core::bail!(
+                "attention: qkv {:?} with {} lengths",
+                layout.shape(),
+                self.lengths.len()
+            );
+        }
+        let d = self.head_size;
+        let mut out = vec![0f32; b * s * h];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = &out_ptr;
+        (0..b * self.heads)
+            .into_par_iter()
+            .for_each_init(Vec::<f32>::new, |scores, task| {
+                let (text, head) = (task / self.heads, task % self.heads);
+                let l = self.lengths[text];
+                if l == 0 {
+                    return;
+                }
+                scores.resize(l * l, 0.0);
+                let base = text * s * three_h + head * d;
+                let (q, k, v) = (&qkv[base..], &qkv[base + h..], &qkv[base + 2 * h..]);
+                // SAFETY: rows of Q, K, V are 3h apart inside this text's block; scores is l×l;
+                // the output block (rows h apart, d wide at column head·d) belongs to this task.
+                unsafe {
+                    gemm(
+                        l,
+                        l,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        l as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        three_h as isize,
+                        k.as_ptr(),
+                        three_h as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(l) {
+                    softmax_in_place(row);
+                }
+                unsafe {
+                    gemm(
+                        l,
+                        d,
+                        l,
+                        out_ptr.0.add(text * s * h + head * d),
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        l as isize,
+                        v.as_ptr(),
+                        1,
+                        three_h as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, s, h])))
+    }
+}
+
+/// Multi-head self-attention over a fused projection `qkv` `(batch, seq, 3·hidden)` (Q, K, V
+/// side by side), where text `i` has `lengths[i]` real tokens followed by padding. Returns the
+/// context `(batch, seq, hidden)`; rows of padding positions are zero.
+pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize, scale: f32) -> Result<Tensor> {
+    let three_h = qkv.dim(2)?;
+    qkv.contiguous()?.apply_op1_no_bwd(&AttentionOp {
+        lengths: lengths.to_vec(),
+        heads,
+        head_size: three_h / 3 / heads,
+        scale,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    #[test]
+    fn exp_and_erf_match_the_reference_functions() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0; // [-80, 80]
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp_approx(x) as f64 - want) / want).abs());
+            let x = i as f32 / 1000.0; // [-8, 8]
+            let want = candle_core::cpu::erf::erf_f64(x as f64);
+            worst_erf = worst_erf.max((erf_approx(x) as f64 - want).abs());
+        }
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+    }
+
+    #[test]
+    fn fused_gelu_and_softmax_match_candle() {
+        let dev = Device::Cpu;
+        let xs = Tensor::randn(0f32, 3.0, (7, 333), &dev).unwrap();
+        let mut fused = xs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        gelu_erf_in_place(&mut fused);
+        let want = xs
+            .gelu_erf()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let d = fused
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-6, "gelu max diff {d}");
+
+        let mut rows = xs.to_vec2::<f32>().unwrap();
+        let want = candle_nn::ops::softmax(&xs, D::Minus1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (row, want) in rows.iter_mut().zip(&want) {
+            softmax_in_place(row);
+            let d = row
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-6, "softmax max diff {d}");
+        }
+    }
+
+    #[test]
+    fn fused_linear_matches_matmul_plus_bias() {
+        let dev = Device::Cpu;
+        let xs = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (40, 24), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 40, &dev).unwrap();
+        let want = xs
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let got = linear(&xs, &w, &b, Epilogue::None).unwrap();
+        let d = (&got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+        let got = linear(&xs, &w, &b, Epilogue::GeluErf).unwrap();
+        let d = (got - want.gelu_erf().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn fused_feed_forward_matches_the_composite_block_across_row_blocks() {
+        let dev = Device::Cpu;
+        // 2 × 300 rows: more than one BLOCK_ROWS block, the last one partial.
+        let xs = Tensor::randn(0f32, 1.0, (2, 300, 16), &dev).unwrap();
+        let up = Tensor::randn(0f32, 0.3, (48, 16), &dev).unwrap();
+        let up_b = Tensor::randn(0f32, 0.3, 48, &dev).unwrap();
+        let down = Tensor::randn(0f32, 0.3, (16, 48), &dev).unwrap();
+        let down_b = Tensor::randn(0f32, 0.3, 16, &dev).unwrap();
+        let inner = xs
+            .broadcast_matmul(&up.t().unwrap())
+            .unwrap()
+            .broadcast_add(&up_b)
+            .unwrap();
+        let want = inner
+            .gelu_erf()
+            .unwrap()
+            .broadcast_matmul(&down.t().unwrap())
+            .unwrap()
+            .broadcast_add(&down_b)
+            .unwrap();
+        let got = feed_forward(&xs, &up, &up_b, &down, &down_b).unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn fused_attention_matches_masked_composite_attention_on_real_tokens() {
+        let dev = Device::Cpu;
+        let (b, s, heads, d) = (3, 9, 2, 4);
+        let h = heads * d;
+        let lengths = [9usize, 4, 1];
+        let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
+        let got = attention(&qkv, &lengths, heads, 0.5)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        let split = |i: usize| {
+            qkv.narrow(2, i * h, h)
+                .unwrap()
+                .reshape((b, s, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let mask: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { f32::MIN }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 1, s), &dev).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.5)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let want = probs
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, s, h))
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        for text in 0..b {
+            for pos in 0..s {
+                for j in 0..h {
+                    if pos < lengths[text] {
+                        assert!((got[text][pos][j] - want[text][pos][j]).abs() < 1e-5);
+                    } else {
+                        assert_eq!(got[text][pos][j], 0.0, "padding rows are zero");
+                    }
+                }
+            }
+        }
+    }
+}
