@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test suite: fetches the base model if needed (the parity tests use it), then runs every
+# crate's tests, the benchmarks once each in test mode, and the doc examples. Ends with one line
+# "tests: N passed, M failed" summed over every cargo test run.
+# Reference data is read from ../shared (or ATTUNE_SHARED_DIR).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+scripts/fetch-model.sh
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --all-targets 2>&1 | tee "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+  cargo test --release --workspace --doc 2>&1 | tee -a "$log" || status=$?
+fi
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
