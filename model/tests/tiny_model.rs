@@ -303,7 +303,7 @@ fn empty_and_whitespace_texts_are_embedded_not_dropped() {
 }
 
 #[test]
-fn a_pytorch_only_directory_is_not_confused_with_a_safetensors_one() {
+fn missing_weights_name_both_accepted_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), "arch", &RandomBertSpec::default());
     let model = ModelDir::open(&dir).unwrap();
@@ -363,5 +363,34 @@ fn fused_inference_kernels_agree_with_the_differentiable_training_path() {
                 assert!(d < 1e-4, "text {r} token {p}: {d}");
             }
         }
+    }
+}
+
+#[test]
+fn a_pytorch_model_bin_directory_embeds_like_its_safetensors_twin() {
+    // tests/fixtures/tiny_pytorch_model.bin holds the default tiny model's weights in PyTorch's
+    // format (regenerate with tests/fixtures/make_tiny_pth.py).
+    let tmp = tempfile::tempdir().unwrap();
+    let safetensors_dir = model_dir(tmp.path(), "st", &RandomBertSpec::default());
+    let pth_dir = model_dir(tmp.path(), "pth", &RandomBertSpec::default());
+    std::fs::remove_file(pth_dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_pytorch_model.bin"),
+        pth_dir.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let model = ModelDir::open(&pth_dir).unwrap();
+    assert!(matches!(
+        model.weights,
+        attune_model::WeightsFile::PyTorch(_)
+    ));
+    let want = encoder(&safetensors_dir, EncoderSettings::default())
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+    let got = encoder(&pth_dir, EncoderSettings::default())
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+    for (g, w) in got.embeddings.iter().zip(&want.embeddings) {
+        assert_eq!(g, w, "same weights, same vectors");
     }
 }
