@@ -82,7 +82,8 @@ impl TextTokenizer {
                 }
             })
             .collect();
-        let encodings = match self.inner.encode_batch(inputs.clone(), true) {
+        let borrowed: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let encodings = match self.inner.encode_batch(borrowed, true) {
             Ok(encodings) => encodings,
             // Find the offending text so the error can name it.
             Err(batch_err) => {
