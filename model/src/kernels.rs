@@ -30,7 +30,8 @@ pub enum Epilogue {
 /// `e^x` with a relative error below 2e-7 (Cephes' single-precision polynomial).
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
-    let x = x.clamp(-87.336_55, 88.376_26);
+    // Bounds keep n in [-126, 127], so 2^n below is a normal float.
+    let x = x.clamp(-87.336_55, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let r2 = r * r;
@@ -39,8 +40,10 @@ fn exp_approx(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r2 + r + 1.0;
-    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits, without a float→int conversion (which does not vectorize):
+    // n + 127 is an integer in [1, 254]; adding 2^23 puts it in the low mantissa bits, and the
+    // shift moves those bits into the exponent field (the 2^23 marker bits shift out).
+    let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     y * scale
 }
 
@@ -67,8 +70,20 @@ fn gelu_generic(xs: &mut [f32]) {
 /// `row ← softmax(row)`.
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Sixteen partial sums let the reduction vectorize without reassociation licence.
+    // Sixteen independent lanes let the max and sum reductions vectorize (a single running
+    // max or sum is a strict-order chain that cannot).
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (m, x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(*x);
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(chunks.remainder())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     let mut partial = [0f32; 16];
     let mut chunks = row.chunks_exact_mut(16);
     for chunk in &mut chunks {
