@@ -280,19 +280,20 @@ impl BertModel {
         let (b, s) = input_ids.dims2()?;
         let mask = attention_mask.to_dtype(DType::F32)?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
-        if let Some(lengths) = fused_lengths(&mask, &xs, mode)? {
-            for layer in &self.layers {
-                xs = if layer.fusable() {
-                    layer.forward_fused(&xs, &lengths)?
-                } else {
-                    layer.forward(&xs, &composite_mask_bias(&mask, b, s)?, mode)?
-                };
-            }
-            return Ok(xs);
-        }
-        let mask_bias = composite_mask_bias(&mask, b, s)?;
+        let lengths = fused_lengths(&mask, &xs, mode)?;
+        // Built on first use: only layers that cannot take the fused kernels need it.
+        let mut mask_bias: Option<Tensor> = None;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask_bias, mode)?;
+            xs = match &lengths {
+                Some(lengths) if layer.fusable() => layer.forward_fused(&xs, lengths)?,
+                _ => {
+                    if mask_bias.is_none() {
+                        mask_bias = Some(composite_mask_bias(&mask, b, s)?);
+                    }
+                    let bias = mask_bias.as_ref().expect("just built");
+                    layer.forward(&xs, bias, mode)?
+                }
+            };
         }
         Ok(xs)
     }
