@@ -157,6 +157,15 @@ impl BertLayer {
             .contiguous()
     }
 
+    /// The feed-forward activation (differentiable candle ops).
+    fn activate(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.activation {
+            HiddenAct::Gelu => xs.gelu_erf(),
+            HiddenAct::GeluNew => xs.gelu(),
+            HiddenAct::Relu => xs.relu(),
+        }
+    }
+
     /// Whether the fused CPU kernels can run this layer: plain weights (no LoRA adapter) with biases.
     fn fusable(&self) -> bool {
         [
@@ -193,16 +202,11 @@ impl BertLayer {
             .forward(&(attended + xs)?, Mode::Inference)?;
         let (w1, b1) = (self.intermediate.weight(), bias(&self.intermediate));
         let (w2, b2) = (self.output.weight(), bias(&self.output));
-        let out = match self.activation {
-            HiddenAct::Gelu => kernels::feed_forward(&xs, w1, &b1, w2, &b2)?,
-            HiddenAct::GeluNew => {
-                let inner = kernels::linear(&xs, w1, &b1, Epilogue::None)?.gelu()?;
-                kernels::linear(&inner, w2, &b2, Epilogue::None)?
-            }
-            HiddenAct::Relu => {
-                let inner = kernels::linear(&xs, w1, &b1, Epilogue::None)?.relu()?;
-                kernels::linear(&inner, w2, &b2, Epilogue::None)?
-            }
+        let out = if self.activation == HiddenAct::Gelu {
+            kernels::feed_forward(&xs, w1, &b1, w2, &b2)?
+        } else {
+            let inner = self.activate(&kernels::linear(&xs, w1, &b1, Epilogue::None)?)?;
+            kernels::linear(&inner, w2, &b2, Epilogue::None)?
         };
         self.output_norm.forward(&(out + xs)?, Mode::Inference)
     }
@@ -223,12 +227,7 @@ impl BertLayer {
             .forward(&self.attention_output.forward(&context)?, mode)?;
         let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
 
-        let inner = self.intermediate.forward(&xs)?;
-        let inner = match self.activation {
-            HiddenAct::Gelu => inner.gelu_erf()?,
-            HiddenAct::GeluNew => inner.gelu()?,
-            HiddenAct::Relu => inner.relu()?,
-        };
+        let inner = self.activate(&self.intermediate.forward(&xs)?)?;
         let out = self
             .hidden_dropout
             .forward(&self.output.forward(&inner)?, mode)?;

@@ -437,6 +437,18 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
+    /// Largest absolute element-wise difference of two same-shaped tensors.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn exp_and_erf_match_the_reference_functions() {
         let mut worst_exp = 0f64;
@@ -501,23 +513,10 @@ mod tests {
             .broadcast_add(&b)
             .unwrap();
         let got = linear(&xs, &w, &b, Epilogue::None).unwrap();
-        let d = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{d}");
         let got = linear(&xs, &w, &b, Epilogue::GeluErf).unwrap();
-        let d = (got - want.gelu_erf().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_abs_diff(&got, &want.gelu_erf().unwrap()) < 1e-4);
     }
 
     #[test]
@@ -542,14 +541,7 @@ mod tests {
             .broadcast_add(&down_b)
             .unwrap();
         let got = feed_forward(&xs, &up, &up_b, &down, &down_b).unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{d}");
     }
 
