@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Embed texts with a sentence-transformers model directory (JSONL out, one line per input).
     Embed(commands::embed::EmbedArgs),
+    /// Evaluate retrieval on a BEIR dataset (tuned vs base, reports, promotion gate), or score a
+    /// run file against qrels.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,12 +34,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => commands::embed::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("attune: error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<commands::GateFailed>() {
+            Some(gate) => {
+                eprintln!("attune: {gate}");
+                ExitCode::from(commands::GateFailed::EXIT_CODE)
+            }
+            None => {
+                eprintln!("attune: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -132,7 +132,13 @@ pub fn delta_histogram(title: &str, deltas: &[f64], bin_width: f64) -> Result<St
             .disable_x_mesh()
             .x_desc("Δ (candidate − baseline)")
             .y_desc("queries")
-            .x_label_formatter(&|x| format!("{x:+.2}"))
+            .x_label_formatter(&|x| {
+                if x.abs() < 1e-9 {
+                    "0".to_string()
+                } else {
+                    format!("{x:+.2}")
+                }
+            })
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| err(e.to_string()))?;

@@ -266,6 +266,44 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{v:.4}"))
 }
 
+/// A table of `metrics`: one column per model, and the delta with a baseline.
+fn html_table(out: &mut String, data: &DatasetResult, metrics: &[MetricName]) {
+    let models = data.models();
+    out.push_str("<table><tr><th>metric</th>");
+    for m in &models {
+        let _ = write!(out, "<th>{}</th>", html_escape(&m.label));
+    }
+    if data.baseline.is_some() {
+        out.push_str("<th>Δ</th>");
+    }
+    out.push_str("</tr>\n");
+    for metric in metrics {
+        let _ = write!(out, "<tr><td>{metric}</td>");
+        let values: Vec<Option<f64>> = models
+            .iter()
+            .map(|m| m.evaluation.mean_of(*metric))
+            .collect();
+        for v in &values {
+            let _ = write!(out, "<td class=\"n\">{}</td>", fmt_opt(*v));
+        }
+        if data.baseline.is_some() {
+            if let (Some(Some(b)), Some(Some(c))) = (values.first(), values.last()) {
+                let d = c - b;
+                let class = if d > 1e-9 {
+                    "pos"
+                } else if d < -1e-9 {
+                    "neg"
+                } else {
+                    ""
+                };
+                let _ = write!(out, "<td class=\"n {class}\">{d:+.4}</td>");
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
 /// Escapes text for HTML element content and attribute values.
 pub fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -572,8 +610,8 @@ impl Report {
             for check in &gate.checks {
                 let _ = writeln!(
                     out,
-                    "<li>{} {}</li>",
-                    if check.passed { "✅" } else { "❌" },
+                    "<li><b>{}</b> {}</li>",
+                    if check.passed { "PASS" } else { "FAIL" },
                     html_escape(&check.message)
                 );
             }
@@ -611,43 +649,14 @@ impl Report {
             let _ = writeln!(out, "<p>{}</p>", html_escape(&sentence));
         }
 
-        // Summary table.
-        let models = data.models();
-        out.push_str("<table><tr><th>metric</th>");
-        for m in &models {
-            let _ = write!(out, "<th>{}</th>", html_escape(&m.label));
-        }
-        if data.baseline.is_some() {
-            out.push_str("<th>Δ</th>");
-        }
-        out.push_str("</tr>\n");
-        for metric in &data.candidate.evaluation.metrics {
-            let _ = write!(out, "<tr><td>{metric}</td>");
-            let values: Vec<Option<f64>> = models
-                .iter()
-                .map(|m| m.evaluation.mean_of(*metric))
-                .collect();
-            for v in &values {
-                let _ = write!(out, "<td class=\"n\">{}</td>", fmt_opt(*v));
-            }
-            if data.baseline.is_some() {
-                if let (Some(Some(b)), Some(Some(c))) = (values.first(), values.last()) {
-                    let d = c - b;
-                    let class = if d > 1e-9 {
-                        "pos"
-                    } else if d < -1e-9 {
-                        "neg"
-                    } else {
-                        ""
-                    };
-                    let _ = write!(out, "<td class=\"n {class}\">{d:+.4}</td>");
-                }
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
+        // Headline table; every metric in a collapsible one.
+        html_table(out, data, &data.headline());
+        out.push_str("<details><summary>All metrics</summary>\n");
+        html_table(out, data, &data.candidate.evaluation.metrics);
+        out.push_str("</details>\n");
 
         // Plots.
+        let models = data.models();
         out.push_str("<div class=\"plots\">\n");
         let headline = data.headline();
         let categories: Vec<String> = headline.iter().map(|m| m.to_string()).collect();

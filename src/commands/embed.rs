@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use attune_model::{device_name, DeviceRequest, Encoder, EncoderSettings, ModelDir, TextKind};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 /// How input lines are read.
@@ -177,17 +176,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         Box::new(BufWriter::with_capacity(1 << 20, f))
     };
 
-    let progress = match total {
-        Some(n) if n < 1000 => ProgressBar::hidden(),
-        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-    };
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template"),
-    );
+    let progress = super::progress_bar(total, "texts");
 
     let started = Instant::now();
     let mut format = args.input_format;
