@@ -20,7 +20,7 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Evaluate retrieval on a BEIR dataset (tuned vs base, reports, promotion gate), or score a
     /// run file against qrels.
-    Eval(commands::eval::EvalArgs),
+    Eval(Box<commands::eval::EvalArgs>),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => commands::embed::run(args),
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Eval(args) => commands::eval::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

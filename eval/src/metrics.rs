@@ -286,7 +286,7 @@ pub fn evaluate(run: &Run, qrels: &Qrels, settings: &MetricsSettings) -> Result<
 
 /// Orders a ranking as the definitions' tool does: score descending, then document id
 /// descending (trec_eval) or ascending (sentence-transformers).
-fn ranked_order<'a>(ranking: &'a [ScoredDoc], definitions: Definitions) -> Vec<&'a ScoredDoc> {
+fn ranked_order(ranking: &[ScoredDoc], definitions: Definitions) -> Vec<&ScoredDoc> {
     let mut order: Vec<&ScoredDoc> = ranking.iter().collect();
     order.sort_by(|a, b| {
         b.score

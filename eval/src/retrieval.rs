@@ -3,6 +3,7 @@
 //! query that never sorts the whole corpus.
 
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -71,6 +72,37 @@ impl Default for ExactSearchSettings {
     }
 }
 
+/// A heap entry ordered so that *worse* is greater: lower score, then higher tie rank.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: f32,
+    rank: u32,
+    doc: u32,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then_with(|| self.rank.cmp(&other.rank))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
 /// One retrieved document: its corpus row and its score.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
@@ -108,15 +140,19 @@ pub fn exact_top_k(
     }
     let query_block = settings.query_block.max(1);
     let corpus_block = settings.corpus_block.max(1);
-    let mut best: Vec<Vec<Hit>> = vec![Vec::new(); queries.rows];
     if k == 0 || corpus.rows == 0 {
-        return Ok(best);
+        return Ok(vec![Vec::new(); queries.rows]);
     }
     let better = |a: &Hit, b: &Hit| -> Ordering {
         b.score
             .total_cmp(&a.score)
             .then_with(|| tie_rank[a.doc as usize].cmp(&tie_rank[b.doc as usize]))
     };
+    // Per query, a heap of the k best so far whose top is the worst of them: a score enters
+    // only when it beats that, so most of a row costs one comparison and nothing is allocated.
+    let mut heaps: Vec<BinaryHeap<Candidate>> = (0..queries.rows)
+        .map(|_| BinaryHeap::with_capacity(k.min(corpus.rows) + 1))
+        .collect();
     for c_start in (0..corpus.rows).step_by(corpus_block) {
         let c_end = (c_start + corpus_block).min(corpus.rows);
         let docs_t = corpus.block(c_start, c_end, device)?.t()?;
@@ -128,27 +164,39 @@ pub fn exact_top_k(
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             let width = c_end - c_start;
-            best[q_start..q_end]
+            heaps[q_start..q_end]
                 .par_iter_mut()
                 .zip(scores.par_chunks(width))
-                .for_each(|(kept, row)| {
-                    let mut candidates: Vec<Hit> = row
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &score)| Hit {
-                            doc: (c_start + j) as u32,
+                .for_each(|(heap, row)| {
+                    for (j, &score) in row.iter().enumerate() {
+                        let doc = (c_start + j) as u32;
+                        let candidate = Candidate {
                             score,
-                        })
-                        .collect();
-                    candidates.append(kept);
-                    if candidates.len() > k {
-                        candidates.select_nth_unstable_by(k - 1, better);
-                        candidates.truncate(k);
+                            rank: tie_rank[doc as usize],
+                            doc,
+                        };
+                        if heap.len() < k {
+                            heap.push(candidate);
+                        } else if let Some(mut worst) = heap.peek_mut() {
+                            if candidate < *worst {
+                                *worst = candidate;
+                            }
+                        }
                     }
-                    *kept = candidates;
                 });
         }
     }
+    let mut best: Vec<Vec<Hit>> = heaps
+        .into_iter()
+        .map(|heap| {
+            heap.into_iter()
+                .map(|c| Hit {
+                    doc: c.doc,
+                    score: c.score,
+                })
+                .collect()
+        })
+        .collect();
     best.par_iter_mut().for_each(|hits| hits.sort_by(better));
     Ok(best)
 }
