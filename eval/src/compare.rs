@@ -184,6 +184,16 @@ mod tests {
         }
     }
 
+    fn compare_ndcg(base: &[f64], cand: &[f64]) -> PairedComparison {
+        compare(
+            &evaluation(base),
+            &evaluation(cand),
+            MetricName::NDCG_10,
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn identical_models_tie_everywhere() {
         let e = evaluation(&[0.1, 0.5, 0.9, 0.3]);
@@ -202,13 +212,7 @@ mod tests {
             .enumerate()
             .map(|(i, b)| b + if i % 6 == 0 { -0.05 } else { 0.1 })
             .collect();
-        let c = compare(
-            &evaluation(&base),
-            &evaluation(&cand),
-            MetricName::NDCG_10,
-            &Default::default(),
-        )
-        .unwrap();
+        let c = compare_ndcg(&base, &cand);
         assert_eq!((c.wins, c.ties, c.losses), (50, 0, 10));
         let expected = (50.0 * 0.1 - 10.0 * 0.05) / 60.0;
         assert!((c.mean_delta - expected).abs() < 1e-12);
@@ -220,13 +224,7 @@ mod tests {
         assert!(c.ci95.0 > 0.0);
         assert!(c.p_value < 0.001, "p = {}", c.p_value);
         // Reproducible.
-        let again = compare(
-            &evaluation(&base),
-            &evaluation(&cand),
-            MetricName::NDCG_10,
-            &Default::default(),
-        )
-        .unwrap();
+        let again = compare_ndcg(&base, &cand);
         assert_eq!(again, c);
     }
 
@@ -236,13 +234,7 @@ mod tests {
         let cand: Vec<f64> = (0..40)
             .map(|i| 0.5 + if i % 2 == 0 { 0.1 } else { -0.1 })
             .collect();
-        let c = compare(
-            &evaluation(&base),
-            &evaluation(&cand),
-            MetricName::NDCG_10,
-            &Default::default(),
-        )
-        .unwrap();
+        let c = compare_ndcg(&base, &cand);
         assert!(c.p_value > 0.5, "p = {}", c.p_value);
         assert!(c.ci95.0 < 0.0 && c.ci95.1 > 0.0);
     }

@@ -321,54 +321,68 @@ fn read_jsonl_objects(
     Ok(())
 }
 
+/// Items in first-seen order where a repeated id replaces the earlier item in place.
+struct LastWins<T> {
+    items: Vec<T>,
+    position: HashMap<String, usize>,
+}
+
+impl<T> LastWins<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            position: HashMap::new(),
+        }
+    }
+
+    /// Adds `item` under `id`; returns whether it replaced an earlier one.
+    fn insert(&mut self, id: &str, item: T) -> bool {
+        match self.position.get(id) {
+            Some(&at) => {
+                self.items[at] = item;
+                true
+            }
+            None => {
+                self.position.insert(id.to_string(), self.items.len());
+                self.items.push(item);
+                false
+            }
+        }
+    }
+}
+
 /// Reads a BEIR `corpus.jsonl`: `{"_id", "title"?, "text"}` per line. Repeated ids keep the last
 /// line (counted in the report).
 pub fn read_corpus(path: &Path, report: &mut DataReport) -> Result<Vec<Document>> {
-    let mut docs: Vec<Document> = Vec::new();
-    let mut position: HashMap<String, usize> = HashMap::new();
+    let mut docs = LastWins::new();
     read_jsonl_objects(path, "corpus.jsonl", |id, object, line| {
         let doc = Document {
             title: json_text(object, "title", false, path, line)?.to_string(),
             text: json_text(object, "text", true, path, line)?.to_string(),
             id,
         };
-        match position.get(&doc.id) {
-            Some(&at) => {
-                report.duplicate_documents += 1;
-                docs[at] = doc;
-            }
-            None => {
-                position.insert(doc.id.clone(), docs.len());
-                docs.push(doc);
-            }
+        if docs.insert(&doc.id.clone(), doc) {
+            report.duplicate_documents += 1;
         }
         Ok(())
     })?;
-    Ok(docs)
+    Ok(docs.items)
 }
 
 /// Reads a BEIR `queries.jsonl`: `{"_id", "text"}` per line. Repeated ids keep the last line.
 pub fn read_queries(path: &Path, report: &mut DataReport) -> Result<Vec<Query>> {
-    let mut queries: Vec<Query> = Vec::new();
-    let mut position: HashMap<String, usize> = HashMap::new();
+    let mut queries = LastWins::new();
     read_jsonl_objects(path, "queries.jsonl", |id, object, line| {
         let query = Query {
             text: json_text(object, "text", true, path, line)?.to_string(),
             id,
         };
-        match position.get(&query.id) {
-            Some(&at) => {
-                report.duplicate_queries += 1;
-                queries[at] = query;
-            }
-            None => {
-                position.insert(query.id.clone(), queries.len());
-                queries.push(query);
-            }
+        if queries.insert(&query.id.clone(), query) {
+            report.duplicate_queries += 1;
         }
         Ok(())
     })?;
-    Ok(queries)
+    Ok(queries.items)
 }
 
 fn is_header(first_field: &str) -> bool {

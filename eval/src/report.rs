@@ -186,19 +186,13 @@ impl DatasetResult {
             out.push_str("---:|");
         }
         out.push('\n');
-        for metric in metrics {
-            let _ = write!(out, "| {metric} |");
-            let values: Vec<Option<f64>> = models
-                .iter()
-                .map(|m| m.evaluation.mean_of(*metric))
-                .collect();
-            for v in &values {
+        for row in metric_rows(self, metrics) {
+            let _ = write!(out, "| {} |", row.metric);
+            for v in &row.values {
                 let _ = write!(out, " {} |", fmt_opt(*v));
             }
-            if let (Some(Some(b)), Some(Some(c))) = (values.first(), values.last()) {
-                if self.baseline.is_some() {
-                    let _ = write!(out, " {:+.4} |", c - b);
-                }
+            if let Some(d) = row.delta {
+                let _ = write!(out, " {d:+.4} |");
             }
             out.push('\n');
         }
@@ -262,6 +256,35 @@ impl DatasetResult {
     }
 }
 
+/// One table row: each model's mean of `metric` (baseline first) and, with a baseline, the delta.
+struct MetricRow {
+    metric: MetricName,
+    values: Vec<Option<f64>>,
+    delta: Option<f64>,
+}
+
+fn metric_rows(data: &DatasetResult, metrics: &[MetricName]) -> Vec<MetricRow> {
+    let models = data.models();
+    metrics
+        .iter()
+        .map(|metric| {
+            let values: Vec<Option<f64>> = models
+                .iter()
+                .map(|m| m.evaluation.mean_of(*metric))
+                .collect();
+            let delta = match (data.baseline.is_some(), values.first(), values.last()) {
+                (true, Some(Some(b)), Some(Some(c))) => Some(c - b),
+                _ => None,
+            };
+            MetricRow {
+                metric: *metric,
+                values,
+                delta,
+            }
+        })
+        .collect()
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{v:.4}"))
 }
@@ -277,27 +300,20 @@ fn html_table(out: &mut String, data: &DatasetResult, metrics: &[MetricName]) {
         out.push_str("<th>Δ</th>");
     }
     out.push_str("</tr>\n");
-    for metric in metrics {
-        let _ = write!(out, "<tr><td>{metric}</td>");
-        let values: Vec<Option<f64>> = models
-            .iter()
-            .map(|m| m.evaluation.mean_of(*metric))
-            .collect();
-        for v in &values {
+    for row in metric_rows(data, metrics) {
+        let _ = write!(out, "<tr><td>{}</td>", row.metric);
+        for v in &row.values {
             let _ = write!(out, "<td class=\"n\">{}</td>", fmt_opt(*v));
         }
-        if data.baseline.is_some() {
-            if let (Some(Some(b)), Some(Some(c))) = (values.first(), values.last()) {
-                let d = c - b;
-                let class = if d > 1e-9 {
-                    "pos"
-                } else if d < -1e-9 {
-                    "neg"
-                } else {
-                    ""
-                };
-                let _ = write!(out, "<td class=\"n {class}\">{d:+.4}</td>");
-            }
+        if let Some(d) = row.delta {
+            let class = if d > 1e-9 {
+                "pos"
+            } else if d < -1e-9 {
+                "neg"
+            } else {
+                ""
+            };
+            let _ = write!(out, "<td class=\"n {class}\">{d:+.4}</td>");
         }
         out.push_str("</tr>\n");
     }
