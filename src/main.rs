@@ -21,6 +21,9 @@ enum Command {
     /// Evaluate retrieval on a BEIR dataset (tuned vs base, reports, promotion gate), or score a
     /// run file against qrels.
     Eval(Box<commands::eval::EvalArgs>),
+    /// Inspect training data.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(*args),
+        Command::Data(command) => commands::data::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -400,6 +400,35 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
 
 fn read_qrels_counting(path: &Path, report: &mut DataReport) -> Result<Qrels> {
     let mut qrels = Qrels::default();
+    for row in read_qrels_rows(path)? {
+        if qrels
+            .get(&row.query_id)
+            .is_some_and(|j| j.contains_key(&row.doc_id))
+        {
+            report.duplicate_judgments += 1;
+        }
+        qrels.insert(&row.query_id, &row.doc_id, row.grade);
+    }
+    Ok(qrels)
+}
+
+/// One qrels row with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QrelsRow {
+    /// Query id.
+    pub query_id: String,
+    /// Document id.
+    pub doc_id: String,
+    /// Relevance grade (> 0 is relevant).
+    pub grade: i32,
+    /// 1-based line number.
+    pub line: usize,
+}
+
+/// Reads a qrels file row by row, in file order, in either layout of [`read_qrels`]; training
+/// uses the line numbers to point at problems.
+pub fn read_qrels_rows(path: &Path) -> Result<Vec<QrelsRow>> {
+    let mut rows = Vec::new();
     for (index, line) in open_lines(path, "qrels file")?.enumerate() {
         let line_no = index + 1;
         let line = line?;
@@ -428,12 +457,14 @@ fn read_qrels_counting(path: &Path, report: &mut DataReport) -> Result<Qrels> {
                 format!("relevance `{grade}` is not an integer"),
             )
         })?;
-        if qrels.get(query).is_some_and(|j| j.contains_key(doc)) {
-            report.duplicate_judgments += 1;
-        }
-        qrels.insert(query, doc, grade);
+        rows.push(QrelsRow {
+            query_id: query.to_string(),
+            doc_id: doc.to_string(),
+            grade,
+            line: line_no,
+        });
     }
-    Ok(qrels)
+    Ok(rows)
 }
 
 fn parse_grade(field: &str) -> Option<i32> {

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes its clap `Args` and a `run` function.
 
+pub mod data;
 pub mod embed;
 pub mod eval;
 

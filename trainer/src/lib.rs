@@ -7,6 +7,42 @@
 //! [`attune_model::Mode::Train`] (differentiable layer norm and softmax, seeded dropout), and
 //! writes its output only through [`attune_model::model_dir`], the owner of that format.
 //!
-//! The training loop itself (InfoNCE with in-batch and hard negatives, AdamW with warmup and
-//! decay, checkpoints and resume, LoRA) is tracked by the trainer issue; this crate holds the
-//! place and the dependency edges in the workspace until then.
+//! Here so far:
+//! - [`data`]: training pairs from a pairs JSONL file or a BEIR directory, each with its
+//!   `file:line`;
+//! - [`check`]: what is wrong with the data (empty texts, duplicates, contradictions, leakage
+//!   into the test data, long texts), fatal or not.
+//!
+//! The training loop (InfoNCE with in-batch and hard negatives, AdamW with warmup and decay,
+//! checkpoints and resume, validation with attune-eval) is the rest of the trainer issue.
+//!
+//! ```
+//! use attune_trainer::check::{check, CheckSettings};
+//! use attune_trainer::data::TrainingData;
+//!
+//! # fn main() -> Result<(), attune_trainer::TrainError> {
+//! let dir = std::env::temp_dir().join(format!("attune-trainer-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("pairs.jsonl");
+//! std::fs::write(
+//!     &path,
+//!     "{\"query\": \"red running shoes\", \"positive\": \"Nike Pegasus, red\"}\n\
+//!      {\"query\": \"usb-c hub\", \"positive\": \"7-port USB-C hub\", \"negatives\": [\"HDMI cable\"]}\n",
+//! )
+//! .unwrap();
+//!
+//! let data = TrainingData::load(&path, "train")?;
+//! let report = check(&data, None, None, &CheckSettings::default())?;
+//! assert_eq!(report.counts.pairs, 2);
+//! assert!(!report.is_fatal());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod data;
+pub mod error;
+
+pub use error::{Result, TrainError};
