@@ -97,6 +97,22 @@ impl Encoder {
         Self::from_model(model, dir, device, settings)
     }
 
+    /// Loads the model directory's weights as training variables (f32) and returns the encoder
+    /// with the [`candle_nn::VarMap`] holding them; every variable is used by the forward pass.
+    pub fn load_trainable(
+        dir: &ModelDir,
+        device: &Device,
+        settings: EncoderSettings,
+    ) -> Result<(Self, candle_nn::VarMap)> {
+        let (varmap, vb) = dir.trainable_var_builder(device)?;
+        let Architecture::Bert(cfg) = &dir.architecture;
+        let model = BertModel::load(vb, cfg).map_err(|source| ModelError::InvalidWeights {
+            path: dir.weights.path().to_path_buf(),
+            source,
+        })?;
+        Ok((Self::from_model(model, dir, device, settings)?, varmap))
+    }
+
     /// Wraps an already built model (e.g. one whose weights are training variables).
     pub fn from_model(
         model: BertModel,

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
@@ -293,6 +294,21 @@ impl ModelDir {
         Ok(if prefixed { vb.pp("bert") } else { vb })
     }
 
+    /// A [`VarBuilder`] whose tensors are training variables (f32), and the [`VarMap`] that
+    /// holds them. Only tensors the model actually requests become variables, so every entry of
+    /// the map is trainable and reachable from the loss; keys are the names the model asked for
+    /// (without a `bert.` prefix).
+    pub fn trainable_var_builder(&self, device: &Device) -> Result<(VarMap, VarBuilder<'static>)> {
+        let source = self.var_builder(DType::F32, device)?;
+        let varmap = VarMap::new();
+        let backend = TrainableBackend {
+            source,
+            varmap: varmap.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        Ok((varmap, vb))
+    }
+
     /// Loads `tokenizer.json` as it is on disk (see [`crate::TextTokenizer`] for the configured one).
     pub fn load_tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_file(&self.tokenizer_path).map_err(|e| ModelError::InvalidTokenizer {
@@ -315,6 +331,56 @@ impl ModelDir {
             self.pooling_modes, self.normalize, self.max_seq_length, self.do_lower_case
         ));
         Ok(format!("{:x}", hasher.finalize()))
+    }
+}
+
+/// Reads tensors from the model directory on first request and keeps them as [`Var`]s.
+struct TrainableBackend {
+    source: VarBuilder<'static>,
+    varmap: VarMap,
+}
+
+impl TrainableBackend {
+    fn keep(&self, name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+        let mut vars = self.varmap.data().lock().expect("var map lock");
+        if let Some(var) = vars.get(name) {
+            return Ok(var.as_tensor().clone());
+        }
+        let var = Var::from_tensor(&tensor)?;
+        let out = var.as_tensor().clone();
+        vars.insert(name.to_string(), var);
+        Ok(out)
+    }
+}
+
+impl SimpleBackend for TrainableBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self
+            .source
+            .get(shape, name)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        self.keep(name, tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self
+            .source
+            .get_unchecked(name)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        self.keep(name, tensor)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.source.contains_tensor(name)
     }
 }
 

@@ -44,5 +44,6 @@
 pub mod check;
 pub mod data;
 pub mod error;
+pub mod loss;
 
 pub use error::{Result, TrainError};
