@@ -11,10 +11,14 @@
 //! - [`data`]: training pairs from a pairs JSONL file or a BEIR directory, each with its
 //!   `file:line`;
 //! - [`check`]: what is wrong with the data (empty texts, duplicates, contradictions, leakage
-//!   into the test data, long texts), fatal or not.
+//!   into the test data, long texts), fatal or not;
+//! - [`loss`]: InfoNCE with in-batch and hard negatives and an optional symmetric term;
+//! - [`optim`]: AdamW (no decay on biases and LayerNorm weights), the linear warmup/decay
+//!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them.
 //!
-//! The training loop (InfoNCE with in-batch and hard negatives, AdamW with warmup and decay,
-//! checkpoints and resume, validation with attune-eval) is the rest of the trainer issue.
+//! Trainable weights come from [`attune_model::Encoder::load_trainable`]. The training loop
+//! (batching without duplicates, checkpoints and resume, validation with attune-eval, writing
+//! the tuned directory) is the rest of the trainer issue.
 //!
 //! ```
 //! use attune_trainer::check::{check, CheckSettings};
@@ -45,5 +49,6 @@ pub mod check;
 pub mod data;
 pub mod error;
 pub mod loss;
+pub mod optim;
 
 pub use error::{Result, TrainError};

@@ -1,0 +1,286 @@
+//! AdamW as PyTorch's `torch.optim.AdamW` computes it, with weight decay skipped for biases and
+//! LayerNorm weights (as Hugging Face's Trainer groups parameters), the linear warmup-then-decay
+//! schedule of `get_linear_schedule_with_warmup`, and global gradient-norm clipping as
+//! `torch.nn.utils.clip_grad_norm_`. Device-generic: state lives in tensors beside the weights.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, Var};
+
+/// AdamW hyperparameters. Defaults: lr 2e-5, betas (0.9, 0.999), eps 1e-8 (PyTorch's), weight
+/// decay 0.01.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamWSettings {
+    /// Peak learning rate (the schedule scales it).
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to decayed parameters only.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWSettings {
+    fn default() -> Self {
+        Self {
+            lr: 2e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// Whether a parameter gets weight decay: not biases, not LayerNorm weights.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with("bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+}
+
+/// Linear warmup from 0 to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`
+/// (`get_linear_schedule_with_warmup`); `step` is 0-based, so the first step's factor is 0.
+pub fn linear_schedule(step: usize, warmup_steps: usize, total_steps: usize) -> f64 {
+    if step < warmup_steps {
+        return step as f64 / warmup_steps.max(1) as f64;
+    }
+    let remaining = total_steps.saturating_sub(step) as f64;
+    (remaining / total_steps.saturating_sub(warmup_steps).max(1) as f64).max(0.0)
+}
+
+/// One parameter with its AdamW state.
+struct Parameter {
+    name: String,
+    var: Var,
+    first_moment: Tensor,
+    second_moment: Tensor,
+    decay: bool,
+}
+
+/// AdamW over named variables.
+pub struct AdamW {
+    parameters: Vec<Parameter>,
+    settings: AdamWSettings,
+    /// Optimizer steps taken.
+    steps: usize,
+}
+
+impl AdamW {
+    /// An optimizer over `vars` (name, variable), in the given order; decay follows [`decays`].
+    pub fn new(vars: Vec<(String, Var)>, settings: AdamWSettings) -> Result<Self> {
+        let parameters = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let zeros = var.as_tensor().zeros_like()?;
+                Ok(Parameter {
+                    decay: decays(&name),
+                    first_moment: zeros.clone(),
+                    second_moment: zeros,
+                    name,
+                    var,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            parameters,
+            settings,
+            steps: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Names of the parameters, and whether each decays.
+    pub fn parameter_names(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.parameters.iter().map(|p| (p.name.as_str(), p.decay))
+    }
+
+    /// The L2 norm of all gradients together (0 for parameters without one).
+    pub fn gradient_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut total = 0.0;
+        for p in &self.parameters {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// One update with learning rate `lr`, after scaling gradients so their total norm is at
+    /// most `max_grad_norm` (as `clip_grad_norm_`: coefficient `max / (norm + 1e-6)`, capped at
+    /// 1). Returns the gradient norm before clipping.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, max_grad_norm: Option<f64>) -> Result<f64> {
+        let norm = self.gradient_norm(grads)?;
+        let clip = match max_grad_norm {
+            Some(max) => (max / (norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        self.steps += 1;
+        let s = &self.settings;
+        let t = self.steps as i32;
+        let bias1 = 1.0 - s.beta1.powi(t);
+        let bias2 = 1.0 - s.beta2.powi(t);
+        for p in &mut self.parameters {
+            let Some(grad) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let grad = if clip < 1.0 {
+                (grad * clip)?
+            } else {
+                grad.clone()
+            };
+            let mut theta = p.var.as_tensor().clone();
+            if p.decay && s.weight_decay != 0.0 {
+                theta = (theta * (1.0 - lr * s.weight_decay))?;
+            }
+            p.first_moment = ((&p.first_moment * s.beta1)? + (&grad * (1.0 - s.beta1))?)?;
+            p.second_moment = ((&p.second_moment * s.beta2)? + (grad.sqr()? * (1.0 - s.beta2))?)?;
+            let denominator = ((p.second_moment.sqrt()? / bias2.sqrt())? + s.eps)?;
+            let update = ((&p.first_moment / &denominator)? * (lr / bias1))?;
+            p.var.set(&(theta - update)?)?;
+        }
+        Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn var(values: &[f32]) -> Var {
+        Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn values(v: &Var) -> Vec<f32> {
+        v.as_tensor().to_vec1::<f32>().unwrap()
+    }
+
+    /// PyTorch's AdamW on one scalar, written out.
+    fn reference(mut theta: f64, grads: &[f64], lr: f64, s: &AdamWSettings, decay: bool) -> f64 {
+        let (mut m, mut v) = (0.0, 0.0);
+        for (i, g) in grads.iter().enumerate() {
+            let t = (i + 1) as i32;
+            if decay {
+                theta *= 1.0 - lr * s.weight_decay;
+            }
+            m = s.beta1 * m + (1.0 - s.beta1) * g;
+            v = s.beta2 * v + (1.0 - s.beta2) * g * g;
+            let denom = v.sqrt() / (1.0 - s.beta2.powi(t)).sqrt() + s.eps;
+            theta -= lr / (1.0 - s.beta1.powi(t)) * m / denom;
+        }
+        theta
+    }
+
+    #[test]
+    fn updates_match_pytorch_adamw_with_and_without_decay() {
+        let settings = AdamWSettings {
+            lr: 0.1,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let weight = var(&[1.0, -2.0]);
+        let bias = var(&[0.5, 0.25]);
+        let mut opt = AdamW::new(
+            vec![
+                ("layer.dense.weight".into(), weight.clone()),
+                ("layer.dense.bias".into(), bias.clone()),
+            ],
+            settings.clone(),
+        )
+        .unwrap();
+        // Loss = sum(w² ⋅ c) + sum(b ⋅ c) with c = [1, 3]: gradients 2wc and c.
+        let c = Tensor::new(&[1f32, 3.0], &Device::Cpu).unwrap();
+        let mut w_grads = [Vec::new(), Vec::new()];
+        for _ in 0..3 {
+            let w_now = values(&weight);
+            for (j, g) in w_grads.iter_mut().enumerate() {
+                g.push(2.0 * w_now[j] as f64 * [1.0, 3.0][j]);
+            }
+            let loss = ((weight.as_tensor().sqr().unwrap() * &c)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + (bias.as_tensor() * &c).unwrap().sum_all().unwrap())
+            .unwrap();
+            opt.step(&loss.backward().unwrap(), 0.1, None).unwrap();
+        }
+        let w = values(&weight);
+        for j in 0..2 {
+            let want = reference([1.0, -2.0][j], &w_grads[j], 0.1, &settings, true);
+            assert!(
+                (w[j] as f64 - want).abs() < 1e-5,
+                "w[{j}] {} vs {want}",
+                w[j]
+            );
+        }
+        let b = values(&bias);
+        for j in 0..2 {
+            let g = [1.0, 3.0][j];
+            let want = reference([0.5, 0.25][j], &[g, g, g], 0.1, &settings, false);
+            assert!(
+                (b[j] as f64 - want).abs() < 1e-5,
+                "b[{j}] {} vs {want}",
+                b[j]
+            );
+        }
+        assert_eq!(opt.steps(), 3);
+    }
+
+    #[test]
+    fn decay_skips_biases_and_layer_norms() {
+        assert!(decays("encoder.layer.0.attention.self.query.weight"));
+        assert!(decays("embeddings.word_embeddings.weight"));
+        assert!(!decays("encoder.layer.0.attention.self.query.bias"));
+        assert!(!decays("encoder.layer.0.output.LayerNorm.weight"));
+        assert!(!decays("embeddings.LayerNorm.bias"));
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_linearly() {
+        // 87 steps with 9 warmup steps (the scifact recipe).
+        assert_eq!(linear_schedule(0, 9, 87), 0.0);
+        assert!((linear_schedule(3, 9, 87) - 3.0 / 9.0).abs() < 1e-12);
+        assert_eq!(linear_schedule(9, 9, 87), 1.0);
+        assert!((linear_schedule(48, 9, 87) - 39.0 / 78.0).abs() < 1e-12);
+        assert_eq!(linear_schedule(87, 9, 87), 0.0);
+        assert_eq!(linear_schedule(100, 9, 87), 0.0);
+        assert_eq!(linear_schedule(0, 0, 10), 1.0);
+    }
+
+    #[test]
+    fn clipping_bounds_the_update_by_the_global_norm() {
+        // With one step, Adam's update is lr·sign(g) whatever the scale, so check the returned
+        // norm and that clipping changes the moments' scale (second step differs).
+        let a = var(&[3.0]);
+        let b = var(&[4.0]);
+        let mut opt = AdamW::new(
+            vec![
+                ("a.weight".into(), a.clone()),
+                ("b.weight".into(), b.clone()),
+            ],
+            AdamWSettings {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let loss = (a.as_tensor() * 3.0).unwrap().sum_all().unwrap();
+        let loss = (loss + (b.as_tensor() * 4.0).unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        assert!((opt.gradient_norm(&grads).unwrap() - 5.0).abs() < 1e-6);
+        let before = opt.step(&grads, 0.1, Some(1.0)).unwrap();
+        assert!((before - 5.0).abs() < 1e-6);
+        // First moment after one clipped step: (1 - β1)·g·(1/5).
+        let m = opt.parameters[0].first_moment.to_vec1::<f32>().unwrap()[0];
+        assert!((m - 0.1 * 3.0 / 5.0).abs() < 1e-6, "{m}");
+    }
+}
