@@ -12,12 +12,13 @@
 //!   `file:line`;
 //! - [`check`]: what is wrong with the data (empty texts, duplicates, contradictions, leakage
 //!   into the test data, long texts), fatal or not;
+//! - [`batches`]: shuffled batches in which no text appears twice;
 //! - [`loss`]: InfoNCE with in-batch and hard negatives and an optional symmetric term;
 //! - [`optim`]: AdamW (no decay on biases and LayerNorm weights), the linear warmup/decay
 //!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them.
 //!
 //! Trainable weights come from [`attune_model::Encoder::load_trainable`]. The training loop
-//! (batching without duplicates, checkpoints and resume, validation with attune-eval, writing
+//! (checkpoints and resume, validation with attune-eval, writing
 //! the tuned directory) is the rest of the trainer issue.
 //!
 //! ```
@@ -45,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batches;
 pub mod check;
 pub mod data;
 pub mod error;
