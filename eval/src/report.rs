@@ -455,17 +455,13 @@ impl Report {
                 let _ = write!(out, " {:>9}", "Δ");
             }
             out.push('\n');
-            for metric in data.headline() {
-                let values: Vec<f64> = models
-                    .iter()
-                    .filter_map(|m| m.evaluation.mean_of(metric))
-                    .collect();
-                let _ = write!(out, "  {:<12}", metric.to_string());
-                for v in &values {
+            for row in metric_rows(data, &data.headline()) {
+                let _ = write!(out, "  {:<12}", row.metric.to_string());
+                for v in row.values.iter().flatten() {
                     let _ = write!(out, " {v:>10.4}");
                 }
-                if data.baseline.is_some() && values.len() == 2 {
-                    let _ = write!(out, " {:>+9.4}", values[1] - values[0]);
+                if let Some(d) = row.delta {
+                    let _ = write!(out, " {d:>+9.4}");
                 }
                 out.push('\n');
             }

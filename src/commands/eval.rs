@@ -291,7 +291,8 @@ fn run_file(args: &EvalArgs, run_path: &Path) -> Result<()> {
     let qrels = read_qrels(qrels_path)?;
     let evaluation = evaluate(&run, &qrels, &metrics_settings(args))?;
     let source = run_path.display().to_string();
-    for warning in evaluation.warnings(&source) {
+    let warnings = evaluation.warnings(&source);
+    for warning in &warnings {
         eprintln!("attune: warning: {warning}");
     }
     let report = Report {
@@ -301,7 +302,7 @@ fn run_file(args: &EvalArgs, run_path: &Path) -> Result<()> {
             source: qrels_path.display().to_string(),
             split: "qrels".to_string(),
             documents: 0,
-            warnings: evaluation.warnings(&source),
+            warnings,
             candidate: ModelResult {
                 label: "run".to_string(),
                 source,
