@@ -21,6 +21,9 @@ enum Command {
     /// Evaluate retrieval on a BEIR dataset (tuned vs base, reports, promotion gate), or score a
     /// run file against qrels.
     Eval(Box<commands::eval::EvalArgs>),
+    /// Fine-tune a model on query–document pairs (InfoNCE with in-batch and hard negatives)
+    /// and write the tuned model directory.
+    Train(Box<commands::train::TrainArgs>),
     /// Inspect training data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(*args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
     };
     match result {

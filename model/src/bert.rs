@@ -54,6 +54,7 @@ impl LinearTarget {
     }
 }
 
+#[derive(Clone)]
 struct BertEmbeddings {
     word: Embedding,
     position: Embedding,
@@ -96,6 +97,7 @@ impl BertEmbeddings {
     }
 }
 
+#[derive(Clone)]
 struct BertLayer {
     query: Linear,
     key: Linear,
@@ -235,7 +237,9 @@ impl BertLayer {
     }
 }
 
-/// The BERT encoder: token ids in, one hidden state per token out.
+/// The BERT encoder: token ids in, one hidden state per token out. Cloning shares the weights
+/// (training variables updated in place are seen by every clone).
+#[derive(Clone)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,

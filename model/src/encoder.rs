@@ -165,6 +165,12 @@ impl Encoder {
         })
     }
 
+    /// The same model (sharing its weights, so training updates are seen) with other settings,
+    /// e.g. a shorter maximum sequence length for training than for validation.
+    pub fn with_settings(&self, dir: &ModelDir, settings: EncoderSettings) -> Result<Self> {
+        Self::from_model(self.model.clone(), dir, &self.device, settings)
+    }
+
     /// Length of every embedding.
     pub fn dimension(&self) -> usize {
         self.dimension

@@ -220,6 +220,7 @@ pub fn write_random_bert(dest: &Path, spec: &RandomBertSpec) -> Result<usize> {
                 do_lower_case: false,
             },
             prompts: &BTreeMap::new(),
+            extra_files: &[],
         },
     )?;
     Ok(vocab.len())

@@ -45,6 +45,14 @@ pub mod files {
     pub const ST_CONFIG: &str = "config_sentence_transformers.json";
 }
 
+/// Tokenizer files besides `tokenizer.json` that Hugging Face loaders read; a derived model
+/// directory carries them over verbatim.
+const TOKENIZER_COMPANIONS: [&str; 3] = [
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
 const TRANSFORMER_MODULE: &str = "sentence_transformers.models.Transformer";
 const POOLING_MODULE: &str = "sentence_transformers.models.Pooling";
 const NORMALIZE_MODULE: &str = "sentence_transformers.models.Normalize";
@@ -309,6 +317,99 @@ impl ModelDir {
         Ok((varmap, vb))
     }
 
+    /// Every tensor of the weights file by its stored name, on the CPU, in its stored dtype.
+    fn read_all_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let path = self.weights.path();
+        let wrap = |source| ModelError::InvalidWeights {
+            path: path.to_path_buf(),
+            source,
+        };
+        match &self.weights {
+            WeightsFile::Safetensors(p) => {
+                candle_core::safetensors::load(p, &Device::Cpu).map_err(wrap)
+            }
+            WeightsFile::PyTorch(p) => Ok(candle_core::pickle::read_all(p)
+                .map_err(wrap)?
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    /// Writes a complete copy of this model directory at `dest` (see [`write_model_dir`]) with the
+    /// tensors in `updated` replaced. `updated` is keyed by the names the model requests (without
+    /// a `bert.` prefix, as [`ModelDir::trainable_var_builder`] names them); every key must name a
+    /// stored tensor of the same shape. Tensors the model never reads (e.g. a pooler) are kept,
+    /// so Hugging Face loaders find a complete checkpoint. `extra_files` are added as given.
+    pub fn write_updated(
+        &self,
+        dest: &Path,
+        updated: &HashMap<String, Tensor>,
+        extra_files: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        let mut tensors = self.read_all_tensors()?;
+        let prefixed = !tensors.contains_key("embeddings.word_embeddings.weight")
+            && tensors.contains_key("bert.embeddings.word_embeddings.weight");
+        for (name, tensor) in updated {
+            let stored = if prefixed {
+                format!("bert.{name}")
+            } else {
+                name.clone()
+            };
+            let invalid = |message: String| ModelError::InvalidWeights {
+                path: self.weights.path().to_path_buf(),
+                source: candle_core::Error::Msg(message),
+            };
+            let Some(original) = tensors.get(&stored) else {
+                return Err(invalid(format!(
+                    "updated tensor `{stored}` is not in the checkpoint"
+                )));
+            };
+            if original.shape() != tensor.shape() {
+                return Err(invalid(format!(
+                    "updated tensor `{stored}` has shape {:?}, the checkpoint's has {:?}",
+                    tensor.shape(),
+                    original.shape()
+                )));
+            }
+            let tensor = tensor.to_device(&Device::Cpu)?.to_dtype(original.dtype())?;
+            tensors.insert(stored, tensor);
+        }
+        let config_json: serde_json::Value = read_json(&self.config_path, "transformer config")?;
+        let tokenizer = self.load_tokenizer()?;
+        let source_dir = self
+            .tokenizer_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        let mut extras = Vec::new();
+        for name in TOKENIZER_COMPANIONS {
+            let path = source_dir.join(name);
+            if path.exists() {
+                extras.push((
+                    name.to_string(),
+                    fs::read(&path).map_err(|e| ModelError::io(&path, e))?,
+                ));
+            }
+        }
+        extras.extend(extra_files.iter().cloned());
+        write_model_dir(
+            dest,
+            &ModelFiles {
+                config_json: &config_json,
+                tokenizer: &tokenizer,
+                tensors: &tensors,
+                pooling: &self.pooling,
+                normalize: self.normalize,
+                sentence_bert: &SentenceBertConfig {
+                    max_seq_length: Some(self.max_seq_length),
+                    do_lower_case: self.do_lower_case,
+                },
+                prompts: &self.prompts,
+                extra_files: &extras,
+            },
+        )
+    }
+
     /// Loads `tokenizer.json` as it is on disk (see [`crate::TextTokenizer`] for the configured one).
     pub fn load_tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_file(&self.tokenizer_path).map_err(|e| ModelError::InvalidTokenizer {
@@ -400,6 +501,9 @@ pub struct ModelFiles<'a> {
     pub sentence_bert: &'a SentenceBertConfig,
     /// Named prompts for `config_sentence_transformers.json`.
     pub prompts: &'a BTreeMap<String, String>,
+    /// Further files written as given, by path relative to the directory (tokenizer companions
+    /// such as `vocab.txt`, a model card, a training log).
+    pub extra_files: &'a [(String, Vec<u8>)],
 }
 
 /// Writes a complete model directory at `dest`. The files are written into `dest.tmp-*` and
@@ -445,6 +549,13 @@ pub fn write_model_dir(dest: &Path, model: &ModelFiles<'_>) -> Result<()> {
         &serde_json::json!({"prompts": model.prompts, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
     )?;
 
+    for (name, bytes) in model.extra_files {
+        let path = staging.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        }
+        fs::write(&path, bytes).map_err(|e| ModelError::io(&path, e))?;
+    }
     let tokenizer_path = staging.join(files::TOKENIZER);
     model
         .tokenizer

@@ -28,6 +28,34 @@ pub enum TrainError {
         /// What is wrong with the line.
         problem: String,
     },
+    /// The data check found fatal problems (listed in the message); nothing is trained or
+    /// written.
+    #[error("{path}: training data refused:\n{problems}")]
+    RefusedData {
+        /// The training data.
+        path: PathBuf,
+        /// The fatal findings, one per line, with file:line samples.
+        problems: String,
+    },
+    /// A setting is out of range or contradicts another.
+    #[error("setting `{name}`: {problem}")]
+    InvalidSetting {
+        /// The setting (as the command line spells it).
+        name: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A checkpoint cannot be used to resume (missing, corrupt, or from a different run).
+    #[error("{path}: cannot resume: {problem}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A tensor computation failed (a bug or an exhausted device, not bad input).
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
     /// Reading a BEIR directory failed (the message names file and line). Boxed: it is large.
     #[error(transparent)]
     Eval(Box<attune_eval::EvalError>),
@@ -49,6 +77,14 @@ impl From<attune_model::ModelError> for TrainError {
 }
 
 impl TrainError {
+    /// A [`TrainError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
     /// A [`TrainError::Malformed`] for line `line` (1-based) of `path`.
     pub fn malformed(path: impl Into<PathBuf>, line: usize, problem: impl Into<String>) -> Self {
         Self::Malformed {

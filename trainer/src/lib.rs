@@ -48,9 +48,12 @@
 
 pub mod batches;
 pub mod check;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod fixtures;
 pub mod loss;
 pub mod optim;
+pub mod train;
 
 pub use error::{Result, TrainError};
