@@ -24,6 +24,21 @@ pub fn progress_bar(total: Option<u64>, unit: &str) -> ProgressBar {
     bar
 }
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps memory freed by this process for reuse instead of returning it to the kernel.
+///
+/// A training step frees and reallocates gigabytes of activations and gradients. Returned to the
+/// kernel, every reuse faults in freshly zeroed pages: in a profile of `attune train` that was
+/// 28% of the CPU time and 2.9 million page faults for 3 steps (6,000 with this setting). Peak
+/// memory is unchanged; the process just does not shrink until it exits.
+pub fn keep_freed_memory() {
+    // SAFETY: sets one allocator option to a documented value (-1 = never purge); options may be
+    // changed at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// A gate that did not pass: `main` exits with [`GateFailed::EXIT_CODE`] and the message.
 #[derive(Debug)]
 pub struct GateFailed(pub String);

@@ -151,6 +151,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs `attune train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    super::keep_freed_memory();
     let settings = args.settings();
     let model = ModelDir::open(&args.model)?;
     let data = TrainingData::load(&args.data, &args.split)?;

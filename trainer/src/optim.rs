@@ -4,7 +4,8 @@
 //! `torch.nn.utils.clip_grad_norm_`. Device-generic: state lives in tensors beside the weights.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rayon::prelude::*;
 
 /// AdamW hyperparameters. Defaults: lr 2e-5, betas (0.9, 0.999), eps 1e-8 (PyTorch's), weight
 /// decay 0.01.
@@ -49,13 +50,104 @@ pub fn linear_schedule(step: usize, warmup_steps: usize, total_steps: usize) -> 
     (remaining / total_steps.saturating_sub(warmup_steps).max(1) as f64).max(0.0)
 }
 
+/// The AdamW moments of one parameter.
+enum Moments {
+    /// On the parameter's device, updated with tensor operations (any device).
+    Tensors { first: Tensor, second: Tensor },
+    /// On the CPU in f32, updated by one fused pass over all cores: no temporary tensors, which
+    /// on the CPU cost more than the arithmetic.
+    Host { first: Vec<f32>, second: Vec<f32> },
+}
+
+impl Moments {
+    fn zeros(var: &Var, host: bool) -> Result<Self> {
+        Ok(if host {
+            let n = var.elem_count();
+            Moments::Host {
+                first: vec![0.0; n],
+                second: vec![0.0; n],
+            }
+        } else {
+            let zeros = var.as_tensor().zeros_like()?;
+            Moments::Tensors {
+                first: zeros.clone(),
+                second: zeros,
+            }
+        })
+    }
+
+    fn from_tensors(var: &Var, first: Tensor, second: Tensor, host: bool) -> Result<Self> {
+        Ok(if host {
+            let flat = |t: Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Moments::Host {
+                first: flat(first)?,
+                second: flat(second)?,
+            }
+        } else {
+            Moments::Tensors {
+                first: first.to_device(var.device())?.to_dtype(var.dtype())?,
+                second: second.to_device(var.device())?.to_dtype(var.dtype())?,
+            }
+        })
+    }
+
+    fn to_tensors(&self, var: &Var) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Moments::Tensors { first, second } => (first.clone(), second.clone()),
+            Moments::Host { first, second } => (
+                Tensor::from_slice(first, var.shape(), &Device::Cpu)?,
+                Tensor::from_slice(second, var.shape(), &Device::Cpu)?,
+            ),
+        })
+    }
+}
+
 /// One parameter with its AdamW state.
 struct Parameter {
     name: String,
     var: Var,
-    first_moment: Tensor,
-    second_moment: Tensor,
+    moments: Moments,
     decay: bool,
+}
+
+/// Whether a variable's moments live on the host: f32 variables on the CPU.
+fn on_host(var: &Var) -> bool {
+    var.device().is_cpu() && var.dtype() == DType::F32
+}
+
+/// Scalars of one AdamW update, in f32 as the tensors are.
+#[derive(Clone, Copy)]
+struct UpdateScalars {
+    /// `1 - lr·weight_decay`, or 1 without decay.
+    keep: f32,
+    /// Gradient scale from clipping.
+    clip: f32,
+    beta1: f32,
+    beta2: f32,
+    /// `lr / (1 - β1ᵗ)`.
+    step_size: f32,
+    /// `sqrt(1 - β2ᵗ)`.
+    bias2_sqrt: f32,
+    eps: f32,
+}
+
+/// The fused host update: the same formula as the tensor path, element by element.
+fn update_host(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], u: UpdateScalars) {
+    const CHUNK: usize = 1 << 14;
+    theta
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((theta, grad), m), v)| {
+            for i in 0..theta.len() {
+                let g = grad[i] * u.clip;
+                m[i] = u.beta1 * m[i] + (1.0 - u.beta1) * g;
+                v[i] = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+                let denominator = v[i].sqrt() / u.bias2_sqrt + u.eps;
+                theta[i] = theta[i] * u.keep - u.step_size * (m[i] / denominator);
+            }
+        });
 }
 
 /// What [`AdamW`] carries from step to step.
@@ -78,14 +170,21 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer over `vars` (name, variable), in the given order; decay follows [`decays`].
     pub fn new(vars: Vec<(String, Var)>, settings: AdamWSettings) -> Result<Self> {
+        Self::with_placement(vars, settings, on_host)
+    }
+
+    /// [`AdamW::new`] with the choice of host or tensor moments made by `host`.
+    fn with_placement(
+        vars: Vec<(String, Var)>,
+        settings: AdamWSettings,
+        host: fn(&Var) -> bool,
+    ) -> Result<Self> {
         let parameters = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
                 Ok(Parameter {
                     decay: decays(&name),
-                    first_moment: zeros.clone(),
-                    second_moment: zeros,
+                    moments: Moments::zeros(&var, host(&var))?,
                     name,
                     var,
                 })
@@ -105,20 +204,15 @@ impl AdamW {
 
     /// The state a checkpoint needs to continue exactly: steps taken and, per parameter name, the
     /// first and second moments.
-    pub fn state(&self) -> AdamWState {
-        AdamWState {
+    pub fn state(&self) -> Result<AdamWState> {
+        Ok(AdamWState {
             steps: self.steps,
             moments: self
                 .parameters
                 .iter()
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        (p.first_moment.clone(), p.second_moment.clone()),
-                    )
-                })
-                .collect(),
-        }
+                .map(|p| Ok((p.name.clone(), p.moments.to_tensors(&p.var)?)))
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// Restores a [`AdamW::state`]: every parameter must have both moments, shaped like it.
@@ -137,9 +231,8 @@ impl AdamW {
                     );
                 }
             }
-            let device = p.var.device();
-            p.first_moment = first.to_device(device)?.to_dtype(p.var.dtype())?;
-            p.second_moment = second.to_device(device)?.to_dtype(p.var.dtype())?;
+            let host = matches!(p.moments, Moments::Host { .. });
+            p.moments = Moments::from_tensors(&p.var, first, second, host)?;
         }
         if let Some(name) = state.moments.keys().next() {
             candle_core::bail!("optimizer state has moments for unknown parameter `{name}`");
@@ -186,20 +279,42 @@ impl AdamW {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let grad = if clip < 1.0 {
-                (grad * clip)?
+            let keep = if p.decay && s.weight_decay != 0.0 {
+                1.0 - lr * s.weight_decay
             } else {
-                grad.clone()
+                1.0
             };
-            let mut theta = p.var.as_tensor().clone();
-            if p.decay && s.weight_decay != 0.0 {
-                theta = (theta * (1.0 - lr * s.weight_decay))?;
+            match &mut p.moments {
+                Moments::Host { first, second } => {
+                    let mut theta = p.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                    let grad = grad.flatten_all()?.to_vec1::<f32>()?;
+                    let scalars = UpdateScalars {
+                        keep: keep as f32,
+                        clip: clip as f32,
+                        beta1: s.beta1 as f32,
+                        beta2: s.beta2 as f32,
+                        step_size: (lr / bias1) as f32,
+                        bias2_sqrt: bias2.sqrt() as f32,
+                        eps: s.eps as f32,
+                    };
+                    update_host(&mut theta, &grad, first, second, scalars);
+                    p.var
+                        .set(&Tensor::from_vec(theta, p.var.shape(), p.var.device())?)?;
+                }
+                Moments::Tensors { first, second } => {
+                    let grad = if clip < 1.0 {
+                        (grad * clip)?
+                    } else {
+                        grad.clone()
+                    };
+                    let theta = (p.var.as_tensor() * keep)?;
+                    *first = ((&*first * s.beta1)? + (&grad * (1.0 - s.beta1))?)?;
+                    *second = ((&*second * s.beta2)? + (grad.sqr()? * (1.0 - s.beta2))?)?;
+                    let denominator = ((second.sqrt()? / bias2.sqrt())? + s.eps)?;
+                    let update = ((&*first / &denominator)? * (lr / bias1))?;
+                    p.var.set(&(theta - update)?)?;
+                }
             }
-            p.first_moment = ((&p.first_moment * s.beta1)? + (&grad * (1.0 - s.beta1))?)?;
-            p.second_moment = ((&p.second_moment * s.beta2)? + (grad.sqr()? * (1.0 - s.beta2))?)?;
-            let denominator = ((p.second_moment.sqrt()? / bias2.sqrt())? + s.eps)?;
-            let update = ((&p.first_moment / &denominator)? * (lr / bias1))?;
-            p.var.set(&(theta - update)?)?;
         }
         Ok(norm)
     }
@@ -235,6 +350,43 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_host_update_equals_the_tensor_update() {
+        let settings = AdamWSettings {
+            lr: 0.05,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let run = |host: fn(&Var) -> bool| -> Vec<f32> {
+            let initial: Vec<f32> = (0..50_000)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let w =
+                Var::from_tensor(&Tensor::new(initial.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            let mut opt =
+                AdamW::with_placement(vec![("w".into(), w.clone())], settings.clone(), host)
+                    .unwrap();
+            for step in 0..3 {
+                let loss = (w.as_tensor().sqr().unwrap().sqr().unwrap() * (step + 1) as f64)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                opt.step(&loss.backward().unwrap(), 0.05, Some(1.0))
+                    .unwrap();
+            }
+            values(&w)
+        };
+        let host = run(|_| true);
+        let tensors = run(|_| false);
+        let worst = host
+            .iter()
+            .zip(&tensors)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // Weights are up to 2 in size: a few f32 ulps (the scalar products round differently).
+        assert!(worst <= 4e-6, "max |host - tensor| = {worst}");
+    }
+
+    #[test]
     fn a_restored_optimizer_continues_exactly() {
         let settings = AdamWSettings {
             lr: 0.1,
@@ -245,7 +397,7 @@ mod tests {
             let mut opt = AdamW::new(vec![("w".into(), w.clone())], settings.clone()).unwrap();
             for step in 0..4 {
                 if restore_after == Some(step) {
-                    let state = opt.state();
+                    let state = opt.state().unwrap();
                     let mut fresh =
                         AdamW::new(vec![("w".into(), w.clone())], settings.clone()).unwrap();
                     fresh.restore(state).unwrap();
@@ -263,7 +415,7 @@ mod tests {
         // A fresh optimizer (zero moments, step 0) takes a different path.
         let w = var(&[1.0]);
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], settings.clone()).unwrap();
-        let mut state = opt.state();
+        let mut state = opt.state().unwrap();
         state
             .moments
             .insert("other".into(), state.moments["w"].clone());
@@ -374,7 +526,11 @@ mod tests {
         let before = opt.step(&grads, 0.1, Some(1.0)).unwrap();
         assert!((before - 5.0).abs() < 1e-6);
         // First moment after one clipped step: (1 - β1)·g·(1/5).
-        let m = opt.parameters[0].first_moment.to_vec1::<f32>().unwrap()[0];
+        let state = opt.state().unwrap();
+        let m = state.moments[&opt.parameters[0].name]
+            .0
+            .to_vec1::<f32>()
+            .unwrap()[0];
         assert!((m - 0.1 * 3.0 / 5.0).abs() < 1e-6, "{m}");
     }
 }

@@ -709,7 +709,7 @@ pub fn train(
                 &identity,
                 &progress,
                 &weights,
-                &optimizer.state(),
+                &optimizer.state()?,
                 settings.keep_checkpoints,
             )?;
             on_event(Event::Checkpointed(&path));
@@ -863,11 +863,33 @@ fn card_markdown(card: &serde_json::Value) -> String {
             .as_f64()
             .map_or("-".to_string(), |l| format!("{l:.4}")),
     ));
+    if let Some(findings) = card["data"]["findings"].as_array() {
+        if !findings.is_empty() {
+            md.push_str("## Data check\n\n");
+            for f in findings {
+                md.push_str(&format!(
+                    "- {}: {}\n",
+                    f["severity"].as_str().unwrap_or("?"),
+                    f["message"].as_str().unwrap_or("?")
+                ));
+            }
+            md.push('\n');
+        }
+    }
     if let (Some(before), Some(after)) = (
         card["metrics_before"].as_object(),
         card["metrics_after"].as_object(),
     ) {
-        md.push_str("## Validation\n\n| metric | base | tuned | Δ |\n|---|---:|---:|---:|\n");
+        let validation = &card["data"]["validation"];
+        md.push_str(&format!(
+            "## Validation\n\n`{}`, split `{}` ({} queries, {} documents); the written weights are step {}'s.\n\n",
+            validation["source"].as_str().unwrap_or("?"),
+            validation["split"].as_str().unwrap_or("?"),
+            validation["queries"],
+            validation["documents"],
+            card["written_step"],
+        ));
+        md.push_str("| metric | base | tuned | Δ |\n|---|---:|---:|---:|\n");
         for (name, b) in before {
             if let (Some(b), Some(a)) = (b.as_f64(), after.get(name).and_then(|v| v.as_f64())) {
                 md.push_str(&format!("| {name} | {b:.4} | {a:.4} | {:+.4} |\n", a - b));
