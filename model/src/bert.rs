@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::kernels::{self, Epilogue};
-use crate::layers::{softmax_last_dim, Dropout, Embedding, LayerNorm, Linear, Mode};
+use crate::layers::{masked_softmax, Dropout, Embedding, LayerNorm, Linear, Mode};
 
 /// Which linear layer of a transformer block (the LoRA targets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,6 +162,9 @@ impl BertLayer {
     /// The feed-forward activation (differentiable candle ops).
     fn activate(&self, xs: &Tensor) -> Result<Tensor> {
         match self.activation {
+            HiddenAct::Gelu if crate::train_kernels::applies(xs) => {
+                crate::train_kernels::gelu_erf(xs)
+            }
             HiddenAct::Gelu => xs.gelu_erf(),
             HiddenAct::GeluNew => xs.gelu(),
             HiddenAct::Relu => xs.relu(),
@@ -219,10 +222,10 @@ impl BertLayer {
         let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(xs)?)?;
         let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
+        let scores = q.matmul(&k.t()?)?;
         let probs = self
             .attention_dropout
-            .forward(&softmax_last_dim(&scores, mode)?, mode)?;
+            .forward(&masked_softmax(&scores, mask_bias, mode)?, mode)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let attended = self
             .hidden_dropout

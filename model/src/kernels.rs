@@ -29,7 +29,7 @@ pub enum Epilogue {
 
 /// `e^x` with a relative error below 2e-7 (Cephes' single-precision polynomial).
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(crate) fn exp_approx(x: f32) -> f32 {
     // Bounds keep n in [-126, 127], so 2^n below is a normal float.
     let x = x.clamp(-87.336_55, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
@@ -50,7 +50,7 @@ fn exp_approx(x: f32) -> f32 {
 /// `erf(x)` with an absolute error below 5e-7 in f32 (Abramowitz & Stegun 7.1.26; 1.5e-7 in
 /// exact arithmetic).
 #[inline(always)]
-fn erf_approx(x: f32) -> f32 {
+pub(crate) fn erf_approx(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t
@@ -136,6 +136,8 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) use dispatch;
+
 dispatch!(
     /// `x ← 0.5·x·(1 + erf(x/√2))` for every element (AVX-512 or AVX2 when the CPU has them).
     pub fn gelu_erf_in_place(xs: &mut [f32]) => gelu_generic
@@ -147,7 +149,11 @@ dispatch!(
 
 // ---------------------------------------------------------------------------------------------
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let data = match storage {
         CpuStorage::F32(d) => d.as_slice(),
         _ => candle_core::bail!("{what}: fused kernels take f32"),

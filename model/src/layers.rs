@@ -4,12 +4,11 @@
 //! layers here choose per [`Mode`]: fused kernels for inference, differentiable compositions and
 //! real, reproducible dropout for training.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 /// How a forward pass runs.
 #[derive(Clone, Copy)]
@@ -27,17 +26,32 @@ impl Mode<'_> {
     }
 }
 
-/// State a training forward pass needs: the dropout random generator (seeded, so a run and its
-/// resumption draw the same masks).
+/// State a training forward pass needs: the dropout masks' seed (so a run and its resumption
+/// draw the same masks) and a count of the masks drawn so far.
+///
+/// Mask `c` of a context keeps element `i` when `hash(seed, c, i)` (SplitMix64) is at least
+/// `p`: a counter-based generator, so masks are built in parallel and do not depend on the
+/// thread count. Passes draw masks in a fixed order, so a pass is deterministic in the seed.
 pub struct TrainContext {
-    rng: Mutex<StdRng>,
+    seed: u64,
+    masks: AtomicU64,
+}
+
+/// SplitMix64's output function: a bijective mix of all 64 bits.
+#[inline(always)]
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl TrainContext {
     /// A context whose dropout masks are determined by `seed`.
     pub fn new(seed: u64) -> Self {
         TrainContext {
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            seed,
+            masks: AtomicU64::new(0),
         }
     }
 
@@ -45,10 +59,14 @@ impl TrainContext {
     fn dropout_mask(&self, like: &Tensor, p: f32) -> Result<Tensor> {
         let n = like.elem_count();
         let keep_scale = 1.0 / (1.0 - p);
-        let mut rng = self.rng.lock().expect("dropout generator lock poisoned");
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.random::<f32>() >= p {
+        let call = self.masks.fetch_add(1, Ordering::Relaxed);
+        let key = splitmix64(self.seed ^ splitmix64(call));
+        // Keep when a uniform 24-bit draw is at least p (as `rng.random::<f32>() >= p`).
+        let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64;
+        let mask: Vec<f32> = (0..n as u64)
+            .into_par_iter()
+            .map(|i| {
+                if splitmix64(key.wrapping_add(i)) >> 40 >= threshold {
                     keep_scale
                 } else {
                     0.0
@@ -101,17 +119,35 @@ impl LayerNorm {
     /// The fused kernel for inference; a composition of differentiable ops for training.
     pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         if mode.is_train() {
-            candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
+            if crate::train_kernels::applies(xs) {
+                crate::train_kernels::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)
+            } else {
+                candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
+            }
         } else {
             candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)
         }
     }
 }
 
+/// `softmax(scores + mask_bias)` over the last dimension (`mask_bias` broadcasts and is not
+/// differentiated): one fused op when training on the CPU.
+pub fn masked_softmax(scores: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+    if mode.is_train() && crate::train_kernels::applies(scores) {
+        crate::train_kernels::masked_softmax(scores, mask_bias)
+    } else {
+        softmax_last_dim(&scores.broadcast_add(mask_bias)?, mode)
+    }
+}
+
 /// Softmax over the last dimension: fused for inference, differentiable for training.
 pub fn softmax_last_dim(xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
     if mode.is_train() {
-        candle_nn::ops::softmax(xs, D::Minus1)
+        if crate::train_kernels::applies(xs) {
+            crate::train_kernels::softmax_last_dim(xs)
+        } else {
+            candle_nn::ops::softmax(xs, D::Minus1)
+        }
     } else {
         candle_nn::ops::softmax_last_dim(xs)
     }

@@ -39,6 +39,7 @@ pub mod layers;
 pub mod model_dir;
 pub mod pooling;
 pub mod tokenize;
+pub mod train_kernels;
 
 pub use bert::{BertModel, LinearTarget};
 pub use config::{Architecture, BertConfig, PoolingConfig, PoolingMode};

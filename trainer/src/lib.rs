@@ -7,7 +7,6 @@
 //! [`attune_model::Mode::Train`] (differentiable layer norm and softmax, seeded dropout), and
 //! writes its output only through [`attune_model::model_dir`], the owner of that format.
 //!
-//! Here so far:
 //! - [`data`]: training pairs from a pairs JSONL file or a BEIR directory, each with its
 //!   `file:line`;
 //! - [`check`]: what is wrong with the data (empty texts, duplicates, contradictions, leakage
@@ -15,11 +14,13 @@
 //! - [`batches`]: shuffled batches in which no text appears twice;
 //! - [`loss`]: InfoNCE with in-batch and hard negatives and an optional symmetric term;
 //! - [`optim`]: AdamW (no decay on biases and LayerNorm weights), the linear warmup/decay
-//!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them.
+//!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them;
+//! - [`train`]: the loop: data check, plan, steps, validation keeping the best weights,
+//!   checkpoints and resume, and the tuned directory with its training card;
+//! - [`checkpoint`]: the checkpoint directory (the only reader and writer of that format);
+//! - [`fixtures`]: a synthetic catalogue in BEIR layout for tests and examples.
 //!
-//! Trainable weights come from [`attune_model::Encoder::load_trainable`]. The training loop
-//! (checkpoints and resume, validation with attune-eval, writing
-//! the tuned directory) is the rest of the trainer issue.
+//! Trainable weights come from [`attune_model::Encoder::load_trainable`].
 //!
 //! ```
 //! use attune_trainer::check::{check, CheckSettings};

@@ -1,0 +1,88 @@
+//! Criterion benchmarks of the training step's parts on an all-MiniLM-L6-v2-shaped random model
+//! (6 layers, 384 wide, 12 heads, feed-forward 1536): the forward passes and loss of a batch, the
+//! backward pass, and the AdamW update of all 22.6 million weights.
+//!
+//! `cargo bench --bench train`. The end-to-end comparison with sentence-transformers (examples/s
+//! with the scifact recipe) is `scripts/bench-train.sh`; see `benches/README.md`.
+
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
+use attune_trainer::loss::{info_nce, LossSettings};
+use attune_trainer::optim::{AdamW, AdamWSettings};
+use candle_core::{Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// Batch shape of the benchmark: 32 pairs, queries of ~16 tokens, documents of ~128.
+const PAIRS: usize = 32;
+
+fn texts(words: usize, salt: usize) -> Vec<String> {
+    const WORDS: [&str; 8] = [
+        "red", "shoe", "leather", "study", "protein", "cell", "battery", "laptop",
+    ];
+    (0..PAIRS)
+        .map(|i| {
+            (0..words)
+                .map(|w| WORDS[(i * 7 + w * 3 + salt) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn train_step(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = RandomBertSpec {
+        hidden_size: 384,
+        num_layers: 6,
+        num_heads: 12,
+        intermediate_size: 1536,
+        max_position_embeddings: 512,
+        max_seq_length: 128,
+        ..Default::default()
+    };
+    write_random_bert(tmp.path(), &spec).unwrap();
+    let dir = ModelDir::open(tmp.path()).unwrap();
+    let (encoder, varmap) =
+        Encoder::load_trainable(&dir, &Device::Cpu, EncoderSettings::default()).unwrap();
+    let queries = encoder.tokenize(&texts(14, 0), TextKind::Query).unwrap();
+    let docs = encoder
+        .tokenize(&texts(126, 1), TextKind::Document)
+        .unwrap();
+    let tokens: usize = queries.iter().chain(&docs).map(|t| t.ids.len()).sum();
+    let loss = |seed: u64| -> Tensor {
+        let ctx = TrainContext::new(seed);
+        let q = encoder
+            .forward_batch(&queries.iter().collect::<Vec<_>>(), Mode::Train(&ctx))
+            .unwrap();
+        let d = encoder
+            .forward_batch(&docs.iter().collect::<Vec<_>>(), Mode::Train(&ctx))
+            .unwrap();
+        info_nce(&q, &d, &LossSettings::default()).unwrap()
+    };
+
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(tokens as u64));
+    group.bench_function("forward_and_loss_32_pairs", |b| b.iter(|| loss(1)));
+    group.bench_function("forward_backward_32_pairs", |b| {
+        b.iter(|| loss(1).backward().unwrap())
+    });
+    let vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let parameters: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let grads = loss(1).backward().unwrap();
+    let mut optimizer = AdamW::new(vars, AdamWSettings::default()).unwrap();
+    group.throughput(Throughput::Elements(parameters as u64));
+    group.bench_function("adamw_update_all_weights", |b| {
+        b.iter(|| optimizer.step(&grads, 2e-5, Some(1.0)).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
