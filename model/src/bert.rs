@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::kernels::{self, Epilogue};
-use crate::layers::{masked_softmax, Dropout, Embedding, LayerNorm, Linear, Mode};
+use crate::layers::{attention_probs, Dropout, Embedding, LayerNorm, Linear, Mode};
 
 /// Which linear layer of a transformer block (the LoRA targets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,9 +223,7 @@ impl BertLayer {
         let k = self.split_heads(&self.key.forward(xs)?)?;
         let v = self.split_heads(&self.value.forward(xs)?)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = self
-            .attention_dropout
-            .forward(&masked_softmax(&scores, mask_bias, mode)?, mode)?;
+        let probs = attention_probs(&scores, mask_bias, self.attention_dropout, mode)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let attended = self
             .hidden_dropout

@@ -37,15 +37,6 @@ pub struct TrainContext {
     masks: AtomicU64,
 }
 
-/// SplitMix64's output function: a bijective mix of all 64 bits.
-#[inline(always)]
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl TrainContext {
     /// A context whose dropout masks are determined by `seed`.
     pub fn new(seed: u64) -> Self {
@@ -55,25 +46,59 @@ impl TrainContext {
         }
     }
 
+    /// The key of the next dropout mask (each call gives a new one, in call order).
+    pub(crate) fn next_mask(&self, p: f32) -> DropoutMask {
+        let call = self.masks.fetch_add(1, Ordering::Relaxed);
+        DropoutMask::new(splitmix64(self.seed ^ splitmix64(call)), p)
+    }
+
     /// A keep-mask scaled by `1 / (1 - p)`, shaped like `like`: inverted dropout as PyTorch does it.
     fn dropout_mask(&self, like: &Tensor, p: f32) -> Result<Tensor> {
-        let n = like.elem_count();
-        let keep_scale = 1.0 / (1.0 - p);
-        let call = self.masks.fetch_add(1, Ordering::Relaxed);
-        let key = splitmix64(self.seed ^ splitmix64(call));
-        // Keep when a uniform 24-bit draw is at least p (as `rng.random::<f32>() >= p`).
-        let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64;
-        let mask: Vec<f32> = (0..n as u64)
+        let mask = self.next_mask(p);
+        let values: Vec<f32> = (0..like.elem_count())
             .into_par_iter()
-            .map(|i| {
-                if splitmix64(key.wrapping_add(i)) >> 40 >= threshold {
-                    keep_scale
-                } else {
-                    0.0
-                }
-            })
+            .map(|i| mask.factor(i))
             .collect();
-        Tensor::from_vec(mask, like.shape(), like.device())?.to_dtype(like.dtype())
+        Tensor::from_vec(values, like.shape(), like.device())?.to_dtype(like.dtype())
+    }
+}
+
+/// SplitMix64's output function: a bijective mix of all 64 bits.
+#[inline(always)]
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One dropout mask, as a function of the element index (so it can be recomputed in the
+/// backward pass instead of stored).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropoutMask {
+    key: u64,
+    /// Drop when the 24-bit draw is below this (`ceil(p · 2²⁴)`).
+    threshold: u64,
+    keep_scale: f32,
+}
+
+impl DropoutMask {
+    pub(crate) fn new(key: u64, p: f32) -> Self {
+        DropoutMask {
+            key,
+            threshold: (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64,
+            keep_scale: 1.0 / (1.0 - p),
+        }
+    }
+
+    /// `1/(1-p)` if element `i` is kept, else 0.
+    #[inline(always)]
+    pub(crate) fn factor(&self, i: usize) -> f32 {
+        if splitmix64(self.key.wrapping_add(i as u64)) >> 40 >= self.threshold {
+            self.keep_scale
+        } else {
+            0.0
+        }
     }
 }
 
@@ -87,6 +112,11 @@ impl Dropout {
     /// Dropout that zeroes each element with probability `p` (in `[0, 1)`).
     pub fn new(p: f32) -> Self {
         Dropout { p }
+    }
+
+    /// The drop probability.
+    pub fn p(&self) -> f32 {
+        self.p
     }
 
     /// Applies the dropout for this pass.
@@ -133,10 +163,27 @@ impl LayerNorm {
 /// `softmax(scores + mask_bias)` over the last dimension (`mask_bias` broadcasts and is not
 /// differentiated): one fused op when training on the CPU.
 pub fn masked_softmax(scores: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
-    if mode.is_train() && crate::train_kernels::applies(scores) {
-        crate::train_kernels::masked_softmax(scores, mask_bias)
-    } else {
-        softmax_last_dim(&scores.broadcast_add(mask_bias)?, mode)
+    attention_probs(scores, mask_bias, Dropout::new(0.0), mode)
+}
+
+/// `dropout(softmax(scores + mask_bias))`: attention probabilities. When training on the CPU,
+/// one fused op whose backward recomputes the softmax and the dropout mask instead of keeping
+/// them (two fewer `(batch, heads, seq, seq)` tensors per layer).
+pub fn attention_probs(
+    scores: &Tensor,
+    mask_bias: &Tensor,
+    dropout: Dropout,
+    mode: Mode<'_>,
+) -> Result<Tensor> {
+    match mode {
+        Mode::Train(ctx) if crate::train_kernels::applies(scores) => {
+            let mask = (dropout.p > 0.0).then(|| ctx.next_mask(dropout.p));
+            crate::train_kernels::attention_probs(scores, mask_bias, mask)
+        }
+        _ => dropout.forward(
+            &softmax_last_dim(&scores.broadcast_add(mask_bias)?, mode)?,
+            mode,
+        ),
     }
 }
 
@@ -224,7 +271,11 @@ impl Module for Linear {
         let xs2d = xs.reshape((rows, in_dim))?;
         let mut ys = xs2d.matmul(&self.weight.t()?)?;
         if let Some(bias) = &self.bias {
-            ys = ys.broadcast_add(bias)?;
+            ys = if crate::train_kernels::applies(&ys) && bias.track_op() {
+                crate::train_kernels::bias_add(&ys, bias)?
+            } else {
+                ys.broadcast_add(bias)?
+            };
         }
         if let Some(lora) = &self.lora {
             ys = (ys + lora.delta(&xs2d)?)?;

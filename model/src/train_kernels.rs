@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::kernels::{
     contiguous, dispatch, erf_approx, exp_approx, gelu_erf_in_place, softmax_in_place,
 };
+use crate::layers::DropoutMask;
 
 /// Elements per parallel task of element-wise ops.
 const CHUNK: usize = 1 << 14;
@@ -109,38 +110,98 @@ impl CustomOp1 for Softmax {
     }
 }
 
-/// Softmax over the last dimension of attention scores `(batch, heads, queries, keys)` after
-/// adding a per-text additive mask over the keys (not differentiated).
-struct MaskedSoftmax {
+/// Attention probabilities: `dropout(softmax(scores + mask))` over the last dimension of
+/// `(batch, heads, queries, keys)` scores, with a per-text additive mask over the keys (not
+/// differentiated). The backward pass recomputes the softmax from the scores and the dropout
+/// mask from its key, so neither is stored.
+#[derive(Clone)]
+struct AttentionProbs {
     /// `(batch, keys)` additive mask.
-    mask: Vec<f32>,
+    mask: std::sync::Arc<Vec<f32>>,
     /// Score rows per text: heads × queries.
     rows_per_text: usize,
+    dropout: Option<DropoutMask>,
 }
 
-impl CustomOp1 for MaskedSoftmax {
+impl AttentionProbs {
+    /// `softmax(row + mask)` of score row `r`, in place.
+    #[inline]
+    fn softmax_row(&self, r: usize, row: &mut [f32]) {
+        let width = row.len();
+        let text = r / self.rows_per_text.max(1);
+        for (x, m) in row
+            .iter_mut()
+            .zip(&self.mask[text * width..(text + 1) * width])
+        {
+            *x += m;
+        }
+        softmax_in_place(row);
+    }
+}
+
+impl CustomOp1 for AttentionProbs {
     fn name(&self) -> &'static str {
-        "attune-train-masked-softmax"
+        "attune-train-attention-probs"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let width = (*layout.shape().dims().last().unwrap_or(&1)).max(1);
-        let mut out = contiguous(storage, layout, "masked softmax")?.to_vec();
+        let mut out = contiguous(storage, layout, "attention probabilities")?.to_vec();
         out.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-            let text = r / self.rows_per_text.max(1);
-            let mask = &self.mask[text * width..(text + 1) * width];
-            for (x, m) in row.iter_mut().zip(mask) {
-                *x += m;
+            self.softmax_row(r, row);
+            if let Some(mask) = &self.dropout {
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x *= mask.factor(r * width + j);
+                }
             }
-            softmax_in_place(row);
         });
         Ok(output(out, layout))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
-        ))
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &AttentionProbsBackward(self.clone()),
+        )?))
+    }
+}
+
+/// `(scores, g) → d scores` of [`AttentionProbs`]: with `y = softmax(scores + mask)` and
+/// `g' = g·dropout`, `y·(g' − Σ g'·y)` per row.
+struct AttentionProbsBackward(AttentionProbs);
+
+impl CustomOp2 for AttentionProbsBackward {
+    fn name(&self) -> &'static str {
+        "attune-train-attention-probs-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        s_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let width = (*s_layout.shape().dims().last().unwrap_or(&1)).max(1);
+        let mut out = contiguous(s, s_layout, "attention backward")?.to_vec();
+        let g = contiguous(g, g_layout, "attention backward gradient")?;
+        out.par_chunks_mut(width)
+            .zip(g.par_chunks(width))
+            .enumerate()
+            .for_each(|(r, (y, g))| {
+                self.0.softmax_row(r, y);
+                let factor = |j: usize| self.0.dropout.map_or(1.0, |m| m.factor(r * width + j));
+                let dot: f32 = y
+                    .iter()
+                    .zip(g)
+                    .enumerate()
+                    .map(|(j, (y, g))| y * g * factor(j))
+                    .sum();
+                for (j, (y, g)) in y.iter_mut().zip(g).enumerate() {
+                    *y *= g * factor(j) - dot;
+                }
+            });
+        Ok(output(out, s_layout))
     }
 }
 
@@ -171,6 +232,131 @@ impl CustomOp2 for SoftmaxBackward {
                 }
             });
         Ok(output(out, y_layout))
+    }
+}
+
+/// `Σ_rows a[r]·b[r]` (or `Σ_rows a[r]` without `b`) of row-major `(rows, width)` data: per-thread
+/// partial sums over blocks of rows, added in block order (deterministic for a thread count).
+fn column_sums(a: &[f32], b: Option<&[f32]>, width: usize) -> Vec<f32> {
+    const ROWS_PER_BLOCK: usize = 256;
+    let block = ROWS_PER_BLOCK * width;
+    let partials: Vec<Vec<f32>> = a
+        .par_chunks(block)
+        .enumerate()
+        .map(|(i, a)| {
+            let mut sums = vec![0f32; width];
+            for (r, row) in a.chunks_exact(width).enumerate() {
+                match b {
+                    Some(b) => {
+                        let start = i * block + r * width;
+                        let other = &b[start..start + width];
+                        for ((s, x), y) in sums.iter_mut().zip(row).zip(other) {
+                            *s += x * y;
+                        }
+                    }
+                    None => {
+                        for (s, x) in sums.iter_mut().zip(row) {
+                            *s += x;
+                        }
+                    }
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for partial in partials {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    total
+}
+
+/// `(a, b?) → Σ_rows a·b` over all but the last dimension.
+struct ColumnSum {
+    weighted: bool,
+}
+
+impl ColumnSum {
+    fn run(&self, a: &[f32], b: Option<&[f32]>, layout: &Layout) -> (CpuStorage, Shape) {
+        let width = (*layout.shape().dims().last().unwrap_or(&1)).max(1);
+        (
+            CpuStorage::F32(column_sums(a, b, width)),
+            Shape::from_dims(&[width]),
+        )
+    }
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "attune-train-column-sum"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok(self.run(contiguous(storage, layout, "column sum")?, None, layout))
+    }
+}
+
+impl CustomOp2 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "attune-train-column-dot"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        debug_assert!(self.weighted);
+        let a = contiguous(a, a_layout, "column dot")?;
+        let b = contiguous(b, b_layout, "column dot")?;
+        Ok(self.run(a, Some(b), a_layout))
+    }
+}
+
+/// `x + b` with `b` over the last dimension; the bias gradient is a parallel column sum.
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "attune-train-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = contiguous(b, b_layout, "bias")?;
+        let mut out = contiguous(x, x_layout, "bias add")?.to_vec();
+        let rows_per_task = (CHUNK / b.len().max(1)).max(1);
+        out.par_chunks_mut(rows_per_task * b.len())
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(b.len()) {
+                    for (x, b) in row.iter_mut().zip(b) {
+                        *x += b;
+                    }
+                }
+            });
+        Ok(output(out, x_layout))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&ColumnSum { weighted: false })?;
+        Ok((Some(grad.clone()), Some(db)))
     }
 }
 
@@ -225,11 +411,8 @@ impl CustomOp3 for LayerNorm {
         let grad = grad.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &grad, &LayerNormBackward { eps: self.eps })?;
         let normalized = x.apply_op1_no_bwd(&Normalize { eps: self.eps })?;
-        let width = w.elem_count();
-        let rows = grad.elem_count() / width.max(1);
-        let flat = |t: &Tensor| t.reshape((rows, width));
-        let dw = (flat(&grad)? * flat(&normalized)?)?.sum(0)?;
-        let db = flat(&grad)?.sum(0)?;
+        let dw = grad.apply_op2_no_bwd(&normalized, &ColumnSum { weighted: true })?;
+        let db = grad.apply_op1_no_bwd(&ColumnSum { weighted: false })?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -316,22 +499,36 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Softmax)
 }
 
-/// `softmax(scores + mask_bias)` over the last dimension with a fused backward (f32, CPU):
-/// `scores` is `(batch, heads, queries, keys)`, `mask_bias` `(batch, 1, 1, keys)` and constant.
-pub fn masked_softmax(scores: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+/// `dropout(softmax(scores + mask_bias))` over the last dimension with a fused backward (f32,
+/// CPU): `scores` is `(batch, heads, queries, keys)`, `mask_bias` `(batch, 1, 1, keys)` and
+/// constant; `dropout` is the mask to apply, if any.
+pub(crate) fn attention_probs(
+    scores: &Tensor,
+    mask_bias: &Tensor,
+    dropout: Option<DropoutMask>,
+) -> Result<Tensor> {
     let (b, h, q, k) = scores.dims4()?;
     if mask_bias.dims() != [b, 1, 1, k] {
         candle_core::bail!(
-            "masked softmax: scores {:?}, mask {:?}",
+            "attention probabilities: scores {:?}, mask {:?}",
             scores.dims(),
             mask_bias.dims()
         );
     }
     let mask = mask_bias.flatten_all()?.to_vec1::<f32>()?;
-    scores.contiguous()?.apply_op1(MaskedSoftmax {
-        mask,
+    scores.contiguous()?.apply_op1(AttentionProbs {
+        mask: std::sync::Arc::new(mask),
         rows_per_text: h * q,
+        dropout,
     })
+}
+
+/// `x + bias` over the last dimension with a parallel bias gradient (f32, CPU).
+pub fn bias_add(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if bias.dims() != [xs.dim(D::Minus1)?] {
+        candle_core::bail!("bias add: input {:?}, bias {:?}", xs.dims(), bias.dims());
+    }
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
 }
 
 /// Layer norm over the last dimension with a fused backward (f32, CPU); `w` and `b` are
@@ -426,7 +623,29 @@ mod tests {
     }
 
     #[test]
-    fn masked_softmax_matches_candle() {
+    fn bias_add_matches_candle_with_the_bias_gradient() {
+        let bias = Var::from_tensor(&random(&[19], 7)).unwrap();
+        // 700 rows: several row blocks of the parallel column sum.
+        check(
+            &[2, 350, 19],
+            |x| bias_add(x, &bias).unwrap(),
+            |x| x.broadcast_add(&bias).unwrap(),
+            1e-6,
+        );
+        let x = random(&[2, 350, 19], 8);
+        let c = random(&[2, 350, 19], 9);
+        let grad = |y: Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = grad(bias_add(&x, &bias).unwrap());
+        let gb = grad(x.broadcast_add(&bias).unwrap());
+        let d = max_diff(
+            ga.get(bias.as_tensor()).unwrap(),
+            gb.get(bias.as_tensor()).unwrap(),
+        );
+        assert!(d <= 1e-3, "bias gradient differs by {d}");
+    }
+
+    #[test]
+    fn attention_probabilities_match_candle_with_and_without_dropout() {
         let mask = Tensor::new(
             &[0f32, 0.0, f32::MIN, 0.0, f32::MIN, f32::MIN],
             &Device::Cpu,
@@ -434,10 +653,24 @@ mod tests {
         .unwrap()
         .reshape((2, 1, 1, 3))
         .unwrap();
+        let softmax = |x: &Tensor| {
+            candle_nn::ops::softmax(&x.broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
+        };
         check(
             &[2, 4, 5, 3],
-            |x| masked_softmax(x, &mask).unwrap(),
-            |x| candle_nn::ops::softmax(&x.broadcast_add(&mask).unwrap(), D::Minus1).unwrap(),
+            |x| attention_probs(x, &mask, None).unwrap(),
+            softmax,
+            1e-6,
+        );
+        // With dropout: the same as multiplying the composite by the mask's factors.
+        let dropout = DropoutMask::new(99, 0.3);
+        let factors: Vec<f32> = (0..2 * 4 * 5 * 3).map(|i| dropout.factor(i)).collect();
+        assert!(factors.contains(&0.0) && factors.iter().any(|f| *f > 1.0));
+        let factors = Tensor::from_vec(factors, (2, 4, 5, 3), &Device::Cpu).unwrap();
+        check(
+            &[2, 4, 5, 3],
+            |x| attention_probs(x, &mask, Some(dropout)).unwrap(),
+            |x| (softmax(x) * &factors).unwrap(),
             1e-6,
         );
     }
