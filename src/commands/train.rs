@@ -135,7 +135,7 @@ impl TrainArgs {
             seed: self.seed,
             eval_every: self.eval_every,
             checkpoint_every: self.checkpoint_every,
-            keep_checkpoints: 1,
+            checkpoints_kept: 1,
             leakage: self.leakage.into(),
         }
     }

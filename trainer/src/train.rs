@@ -69,7 +69,7 @@ pub struct TrainSettings {
     /// Write a checkpoint every N steps (default `None`: none).
     pub checkpoint_every: Option<usize>,
     /// Step checkpoints kept on disk (default 1, the newest).
-    pub keep_checkpoints: usize,
+    pub checkpoints_kept: usize,
     /// Training queries found in the held-out data (default refuse).
     pub leakage: LeakagePolicy,
 }
@@ -88,7 +88,7 @@ impl Default for TrainSettings {
             seed: 42,
             eval_every: None,
             checkpoint_every: None,
-            keep_checkpoints: 1,
+            checkpoints_kept: 1,
             leakage: LeakagePolicy::Refuse,
         }
     }
@@ -585,7 +585,6 @@ pub fn train(
             restore(&vars, &checkpoint.weights, &path)?;
             optimizer.restore(checkpoint.optimizer)?;
             progress = checkpoint.progress;
-            store.rewrite_log(&progress.log)?;
         }
     } else if store.latest()?.is_some() {
         return Err(TrainError::InvalidSetting {
@@ -596,6 +595,8 @@ pub fn train(
             ),
         });
     }
+    // The live log restarts at the checkpoint (or empty): a killed run's later lines go.
+    store.rewrite_log(&progress.log)?;
     on_event(Event::Planned {
         pairs: pairs.len(),
         total_steps: plan.total_steps,
@@ -710,7 +711,7 @@ pub fn train(
                 &progress,
                 &weights,
                 &optimizer.state()?,
-                settings.keep_checkpoints,
+                settings.checkpoints_kept,
             )?;
             on_event(Event::Checkpointed(&path));
         }
