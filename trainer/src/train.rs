@@ -722,9 +722,18 @@ pub fn train(
     let weights = if final_is_best {
         snapshot(&vars)?
     } else {
+        let expected = progress.best.map_or(0, |b| b.step);
         match store.load_best(inputs.device)? {
-            Some((_, weights)) => weights,
-            None => snapshot(&vars)?,
+            Some((best, weights)) if best.step == expected => weights,
+            found => {
+                return Err(TrainError::Checkpoint {
+                    path: store.dir().join(crate::checkpoint::files::BEST),
+                    problem: format!(
+                        "the best weights should be step {expected}'s, found {}",
+                        found.map_or("none".to_string(), |(b, _)| format!("step {}'s", b.step))
+                    ),
+                })
+            }
         }
     };
     let before = progress
