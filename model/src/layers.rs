@@ -160,12 +160,6 @@ impl LayerNorm {
     }
 }
 
-/// `softmax(scores + mask_bias)` over the last dimension (`mask_bias` broadcasts and is not
-/// differentiated): one fused op when training on the CPU.
-pub fn masked_softmax(scores: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
-    attention_probs(scores, mask_bias, Dropout::new(0.0), mode)
-}
-
 /// `dropout(softmax(scores + mask_bias))`: attention probabilities. When training on the CPU,
 /// one fused op whose backward recomputes the softmax and the dropout mask instead of keeping
 /// them (two fewer `(batch, heads, seq, seq)` tensors per layer).
@@ -187,14 +181,11 @@ pub fn attention_probs(
     }
 }
 
-/// Softmax over the last dimension: fused for inference, differentiable for training.
+/// Softmax over the last dimension: fused for inference, differentiable for training (on the
+/// CPU, training goes through [`attention_probs`]' fused op instead).
 pub fn softmax_last_dim(xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
     if mode.is_train() {
-        if crate::train_kernels::applies(xs) {
-            crate::train_kernels::softmax_last_dim(xs)
-        } else {
-            candle_nn::ops::softmax(xs, D::Minus1)
-        }
+        candle_nn::ops::softmax(xs, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(xs)
     }

@@ -88,28 +88,6 @@ impl CustomOp2 for GeluBackward {
     }
 }
 
-/// Softmax over the last dimension.
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "attune-train-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let width = *layout.shape().dims().last().unwrap_or(&1);
-        let mut out = contiguous(storage, layout, "softmax")?.to_vec();
-        out.par_chunks_mut(width.max(1)).for_each(softmax_in_place);
-        Ok(output(out, layout))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
-        ))
-    }
-}
-
 /// Attention probabilities: `dropout(softmax(scores + mask))` over the last dimension of
 /// `(batch, heads, queries, keys)` scores, with a per-text additive mask over the keys (not
 /// differentiated). The backward pass recomputes the softmax from the scores and the dropout
@@ -202,36 +180,6 @@ impl CustomOp2 for AttentionProbsBackward {
                 }
             });
         Ok(output(out, s_layout))
-    }
-}
-
-/// `(y, g) → y·(g − Σ g·y)` per row.
-struct SoftmaxBackward;
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "attune-train-softmax-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        y: &CpuStorage,
-        y_layout: &Layout,
-        g: &CpuStorage,
-        g_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let width = (*y_layout.shape().dims().last().unwrap_or(&1)).max(1);
-        let mut out = contiguous(y, y_layout, "softmax backward")?.to_vec();
-        let g = contiguous(g, g_layout, "softmax backward gradient")?;
-        out.par_chunks_mut(width)
-            .zip(g.par_chunks(width))
-            .for_each(|(y, g)| {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                for (y, g) in y.iter_mut().zip(g) {
-                    *y *= g - dot;
-                }
-            });
-        Ok(output(out, y_layout))
     }
 }
 
@@ -494,11 +442,6 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Gelu)
 }
 
-/// Softmax over the last dimension with a fused backward (f32, CPU).
-pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(Softmax)
-}
-
 /// `dropout(softmax(scores + mask_bias))` over the last dimension with a fused backward (f32,
 /// CPU): `scores` is `(batch, heads, queries, keys)`, `mask_bias` `(batch, 1, 1, keys)` and
 /// constant; `dropout` is the mask to apply, if any.
@@ -609,16 +552,6 @@ mod tests {
             |x| gelu_erf(x).unwrap(),
             |x| x.gelu_erf().unwrap(),
             2e-6,
-        );
-    }
-
-    #[test]
-    fn softmax_matches_candle() {
-        check(
-            &[3, 5, 17],
-            |x| softmax_last_dim(x).unwrap(),
-            |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(),
-            1e-6,
         );
     }
 

@@ -358,9 +358,11 @@ fn named_vars(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
     vars
 }
 
-fn snapshot(vars: &[(String, Var)]) -> Result<HashMap<String, Tensor>> {
+/// The variables' current tensors by name. They share the variables' storage, so write them
+/// out before the next optimizer step.
+fn snapshot(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
     vars.iter()
-        .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
         .collect()
 }
 
@@ -695,7 +697,7 @@ pub fn train(
                 let metrics = validate(&eval_encoder, validation, on_event)?;
                 let best = record_eval(&mut progress, metrics, on_event)?;
                 if best && settings.eval_every.is_some() && !last {
-                    store.save_best(&snapshot(&vars)?, progress.best.as_ref().expect("best"))?;
+                    store.save_best(&snapshot(&vars), progress.best.as_ref().expect("best"))?;
                 }
                 paused_s += pause.elapsed().as_secs_f64();
             }
@@ -705,7 +707,7 @@ pub fn train(
             .is_some_and(|n| progress.step % n == 0)
             && !last
         {
-            let weights = snapshot(&vars)?;
+            let weights = snapshot(&vars);
             let path = store.save(
                 &identity,
                 &progress,
@@ -720,7 +722,7 @@ pub fn train(
     // The written weights: the best validated ones, or the last.
     let final_is_best = progress.best.map_or(true, |b| b.step == progress.step);
     let weights = if final_is_best {
-        snapshot(&vars)?
+        snapshot(&vars)
     } else {
         let expected = progress.best.map_or(0, |b| b.step);
         match store.load_best(inputs.device)? {
@@ -777,10 +779,9 @@ pub fn train(
             log_lines(&progress.log).into_bytes(),
         ),
     ];
-    let updated: HashMap<String, Tensor> = weights;
     inputs
         .model
-        .write_updated(&output.out, &updated, &extra_files)?;
+        .write_updated(&output.out, &weights, &extra_files)?;
     if !output.keep_checkpoints {
         store.remove()?;
     }
