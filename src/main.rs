@@ -34,6 +34,10 @@ enum Command {
     /// Inspect training data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Vector index: build collections from a corpus (base and tuned spaces side by side),
+    /// search them, inspect and drop them.
+    #[command(subcommand)]
+    Index(commands::index::IndexCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(*args),
         Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
+        Command::Index(command) => commands::index::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

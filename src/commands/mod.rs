@@ -3,6 +3,7 @@
 pub mod data;
 pub mod embed;
 pub mod eval;
+pub mod index;
 pub mod train;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

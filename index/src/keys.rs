@@ -1,0 +1,33 @@
+//! Names of everything the store persists: files and directories of a store, and the sled
+//! trees and keys of a generation database. Only `store` uses them.
+
+/// Store marker file at the root: `{"format": N}`.
+pub const STORE_FILE: &str = "attune-store.json";
+/// Format version written in [`STORE_FILE`].
+pub const STORE_FORMAT: u32 = 1;
+/// Directory holding one directory per collection.
+pub const COLLECTIONS_DIR: &str = "collections";
+/// A collection's manifest, the commit point of generation switches.
+pub const MANIFEST_FILE: &str = "collection.json";
+/// Prefix of generation directories: `gen-000001`.
+pub const GENERATION_PREFIX: &str = "gen-";
+/// The sled database inside a generation directory.
+pub const DATABASE_DIR: &str = "db";
+/// Extension of graph files inside a generation directory: `<space>.graph`.
+pub const GRAPH_EXTENSION: &str = "graph";
+
+/// Tree: node number (u32 big-endian) → document record (JSON).
+pub const TREE_DOCUMENTS: &str = "documents";
+/// Tree: external id (UTF-8) → node number (u32 big-endian). Its values are the live nodes.
+pub const TREE_IDS: &str = "ids";
+/// Tree: `field \0 value-json \0 node` → empty, for metadata filters.
+pub const TREE_FIELDS: &str = "fields";
+/// Tree of single keys below.
+pub const TREE_META: &str = "meta";
+/// Prefix of per-space vector trees: node (u32 big-endian) → content hash (16 bytes) + f32 LE.
+pub const TREE_VECTORS_PREFIX: &str = "vectors/";
+
+/// Meta key: the next node number to assign (u32 big-endian).
+pub const KEY_NEXT_NODE: &[u8] = b"next_node";
+/// Meta key: the spaces of this generation and their model identities (JSON).
+pub const KEY_SPACES: &[u8] = b"spaces";

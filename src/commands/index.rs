@@ -1,0 +1,488 @@
+//! `attune index`: build, search, inspect and drop collections of a store.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use attune_index::{
+    build_collection, BuildEvent, BuildSettings, Corpus, Embedder, Filter, HnswParams,
+    ModelIdentity, SearchRequest, SpaceSpec, Store,
+};
+use attune_model::{DeviceRequest, Encoder, EncoderSettings, ModelDir, TextKind};
+use clap::{Args, Subcommand};
+use sha2::{Digest, Sha256};
+
+/// `attune index` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Embed a corpus into a new generation of a collection (one vector space per --space),
+    /// build its HNSW graphs and switch to it atomically. Resumable and incremental.
+    Build(BuildArgs),
+    /// Search one space of a collection with a text query.
+    Search(SearchArgs),
+    /// Collections, generations, spaces, models, sizes on disk.
+    Stats(StatsArgs),
+    /// Delete a collection and all its generations.
+    Drop(DropArgs),
+}
+
+/// Arguments of `attune index build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Store directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Collection name (letters, digits, '_', '-', '.').
+    #[arg(long)]
+    pub collection: String,
+    /// Corpus: JSONL ({"_id"|"id", "title"?, "text", "metadata"?} per line) or a BEIR directory.
+    #[arg(long, value_name = "PATH")]
+    pub corpus: PathBuf,
+    /// A vector space and the model directory that embeds it: NAME=MODEL_DIR (repeatable, e.g.
+    /// --space base=models/all-MiniLM-L6-v2 --space tuned=out/tuned).
+    #[arg(long = "space", value_name = "NAME=MODEL_DIR", required = true)]
+    pub spaces: Vec<String>,
+    /// Documents embedded and committed together (a crash loses at most one batch of work).
+    #[arg(long, default_value_t = BuildSettings::default().batch_size)]
+    pub batch_size: usize,
+    /// HNSW links per point (M; layer 0 keeps 2M).
+    #[arg(long, default_value_t = HnswParams::default().m)]
+    pub m: usize,
+    /// HNSW candidate list size while building.
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    pub ef_construction: usize,
+    /// Default HNSW candidate list size for searches.
+    #[arg(long, default_value_t = HnswParams::default().ef_search)]
+    pub ef_search: usize,
+    /// Truncate documents to this many tokens (default: the model's max_seq_length).
+    #[arg(long, value_name = "N")]
+    pub max_seq_len: Option<usize>,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `attune index search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Collection name.
+    #[arg(long)]
+    pub collection: String,
+    /// Vector space to search.
+    #[arg(long, default_value = "tuned")]
+    pub space: String,
+    /// The query text.
+    #[arg(long)]
+    pub query: String,
+    /// Results wanted (1 to 1000).
+    #[arg(short = 'k', long, default_value_t = 10)]
+    pub k: usize,
+    /// Metadata filter field=value (value read as JSON when it parses; a JSON list means "one
+    /// of"). Repeatable; all must hold.
+    #[arg(long = "filter", value_name = "FIELD=VALUE")]
+    pub filters: Vec<String>,
+    /// HNSW candidate list size (default: the collection's ef_search).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Model directory for the query (default: the one the space was built with). Its
+    /// fingerprint must match the space's.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `attune index stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Only this collection.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `attune index drop`.
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// Store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Collection to delete.
+    #[arg(long)]
+    pub collection: String,
+}
+
+/// Runs `attune index ...`.
+pub fn run(command: IndexCommand) -> Result<()> {
+    match command {
+        IndexCommand::Build(args) => build(args),
+        IndexCommand::Search(args) => search(args),
+        IndexCommand::Stats(args) => stats(args),
+        IndexCommand::Drop(args) => drop_collection(args),
+    }
+}
+
+/// A model loaded for indexing or querying, with its identity.
+pub struct ModelEmbedder {
+    encoder: Encoder,
+    identity: ModelIdentity,
+}
+
+impl ModelEmbedder {
+    /// Loads the model directory at `path`.
+    pub fn load(path: &Path, device: &DeviceRequest, max_seq_len: Option<usize>) -> Result<Self> {
+        let device = device.open()?;
+        let dir = ModelDir::open(path)?;
+        let settings = EncoderSettings {
+            max_seq_length: max_seq_len,
+            ..EncoderSettings::default()
+        };
+        let encoder = Encoder::load(&dir, &device, settings)?;
+        let identity = model_identity(&dir, &encoder, path)?;
+        Ok(Self { encoder, identity })
+    }
+
+    /// The query vector of `text`.
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        let mut out = self.encoder.embed(&[text], TextKind::Query)?;
+        Ok(out.embeddings.remove(0))
+    }
+
+    /// The model identity.
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+}
+
+/// The identity a space binds to: the model directory's fingerprint (weights, tokenizer,
+/// config, pooling) plus the prompts and truncation length this encoder applies.
+pub fn model_identity(dir: &ModelDir, encoder: &Encoder, source: &Path) -> Result<ModelIdentity> {
+    let mut hasher = Sha256::new();
+    hasher.update(dir.fingerprint()?.as_bytes());
+    for part in [
+        encoder.prefix(TextKind::Document),
+        encoder.prefix(TextKind::Query),
+        &encoder.max_seq_length().to_string(),
+    ] {
+        hasher.update(b"\0");
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    Ok(ModelIdentity {
+        fingerprint: digest[..16].iter().map(|b| format!("{b:02x}")).collect(),
+        dim: encoder.dimension(),
+        source: std::fs::canonicalize(source)
+            .unwrap_or_else(|_| source.to_path_buf())
+            .display()
+            .to_string(),
+    })
+}
+
+impl Embedder for ModelEmbedder {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    fn embed_documents(
+        &mut self,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.encoder.embed(texts, TextKind::Document)?.embeddings)
+    }
+}
+
+fn parse_space(spec: &str) -> Result<(String, PathBuf)> {
+    match spec.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => bail!("--space {spec:?}: expected NAME=MODEL_DIR, e.g. base=models/all-MiniLM-L6-v2"),
+    }
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let settings = BuildSettings {
+        batch_size: args.batch_size,
+        hnsw: HnswParams {
+            m: args.m,
+            ef_construction: args.ef_construction,
+            ef_search: args.ef_search,
+        },
+    };
+    settings.hnsw.validate()?;
+    let mut parsed = Vec::new();
+    for spec in &args.spaces {
+        parsed.push(parse_space(spec)?);
+    }
+    // The corpus is read and checked whole before the store is touched.
+    let corpus = Corpus::read(&args.corpus)?;
+    report_corpus_findings(&corpus);
+    if corpus.documents.is_empty() {
+        bail!("{}: no documents", corpus.path.display());
+    }
+    let mut embedders = Vec::new();
+    for (name, dir) in &parsed {
+        let embedder = ModelEmbedder::load(dir, &args.device, args.max_seq_len)
+            .with_context(|| format!("space {name:?}: cannot load model {}", dir.display()))?;
+        embedders.push((name.clone(), embedder));
+    }
+    let store = Store::open_or_create(&args.store)?;
+    let mut spaces: Vec<SpaceSpec<'_>> = embedders
+        .iter_mut()
+        .map(|(name, embedder)| SpaceSpec {
+            name: name.clone(),
+            embedder,
+        })
+        .collect();
+
+    let bar = super::progress_bar(None, "docs");
+    bar.set_prefix("embedding");
+    let mut progress = |event: BuildEvent| match event {
+        BuildEvent::Planned {
+            documents,
+            to_embed,
+            resumed,
+            generation,
+        } => {
+            eprintln!(
+                "attune: {} generation {generation} of {:?}: {documents} documents, {to_embed} to embed",
+                if resumed { "resuming" } else { "building" },
+                args.collection
+            );
+            bar.set_length(to_embed as u64);
+            if to_embed < 1000 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+        }
+        BuildEvent::Embedded { done } => bar.set_position(done as u64),
+        BuildEvent::Graph { space, points } => {
+            bar.finish_and_clear();
+            eprintln!("attune: building the HNSW graph of {space:?} ({points} points)");
+        }
+    };
+    let report = build_collection(
+        &store,
+        &args.collection,
+        &corpus,
+        &mut spaces,
+        &settings,
+        &mut progress,
+    )?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let embedded: Vec<String> = report
+            .embedded
+            .iter()
+            .map(|(space, n)| format!("{space} {n}"))
+            .collect();
+        println!(
+            "collection {:?} generation {} ({} documents): added {}, updated {}, unchanged {}, deleted {}; embedded {}; {:.1} s (embedding {:.1} s, graphs {:.1} s)",
+            report.collection,
+            report.generation,
+            report.documents,
+            report.added,
+            report.updated,
+            report.unchanged,
+            report.deleted,
+            embedded.join(", "),
+            started.elapsed().as_secs_f64(),
+            report.embed_seconds,
+            report.graph_seconds,
+        );
+    }
+    Ok(())
+}
+
+fn report_corpus_findings(corpus: &Corpus) {
+    if !corpus.duplicates.is_empty() {
+        let examples: Vec<String> = corpus
+            .duplicates
+            .iter()
+            .take(5)
+            .map(|(id, lines)| {
+                let lines: Vec<String> = lines.iter().map(usize::to_string).collect();
+                format!("{id:?} (lines {})", lines.join(", "))
+            })
+            .collect();
+        eprintln!(
+            "attune: warning: {}: {} ids appear more than once; the last line of each wins: {}{}",
+            corpus.path.display(),
+            corpus.duplicates.len(),
+            examples.join("; "),
+            if corpus.duplicates.len() > 5 {
+                "; ..."
+            } else {
+                ""
+            }
+        );
+    }
+    if !corpus.empty.is_empty() {
+        let lines: Vec<String> = corpus.empty.iter().take(10).map(usize::to_string).collect();
+        eprintln!(
+            "attune: warning: {}: {} documents have an empty title and text (lines {}{}); they are indexed but match nothing well",
+            corpus.path.display(),
+            corpus.empty.len(),
+            lines.join(", "),
+            if corpus.empty.len() > 10 { ", ..." } else { "" }
+        );
+    }
+}
+
+fn search(args: SearchArgs) -> Result<()> {
+    if !(1..=1000).contains(&args.k) {
+        bail!("-k must be between 1 and 1000, got {}", args.k);
+    }
+    let filter = Filter::parse_clauses(&args.filters)?;
+    let store = Store::open(&args.store)?;
+    let manifest = store.manifest(&args.collection)?;
+    let Some(space) = manifest.spaces.get(&args.space) else {
+        bail!(attune_index::IndexError::UnknownSpace {
+            collection: args.collection.clone(),
+            space: args.space.clone(),
+            available: manifest
+                .spaces
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&space.source));
+    let embedder = ModelEmbedder::load(&model_path, &args.device, None)
+        .with_context(|| format!("cannot load the query model {}", model_path.display()))?;
+    let collection = store.open_collection(&args.collection)?;
+    let started = Instant::now();
+    let vector = embedder.embed_query(&args.query)?;
+    let hits = collection.search(&SearchRequest {
+        space: &args.space,
+        vector: &vector,
+        model: embedder.identity(),
+        k: args.k,
+        ef: args.ef,
+        filter: &filter,
+    })?;
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"results": hits, "space": args.space, "took_ms": took_ms,
+                "generation": collection.generation()})
+        );
+    } else {
+        for (rank, hit) in hits.iter().enumerate() {
+            let title: String = hit.title.chars().take(80).collect();
+            println!("{:>3}  {:.4}  {}  {}", rank + 1, hit.score, hit.id, title);
+        }
+        eprintln!(
+            "attune: {} results from space {:?} of {:?} (generation {}) in {took_ms:.1} ms",
+            hits.len(),
+            args.space,
+            args.collection,
+            collection.generation()
+        );
+    }
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let store = Store::open(&args.store)?;
+    let names = match &args.collection {
+        Some(name) => vec![name.clone()],
+        None => store.collection_names()?,
+    };
+    let mut all = Vec::new();
+    for name in &names {
+        let manifest = store.manifest(name)?;
+        let disk = store.disk_bytes(name)?;
+        let stats = match manifest.current {
+            Some(_) => Some(store.open_collection(name)?.stats()?),
+            None => None,
+        };
+        all.push(serde_json::json!({
+            "name": name,
+            "manifest": manifest,
+            "stats": stats,
+            "disk_bytes_all_generations": disk,
+        }));
+        if !args.json {
+            match &stats {
+                None => println!(
+                    "{name}: no finished build yet (building generation {:?})",
+                    manifest.building
+                ),
+                Some(s) => {
+                    let per_doc = if s.documents > 0 {
+                        s.disk_bytes as f64 / s.documents as f64
+                    } else {
+                        0.0
+                    };
+                    println!(
+                        "{name}: generation {}, {} documents, {:.1} MiB on disk ({:.0} bytes per document; sled {:.1} MiB), all generations {:.1} MiB{}",
+                        s.generation,
+                        s.documents,
+                        s.disk_bytes as f64 / 1048576.0,
+                        per_doc,
+                        s.database_bytes as f64 / 1048576.0,
+                        disk as f64 / 1048576.0,
+                        manifest
+                            .building
+                            .map(|b| format!(", generation {b} being built"))
+                            .unwrap_or_default()
+                    );
+                    println!(
+                        "  hnsw: m {}, ef_construction {}, ef_search {}",
+                        s.hnsw.m, s.hnsw.ef_construction, s.hnsw.ef_search
+                    );
+                    for space in &s.spaces {
+                        println!(
+                            "  space {}: dim {}, model {} ({}), graph {} points, {} tombstones, {} outside the graph",
+                            space.name,
+                            space.model.dim,
+                            space.model.fingerprint,
+                            space.model.source,
+                            space.graph_points,
+                            space.tombstones,
+                            space.delta
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(all));
+    } else if names.is_empty() {
+        println!("no collections in {}", args.store.display());
+    }
+    Ok(())
+}
+
+fn drop_collection(args: DropArgs) -> Result<()> {
+    let store = Store::open(&args.store)?;
+    // Unknown names are an error (with the list of collections), not a silent no-op.
+    store.manifest(&args.collection)?;
+    store.drop_collection(&args.collection)?;
+    println!("dropped collection {:?}", args.collection);
+    Ok(())
+}
