@@ -1,0 +1,282 @@
+//! `attune index` end to end on a tiny random model: build, search, stats, drop, incremental
+//! rebuilds, bad input, model identity, and SIGKILL at random moments during a build.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use attune_index::{Filter, SearchRequest, Store};
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+
+fn attune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attune"))
+        .args(args)
+        .output()
+        .expect("attune runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const COLOURS: [&str; 4] = ["red", "blue", "green", "black"];
+
+/// `n` products; `version` changes every text (so a rebuild must embed everything).
+fn corpus_lines(n: usize, version: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "_id": format!("p{i}"),
+                "title": format!("item{i} v{version} {}", COLOURS[i % 4]),
+                "text": format!("{} shoe number {i} edition {version}", COLOURS[(i / 4) % 4]),
+                "metadata": {"colour": COLOURS[i % 4]},
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        write_random_bert(&tmp.path().join("model"), &RandomBertSpec::default()).unwrap();
+        Self { tmp }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+    fn write_corpus(&self, name: &str, lines: &[String]) {
+        std::fs::write(self.path(name), lines.join("\n") + "\n").unwrap();
+    }
+    fn build_args(&self, corpus: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "index",
+            "build",
+            "--store",
+            &self.arg("store"),
+            "--collection",
+            "shop",
+            "--corpus",
+            &self.arg(corpus),
+            "--space",
+            &format!("base={}", self.arg("model")),
+            "--device",
+            "cpu",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+    fn build(&self, corpus: &str, extra: &[&str]) -> serde_json::Value {
+        let args = self.build_args(corpus, extra);
+        let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn build_search_stats_rebuild_and_drop() {
+    let f = Fixture::new();
+    let mut lines = corpus_lines(300, 1);
+    lines.push(lines[5].replace("item5", "item5 again"));
+    f.write_corpus("corpus.jsonl", &lines);
+    let args = f.build_args("corpus.jsonl", &[]);
+    let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 ids appear more than once") && stderr.contains("\"p5\" (lines 6, 301)"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["documents"], 300);
+    assert_eq!(report["embedded"]["base"], 300);
+
+    let store = f.arg("store");
+    let out = attune(&[
+        "index", "search", "--store", &store, "--collection", "shop", "--space", "base", "--query",
+        "item5 again", "-k", "3", "--filter", "colour=blue", "--json", "--device", "cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = result["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["metadata"]["colour"] == "blue"));
+
+    let out = attune(&["index", "stats", "--store", &store]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(stats.contains("shop: generation 1, 300 documents"), "{stats}");
+    assert!(stats.contains("bytes per document"), "{stats}");
+
+    // Unchanged: nothing embedded. Ten texts changed: exactly ten embedded.
+    let report = f.build("corpus.jsonl", &[]);
+    assert_eq!((report["embedded"]["base"].as_u64(), report["unchanged"].as_u64()), (Some(0), Some(300)));
+    let mut changed = lines.clone();
+    for line in changed.iter_mut().skip(100).take(10) {
+        *line = line.replace("edition 1", "edition 2");
+    }
+    changed.remove(0);
+    f.write_corpus("corpus.jsonl", &changed);
+    let report = f.build("corpus.jsonl", &[]);
+    assert_eq!(report["embedded"]["base"], 10);
+    assert_eq!((report["updated"].as_u64(), report["deleted"].as_u64()), (Some(10), Some(1)));
+    let out = attune(&[
+        "index", "search", "--store", &store, "--collection", "shop", "--space", "base", "--query",
+        "item0 v1 red", "-k", "300", "--json", "--device", "cpu",
+    ]);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result["results"].as_array().unwrap().iter().all(|r| r["id"] != "p0"));
+
+    let out = attune(&["index", "drop", "--store", &store, "--collection", "shop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = attune(&["index", "drop", "--store", &store, "--collection", "shop"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("unknown collection \"shop\""), "{}", text(&out));
+}
+
+#[test]
+fn bad_input_and_other_models_are_refused_with_clear_messages() {
+    let f = Fixture::new();
+    f.write_corpus("corpus.jsonl", &corpus_lines(50, 1));
+    f.build("corpus.jsonl", &[]);
+    let manifest = std::fs::read(f.path("store/collections/shop/collection.json")).unwrap();
+
+    let mut lines = corpus_lines(50, 2);
+    lines.insert(7, r#"{"_id": "x", "title": "no body"}"#.to_string());
+    f.write_corpus("bad.jsonl", &lines);
+    let args = f.build_args("bad.jsonl", &[]);
+    let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bad.jsonl:8: document \"x\" has no \"text\" field"), "{}", text(&out));
+    assert_eq!(std::fs::read(f.path("store/collections/shop/collection.json")).unwrap(), manifest);
+
+    let store = f.arg("store");
+    let search = |extra: &[&str]| {
+        let mut args = vec!["index", "search", "--store", &store, "--query", "red", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        attune(&args)
+    };
+    let out = search(&["--collection", "nope", "--space", "base"]);
+    assert!(text(&out).contains("unknown collection \"nope\"") && text(&out).contains("collections: shop"), "{}", text(&out));
+    let out = search(&["--collection", "shop", "--space", "tuned"]);
+    assert!(text(&out).contains("has no space \"tuned\" (spaces: base)"), "{}", text(&out));
+
+    // Another model for the query: refused, naming both fingerprints.
+    write_random_bert(&f.path("other"), &RandomBertSpec { seed: 7, ..RandomBertSpec::default() }).unwrap();
+    let other = f.arg("other");
+    let out = search(&["--collection", "shop", "--space", "base", "--model", &other]);
+    assert!(!out.status.success());
+    let message = text(&out);
+    let stored = Store::open(&f.path("store")).unwrap().manifest("shop").unwrap().spaces["base"]
+        .fingerprint
+        .clone();
+    assert!(message.contains(&format!("built with model {stored}")), "{message}");
+    assert!(message.contains("the vectors given come from model"), "{message}");
+}
+
+/// Checks the store serves one complete generation: every document of `expected` (one of the
+/// corpora) present, with that corpus's text, and found by a search with its own vector.
+fn check_served(store_dir: &Path, corpora: &[Vec<String>]) -> usize {
+    let store = Store::open(store_dir).unwrap();
+    let collection = store.open_collection("shop").unwrap();
+    let ids: HashSet<String> = collection.ids().unwrap().into_iter().collect();
+    let spaces: BTreeMap<_, _> = collection.spaces();
+    let model = &spaces["base"];
+    let matching: Vec<usize> = corpora
+        .iter()
+        .enumerate()
+        .filter(|(_, corpus)| {
+            corpus.len() == ids.len()
+                && corpus.iter().all(|line| {
+                    let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let id = doc["_id"].as_str().unwrap();
+                    collection
+                        .document(id)
+                        .unwrap()
+                        .is_some_and(|stored| stored.text == doc["text"].as_str().unwrap())
+                })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(matching.len(), 1, "the served generation is not exactly one of the corpora");
+    for id in &ids {
+        let vector = collection.vector("base", id).unwrap().unwrap();
+        let hits = collection
+            .search(&SearchRequest {
+                space: "base",
+                vector: &vector,
+                model,
+                k: 10,
+                ef: Some(64),
+                filter: &Filter::default(),
+            })
+            .unwrap();
+        assert!(hits.iter().any(|h| &h.id == id), "{id} is not searchable");
+    }
+    matching[0]
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_the_served_generation() {
+    let f = Fixture::new();
+    let corpora = [corpus_lines(4_000, 1), corpus_lines(4_000, 2)];
+    f.write_corpus("v0.jsonl", &corpora[0]);
+    f.write_corpus("v1.jsonl", &corpora[1]);
+    f.build("v0.jsonl", &["--batch-size", "100"]);
+    // The duration of a build that re-embeds everything, the work every trial below does.
+    let started = Instant::now();
+    f.build("v1.jsonl", &["--batch-size", "100"]);
+    let full = started.elapsed();
+    assert_eq!(check_served(&f.path("store"), &corpora), 1);
+
+    // A deterministic spread of kill moments across the whole build, start to switch.
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut outcomes = Vec::new();
+    for trial in 0..12 {
+        let target = trial % 2 == 1; // alternate corpora so every build has real work
+        let corpus = if target { "v1.jsonl" } else { "v0.jsonl" };
+        let served_before = check_served(&f.path("store"), &corpora);
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let fraction = (state % 1000) as f64 / 1000.0;
+        let delay = full.mul_f64(0.02 + 0.98 * fraction);
+        let args = f.build_args(corpus, &["--batch-size", "100"]);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_attune"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        let served = check_served(&f.path("store"), &corpora);
+        assert!(
+            served == served_before || served == target as usize,
+            "trial {trial}: served corpus {served}"
+        );
+        outcomes.push((delay, finished, served != served_before));
+        // A rerun completes and serves the new corpus.
+        f.build(corpus, &["--batch-size", "100"]);
+        assert_eq!(check_served(&f.path("store"), &corpora), target as usize, "trial {trial}");
+    }
+    let interrupted = outcomes.iter().filter(|(_, finished, _)| !finished).count();
+    eprintln!("kill trials (delay, finished before the kill, switched): {outcomes:?}");
+    assert!(interrupted >= 8, "most kills must land mid-build: {outcomes:?}");
+}
