@@ -100,15 +100,33 @@ fn build_search_stats_rebuild_and_drop() {
     let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("1 ids appear more than once") && stderr.contains("\"p5\" (lines 6, 301)"), "{stderr}");
+    assert!(
+        stderr.contains("1 ids appear more than once") && stderr.contains("\"p5\" (lines 6, 301)"),
+        "{stderr}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["documents"], 300);
     assert_eq!(report["embedded"]["base"], 300);
 
     let store = f.arg("store");
     let out = attune(&[
-        "index", "search", "--store", &store, "--collection", "shop", "--space", "base", "--query",
-        "item5 again", "-k", "3", "--filter", "colour=blue", "--json", "--device", "cpu",
+        "index",
+        "search",
+        "--store",
+        &store,
+        "--collection",
+        "shop",
+        "--space",
+        "base",
+        "--query",
+        "item5 again",
+        "-k",
+        "3",
+        "--filter",
+        "colour=blue",
+        "--json",
+        "--device",
+        "cpu",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -119,12 +137,21 @@ fn build_search_stats_rebuild_and_drop() {
     let out = attune(&["index", "stats", "--store", &store]);
     assert!(out.status.success(), "{}", text(&out));
     let stats = String::from_utf8_lossy(&out.stdout);
-    assert!(stats.contains("shop: generation 1, 300 documents"), "{stats}");
+    assert!(
+        stats.contains("shop: generation 1, 300 documents"),
+        "{stats}"
+    );
     assert!(stats.contains("bytes per document"), "{stats}");
 
     // Unchanged: nothing embedded. Ten texts changed: exactly ten embedded.
     let report = f.build("corpus.jsonl", &[]);
-    assert_eq!((report["embedded"]["base"].as_u64(), report["unchanged"].as_u64()), (Some(0), Some(300)));
+    assert_eq!(
+        (
+            report["embedded"]["base"].as_u64(),
+            report["unchanged"].as_u64()
+        ),
+        (Some(0), Some(300))
+    );
     let mut changed = lines.clone();
     for line in changed.iter_mut().skip(100).take(10) {
         *line = line.replace("edition 1", "edition 2");
@@ -133,19 +160,43 @@ fn build_search_stats_rebuild_and_drop() {
     f.write_corpus("corpus.jsonl", &changed);
     let report = f.build("corpus.jsonl", &[]);
     assert_eq!(report["embedded"]["base"], 10);
-    assert_eq!((report["updated"].as_u64(), report["deleted"].as_u64()), (Some(10), Some(1)));
+    assert_eq!(
+        (report["updated"].as_u64(), report["deleted"].as_u64()),
+        (Some(10), Some(1))
+    );
     let out = attune(&[
-        "index", "search", "--store", &store, "--collection", "shop", "--space", "base", "--query",
-        "item0 v1 red", "-k", "300", "--json", "--device", "cpu",
+        "index",
+        "search",
+        "--store",
+        &store,
+        "--collection",
+        "shop",
+        "--space",
+        "base",
+        "--query",
+        "item0 v1 red",
+        "-k",
+        "300",
+        "--json",
+        "--device",
+        "cpu",
     ]);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(result["results"].as_array().unwrap().iter().all(|r| r["id"] != "p0"));
+    assert!(result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["id"] != "p0"));
 
     let out = attune(&["index", "drop", "--store", &store, "--collection", "shop"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = attune(&["index", "drop", "--store", &store, "--collection", "shop"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("unknown collection \"shop\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown collection \"shop\""),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -161,31 +212,66 @@ fn bad_input_and_other_models_are_refused_with_clear_messages() {
     let args = f.build_args("bad.jsonl", &[]);
     let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!out.status.success());
-    assert!(text(&out).contains("bad.jsonl:8: document \"x\" has no \"text\" field"), "{}", text(&out));
-    assert_eq!(std::fs::read(f.path("store/collections/shop/collection.json")).unwrap(), manifest);
+    assert!(
+        text(&out).contains("bad.jsonl:8: document \"x\" has no \"text\" field"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(f.path("store/collections/shop/collection.json")).unwrap(),
+        manifest
+    );
 
     let store = f.arg("store");
     let search = |extra: &[&str]| {
-        let mut args = vec!["index", "search", "--store", &store, "--query", "red", "--device", "cpu"];
+        let mut args = vec![
+            "index", "search", "--store", &store, "--query", "red", "--device", "cpu",
+        ];
         args.extend_from_slice(extra);
         attune(&args)
     };
     let out = search(&["--collection", "nope", "--space", "base"]);
-    assert!(text(&out).contains("unknown collection \"nope\"") && text(&out).contains("collections: shop"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown collection \"nope\"")
+            && text(&out).contains("collections: shop"),
+        "{}",
+        text(&out)
+    );
     let out = search(&["--collection", "shop", "--space", "tuned"]);
-    assert!(text(&out).contains("has no space \"tuned\" (spaces: base)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("has no space \"tuned\" (spaces: base)"),
+        "{}",
+        text(&out)
+    );
 
     // Another model for the query: refused, naming both fingerprints.
-    write_random_bert(&f.path("other"), &RandomBertSpec { seed: 7, ..RandomBertSpec::default() }).unwrap();
+    write_random_bert(
+        &f.path("other"),
+        &RandomBertSpec {
+            seed: 7,
+            ..RandomBertSpec::default()
+        },
+    )
+    .unwrap();
     let other = f.arg("other");
     let out = search(&["--collection", "shop", "--space", "base", "--model", &other]);
     assert!(!out.status.success());
     let message = text(&out);
-    let stored = Store::open(&f.path("store")).unwrap().manifest("shop").unwrap().spaces["base"]
+    let stored = Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap()
+        .spaces["base"]
         .fingerprint
         .clone();
-    assert!(message.contains(&format!("built with model {stored}")), "{message}");
-    assert!(message.contains("the vectors given come from model"), "{message}");
+    assert!(
+        message.contains(&format!("built with model {stored}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("the vectors given come from model"),
+        "{message}"
+    );
 }
 
 /// Checks the store serves one complete generation: every document of `expected` (one of the
@@ -212,7 +298,11 @@ fn check_served(store_dir: &Path, corpora: &[Vec<String>]) -> usize {
         })
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(matching.len(), 1, "the served generation is not exactly one of the corpora");
+    assert_eq!(
+        matching.len(),
+        1,
+        "the served generation is not exactly one of the corpora"
+    );
     for id in &ids {
         let vector = collection.vector("base", id).unwrap().unwrap();
         let hits = collection
@@ -274,9 +364,16 @@ fn sigkill_at_random_moments_never_loses_the_served_generation() {
         outcomes.push((delay, finished, served != served_before));
         // A rerun completes and serves the new corpus.
         f.build(corpus, &["--batch-size", "100"]);
-        assert_eq!(check_served(&f.path("store"), &corpora), target as usize, "trial {trial}");
+        assert_eq!(
+            check_served(&f.path("store"), &corpora),
+            target as usize,
+            "trial {trial}"
+        );
     }
     let interrupted = outcomes.iter().filter(|(_, finished, _)| !finished).count();
     eprintln!("kill trials (delay, finished before the kill, switched): {outcomes:?}");
-    assert!(interrupted >= 8, "most kills must land mid-build: {outcomes:?}");
+    assert!(
+        interrupted >= 8,
+        "most kills must land mid-build: {outcomes:?}"
+    );
 }

@@ -27,6 +27,16 @@ pub enum IndexError {
         /// sled's message.
         message: String,
     },
+    /// Another process (a server or a build) has this generation's database open; sled allows
+    /// one process at a time.
+    #[error(
+        "store database {path} is in use by another attune process (a running `attune serve` or \
+         `attune index build`); stop it or send the work to it"
+    )]
+    InUse {
+        /// The generation database directory.
+        path: PathBuf,
+    },
     /// A persisted graph is truncated, corrupted or of another format; it is rebuilt from the
     /// stored vectors when the collection opens.
     #[error("graph file {path}: {reason}")]
@@ -162,6 +172,13 @@ impl IndexError {
 
     /// A sled error on the database at `path`.
     pub(crate) fn storage(path: &Path, error: sled::Error) -> Self {
+        if let sled::Error::Io(io) = &error {
+            if io.kind() == std::io::ErrorKind::WouldBlock {
+                return Self::InUse {
+                    path: path.to_path_buf(),
+                };
+            }
+        }
         Self::Storage {
             path: path.to_path_buf(),
             message: error.to_string(),

@@ -756,29 +756,27 @@ impl GenerationDb {
         Ok(swept.len())
     }
 
-    /// Nodes whose metadata passes `filter` (a sorted, deduplicated list).
-    pub(crate) fn nodes_matching(&self, filter: &Filter) -> Result<Vec<u32>> {
-        let mut result: Option<Vec<u32>> = None;
-        for clause in &filter.clauses {
-            let mut nodes = Vec::new();
-            for value in &clause.values {
-                let Some(value_key) = scalar_key(value) else {
-                    continue;
-                };
-                let prefix = field_prefix(&clause.field, &value_key);
-                for item in self.fields.scan_prefix(&prefix) {
-                    let (key, _) = item.map_err(|e| self.err(e))?;
-                    nodes.push(node_from(&key[prefix.len()..], "field key")?);
-                }
+    /// The metadata index, loaded into memory (one sorted node list per field value).
+    fn load_fields(&self) -> Result<FieldIndex> {
+        let mut index = FieldIndex::default();
+        for item in self.fields.iter() {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            let corrupt = || IndexError::CorruptRecord {
+                what: "field index".into(),
+                reason: format!("malformed key of {} bytes", key.len()),
+            };
+            if key.len() < 6 || key[key.len() - 5] != 0 {
+                return Err(corrupt());
             }
-            nodes.sort_unstable();
-            nodes.dedup();
-            result = Some(match result {
-                None => nodes,
-                Some(previous) => intersect(&previous, &nodes),
-            });
+            let node = node_from(&key[key.len() - 4..], "field key")?;
+            let head = &key[..key.len() - 5];
+            let split = head.iter().position(|&b| b == 0).ok_or_else(corrupt)?;
+            let field = String::from_utf8_lossy(&head[..split]).into_owned();
+            let value = String::from_utf8_lossy(&head[split + 1..]).into_owned();
+            index.postings.entry((field, value)).or_default().push(node);
         }
-        Ok(result.unwrap_or_default())
+        // Keys are sorted by field, value, then big-endian node: every list is sorted already.
+        Ok(index)
     }
 
     pub(crate) fn flush(&self) -> Result<()> {
@@ -835,6 +833,58 @@ impl Default for CompactionPolicy {
             min_changes: 1_024,
             ratio: 0.1,
         }
+    }
+}
+
+/// Metadata filters in memory: for each (field, canonical value), the nodes that have it,
+/// sorted. Lists may hold nodes that are no longer live; searches intersect with the live set.
+#[derive(Debug, Default)]
+struct FieldIndex {
+    postings: HashMap<(String, String), Vec<u32>>,
+}
+
+impl FieldIndex {
+    fn add(&mut self, node: u32, metadata: &Map<String, Value>) {
+        for pair in indexed_pairs(metadata) {
+            let list = self.postings.entry(pair).or_default();
+            if let Err(at) = list.binary_search(&node) {
+                list.insert(at, node);
+            }
+        }
+    }
+
+    fn remove(&mut self, node: u32, metadata: &Map<String, Value>) {
+        for pair in indexed_pairs(metadata) {
+            if let Some(list) = self.postings.get_mut(&pair) {
+                if let Ok(at) = list.binary_search(&node) {
+                    list.remove(at);
+                }
+            }
+        }
+    }
+
+    /// Nodes passing `filter`, sorted and deduplicated.
+    fn matching(&self, filter: &Filter) -> Vec<u32> {
+        let mut result: Option<Vec<u32>> = None;
+        for clause in &filter.clauses {
+            let mut nodes = Vec::new();
+            for value in &clause.values {
+                if let Some(value_key) = scalar_key(value) {
+                    if let Some(list) = self.postings.get(&(clause.field.clone(), value_key)) {
+                        nodes.extend_from_slice(list);
+                    }
+                }
+            }
+            if clause.values.len() > 1 {
+                nodes.sort_unstable();
+                nodes.dedup();
+            }
+            result = Some(match result {
+                None => nodes,
+                Some(previous) => intersect(&previous, &nodes),
+            });
+        }
+        result.unwrap_or_default()
     }
 }
 
@@ -905,6 +955,7 @@ impl SpaceIndex {
 struct State {
     spaces: BTreeMap<String, SpaceIndex>,
     live: NodeSet,
+    fields: FieldIndex,
     documents: usize,
 }
 
@@ -938,8 +989,9 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
 }
 
-/// Filtered searches whose filter passes at most this many live documents are answered
-/// exactly: scanning them costs less than a graph walk that must skip almost every point.
+/// Filtered searches whose filter passes at most this many live documents (or few enough that
+/// scanning them costs less than the graph walk, see `Collection::search`) are answered exactly:
+/// a walk under a selective filter must skip almost every point it visits.
 pub const EXACT_FILTER_LIMIT: usize = 2_048;
 
 /// Per-space figures of an open collection.
@@ -1082,6 +1134,7 @@ impl Collection {
             };
             spaces.insert(name, index);
         }
+        let fields = db.load_fields()?;
         let collection = Self {
             name: manifest.name.clone(),
             generation,
@@ -1093,6 +1146,7 @@ impl Collection {
                 spaces,
                 live,
                 documents: live_nodes.len(),
+                fields,
             }),
         };
         collection.compact_if_needed()?;
@@ -1241,16 +1295,20 @@ impl Collection {
             }
         } else {
             let mut allowed = NodeSet::default();
-            let matching: Vec<u32> = self
-                .db
-                .nodes_matching(request.filter)?
+            let matching: Vec<u32> = state
+                .fields
+                .matching(request.filter)
                 .into_iter()
                 .filter(|&node| live.contains(node))
                 .collect();
             for &node in &matching {
                 allowed.insert(node);
             }
-            if matching.len() <= EXACT_FILTER_LIMIT {
+            // A graph walk under a filter passing m of n points visits about ef·2M·n/m points;
+            // scanning the m points exactly costs m. Scan when that is cheaper.
+            let walk_cost = ef as f64 * 2.0 * self.hnsw.m as f64 * graph.len() as f64;
+            let m = matching.len() as f64;
+            if matching.len() <= EXACT_FILTER_LIMIT || m * m <= walk_cost {
                 for node in matching {
                     let score = match space.slot_of_node.get(&node) {
                         Some(&slot) => dot(&query, graph.vector(slot as usize)),
@@ -1360,25 +1418,29 @@ impl Collection {
             .collect();
         // Unchanged content keeps its stored vectors: drop them from the write.
         let mut filtered = Vec::with_capacity(writes.len());
+        let mut old_metadata = Vec::with_capacity(writes.len());
         for mut write in writes {
-            if let Some(node) = self.db.node_of(&write.document.id)? {
-                if self
-                    .db
-                    .document(node)?
-                    .is_some_and(|doc| doc.hash == hex(&write.hash))
-                {
-                    write.vectors.clear();
-                }
+            let old = match self.db.node_of(&write.document.id)? {
+                Some(node) => self.db.document(node)?,
+                None => None,
+            };
+            if old.as_ref().is_some_and(|doc| doc.hash == hex(&write.hash)) {
+                write.vectors.clear();
             }
+            old_metadata.push(old.map(|doc| doc.metadata));
             filtered.push(write);
         }
         let outcomes = self.db.write(&filtered)?;
         self.db.flush()?;
         let mut report = UpsertReport::default();
-        for (write, outcome) in filtered.iter().zip(outcomes) {
+        for ((write, outcome), old) in filtered.iter().zip(outcomes).zip(old_metadata) {
             let new_node = match outcome {
-                WriteOutcome::Kept { .. } => {
+                WriteOutcome::Kept { node } => {
                     report.unchanged += 1;
+                    if let Some(old) = old {
+                        state.fields.remove(node, &old);
+                    }
+                    state.fields.add(node, &write.document.metadata);
                     continue;
                 }
                 WriteOutcome::Added { node } => {
@@ -1396,6 +1458,7 @@ impl Collection {
                 }
             };
             state.live.insert(new_node);
+            state.fields.add(new_node, &write.document.metadata);
             for (space_name, vector) in &write.vectors {
                 if let Some(space) = state.spaces.get_mut(*space_name) {
                     space.delta_nodes.push(new_node);
@@ -1457,6 +1520,7 @@ impl Collection {
             .identity
             .clone();
         self.db.sweep()?;
+        state.fields = self.db.load_fields()?;
         let graph = build_space_graph(&self.db, space, &identity, &self.hnsw)?;
         graph.write(&self.dir.join(format!("{space}.{}", keys::GRAPH_EXTENSION)))?;
         state

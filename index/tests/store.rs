@@ -405,9 +405,19 @@ fn filters_select_inside_the_graph_and_exactly_when_selective() {
     let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
     build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
     let collection = s.store.open_collection("shop").unwrap();
-    // 2,500 footwear documents: more than the exact-scan limit, so the graph search filters.
+    // 2,500 footwear documents and a small ef: the graph walk is cheaper than a scan, so the
+    // filter is applied inside the graph search.
     let footwear = Filter::parse_clauses(&["category=footwear"]).unwrap();
-    let hits = search(&collection, "base", 1, "red leather shoe", 20, &footwear);
+    let hits = collection
+        .search(&SearchRequest {
+            space: "base",
+            vector: &word_vector("red leather shoe", 1),
+            model: &identity("base"),
+            k: 20,
+            ef: Some(20),
+            filter: &footwear,
+        })
+        .unwrap();
     assert_eq!(hits.len(), 20);
     assert!(hits.iter().all(|h| h.metadata["category"] == "footwear"));
     // A selective conjunction with a list: answered exactly.
