@@ -90,10 +90,6 @@ fn parse() -> Args {
         }
         i += 2;
     }
-    assert!(
-        !args.data.as_os_str().is_empty(),
-        "--data D.npy is required"
-    );
     args
 }
 
@@ -103,7 +99,25 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args = parse();
+    let mut args = parse();
+    let smoke_dir = tempfile::tempdir().expect("tempdir");
+    if args.data.as_os_str().is_empty() {
+        // `cargo test --all-targets` (or `cargo bench` without --data): a quick smoke run on
+        // 3,000 clustered vectors.
+        let spec = ClusterSpec {
+            n: 3_000,
+            dim: 64,
+            clusters: 30,
+            ..ClusterSpec::default()
+        };
+        args.data = smoke_dir.path().join("data.npy");
+        args.queries = smoke_dir.path().join("queries.npy");
+        write_npy(&args.data, &clustered_unit_vectors(&spec), spec.dim).expect("data");
+        let queries = clustered_unit_vectors(&ClusterSpec { n: 100, member_seed: 2, ..spec });
+        write_npy(&args.queries, &queries, spec.dim).expect("queries");
+        args.efs = vec![64];
+        args.repeats = 1;
+    }
     let (data, dim) = read_npy(&args.data).expect("data");
     let (queries, qdim) = read_npy(&args.queries).expect("queries");
     assert_eq!(dim, qdim);

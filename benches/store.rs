@@ -57,7 +57,9 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| raw.get(i + 1).cloned())
     };
-    let n: usize = flag("--n").map_or(100_000, |v| v.parse().unwrap());
+    // `cargo test --all-targets` runs this without `--bench`: a quick smoke run then.
+    let smoke = !raw.iter().any(|a| a == "--bench") && flag("--n").is_none();
+    let n: usize = flag("--n").map_or(if smoke { 3_000 } else { 100_000 }, |v| v.parse().unwrap());
     let dim: usize = flag("--dim").map_or(384, |v| v.parse().unwrap());
     let opens: usize = flag("--opens").map_or(5, |v| v.parse().unwrap());
     let out: Option<PathBuf> = flag("--out").map(PathBuf::from);

@@ -10,7 +10,8 @@
 # clustered: 100k clustered 384-d unit vectors + 1k queries (benches/ann.rs --generate-clustered);
 #            hnswlib (ann_bench.py: M 16, ef_construction 200, 1-thread build, plus a 2-thread build)
 #            and attune (same M/ef_construction; 1-thread and 2-thread builds); recall@10 vs exact,
-#            single-thread QPS (median of 3 passes) for ef 10..256.
+#            single-thread QPS (median of 3 passes) for ef 10..256; attune also with its default
+#            ef_construction (100) against hnswlib at 200.
 # scifact:   the same on the scifact corpus embedded by attune (5,183 docs, 300 test queries).
 # store:     benches/store.rs: a 100k-document store: build, bytes per document, open time,
 #            identical results after reopening, search through the collection.
@@ -45,6 +46,9 @@ ann_pair() { # NAME DATA.npy QUERIES.npy
   RAYON_NUM_THREADS=1 "$ANN" --data "$data" --queries "$queries" --efs "$EFS" --out "$OUT/$name-attune-1t.json" >/dev/null
   echo "[bench-index] $name: attune, 2-thread build" >&2
   RAYON_NUM_THREADS=2 "$ANN" --data "$data" --queries "$queries" --efs "$EFS" --out "$OUT/$name-attune-2t.json" >/dev/null
+  echo "[bench-index] $name: attune defaults (ef_construction 100), 1-thread build" >&2
+  RAYON_NUM_THREADS=1 "$ANN" --data "$data" --queries "$queries" --efs "$EFS" --ef-construction 100 \
+      --out "$OUT/$name-attune-efc100-1t.json" >/dev/null
 }
 
 if has clustered; then
@@ -85,7 +89,7 @@ fi
 
 if has store; then
   echo "[bench-index] store: 100k documents" >&2
-  "$STORE" --n 100000 --opens 5 --out "$OUT/store.json" >/dev/null
+  "$STORE" --bench --n 100000 --opens 5 --out "$OUT/store.json" >/dev/null
 fi
 
 if has reindex; then
@@ -126,11 +130,15 @@ def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
 def interp(curve, recall):
-    """hnswlib QPS at `recall`, linear between its measured points (None outside its range)."""
-    pts = sorted((r, q) for r, q in curve)
-    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
-        if r0 <= recall <= r1:
-            return q0 if r1 == r0 else q0 + (q1 - q0) * (recall - r0) / (r1 - r0)
+    """hnswlib's QPS at `recall`: `curve` is its (recall, QPS) points in ef order; linear between
+    the two points around `recall`, the first point reaching it when equal (the fastest ef that
+    does), and its lowest ef when even that is above `recall`. None when it never reaches it."""
+    for i, (r, q) in enumerate(curve):
+        if r >= recall:
+            if i == 0 or r == recall:
+                return q
+            r0, q0 = curve[i - 1]
+            return q0 + (q - q0) * (recall - r0) / (r - r0)
     return None
 for name in ("clustered", "scifact"):
     h, a1, a2 = load(f"{name}-hnswlib.json"), load(f"{name}-attune-1t.json"), load(f"{name}-attune-2t.json")
@@ -141,17 +149,32 @@ for name in ("clustered", "scifact"):
     print("| ef | attune recall@10 | attune QPS | hnswlib recall@10 | hnswlib QPS | hnswlib QPS at attune's recall | ratio at equal recall |")
     print("|---|---|---|---|---|---|---|")
     curve = [(r["recall@10"], r["qps_1thread_median"]) for r in hs["search"]]
+    saturated = False
     for ra, rh in zip(a1["search"], hs["search"]):
-        at = interp(curve, ra["recall"])
-        ratio = f"{ra['qps_1thread_median'] / at:.2f}x" if at else "n/a (outside hnswlib's curve)"
+        at = None if saturated else interp(curve, ra["recall"])
+        saturated = saturated or ra["recall"] >= 1.0
+        ratio = f"{ra['qps_1thread_median'] / at:.2f}x" if at else "— (recall saturated)"
         print(f"| {ra['ef']} | {ra['recall']:.4f} | {ra['qps_1thread_median']:.0f} | {rh['recall@10']:.4f} | "
               f"{rh['qps_1thread_median']:.0f} | {at:.0f} | {ratio} |" if at else
               f"| {ra['ef']} | {ra['recall']:.4f} | {ra['qps_1thread_median']:.0f} | {rh['recall@10']:.4f} | "
               f"{rh['qps_1thread_median']:.0f} | | {ratio} |")
+    d = load(f"{name}-attune-efc100-1t.json")
+    if d:
+        print(f"\nattune defaults (ef_construction 100, 1-thread build) against the same hnswlib curve (ef_construction 200):\n")
+        print("| ef | attune recall@10 | attune QPS | hnswlib QPS at attune's recall | ratio at equal recall |")
+        print("|---|---|---|---|---|")
+        saturated = False
+        for ra in d["search"]:
+            at = None if saturated else interp(curve, ra["recall"])
+            saturated = saturated or ra["recall"] >= 1.0
+            ratio = f"{ra['qps_1thread_median'] / at:.2f}x" if at else "— (recall saturated)"
+            print(f"| {ra['ef']} | {ra['recall']:.4f} | {ra['qps_1thread_median']:.0f} | {f'{at:.0f}' if at else ''} | {ratio} |")
     hb1, hb2 = hs["build_seconds"], hs.get("parallel_build", {}).get("build_seconds")
     print(f"\nbuild: attune 1 thread {a1['build_seconds']:.1f} s vs hnswlib 1 thread {hb1:.1f} s = {a1['build_seconds']/hb1:.2f}x; "
           f"attune 2 threads {a2['build_seconds']:.1f} s vs hnswlib 2 threads {hb2:.1f} s = {a2['build_seconds']/hb2:.2f}x "
           f"(attune 2 threads vs hnswlib 1 thread: {a2['build_seconds']/hb1:.2f}x)")
+    if d:
+        print(f"build at attune's defaults: {d['build_seconds']:.1f} s, 1 thread = {d['build_seconds']/hb1:.2f}x hnswlib's 1-thread build at ef_construction 200")
     print(f"graph file {a1['graph_file_bytes']/2**20:.1f} MiB (hnswlib index {hs['index_bytes']/2**20:.1f} MiB), read in {a1['graph_read_seconds']:.3f} s; "
           f"exact search 1 thread: attune {a1['exact_qps_1thread_median']:.0f} QPS, numpy {h['exact']['single_thread_qps_median']:.0f} QPS")
 s = load("store.json")

@@ -31,7 +31,15 @@ if [ -f "$DATA/corpus.jsonl" ]; then
   elif [ "$status" -ne 0 ]; then
     exit "$status"
   fi
+  echo "[quickstart] indexing the catalogue with the base and the tuned model side by side" >&2
+  ./target/release/attune index build --store out/store --collection haystack --corpus "$DATA" \
+      --space base=models/all-MiniLM-L6-v2 --space tuned=out/haystack-tuned
+  for space in base tuned; do
+    echo "[quickstart] top 3 in space \"$space\" for \"wireless headphones with noise cancelling\":" >&2
+    ./target/release/attune index search --store out/store --collection haystack --space "$space" \
+        --query "wireless headphones with noise cancelling" -k 3
+  done
   echo "[quickstart] tuned model: out/haystack-tuned (training card: out/haystack-tuned/README.md)" >&2
   echo "[quickstart] report: out/eval-haystack_icecat/report.html" >&2
 fi
-echo "[quickstart] next: ./target/release/attune train --help, ./target/release/attune eval --help" >&2
+echo "[quickstart] next: ./target/release/attune train --help, attune eval --help, attune index --help" >&2

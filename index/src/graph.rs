@@ -28,7 +28,8 @@ use crate::error::{IndexError, Result};
 pub struct HnswParams {
     /// Links per point on upper layers (`M`); layer 0 keeps `2M`. Default 16; at most 128.
     pub m: usize,
-    /// Candidate list size while inserting. Default 200.
+    /// Candidate list size while inserting. Default 100: on 100k clustered vectors it builds
+    /// 2.3× faster than 200 and gives the same recall at `ef_search` 64 (benches/README.md).
     pub ef_construction: usize,
     /// Candidate list size while searching, when a request does not give one (raised to `k`
     /// when smaller). Default 64: recall@10 ≥ 0.95 on scifact and on 100k clustered vectors
@@ -40,7 +41,7 @@ impl Default for HnswParams {
     fn default() -> Self {
         Self {
             m: 16,
-            ef_construction: 200,
+            ef_construction: 100,
             ef_search: 64,
         }
     }

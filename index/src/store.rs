@@ -920,30 +920,65 @@ impl NodeSet {
 struct SpaceIndex {
     identity: ModelIdentity,
     graph: Graph,
-    /// node → graph slot, for nodes in the graph.
-    slot_of_node: HashMap<u32, u32>,
+    /// node → graph slot (`u32::MAX`: not in the graph), indexed by node number.
+    slot_of_node: Vec<u32>,
     /// Live nodes not in the graph, with their vectors (row-major).
     delta_nodes: Vec<u32>,
     delta_vectors: Vec<f32>,
+    /// node → position in `delta_nodes`.
+    delta_position: HashMap<u32, usize>,
     /// Graph points whose node is no longer live.
     tombstones: usize,
 }
 
 impl SpaceIndex {
+    /// The graph slot of `node`, if the graph has it.
+    #[inline]
+    fn slot(&self, node: u32) -> Option<u32> {
+        self.slot_of_node
+            .get(node as usize)
+            .copied()
+            .filter(|&slot| slot != u32::MAX)
+    }
+
     fn new(identity: ModelIdentity, graph: Graph) -> Self {
-        let slot_of_node = graph
+        let len = graph
             .labels()
             .iter()
-            .enumerate()
-            .map(|(slot, &node)| (node, slot as u32))
-            .collect();
+            .map(|&n| n as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut slot_of_node = vec![u32::MAX; len];
+        for (slot, &node) in graph.labels().iter().enumerate() {
+            slot_of_node[node as usize] = slot as u32;
+        }
         Self {
             identity,
             graph,
             slot_of_node,
             delta_nodes: Vec::new(),
             delta_vectors: Vec::new(),
+            delta_position: HashMap::new(),
             tombstones: 0,
+        }
+    }
+
+    /// Adds a point outside the graph.
+    fn push_delta(&mut self, node: u32, vector: &[f32]) {
+        self.delta_position.insert(node, self.delta_nodes.len());
+        self.delta_nodes.push(node);
+        self.delta_vectors.extend_from_slice(vector);
+    }
+
+    /// The vector of `node`, from the graph or the delta.
+    fn vector_of(&self, node: u32) -> Option<&[f32]> {
+        let dim = self.identity.dim;
+        match self.slot(node) {
+            Some(slot) => Some(self.graph.vector(slot as usize)),
+            None => self
+                .delta_position
+                .get(&node)
+                .map(|&i| &self.delta_vectors[i * dim..(i + 1) * dim]),
         }
     }
 
@@ -1113,15 +1148,14 @@ impl Collection {
                         .filter(|&&node| !live.contains(node))
                         .count();
                     for (_, node) in &live_nodes {
-                        if !index.slot_of_node.contains_key(node) {
+                        if index.slot(*node).is_none() {
                             let Some((_, vector)) = db.vector(&name, *node)? else {
                                 return Err(IndexError::CorruptRecord {
                                     what: format!("space {name:?}"),
                                     reason: format!("live node {node} has no vector"),
                                 });
                             };
-                            index.delta_nodes.push(*node);
-                            index.delta_vectors.extend_from_slice(&vector);
+                            index.push_delta(*node, &vector);
                         }
                     }
                     index
@@ -1294,36 +1328,27 @@ impl Collection {
                 }
             }
         } else {
-            let mut allowed = NodeSet::default();
             let matching: Vec<u32> = state
                 .fields
                 .matching(request.filter)
                 .into_iter()
                 .filter(|&node| live.contains(node))
                 .collect();
-            for &node in &matching {
-                allowed.insert(node);
-            }
             // A graph walk under a filter passing m of n points visits about ef·2M·n/m points;
             // scanning the m points exactly costs m. Scan when that is cheaper.
             let walk_cost = ef as f64 * 2.0 * self.hnsw.m as f64 * graph.len() as f64;
             let m = matching.len() as f64;
             if matching.len() <= EXACT_FILTER_LIMIT || m * m <= walk_cost {
                 for node in matching {
-                    let score = match space.slot_of_node.get(&node) {
-                        Some(&slot) => dot(&query, graph.vector(slot as usize)),
-                        None => match space.delta_nodes.iter().position(|&n| n == node) {
-                            Some(i) => dot(
-                                &query,
-                                &space.delta_vectors
-                                    [i * space.identity.dim..(i + 1) * space.identity.dim],
-                            ),
-                            None => continue,
-                        },
-                    };
-                    results.push((node, score));
+                    if let Some(vector) = space.vector_of(node) {
+                        results.push((node, dot(&query, vector)));
+                    }
                 }
             } else {
+                let mut allowed = NodeSet::default();
+                for &node in &matching {
+                    allowed.insert(node);
+                }
                 let eligible = |slot: u32| allowed.contains(graph.label(slot));
                 let hits = graph.search(&query, request.k, ef, Some(&eligible));
                 results.extend(hits.iter().map(|h| (graph.label(h.slot), h.similarity)));
@@ -1336,8 +1361,12 @@ impl Collection {
                 }
             }
         }
-        results.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        results.truncate(request.k);
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if results.len() > request.k {
+            results.select_nth_unstable_by(request.k - 1, order);
+            results.truncate(request.k);
+        }
+        results.sort_by(order);
         Ok(results)
     }
 
@@ -1461,8 +1490,7 @@ impl Collection {
             state.fields.add(new_node, &write.document.metadata);
             for (space_name, vector) in &write.vectors {
                 if let Some(space) = state.spaces.get_mut(*space_name) {
-                    space.delta_nodes.push(new_node);
-                    space.delta_vectors.extend_from_slice(vector);
+                    space.push_delta(new_node, vector);
                 }
             }
         }
@@ -1555,9 +1583,9 @@ impl Collection {
 }
 
 fn mark_removed(space: &mut SpaceIndex, node: u32) {
-    if space.slot_of_node.contains_key(&node) {
+    if space.slot(node).is_some() {
         space.tombstones += 1;
-    } else if let Some(i) = space.delta_nodes.iter().position(|&n| n == node) {
+    } else if let Some(i) = space.delta_position.remove(&node) {
         let dim = space.identity.dim;
         space.delta_nodes.swap_remove(i);
         let last = space.delta_vectors.len() - dim;
@@ -1566,6 +1594,9 @@ fn mark_removed(space: &mut SpaceIndex, node: u32) {
             head[i * dim..(i + 1) * dim].copy_from_slice(tail);
         }
         space.delta_vectors.truncate(last);
+        if let Some(&moved) = space.delta_nodes.get(i) {
+            space.delta_position.insert(moved, i);
+        }
     }
 }
 
