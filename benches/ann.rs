@@ -113,7 +113,11 @@ fn main() {
         args.data = smoke_dir.path().join("data.npy");
         args.queries = smoke_dir.path().join("queries.npy");
         write_npy(&args.data, &clustered_unit_vectors(&spec), spec.dim).expect("data");
-        let queries = clustered_unit_vectors(&ClusterSpec { n: 100, member_seed: 2, ..spec });
+        let queries = clustered_unit_vectors(&ClusterSpec {
+            n: 100,
+            member_seed: 2,
+            ..spec
+        });
         write_npy(&args.queries, &queries, spec.dim).expect("queries");
         args.efs = vec![64];
         args.repeats = 1;

@@ -140,6 +140,15 @@ fn main() {
         stats.database_bytes as f64 / n as f64
     );
 
+    // Top 10 of space "base" at the default ef.
+    let request = |vector, filter| SearchRequest {
+        space: "base",
+        vector,
+        model: &identity,
+        k: 10,
+        ef: None,
+        filter,
+    };
     let none = Filter::default();
     let shoes = Filter::parse_clauses(&["category=shoes"]).unwrap();
     let mut rows = Vec::new();
@@ -152,16 +161,7 @@ fn main() {
                 .iter()
                 .map(|h| format!("d{}", h.slot))
                 .collect();
-            let hits = collection
-                .search(&SearchRequest {
-                    space: "base",
-                    vector: q,
-                    model: &identity,
-                    k: 10,
-                    ef: None,
-                    filter,
-                })
-                .unwrap();
+            let hits = collection.search(&request(q, filter)).unwrap();
             found += hits.iter().filter(|h| truth.contains(&h.id)).count();
             first.push(hits);
         }
@@ -170,18 +170,7 @@ fn main() {
             .map(|_| {
                 let t = Instant::now();
                 for q in queries.chunks(dim) {
-                    std::hint::black_box(
-                        collection
-                            .search(&SearchRequest {
-                                space: "base",
-                                vector: q,
-                                model: &identity,
-                                k: 10,
-                                ef: None,
-                                filter,
-                            })
-                            .unwrap(),
-                    );
+                    std::hint::black_box(collection.search(&request(q, filter)).unwrap());
                 }
                 t.elapsed().as_secs_f64()
             })
@@ -197,16 +186,7 @@ fn main() {
             collection = store.open_collection("bench").unwrap();
             let reopened = &collection;
             for (q, hits) in queries.chunks(dim).zip(&first).take(200) {
-                let again = reopened
-                    .search(&SearchRequest {
-                        space: "base",
-                        vector: q,
-                        model: &identity,
-                        k: 10,
-                        ef: None,
-                        filter,
-                    })
-                    .unwrap();
+                let again = reopened.search(&request(q, filter)).unwrap();
                 assert_eq!(&again, hits, "results differ after reopening");
             }
         }

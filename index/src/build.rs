@@ -315,17 +315,10 @@ pub fn build_collection(
 
     let embed_started = Instant::now();
     for chunk in reuse_batch.chunks(4_096) {
-        let writes: Vec<DocumentWrite<'_>> = chunk
+        let writes = chunk
             .iter()
-            .map(|(index, vectors)| DocumentWrite {
-                document: &corpus.documents[*index],
-                hash: hashes[*index],
-                vectors: vectors
-                    .iter()
-                    .map(|(space, vector)| (space.as_str(), vector.as_slice()))
-                    .collect(),
-            })
-            .collect();
+            .map(|(index, vectors)| document_write(corpus, &hashes, *index, vectors))
+            .collect::<Vec<_>>();
         db.write(&writes)?;
     }
 
@@ -386,18 +379,11 @@ pub fn build_collection(
             }
             *report.embedded.get_mut(&spec.name).expect("space") += members.len();
         }
-        let writes: Vec<DocumentWrite<'_>> = batch
+        let writes = batch
             .iter()
             .zip(&vectors)
-            .map(|((index, _), vectors)| DocumentWrite {
-                document: &corpus.documents[*index],
-                hash: hashes[*index],
-                vectors: vectors
-                    .iter()
-                    .map(|(space, vector)| (space.as_str(), vector.as_slice()))
-                    .collect(),
-            })
-            .collect();
+            .map(|((index, _), vectors)| document_write(corpus, &hashes, *index, vectors))
+            .collect::<Vec<_>>();
         db.write(&writes)?;
         done += batch.len();
         progress(BuildEvent::Embedded { done });
@@ -443,6 +429,23 @@ pub fn build_collection(
     store.remove_stale_generations(&manifest)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The write of corpus document `index` with its new vectors.
+fn document_write<'a>(
+    corpus: &'a Corpus,
+    hashes: &[[u8; 16]],
+    index: usize,
+    vectors: &'a SpaceVectors,
+) -> DocumentWrite<'a> {
+    DocumentWrite {
+        document: &corpus.documents[index],
+        hash: hashes[index],
+        vectors: vectors
+            .iter()
+            .map(|(space, vector)| (space.as_str(), vector.as_slice()))
+            .collect(),
+    }
 }
 
 /// Vectors of one document by space name.

@@ -654,24 +654,25 @@ impl<W: Write> Write for ChecksumWriter<W> {
 }
 
 fn write_u32s(out: &mut impl Write, values: &[u32]) -> std::io::Result<()> {
-    let mut buffer = Vec::with_capacity(values.len().min(1 << 16) * 4);
-    for chunk in values.chunks(1 << 16) {
-        buffer.clear();
-        chunk
-            .iter()
-            .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes()));
-        out.write_all(&buffer)?;
-    }
-    Ok(())
+    write_le(out, values, |v| v.to_le_bytes())
 }
 
 fn write_f32s(out: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
+    write_le(out, values, |v| v.to_le_bytes())
+}
+
+/// Writes 4-byte values little-endian, in chunks (no per-value write call).
+fn write_le<T: Copy>(
+    out: &mut impl Write,
+    values: &[T],
+    bytes: impl Fn(T) -> [u8; 4],
+) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(values.len().min(1 << 16) * 4);
     for chunk in values.chunks(1 << 16) {
         buffer.clear();
         chunk
             .iter()
-            .for_each(|v| buffer.extend_from_slice(&v.to_le_bytes()));
+            .for_each(|&v| buffer.extend_from_slice(&bytes(v)));
         out.write_all(&buffer)?;
     }
     Ok(())
@@ -693,20 +694,17 @@ impl<'a> Reader<'a> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
     fn u32s(&mut self, n: usize) -> Option<Vec<u32>> {
-        let bytes = self.take(n.checked_mul(4)?)?;
-        Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        )
+        self.values(n, u32::from_le_bytes)
     }
     fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        self.values(n, f32::from_le_bytes)
+    }
+    fn values<T>(&mut self, n: usize, from: impl Fn([u8; 4]) -> T) -> Option<Vec<T>> {
         let bytes = self.take(n.checked_mul(4)?)?;
         Some(
             bytes
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .map(|c| from(c.try_into().expect("4 bytes")))
                 .collect(),
         )
     }

@@ -148,16 +148,35 @@ fn search(
     k: usize,
     filter: &Filter,
 ) -> Vec<SearchHit> {
-    collection
-        .search(&SearchRequest {
-            space,
-            vector: &word_vector(text, salt),
-            model: &identity(space),
-            k,
-            ef: None,
-            filter,
-        })
-        .unwrap()
+    search_vector(
+        collection,
+        space,
+        &identity(space),
+        &word_vector(text, salt),
+        k,
+        None,
+        filter,
+    )
+    .unwrap()
+}
+
+fn search_vector(
+    collection: &attune_index::store::Collection,
+    space: &str,
+    model: &ModelIdentity,
+    vector: &[f32],
+    k: usize,
+    ef: Option<usize>,
+    filter: &Filter,
+) -> attune_index::Result<Vec<SearchHit>> {
+    collection.search(&SearchRequest {
+        space,
+        vector,
+        model,
+        k,
+        ef,
+        filter,
+    })
 }
 
 #[test]
@@ -190,16 +209,16 @@ fn close_and_reopen_returns_identical_results() {
     // Every document finds itself first from its own stored vector.
     for id in ["p0", "p1234", "p2999"] {
         let vector = reopened.vector("base", id).unwrap().unwrap();
-        let hits = reopened
-            .search(&SearchRequest {
-                space: "base",
-                vector: &vector,
-                model: &identity("base"),
-                k: 1,
-                ef: None,
-                filter: &Filter::default(),
-            })
-            .unwrap();
+        let hits = search_vector(
+            &reopened,
+            "base",
+            &identity("base"),
+            &vector,
+            1,
+            None,
+            &Filter::default(),
+        )
+        .unwrap();
         assert_eq!(hits[0].id, id);
     }
 }
@@ -306,17 +325,18 @@ fn a_different_model_is_refused_naming_both_fingerprints() {
     build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
     let collection = s.store.open_collection("shop").unwrap();
     let other = identity("other");
-    let err = collection
-        .search(&SearchRequest {
-            space: "tuned",
-            vector: &word_vector("red", 2),
-            model: &other,
-            k: 5,
-            ef: None,
-            filter: &Filter::default(),
-        })
-        .unwrap_err()
-        .to_string();
+    let none = Filter::default();
+    let err = search_vector(
+        &collection,
+        "tuned",
+        &other,
+        &word_vector("red", 2),
+        5,
+        None,
+        &none,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("fingerprint-tuned") && err.contains("fingerprint-other"),
         "{err}"
@@ -362,17 +382,18 @@ fn unknown_collection_and_space_are_clear_errors() {
     let err = s.store.open_collection("nope").unwrap_err().to_string();
     assert!(err.contains("collections: shop"), "{err}");
     let collection = s.store.open_collection("shop").unwrap();
-    let err = collection
-        .search(&SearchRequest {
-            space: "fancy",
-            vector: &word_vector("red", 2),
-            model: &identity("fancy"),
-            k: 5,
-            ef: None,
-            filter: &Filter::default(),
-        })
-        .unwrap_err()
-        .to_string();
+    let (fancy, none) = (identity("fancy"), Filter::default());
+    let err = search_vector(
+        &collection,
+        "fancy",
+        &fancy,
+        &word_vector("red", 2),
+        5,
+        None,
+        &none,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("no space \"fancy\"") && err.contains("base, tuned"),
         "{err}"
@@ -408,16 +429,17 @@ fn filters_select_inside_the_graph_and_exactly_when_selective() {
     // 2,500 footwear documents and a small ef: the graph walk is cheaper than a scan, so the
     // filter is applied inside the graph search.
     let footwear = Filter::parse_clauses(&["category=footwear"]).unwrap();
-    let hits = collection
-        .search(&SearchRequest {
-            space: "base",
-            vector: &word_vector("red leather shoe", 1),
-            model: &identity("base"),
-            k: 20,
-            ef: Some(20),
-            filter: &footwear,
-        })
-        .unwrap();
+    let vector = word_vector("red leather shoe", 1);
+    let hits = search_vector(
+        &collection,
+        "base",
+        &identity("base"),
+        &vector,
+        20,
+        Some(20),
+        &footwear,
+    )
+    .unwrap();
     assert_eq!(hits.len(), 20);
     assert!(hits.iter().all(|h| h.metadata["category"] == "footwear"));
     // A selective conjunction with a list: answered exactly.
