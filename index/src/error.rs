@@ -172,8 +172,11 @@ impl IndexError {
 
     /// A sled error on the database at `path`.
     pub(crate) fn storage(path: &Path, error: sled::Error) -> Self {
+        // sled wraps the failed file lock in an error of kind Other with this message.
         if let sled::Error::Io(io) = &error {
-            if io.kind() == std::io::ErrorKind::WouldBlock {
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+            {
                 return Self::InUse {
                     path: path.to_path_buf(),
                 };

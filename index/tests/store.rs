@@ -405,6 +405,21 @@ fn unknown_collection_and_space_are_clear_errors() {
 }
 
 #[test]
+fn a_generation_open_elsewhere_is_reported_as_in_use() {
+    let s = setup(30);
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    let serving = s.store.open_collection("shop").unwrap();
+    let err = s.store.open_collection("shop").unwrap_err();
+    assert!(matches!(err, IndexError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another attune process"), "{err}");
+    // A build writes a new generation (its own database) while this one serves.
+    let report = build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    assert_eq!(report.generation, 2);
+    assert_eq!(serving.len(), 30);
+}
+
+#[test]
 fn a_bad_corpus_line_commits_nothing() {
     let s = setup(100);
     let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
