@@ -124,6 +124,27 @@ fn main() {
         report.embed_seconds, report.graph_seconds
     );
 
+    // The same corpus again: nothing to embed, and the graph is carried over.
+    let started = Instant::now();
+    let again = build_collection(
+        &store,
+        "bench",
+        &corpus,
+        &mut [SpaceSpec {
+            name: "base".into(),
+            embedder: &mut embedder,
+        }],
+        &BuildSettings::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let rebuild_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(again.embedded["base"], 0);
+    eprintln!(
+        "[store] unchanged rebuild: {rebuild_seconds:.1}s (graph {:.2}s), 0 embedded",
+        again.graph_seconds
+    );
+
     let mut open_times = Vec::new();
     for _ in 0..opens {
         let t = Instant::now();
@@ -195,6 +216,7 @@ fn main() {
         "bench": "store", "n": n, "dim": dim,
         "build_seconds": build_seconds, "write_seconds": report.embed_seconds,
         "graph_seconds": report.graph_seconds, "build_threads": rayon::current_num_threads(),
+        "unchanged_rebuild_seconds": rebuild_seconds, "unchanged_rebuild_graph_seconds": again.graph_seconds,
         "open_seconds": open_times, "open_seconds_median": median(open_times.clone()),
         "disk_bytes": stats.disk_bytes, "database_bytes": stats.database_bytes,
         "disk_bytes_per_document": stats.disk_bytes as f64 / n as f64,

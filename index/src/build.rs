@@ -15,11 +15,11 @@ use serde::Serialize;
 use crate::corpus::Corpus;
 use crate::distance::normalize;
 use crate::error::{IndexError, Result};
-use crate::graph::{Graph, HnswParams};
+use crate::graph::{Graph, HnswParams, DEAD_LABEL};
 use crate::keys;
 use crate::store::{
-    build_space_graph, content_hash, now_unix, validate_name, CollectionManifest, DocumentWrite,
-    GenerationDb, ModelIdentity, Store,
+    build_space_graph, content_hash, now_unix, validate_name, CollectionManifest, CompactionPolicy,
+    DocumentWrite, GenerationDb, ModelIdentity, Store,
 };
 
 /// Turns document texts into vectors for one space. Implemented by the binary over
@@ -226,6 +226,7 @@ pub fn build_collection(
             if previous_hashes.is_none() {
                 previous_hashes = Some(
                     (0..graph.len() as u32)
+                        .filter(|&slot| graph.label(slot) != DEAD_LABEL)
                         .map(|slot| (graph.id(slot).to_string(), *graph.hash(slot)))
                         .collect(),
                 );
@@ -410,7 +411,15 @@ pub fn build_collection(
             space: name.clone(),
             points: report.documents,
         });
-        let graph = build_space_graph(&db, name, identity, &settings.hnsw)?;
+        let previous = reusable.remove(name).map(|(graph, _)| graph);
+        let carried = match previous {
+            Some(graph) => carry_over(graph, &db, &settings.hnsw)?,
+            None => None,
+        };
+        let graph = match carried {
+            Some(graph) => graph,
+            None => build_space_graph(&db, name, identity, &settings.hnsw)?,
+        };
         graph.write(&dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION)))?;
     }
     report.graph_seconds = graph_started.elapsed().as_secs_f64();
@@ -429,6 +438,44 @@ pub fn build_collection(
     store.remove_stale_generations(&manifest)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The previous generation's graph of a space, relabeled for the new generation, when it covers
+/// every document of the new one with unchanged content and was built with the same
+/// parameters. Documents that are gone become tombstones, up to the default compaction
+/// policy's share. This saves rebuilding the graph of an unchanged or shrunk corpus. `None`
+/// when the graph has to be rebuilt.
+fn carry_over(graph: Graph, db: &GenerationDb, params: &HnswParams) -> Result<Option<Graph>> {
+    if graph.params(params.ef_search) != *params {
+        return Ok(None);
+    }
+    let mut current: HashMap<String, (u32, String)> = HashMap::new();
+    for (id, node) in db.live()? {
+        if let Some(doc) = db.document(node)? {
+            current.insert(id, (node, doc.hash));
+        }
+    }
+    let mut labels = Vec::with_capacity(graph.len());
+    let mut covered = 0;
+    for slot in 0..graph.len() as u32 {
+        let label = match current.get(graph.id(slot)) {
+            Some((node, hash))
+                if graph.label(slot) != DEAD_LABEL && *hash == hex16(graph.hash(slot)) =>
+            {
+                covered += 1;
+                *node
+            }
+            _ => DEAD_LABEL,
+        };
+        labels.push(label);
+    }
+    let dead = graph.len() - covered;
+    let policy = CompactionPolicy::default();
+    let limit = ((policy.ratio * graph.len() as f64).ceil() as usize).max(policy.min_changes);
+    if covered != current.len() || (dead > 0 && dead >= limit) {
+        return Ok(None);
+    }
+    Ok(Some(graph.relabeled(labels)))
 }
 
 /// The write of corpus document `index` with its new vectors.

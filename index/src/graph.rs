@@ -173,6 +173,10 @@ thread_local! {
     static VISITED: RefCell<Visited> = const { RefCell::new(Visited { tags: Vec::new(), epoch: 0 }) };
 }
 
+/// The label of a graph point whose document is gone (a tombstone carried into a new
+/// generation); never a live node.
+pub const DEAD_LABEL: u32 = u32::MAX;
+
 const MAGIC: &[u8; 8] = b"ATTNHNSW";
 const FORMAT_VERSION: u32 = 1;
 /// hnsw_rs's layer limit.
@@ -287,6 +291,89 @@ impl Graph {
             self.max_level = level;
             self.entry = slot;
         }
+        self.link_unreachable();
+    }
+
+    /// Makes every point reachable on layer 0 from the entry point.
+    ///
+    /// hnsw_rs's neighbour selection prunes links to near-duplicates, and with parallel
+    /// insertion a point (or a small group of near-duplicates) can end up with no path from the
+    /// entry: no search would ever return it. For each such point, a search for its own vector
+    /// finds the nearest reachable points, and the first with a free layer-0 slot (or, failing
+    /// that, the nearest, whose farthest link is replaced when its target has other incoming
+    /// links) gets a link to it. Returns how many points were linked.
+    fn link_unreachable(&mut self) -> usize {
+        let n = self.len();
+        if n == 0 {
+            return 0;
+        }
+        let stride = 1 + 2 * self.m;
+        let mut incoming = vec![0u32; n];
+        for slot in 0..n as u32 {
+            for &next in self.links0(slot) {
+                incoming[next as usize] += 1;
+            }
+        }
+        let mut reachable = vec![false; n];
+        self.mark_reachable(self.entry, &mut reachable);
+        let mut linked = 0;
+        for slot in 0..n as u32 {
+            if reachable[slot as usize] {
+                continue;
+            }
+            let vector = self.vector(slot as usize).to_vec();
+            let candidates = self.search(&vector, 8, 64, None);
+            let free = candidates
+                .iter()
+                .find(|hit| self.links0[hit.slot as usize * stride] < 2 * self.m as u32);
+            let (from, position) = match free {
+                Some(hit) => {
+                    let base = hit.slot as usize * stride;
+                    let count = self.links0[base] as usize;
+                    self.links0[base] += 1;
+                    (hit.slot, base + 1 + count)
+                }
+                None => {
+                    let Some(hit) = candidates.iter().find(|hit| {
+                        let base = hit.slot as usize * stride;
+                        let count = self.links0[base] as usize;
+                        incoming[self.links0[base + count] as usize] > 1
+                    }) else {
+                        continue;
+                    };
+                    let base = hit.slot as usize * stride;
+                    let count = self.links0[base] as usize;
+                    incoming[self.links0[base + count] as usize] -= 1;
+                    (hit.slot, base + count)
+                }
+            };
+            debug_assert!(reachable[from as usize]);
+            self.links0[position] = slot;
+            incoming[slot as usize] += 1;
+            linked += 1;
+            self.mark_reachable(slot, &mut reachable);
+        }
+        if linked > 0 {
+            tracing::debug!("linked {linked} unreachable points into the graph");
+        }
+        linked
+    }
+
+    /// Marks every point reachable on layer 0 from `start` (depth-first, iterative).
+    fn mark_reachable(&self, start: u32, reachable: &mut [bool]) {
+        if reachable[start as usize] {
+            return;
+        }
+        reachable[start as usize] = true;
+        let mut stack = vec![start];
+        while let Some(slot) = stack.pop() {
+            for &next in self.links0(slot) {
+                if !reachable[next as usize] {
+                    reachable[next as usize] = true;
+                    stack.push(next);
+                }
+            }
+        }
     }
 
     /// Number of points (slots).
@@ -326,6 +413,14 @@ impl Graph {
     /// All node numbers, by slot.
     pub fn labels(&self) -> &[u32] {
         &self.labels
+    }
+
+    /// The same graph with new node numbers per slot ([`DEAD_LABEL`] for points whose
+    /// document is gone): how a new generation takes over an unchanged graph.
+    pub fn relabeled(mut self, labels: Vec<u32>) -> Self {
+        assert_eq!(labels.len(), self.labels.len(), "one label per slot");
+        self.labels = labels;
+        self
     }
 
     /// The content hash recorded for a slot.
@@ -855,6 +950,40 @@ pub(crate) mod tests {
             Graph::read(&path),
             Err(IndexError::CorruptGraph { .. })
         ));
+    }
+
+    #[test]
+    fn points_cut_off_from_the_entry_are_linked_back() {
+        let data = clustered(600, 16, 6, 11);
+        let mut graph = Graph::build(points(&data), 16, "m", &HnswParams::default()).unwrap();
+        // Cut every layer-0 link into two points, as pruning sometimes does.
+        let victims: Vec<u32> = (0..graph.len() as u32)
+            .filter(|&s| s != graph.entry)
+            .step_by(251)
+            .take(2)
+            .collect();
+        let stride = 1 + 2 * graph.m;
+        for slot in 0..graph.len() {
+            let base = slot * stride;
+            let kept: Vec<u32> = graph
+                .links0(slot as u32)
+                .iter()
+                .copied()
+                .filter(|l| !victims.contains(l))
+                .collect();
+            graph.links0[base] = kept.len() as u32;
+            graph.links0[base + 1..base + 1 + kept.len()].copy_from_slice(&kept);
+        }
+        let mut reachable = vec![false; graph.len()];
+        graph.mark_reachable(graph.entry, &mut reachable);
+        assert!(victims.iter().all(|&v| !reachable[v as usize]));
+        assert_eq!(graph.link_unreachable(), victims.len());
+        let mut reachable = vec![false; graph.len()];
+        graph.mark_reachable(graph.entry, &mut reachable);
+        assert!(reachable.iter().all(|&r| r));
+        for &v in &victims {
+            assert_eq!(graph.search(&data[v as usize], 1, 64, None)[0].slot, v);
+        }
     }
 
     #[test]

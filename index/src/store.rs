@@ -35,7 +35,7 @@ use crate::corpus::Document;
 use crate::distance::{dot, normalize};
 use crate::error::{IndexError, Result};
 use crate::filter::{indexed_pairs, scalar_key, Filter};
-use crate::graph::{Graph, GraphPoint, HnswParams};
+use crate::graph::{Graph, GraphPoint, HnswParams, DEAD_LABEL};
 use crate::keys;
 
 /// What a vector space is bound to: the model that embeds its documents and queries.
@@ -945,12 +945,15 @@ impl SpaceIndex {
         let len = graph
             .labels()
             .iter()
+            .filter(|&&n| n != DEAD_LABEL)
             .map(|&n| n as usize + 1)
             .max()
             .unwrap_or(0);
         let mut slot_of_node = vec![u32::MAX; len];
         for (slot, &node) in graph.labels().iter().enumerate() {
-            slot_of_node[node as usize] = slot as u32;
+            if node != DEAD_LABEL {
+                slot_of_node[node as usize] = slot as u32;
+            }
         }
         Self {
             identity,

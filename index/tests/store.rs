@@ -405,6 +405,57 @@ fn unknown_collection_and_space_are_clear_errors() {
 }
 
 #[test]
+fn an_unchanged_or_shrunk_corpus_carries_the_graph_over() {
+    let s = setup(800);
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    let mut docs: Vec<serde_json::Value> = (0..800).map(product).collect();
+    let gone = docs.remove(123);
+    write_corpus(&s.corpus, &docs);
+    let report = build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    assert_eq!((report.deleted, report.unchanged), (1, 799));
+    let collection = s.store.open_collection("shop").unwrap();
+    let stats = collection.stats().unwrap();
+    // The previous graph was relabeled, not rebuilt: the deleted point is a tombstone.
+    assert!(stats
+        .spaces
+        .iter()
+        .all(|sp| sp.graph_points == 800 && sp.tombstones == 1));
+    let title = gone["title"].as_str().unwrap();
+    let hits = search(&collection, "base", 1, title, 20, &Filter::default());
+    assert!(hits.iter().all(|h| h.id != "p123"));
+    assert_eq!(
+        search(
+            &collection,
+            "base",
+            1,
+            "red leather shoe model0",
+            1,
+            &Filter::default()
+        )[0]
+        .id,
+        "p0"
+    );
+    drop(collection);
+    // Unchanged again: still carried over, and the tombstone is not counted as a document.
+    let report = build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    assert_eq!(
+        (report.deleted, report.unchanged, report.added),
+        (0, 799, 0)
+    );
+    // The document comes back: the graph no longer covers the corpus and is rebuilt.
+    docs.push(gone);
+    write_corpus(&s.corpus, &docs);
+    let report = build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    assert_eq!(report.added, 1);
+    let stats = s.store.open_collection("shop").unwrap().stats().unwrap();
+    assert!(stats
+        .spaces
+        .iter()
+        .all(|sp| sp.graph_points == 800 && sp.tombstones == 0));
+}
+
+#[test]
 fn a_generation_open_elsewhere_is_reported_as_in_use() {
     let s = setup(30);
     let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
@@ -412,7 +463,10 @@ fn a_generation_open_elsewhere_is_reported_as_in_use() {
     let serving = s.store.open_collection("shop").unwrap();
     let err = s.store.open_collection("shop").unwrap_err();
     assert!(matches!(err, IndexError::InUse { .. }), "{err}");
-    assert!(err.to_string().contains("in use by another attune process"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another attune process"),
+        "{err}"
+    );
     // A build writes a new generation (its own database) while this one serves.
     let report = build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
     assert_eq!(report.generation, 2);
