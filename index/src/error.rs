@@ -81,6 +81,12 @@ pub enum IndexError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// The directory is not a store (no `attune-store.json`); `attune index build` creates one.
+    #[error("{path} is not an attune store (no attune-store.json); `attune index build --store` creates one")]
+    NotAStore {
+        /// The directory given.
+        path: PathBuf,
+    },
     /// No collection of that name exists in the store.
     #[error("unknown collection {name:?} in {store} (collections: {available})")]
     UnknownCollection {
@@ -196,6 +202,7 @@ impl IndexError {
                 | Self::InvalidVector { .. }
                 | Self::InvalidSetting(_)
                 | Self::InvalidName { .. }
+                | Self::NotAStore { .. }
                 | Self::UnknownCollection { .. }
                 | Self::NotBuilt { .. }
                 | Self::UnknownSpace { .. }

@@ -183,7 +183,15 @@ impl Store {
     /// Opens an existing store; a directory that is not one is an error naming it.
     pub fn open(root: &Path) -> Result<Self> {
         let marker = root.join(keys::STORE_FILE);
-        let bytes = fs::read(&marker).map_err(|e| IndexError::io(&marker, e))?;
+        let bytes = match fs::read(&marker) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IndexError::NotAStore {
+                    path: root.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(IndexError::io(&marker, e)),
+        };
         let parsed: StoreMarker =
             serde_json::from_slice(&bytes).map_err(|e| IndexError::CorruptRecord {
                 what: marker.display().to_string(),

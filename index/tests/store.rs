@@ -377,6 +377,8 @@ fn unknown_collection_and_space_are_clear_errors() {
         err.contains("unknown collection \"nope\"") && err.contains("none"),
         "{err}"
     );
+    let err = Store::open(&s.corpus.with_file_name("elsewhere")).unwrap_err();
+    assert!(matches!(err, IndexError::NotAStore { .. }), "{err}");
     let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
     build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
     let err = s.store.open_collection("nope").unwrap_err().to_string();
