@@ -105,40 +105,31 @@ fn main() {
         data: data.clone(),
     };
     let store = Store::open_or_create(&tmp.path().join("store")).unwrap();
-    let started = Instant::now();
-    let report = build_collection(
-        &store,
-        "bench",
-        &corpus,
-        &mut [SpaceSpec {
-            name: "base".into(),
-            embedder: &mut embedder,
-        }],
-        &BuildSettings::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    let build_seconds = started.elapsed().as_secs_f64();
+    // One build of the corpus into space "base": (report, seconds).
+    let mut build = || {
+        let started = Instant::now();
+        let report = build_collection(
+            &store,
+            "bench",
+            &corpus,
+            &mut [SpaceSpec {
+                name: "base".into(),
+                embedder: &mut embedder,
+            }],
+            &BuildSettings::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        (report, started.elapsed().as_secs_f64())
+    };
+    let (report, build_seconds) = build();
     eprintln!(
         "[store] built {n} documents in {build_seconds:.1}s (writes {:.1}s, graph {:.1}s)",
         report.embed_seconds, report.graph_seconds
     );
 
     // The same corpus again: nothing to embed, and the graph is carried over.
-    let started = Instant::now();
-    let again = build_collection(
-        &store,
-        "bench",
-        &corpus,
-        &mut [SpaceSpec {
-            name: "base".into(),
-            embedder: &mut embedder,
-        }],
-        &BuildSettings::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    let rebuild_seconds = started.elapsed().as_secs_f64();
+    let (again, rebuild_seconds) = build();
     assert_eq!(again.embedded["base"], 0);
     eprintln!(
         "[store] unchanged rebuild: {rebuild_seconds:.1}s (graph {:.2}s), 0 embedded",
