@@ -82,6 +82,16 @@ impl Fixture {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
+    /// `attune index search` on this fixture's store for `query`, with `extra` flags.
+    fn search(&self, query: &str, extra: &[&str]) -> Output {
+        let store = self.arg("store");
+        let mut args = vec![
+            "index", "search", "--store", &store, "--query", query, "--device", "cpu",
+        ];
+        args.extend_from_slice(extra);
+        attune(&args)
+    }
+
     fn build(&self, corpus: &str, extra: &[&str]) -> serde_json::Value {
         let args = self.build_args(corpus, extra);
         let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -109,25 +119,20 @@ fn build_search_stats_rebuild_and_drop() {
     assert_eq!(report["embedded"]["base"], 300);
 
     let store = f.arg("store");
-    let out = attune(&[
-        "index",
-        "search",
-        "--store",
-        &store,
-        "--collection",
-        "shop",
-        "--space",
-        "base",
-        "--query",
+    let out = f.search(
         "item5 again",
-        "-k",
-        "3",
-        "--filter",
-        "colour=blue",
-        "--json",
-        "--device",
-        "cpu",
-    ]);
+        &[
+            "--collection",
+            "shop",
+            "--space",
+            "base",
+            "-k",
+            "3",
+            "--filter",
+            "colour=blue",
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = result["results"].as_array().unwrap();
@@ -164,23 +169,18 @@ fn build_search_stats_rebuild_and_drop() {
         (report["updated"].as_u64(), report["deleted"].as_u64()),
         (Some(10), Some(1))
     );
-    let out = attune(&[
-        "index",
-        "search",
-        "--store",
-        &store,
-        "--collection",
-        "shop",
-        "--space",
-        "base",
-        "--query",
+    let out = f.search(
         "item0 v1 red",
-        "-k",
-        "300",
-        "--json",
-        "--device",
-        "cpu",
-    ]);
+        &[
+            "--collection",
+            "shop",
+            "--space",
+            "base",
+            "-k",
+            "300",
+            "--json",
+        ],
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(result["results"]
         .as_array()
@@ -222,14 +222,7 @@ fn bad_input_and_other_models_are_refused_with_clear_messages() {
         manifest
     );
 
-    let store = f.arg("store");
-    let search = |extra: &[&str]| {
-        let mut args = vec![
-            "index", "search", "--store", &store, "--query", "red", "--device", "cpu",
-        ];
-        args.extend_from_slice(extra);
-        attune(&args)
-    };
+    let search = |extra: &[&str]| f.search("red", extra);
     let out = search(&["--collection", "nope", "--space", "base"]);
     assert!(
         text(&out).contains("unknown collection \"nope\"")

@@ -18,8 +18,8 @@ use crate::error::{IndexError, Result};
 use crate::graph::{Graph, HnswParams, DEAD_LABEL};
 use crate::keys;
 use crate::store::{
-    build_space_graph, content_hash, now_unix, validate_name, CollectionManifest, CompactionPolicy,
-    DocumentWrite, GenerationDb, ModelIdentity, Store,
+    build_space_graph, content_hash, hex, now_unix, validate_name, CollectionManifest,
+    CompactionPolicy, DocumentWrite, GenerationDb, ModelIdentity, Store,
 };
 
 /// Turns document texts into vectors for one space. Implemented by the binary over
@@ -272,9 +272,7 @@ pub fn build_collection(
             Some(node) => db.document(node)?.map(|doc| (node, doc)),
             None => None,
         };
-        let same_record = built
-            .as_ref()
-            .is_some_and(|(_, doc)| doc.hash == hex16(hash));
+        let same_record = built.as_ref().is_some_and(|(_, doc)| doc.hash == hex(hash));
         let mut missing = Vec::new();
         let mut reused = Vec::new();
         for (space_index, spec) in spaces.iter().enumerate() {
@@ -406,6 +404,12 @@ pub fn build_collection(
     report.documents = db.live()?.len();
 
     let graph_started = Instant::now();
+    let corpus_hashes: HashMap<&str, [u8; 16]> = corpus
+        .documents
+        .iter()
+        .map(|d| d.id.as_str())
+        .zip(hashes.iter().copied())
+        .collect();
     for (name, identity) in &requested {
         progress(BuildEvent::Graph {
             space: name.clone(),
@@ -413,7 +417,7 @@ pub fn build_collection(
         });
         let previous = reusable.remove(name).map(|(graph, _)| graph);
         let carried = match previous {
-            Some(graph) => carry_over(graph, &db, &settings.hnsw)?,
+            Some(graph) => carry_over(graph, &db, &corpus_hashes, &settings.hnsw)?,
             None => None,
         };
         let graph = match carried {
@@ -445,34 +449,34 @@ pub fn build_collection(
 /// parameters. Documents that are gone become tombstones, up to the default compaction
 /// policy's share. This saves rebuilding the graph of an unchanged or shrunk corpus. `None`
 /// when the graph has to be rebuilt.
-fn carry_over(graph: Graph, db: &GenerationDb, params: &HnswParams) -> Result<Option<Graph>> {
+fn carry_over(
+    graph: Graph,
+    db: &GenerationDb,
+    corpus_hashes: &HashMap<&str, [u8; 16]>,
+    params: &HnswParams,
+) -> Result<Option<Graph>> {
     if graph.params(params.ef_search) != *params {
         return Ok(None);
     }
-    let mut current: HashMap<String, (u32, String)> = HashMap::new();
-    for (id, node) in db.live()? {
-        if let Some(doc) = db.document(node)? {
-            current.insert(id, (node, doc.hash));
-        }
-    }
+    // The new generation holds exactly the corpus, written with these hashes.
+    let nodes: HashMap<String, u32> = db.live()?.into_iter().collect();
     let mut labels = Vec::with_capacity(graph.len());
     let mut covered = 0;
     for slot in 0..graph.len() as u32 {
-        let label = match current.get(graph.id(slot)) {
-            Some((node, hash))
-                if graph.label(slot) != DEAD_LABEL && *hash == hex16(graph.hash(slot)) =>
-            {
+        let id = graph.id(slot);
+        let unchanged =
+            graph.label(slot) != DEAD_LABEL && corpus_hashes.get(id) == Some(graph.hash(slot));
+        let label = match nodes.get(id) {
+            Some(&node) if unchanged => {
                 covered += 1;
-                *node
+                node
             }
             _ => DEAD_LABEL,
         };
         labels.push(label);
     }
     let dead = graph.len() - covered;
-    let policy = CompactionPolicy::default();
-    let limit = ((policy.ratio * graph.len() as f64).ceil() as usize).max(policy.min_changes);
-    if covered != current.len() || (dead > 0 && dead >= limit) {
+    if covered != nodes.len() || CompactionPolicy::default().due(dead, graph.len()) {
         return Ok(None);
     }
     Ok(Some(graph.relabeled(labels)))
@@ -497,7 +501,3 @@ fn document_write<'a>(
 
 /// Vectors of one document by space name.
 type SpaceVectors = Vec<(String, Vec<f32>)>;
-
-fn hex16(hash: &[u8; 16]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -121,7 +121,7 @@ pub fn content_hash(embedding_text: &str) -> [u8; 16] {
     digest[..16].try_into().expect("16 bytes")
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -835,6 +835,15 @@ pub struct CompactionPolicy {
     pub ratio: f64,
 }
 
+impl CompactionPolicy {
+    /// True when a graph of `graph_points` with `changes` tombstones and outside points is due
+    /// for a rebuild.
+    pub fn due(&self, changes: usize, graph_points: usize) -> bool {
+        let threshold = (self.ratio * graph_points as f64).ceil() as usize;
+        changes > 0 && changes >= threshold.max(self.min_changes)
+    }
+}
+
 impl Default for CompactionPolicy {
     fn default() -> Self {
         Self {
@@ -1536,10 +1545,7 @@ impl Collection {
             state
                 .spaces
                 .iter()
-                .filter(|(_, space)| {
-                    let threshold = (self.policy.ratio * space.graph.len() as f64).ceil() as usize;
-                    space.changes() > 0 && space.changes() >= threshold.max(self.policy.min_changes)
-                })
+                .filter(|(_, space)| self.policy.due(space.changes(), space.graph.len()))
                 .map(|(name, _)| name.clone())
                 .collect()
         };
