@@ -38,6 +38,9 @@ enum Command {
     /// search them, inspect and drop them.
     #[command(subcommand)]
     Index(commands::index::IndexCommand),
+    /// Serve a store over HTTP: search, compare, evaluate, visibility, document upserts,
+    /// OpenAI-compatible embeddings, live A/B tests, health and metrics.
+    Serve(Box<commands::serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
         Command::Index(command) => commands::index::run(command),
+        Command::Serve(args) => commands::serve::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,140 @@
 //! # attune-api
 //!
-//! The HTTP layer: actix-web handlers, one module per resource, over an
-//! [`attune_model::Encoder`] (queries are embedded on a dedicated inference thread, never on
-//! actix's workers) and an `attune-index` store. It owns no model code and no storage format.
+//! attune's HTTP server on actix-web: query-to-content search over a store's collections, A/B
+//! comparison of base and tuned spaces (side by side and live, with feedback), relevance
+//! evaluation and GEO visibility for SEO teams, document upserts, OpenAI-compatible embeddings,
+//! health, readiness, Prometheus metrics and an OpenAPI document.
 //!
-//! The endpoints (search, compare, evaluate, visibility, documents, OpenAI-compatible
-//! embeddings, health and metrics) are tracked by the API issue; this crate holds the place and
-//! the dependency edges in the workspace until then.
+//! - [`state`]: the collections served (generation swaps picked up from the store) and their
+//!   models;
+//! - [`inference`]: one thread per model embeds queries, batching concurrent requests into one
+//!   forward pass;
+//! - [`routes`]: one module per resource, each with a `config_*` function;
+//! - [`error`]: [`ApiError`], the one place HTTP statuses are decided;
+//! - [`settings`], [`auth`], [`metrics`], [`ab`], [`openapi`], [`models`].
+//!
+//! ```no_run
+//! use attune_api::{serve, AppState, ServeSettings};
+//!
+//! let state = AppState::open("out/store".as_ref(), ServeSettings::default())?;
+//! actix_web::rt::System::new().block_on(serve(state))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod ab;
+pub mod auth;
+pub mod error;
+pub mod inference;
+pub mod metrics;
+pub mod models;
+pub mod openapi;
+pub mod routes;
+pub mod settings;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+
+pub use error::{ApiError, SettingsError, StartError};
+pub use models::{model_identity, ModelEmbedder};
+pub use settings::{AbSettings, InferenceSettings, ServeSettings};
+pub use state::AppState;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    routes::search::config_search(cfg);
+    routes::evaluate::config_evaluate(cfg);
+    routes::documents::config_documents(cfg);
+    routes::collections::config_collections(cfg);
+    routes::ab::config_ab(cfg);
+    routes::embeddings::config_embeddings(cfg);
+    routes::system::config_system(cfg);
+}
+
+/// The actix application over `state`: routes, JSON limits and error mapping, metrics.
+pub fn app(
+    state: Arc<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.settings.max_body_bytes;
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(|err, _req| error::json_error(&err).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|err, _req| ApiError::NotFound(err.to_string()).into()),
+        )
+        .configure(configure)
+        .default_service(web::to(routes::system::not_found))
+        .wrap(from_fn(record_metrics))
+}
+
+/// Counts and times every request by route pattern and the space(s) the handler used.
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<Arc<AppState>>>().cloned();
+    let endpoint = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.call(req).await?;
+    if let Some(state) = state {
+        let space = response
+            .response()
+            .extensions()
+            .get::<routes::SpaceLabel>()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        state.metrics.request(
+            &endpoint,
+            &space,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(response)
+}
+
+/// Serves `state` on `state.settings.bind` until the process is told to stop (SIGINT/SIGTERM);
+/// watches the store for new generations meanwhile.
+pub async fn serve(state: Arc<AppState>) -> Result<(), StartError> {
+    state.spawn_watcher();
+    let bind = state.settings.bind.clone();
+    let workers = state.settings.workers;
+    let for_app = state.clone();
+    let server = HttpServer::new(move || app(for_app.clone()))
+        .workers(workers)
+        .bind(&bind)
+        .map_err(|source| StartError::Bind {
+            bind: bind.clone(),
+            source,
+        })?;
+    for address in server.addrs() {
+        tracing::info!("listening on http://{address}");
+    }
+    server
+        .run()
+        .await
+        .map_err(|source| StartError::Bind { bind, source })?;
+    state.flush();
+    Ok(())
+}

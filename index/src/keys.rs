@@ -1,5 +1,6 @@
 //! Names of everything the store persists: files and directories of a store, and the sled
-//! trees and keys of a generation database. Only `store` uses them.
+//! trees and keys of a generation database and of the A/B event log. Only `store` and `events`
+//! use them.
 
 /// Store marker file at the root: `{"format": N}`.
 pub const STORE_FILE: &str = "attune-store.json";
@@ -31,3 +32,10 @@ pub const TREE_VECTORS_PREFIX: &str = "vectors/";
 pub const KEY_NEXT_NODE: &[u8] = b"next_node";
 /// Meta key: the spaces of this generation and their model identities (JSON).
 pub const KEY_SPACES: &[u8] = b"spaces";
+
+/// A collection's A/B event log (sled), beside its generations: it outlives re-index jobs.
+pub const EVENTS_DIR: &str = "ab-events";
+/// Events tree: request id (UTF-8) → served request (JSON).
+pub const TREE_SERVED: &str = "served";
+/// Events tree: request id \0 sequence (u64 big-endian) → feedback event (JSON).
+pub const TREE_FEEDBACK: &str = "feedback";

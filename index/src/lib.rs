@@ -7,8 +7,9 @@
 //! It does not depend on candle or on `attune-model`: vectors arrive already embedded, and
 //! re-index jobs call an [`Embedder`] the caller implements.
 //!
-//! - [`store`]: the store directory, collections, generations, documents and vectors (the only
-//!   module that touches sled; names in [`keys`]).
+//! - [`store`]: the store directory, collections, generations, documents and vectors; with
+//!   [`events`] (a collection's A/B event log) the only code that touches sled (names in
+//!   [`keys`]).
 //! - [`graph`]: HNSW graphs (hnsw_rs builds, a frozen copy searches and persists).
 //! - [`build`]: resumable, incremental re-index jobs that switch generations atomically.
 //! - [`corpus`], [`filter`]: input documents and metadata filters.
@@ -61,6 +62,7 @@ pub mod build;
 pub mod corpus;
 pub mod distance;
 pub mod error;
+pub mod events;
 pub mod filter;
 pub mod fixtures;
 pub mod graph;
@@ -70,11 +72,12 @@ pub mod store;
 pub use build::{build_collection, BuildEvent, BuildReport, BuildSettings, Embedder, SpaceSpec};
 pub use corpus::{Corpus, Document};
 pub use error::{IndexError, Result};
+pub use events::{EventLog, FeedbackRecord, ServedRequest};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use store::{
-    content_hash, CollectionManifest, CollectionStats, CompactionPolicy, ModelIdentity, SearchHit,
-    SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument, UpsertReport,
+    content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, ModelIdentity,
+    SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument, UpsertReport,
     EXACT_FILTER_LIMIT,
 };
 

@@ -1,5 +1,6 @@
 //! The store: a directory of collections, each a sequence of generations; the only module that
-//! touches sled or the files of a store (names in [`crate::keys`]).
+//! touches sled or the files of a store (names in [`crate::keys`]), apart from the A/B event
+//! log that [`crate::events`] keeps beside the generations.
 //!
 //! ```text
 //! STORE/attune-store.json

@@ -42,6 +42,7 @@ pub mod tokenize;
 pub mod train_kernels;
 
 pub use bert::{BertModel, LinearTarget};
+pub use candle_core::Device;
 pub use config::{Architecture, BertConfig, PoolingConfig, PoolingMode};
 pub use device::{device_name, DeviceRequest};
 pub use encoder::{plan_batches, EmbedOutput, Encoder, EncoderSettings, TextKind};

@@ -1,16 +1,16 @@
 //! `attune index`: build, search, inspect and drop collections of a store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use attune_api::ModelEmbedder;
 use attune_index::{
-    build_collection, BuildEvent, BuildSettings, Corpus, Embedder, Filter, HnswParams,
-    ModelIdentity, SearchRequest, SpaceSpec, Store,
+    build_collection, BuildEvent, BuildSettings, Corpus, Filter, HnswParams, SearchRequest,
+    SpaceSpec, Store,
 };
-use attune_model::{DeviceRequest, Encoder, EncoderSettings, ModelDir, TextKind};
+use attune_model::DeviceRequest;
 use clap::{Args, Subcommand};
-use sha2::{Digest, Sha256};
 
 /// `attune index` subcommands.
 #[derive(Debug, Subcommand)]
@@ -137,75 +137,6 @@ pub fn run(command: IndexCommand) -> Result<()> {
     }
 }
 
-/// A model loaded for indexing or querying, with its identity.
-pub struct ModelEmbedder {
-    encoder: Encoder,
-    identity: ModelIdentity,
-}
-
-impl ModelEmbedder {
-    /// Loads the model directory at `path`.
-    pub fn load(path: &Path, device: &DeviceRequest, max_seq_len: Option<usize>) -> Result<Self> {
-        let device = device.open()?;
-        let dir = ModelDir::open(path)?;
-        let settings = EncoderSettings {
-            max_seq_length: max_seq_len,
-            ..EncoderSettings::default()
-        };
-        let encoder = Encoder::load(&dir, &device, settings)?;
-        let identity = model_identity(&dir, &encoder, path)?;
-        Ok(Self { encoder, identity })
-    }
-
-    /// The query vector of `text`.
-    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
-        let mut out = self.encoder.embed(&[text], TextKind::Query)?;
-        Ok(out.embeddings.remove(0))
-    }
-
-    /// The model identity.
-    pub fn identity(&self) -> &ModelIdentity {
-        &self.identity
-    }
-}
-
-/// The identity a space binds to: the model directory's fingerprint (weights, tokenizer,
-/// config, pooling) plus the prompts and truncation length this encoder applies.
-pub fn model_identity(dir: &ModelDir, encoder: &Encoder, source: &Path) -> Result<ModelIdentity> {
-    let mut hasher = Sha256::new();
-    hasher.update(dir.fingerprint()?.as_bytes());
-    for part in [
-        encoder.prefix(TextKind::Document),
-        encoder.prefix(TextKind::Query),
-        &encoder.max_seq_length().to_string(),
-    ] {
-        hasher.update(b"\0");
-        hasher.update(part.as_bytes());
-    }
-    let digest = hasher.finalize();
-    Ok(ModelIdentity {
-        fingerprint: digest[..16].iter().map(|b| format!("{b:02x}")).collect(),
-        dim: encoder.dimension(),
-        source: std::fs::canonicalize(source)
-            .unwrap_or_else(|_| source.to_path_buf())
-            .display()
-            .to_string(),
-    })
-}
-
-impl Embedder for ModelEmbedder {
-    fn identity(&self) -> &ModelIdentity {
-        &self.identity
-    }
-
-    fn embed_documents(
-        &mut self,
-        texts: &[&str],
-    ) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.encoder.embed(texts, TextKind::Document)?.embeddings)
-    }
-}
-
 fn parse_space(spec: &str) -> Result<(String, PathBuf)> {
     match spec.split_once('=') {
         Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
@@ -236,9 +167,10 @@ fn build(args: BuildArgs) -> Result<()> {
     if corpus.documents.is_empty() {
         bail!("{}: no documents", corpus.path.display());
     }
+    let device = args.device.open()?;
     let mut embedders = Vec::new();
     for (name, dir) in &parsed {
-        let embedder = ModelEmbedder::load(dir, &args.device, args.max_seq_len)
+        let embedder = ModelEmbedder::load(dir, &device, args.max_seq_len)
             .with_context(|| format!("space {name:?}: cannot load model {}", dir.display()))?;
         embedders.push((name.clone(), embedder));
     }
@@ -369,7 +301,7 @@ fn search(args: SearchArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| PathBuf::from(&space.source));
-    let embedder = ModelEmbedder::load(&model_path, &args.device, None)
+    let embedder = ModelEmbedder::load(&model_path, &args.device.open()?, None)
         .with_context(|| format!("cannot load the query model {}", model_path.display()))?;
     let collection = store.open_collection(&args.collection)?;
     let started = Instant::now();

@@ -1,0 +1,152 @@
+//! HTTP handlers, one module per resource, each with a `config_*` function that registers its
+//! routes. Handlers validate, enqueue embeddings on the model's inference thread, and run store
+//! work (sled, HNSW) on actix's blocking pool; none of it runs on the async worker threads.
+
+pub mod ab;
+pub mod collections;
+pub mod documents;
+pub mod embeddings;
+pub mod evaluate;
+pub mod search;
+pub mod system;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use attune_index::{Filter, FilterClause, SearchHit};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The application state as handlers receive it.
+pub type State = web::Data<Arc<AppState>>;
+
+/// Most results one search may ask for.
+pub const MAX_K: usize = 1000;
+/// Largest HNSW candidate list a request may ask for.
+pub const MAX_EF: usize = 10_000;
+
+/// The space that served a response, read by the metrics middleware.
+#[derive(Debug, Clone)]
+pub struct SpaceLabel(pub String);
+
+/// A JSON 200 response labelled with the space(s) it used.
+pub fn ok_json<T: Serialize>(body: &T, space: &str) -> HttpResponse {
+    let mut response = HttpResponse::Ok().json(body);
+    response
+        .extensions_mut()
+        .insert(SpaceLabel(space.to_string()));
+    response
+}
+
+/// A search result.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Hit {
+    /// Document id.
+    pub id: String,
+    /// Cosine similarity to the query, -1 to 1.
+    pub score: f32,
+    /// Document title.
+    pub title: String,
+    /// Document metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+impl From<SearchHit> for Hit {
+    fn from(hit: SearchHit) -> Self {
+        Self {
+            id: hit.id,
+            score: hit.score,
+            title: hit.title,
+            metadata: hit.metadata,
+        }
+    }
+}
+
+/// Checks `k` (1 to [`MAX_K`]).
+pub fn check_k(k: usize) -> Result<(), ApiError> {
+    if k == 0 || k > MAX_K {
+        return Err(ApiError::invalid(
+            "k",
+            format!("must be 1 to {MAX_K}, got {k}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `ef` (1 to [`MAX_EF`]).
+pub fn check_ef(ef: Option<usize>) -> Result<(), ApiError> {
+    match ef {
+        Some(ef) if ef == 0 || ef > MAX_EF => Err(ApiError::invalid(
+            "ef",
+            format!("must be 1 to {MAX_EF}, got {ef}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A metadata filter from its JSON form `{"field": value, "other": [v1, v2]}`: every field must
+/// match; a list means "one of".
+pub fn filter_from_json(filter: Option<&Map<String, Value>>) -> Result<Filter, ApiError> {
+    let mut out = Filter::default();
+    if let Some(map) = filter {
+        for (field, value) in map {
+            let values = match value {
+                Value::Array(values) => values.clone(),
+                other => vec![other.clone()],
+            };
+            out.clauses.push(FilterClause {
+                field: field.clone(),
+                values,
+            });
+        }
+    }
+    out.validate()
+        .map_err(|e| ApiError::invalid("filter", e.to_string()))?;
+    Ok(out)
+}
+
+/// Runs blocking store work on actix's blocking pool.
+pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    web::block(work).await?
+}
+
+/// Checks a list's length against a limit (413 when over).
+pub fn check_len(field: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if len > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{field}: at most {max} per request, got {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Milliseconds since `start`.
+pub fn millis_since(start: std::time::Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// Spaces of a collection in report order: control and treatment first, then the rest.
+pub fn ordered_spaces<T>(spaces: &BTreeMap<String, T>, state: &AppState) -> Vec<String> {
+    let ab = &state.settings.ab;
+    let mut order: Vec<String> = [&ab.control, &ab.treatment]
+        .into_iter()
+        .filter(|s| spaces.contains_key(*s))
+        .cloned()
+        .collect();
+    for name in spaces.keys() {
+        if !order.contains(name) {
+            order.push(name.clone());
+        }
+    }
+    order
+}

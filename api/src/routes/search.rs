@@ -1,0 +1,736 @@
+//! Query-to-content matching: `search` (one space, or a live A/B variant), `compare` (two
+//! spaces side by side with rank movements) and `visibility` (where one page ranks for a list of
+//! queries, per space).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use attune_index::{SearchRequest, ServedRequest};
+use attune_model::TextKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::{
+    blocking, check_ef, check_k, check_len, filter_from_json, millis_since, ok_json,
+    ordered_spaces, Hit, State,
+};
+use crate::ab::assign_variant;
+use crate::auth::ReadAccess;
+use crate::error::{ApiError, ErrorBody};
+use crate::inference::Embedded;
+use crate::state::Served;
+
+/// Registers search, compare and visibility.
+pub fn config_search(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/collections/{collection}/search")
+            .route(web::post().to(search))
+            .default_service(web::to(super::system::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/collections/{collection}/compare")
+            .route(web::post().to(compare))
+            .default_service(web::to(super::system::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/collections/{collection}/visibility")
+            .route(web::post().to(visibility))
+            .default_service(web::to(super::system::method_not_allowed)),
+    );
+}
+
+fn default_k() -> usize {
+    10
+}
+
+/// A search.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    /// The query text (truncated to the server's query token limit; see `truncated`).
+    #[schema(min_length = 1)]
+    pub query: String,
+    /// Results wanted.
+    #[serde(default = "default_k")]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
+    pub k: usize,
+    /// The space to search (`base`, `tuned`, ...), or `auto` for the live A/B test, which
+    /// needs `user`. Default: `tuned`, or the collection's only space.
+    pub space: Option<String>,
+    /// Metadata filter: `{"field": value, "field2": [one, of, these]}`; all must hold.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Map<String, Value>>,
+    /// HNSW candidate list size (default: the collection's `ef_search`).
+    #[schema(minimum = 1, maximum = 10000)]
+    pub ef: Option<usize>,
+    /// Stable user or session key: assigns the A/B variant when `space` is `auto`.
+    pub user: Option<String>,
+}
+
+/// Search results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    /// Results, best first.
+    pub results: Vec<Hit>,
+    /// The space that answered.
+    pub space: String,
+    /// The generation that answered.
+    pub generation: u64,
+    /// Tokens of the embedded query, special tokens included.
+    pub query_tokens: usize,
+    /// True when the query was cut to the token limit.
+    pub truncated: bool,
+    /// Server time in milliseconds (embedding and search).
+    pub took_ms: f64,
+    /// With `space: "auto"`: the id to quote in feedback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// With `space: "auto"`: the variant that served the user (same as `space`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// The space a request names, or the default: `tuned` when the collection has it, else its only
+/// space.
+fn resolve_space(served: &Served, space: Option<&str>) -> Result<String, ApiError> {
+    if let Some(space) = space {
+        served.model(space)?;
+        return Ok(space.to_string());
+    }
+    if served.models.contains_key("tuned") {
+        return Ok("tuned".into());
+    }
+    if served.models.len() == 1 {
+        return Ok(served.models.keys().next().expect("one").clone());
+    }
+    Err(ApiError::invalid(
+        "space",
+        format!(
+            "this collection has no `tuned` space; name one of: {}",
+            served.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
+fn check_query(query: &str) -> Result<(), ApiError> {
+    if query.trim().is_empty() {
+        return Err(ApiError::invalid("query", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Embeds `query` for `space`.
+async fn embed_query(
+    served: &Served,
+    space: &str,
+    query: &str,
+    max_tokens: usize,
+) -> Result<Embedded, ApiError> {
+    let mut out = served
+        .model(space)?
+        .embed(vec![query.to_string()], TextKind::Query, max_tokens)
+        .await?;
+    Ok(out.remove(0))
+}
+
+/// Top-k of `space` for a query vector, on the blocking pool.
+async fn search_space(
+    served: &Arc<Served>,
+    space: String,
+    vector: Vec<f32>,
+    k: usize,
+    ef: Option<usize>,
+    filter: attune_index::Filter,
+) -> Result<Vec<Hit>, ApiError> {
+    let served = served.clone();
+    blocking(move || {
+        let model = served.model(&space)?.identity().clone();
+        let hits = served.collection.search(&SearchRequest {
+            space: &space,
+            vector: &vector,
+            model: &model,
+            k,
+            ef,
+            filter: &filter,
+        })?;
+        Ok(hits.into_iter().map(Hit::from).collect())
+    })
+    .await
+}
+
+/// Searches one space of a collection.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/search",
+    tag = "search",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "Results, best first", body = SearchResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 404, description = "Unknown collection or space", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+    )
+)]
+pub async fn search(
+    _access: ReadAccess,
+    state: State,
+    path: web::Path<String>,
+    body: web::Json<SearchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = body.into_inner();
+    check_query(&body.query)?;
+    check_k(body.k)?;
+    check_ef(body.ef)?;
+    let filter = filter_from_json(body.filter.as_ref())?;
+    let name = path.into_inner();
+    let served = state.collection(&name)?;
+    let auto = body.space.as_deref() == Some("auto");
+    let space = if auto {
+        let Some(user) = body.user.as_deref().filter(|u| !u.is_empty()) else {
+            return Err(ApiError::invalid(
+                "user",
+                "space \"auto\" assigns the A/B variant by user; send a user key",
+            ));
+        };
+        let variant = assign_variant(&state.settings.ab, &name, user).to_string();
+        served.model(&variant).map_err(|_| {
+            ApiError::Invalid(format!(
+                "space \"auto\": the A/B variant {variant:?} is not a space of collection \
+                 {name:?}; it needs spaces {:?} and {:?}",
+                state.settings.ab.control, state.settings.ab.treatment
+            ))
+        })?;
+        variant
+    } else {
+        resolve_space(&served, body.space.as_deref())?
+    };
+    let embedded = embed_query(
+        &served,
+        &space,
+        &body.query,
+        state.settings.max_query_tokens,
+    )
+    .await?;
+    let results = search_space(
+        &served,
+        space.clone(),
+        embedded.vector,
+        body.k,
+        body.ef,
+        filter,
+    )
+    .await?;
+    let request_id = if auto {
+        let record = ServedRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            variant: space.clone(),
+            query: body.query.clone(),
+            results: results.iter().map(|h| h.id.clone()).collect(),
+            unix_ms: unix_ms(),
+        };
+        let id = record.request_id.clone();
+        let events = served.events.clone();
+        blocking(move || Ok(events.record_served(&record)?)).await?;
+        Some(id)
+    } else {
+        None
+    };
+    let response = SearchResponse {
+        results,
+        generation: served.collection.generation(),
+        query_tokens: embedded.tokens,
+        truncated: embedded.truncated,
+        took_ms: millis_since(started),
+        variant: request_id.as_ref().map(|_| space.clone()),
+        request_id,
+        space: space.clone(),
+    };
+    Ok(ok_json(&response, &space))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn default_compare_spaces() -> Vec<String> {
+    vec!["base".into(), "tuned".into()]
+}
+
+/// A side-by-side comparison of two spaces.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompareBody {
+    /// The query text.
+    #[schema(min_length = 1)]
+    pub query: String,
+    /// Results per space.
+    #[serde(default = "default_k")]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
+    pub k: usize,
+    /// The two spaces, "from" then "to" (default `["base", "tuned"]`).
+    #[serde(default = "default_compare_spaces")]
+    #[schema(min_items = 2, max_items = 2)]
+    pub spaces: Vec<String>,
+    /// Metadata filter, as in search.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Map<String, Value>>,
+    /// HNSW candidate list size.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub ef: Option<usize>,
+}
+
+/// One space's ranked list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankedList {
+    /// The space.
+    pub space: String,
+    /// Results, best first.
+    pub results: Vec<Hit>,
+}
+
+/// How a document moved between the two lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Ranked higher in the second space.
+    Up,
+    /// Ranked lower in the second space.
+    Down,
+    /// Same rank.
+    Same,
+    /// Only in the second space's top k.
+    Entered,
+    /// Only in the first space's top k.
+    Left,
+}
+
+/// A document's ranks in both lists.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Movement {
+    /// Document id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// 1-based rank in the first space, if in its top k.
+    pub from_rank: Option<usize>,
+    /// 1-based rank in the second space, if in its top k.
+    pub to_rank: Option<usize>,
+    /// `from_rank - to_rank` when in both (positive: moved up).
+    pub moved: Option<i64>,
+    /// The kind of move.
+    pub change: Change,
+}
+
+/// Two ranked lists and how they differ.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompareResponse {
+    /// The two lists, in the order asked.
+    pub lists: Vec<RankedList>,
+    /// Documents in both top-k lists over the longer list's length (0 to 1).
+    pub overlap_at_k: f64,
+    /// Every document of either list: second space's order, then those that left.
+    pub movements: Vec<Movement>,
+    /// Tokens of the embedded query (first space's model).
+    pub query_tokens: usize,
+    /// True when the query was cut to the token limit.
+    pub truncated: bool,
+    /// Server time in milliseconds.
+    pub took_ms: f64,
+}
+
+/// The movements from list `from` to list `to`.
+pub fn movements(from: &[Hit], to: &[Hit]) -> (Vec<Movement>, f64) {
+    let from_rank: HashMap<&str, usize> = from
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.id.as_str(), i + 1))
+        .collect();
+    let to_ids: HashMap<&str, usize> = to
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.id.as_str(), i + 1))
+        .collect();
+    let mut out = Vec::new();
+    let mut shared = 0;
+    for (i, hit) in to.iter().enumerate() {
+        let to_rank = i + 1;
+        let previous = from_rank.get(hit.id.as_str()).copied();
+        let (moved, change) = match previous {
+            Some(rank) => {
+                shared += 1;
+                let moved = rank as i64 - to_rank as i64;
+                let change = match moved.cmp(&0) {
+                    std::cmp::Ordering::Greater => Change::Up,
+                    std::cmp::Ordering::Less => Change::Down,
+                    std::cmp::Ordering::Equal => Change::Same,
+                };
+                (Some(moved), change)
+            }
+            None => (None, Change::Entered),
+        };
+        out.push(Movement {
+            id: hit.id.clone(),
+            title: hit.title.clone(),
+            from_rank: previous,
+            to_rank: Some(to_rank),
+            moved,
+            change,
+        });
+    }
+    for (i, hit) in from.iter().enumerate() {
+        if !to_ids.contains_key(hit.id.as_str()) {
+            out.push(Movement {
+                id: hit.id.clone(),
+                title: hit.title.clone(),
+                from_rank: Some(i + 1),
+                to_rank: None,
+                moved: None,
+                change: Change::Left,
+            });
+        }
+    }
+    let longest = from.len().max(to.len());
+    let overlap = if longest == 0 {
+        1.0
+    } else {
+        shared as f64 / longest as f64
+    };
+    (out, overlap)
+}
+
+/// Compares two spaces' results for one query.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/compare",
+    tag = "search",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body = CompareBody,
+    responses(
+        (status = 200, description = "Both lists and the rank movements", body = CompareResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 404, description = "Unknown collection or space", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+    )
+)]
+pub async fn compare(
+    _access: ReadAccess,
+    state: State,
+    path: web::Path<String>,
+    body: web::Json<CompareBody>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = body.into_inner();
+    check_query(&body.query)?;
+    check_k(body.k)?;
+    check_ef(body.ef)?;
+    if body.spaces.len() != 2 || body.spaces[0] == body.spaces[1] {
+        return Err(ApiError::invalid(
+            "spaces",
+            format!("name two different spaces, got {:?}", body.spaces),
+        ));
+    }
+    let filter = filter_from_json(body.filter.as_ref())?;
+    let served = state.collection(&path.into_inner())?;
+    let (from, to) = (&body.spaces[0], &body.spaces[1]);
+    let limit = state.settings.max_query_tokens;
+    let (a, b) = tokio::join!(
+        embed_query(&served, from, &body.query, limit),
+        embed_query(&served, to, &body.query, limit)
+    );
+    let (a, b) = (a?, b?);
+    let (tokens, truncated) = (a.tokens, a.truncated || b.truncated);
+    let (from_hits, to_hits) = tokio::join!(
+        search_space(
+            &served,
+            from.clone(),
+            a.vector,
+            body.k,
+            body.ef,
+            filter.clone()
+        ),
+        search_space(&served, to.clone(), b.vector, body.k, body.ef, filter)
+    );
+    let (from_hits, to_hits) = (from_hits?, to_hits?);
+    let (movements, overlap_at_k) = movements(&from_hits, &to_hits);
+    let response = CompareResponse {
+        lists: vec![
+            RankedList {
+                space: from.clone(),
+                results: from_hits,
+            },
+            RankedList {
+                space: to.clone(),
+                results: to_hits,
+            },
+        ],
+        overlap_at_k,
+        movements,
+        query_tokens: tokens,
+        truncated,
+        took_ms: millis_since(started),
+    };
+    Ok(ok_json(&response, &format!("{from},{to}")))
+}
+
+/// Where one document ranks for a list of queries.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VisibilityBody {
+    /// The document (page) whose visibility is measured.
+    #[schema(min_length = 1)]
+    pub doc_id: String,
+    /// Queries people might ask.
+    #[schema(min_items = 1)]
+    pub queries: Vec<String>,
+    /// Depth of the ranking inspected.
+    #[serde(default = "default_k")]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
+    pub k: usize,
+    /// Spaces to measure (default: every space, control and treatment first).
+    pub spaces: Option<Vec<String>>,
+}
+
+/// The document's place for one query in one space.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Placement {
+    /// 1-based rank within the top k; absent (null) when it is not in the top k.
+    pub rank: Option<usize>,
+    /// Cosine similarity of the query and the document, whether ranked or not.
+    pub score: f32,
+}
+
+/// One query's placements.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryVisibility {
+    /// The query.
+    pub query: String,
+    /// True when the query was cut to the token limit.
+    pub truncated: bool,
+    /// Placement per space.
+    pub spaces: BTreeMap<String, Placement>,
+}
+
+/// A space's summary over the queries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpaceVisibility {
+    /// The space.
+    pub space: String,
+    /// Queries for which the document is in the top k.
+    pub visible: usize,
+    /// `visible` over the number of queries.
+    pub visible_share: f64,
+    /// Mean reciprocal rank (0 when absent).
+    pub mean_reciprocal_rank: f64,
+    /// Mean cosine similarity of the queries and the document.
+    pub mean_score: f64,
+}
+
+/// How visible a document is to retrieval, per query and space.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisibilityResponse {
+    /// The document.
+    pub doc_id: String,
+    /// Depth inspected.
+    pub k: usize,
+    /// Per query.
+    pub queries: Vec<QueryVisibility>,
+    /// Per space, in the order measured.
+    pub summary: Vec<SpaceVisibility>,
+    /// Server time in milliseconds.
+    pub took_ms: f64,
+}
+
+/// For each query and space, the document's rank (or absent) and similarity.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/visibility",
+    tag = "relevance",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body = VisibilityBody,
+    responses(
+        (status = 200, description = "Ranks per query and space", body = VisibilityResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 404, description = "Unknown collection, space or document", body = ErrorBody),
+        (status = 413, description = "Too many queries or body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+    )
+)]
+pub async fn visibility(
+    _access: ReadAccess,
+    state: State,
+    path: web::Path<String>,
+    body: web::Json<VisibilityBody>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = body.into_inner();
+    check_k(body.k)?;
+    if body.queries.is_empty() {
+        return Err(ApiError::invalid("queries", "give at least one query"));
+    }
+    check_len("queries", body.queries.len(), state.settings.max_queries)?;
+    if let Some(i) = body.queries.iter().position(|q| q.trim().is_empty()) {
+        return Err(ApiError::invalid(
+            &format!("queries[{i}]"),
+            "must not be empty",
+        ));
+    }
+    let served = state.collection(&path.into_inner())?;
+    let spaces = match &body.spaces {
+        Some(spaces) if !spaces.is_empty() => {
+            for space in spaces {
+                served.model(space)?;
+            }
+            spaces.clone()
+        }
+        _ => ordered_spaces(&served.models, &state),
+    };
+    let doc_vectors = {
+        let served = served.clone();
+        let (doc_id, spaces) = (body.doc_id.clone(), spaces.clone());
+        blocking(move || {
+            let mut vectors = BTreeMap::new();
+            for space in &spaces {
+                match served.collection.vector(space, &doc_id)? {
+                    Some(vector) => vectors.insert(space.clone(), vector),
+                    None => {
+                        return Err(ApiError::NotFound(format!(
+                            "collection {:?} has no document {doc_id:?}",
+                            served.collection.name()
+                        )))
+                    }
+                };
+            }
+            Ok(vectors)
+        })
+        .await?
+    };
+    let mut per_space: BTreeMap<String, Vec<Embedded>> = BTreeMap::new();
+    for space in &spaces {
+        let embedded = embed_all(&served, space, &body.queries, &state).await?;
+        per_space.insert(space.clone(), embedded);
+    }
+    // A query is flagged when any space's model cut it.
+    let mut truncated = vec![false; body.queries.len()];
+    for embedded in per_space.values() {
+        for (flag, e) in truncated.iter_mut().zip(embedded) {
+            *flag |= e.truncated;
+        }
+    }
+    let k = body.k;
+    let queries = body.queries.clone();
+    let doc_id = body.doc_id.clone();
+    let served_for_search = served.clone();
+    let spaces_for_search = spaces.clone();
+    let placements: Vec<BTreeMap<String, Placement>> = blocking(move || {
+        let mut out = vec![BTreeMap::new(); queries.len()];
+        for space in &spaces_for_search {
+            let model = served_for_search.model(space)?.identity().clone();
+            let doc_vector = &doc_vectors[space];
+            for (q, embedded) in per_space[space].iter().enumerate() {
+                let hits = served_for_search.collection.search(&SearchRequest {
+                    space,
+                    vector: &embedded.vector,
+                    model: &model,
+                    k,
+                    ef: None,
+                    filter: &attune_index::Filter::default(),
+                })?;
+                let rank = hits.iter().position(|h| h.id == doc_id).map(|i| i + 1);
+                let score = cosine(&embedded.vector, doc_vector);
+                out[q].insert(space.clone(), Placement { rank, score });
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    let n = body.queries.len() as f64;
+    let summary = spaces
+        .iter()
+        .map(|space| {
+            let all: Vec<&Placement> = placements.iter().map(|p| &p[space]).collect();
+            let visible = all.iter().filter(|p| p.rank.is_some()).count();
+            SpaceVisibility {
+                space: space.clone(),
+                visible,
+                visible_share: visible as f64 / n,
+                mean_reciprocal_rank: all
+                    .iter()
+                    .map(|p| p.rank.map_or(0.0, |r| 1.0 / r as f64))
+                    .sum::<f64>()
+                    / n,
+                mean_score: all.iter().map(|p| f64::from(p.score)).sum::<f64>() / n,
+            }
+        })
+        .collect();
+    let response = VisibilityResponse {
+        doc_id: body.doc_id,
+        k,
+        queries: body
+            .queries
+            .into_iter()
+            .zip(placements)
+            .zip(truncated)
+            .map(|((query, spaces), truncated)| QueryVisibility {
+                query,
+                truncated,
+                spaces,
+            })
+            .collect(),
+        summary,
+        took_ms: millis_since(started),
+    };
+    Ok(ok_json(&response, &spaces.join(",")))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+/// Embeds many queries for `space` in chunks of the inference batch size, so other requests'
+/// queries interleave with them on the inference thread.
+pub async fn embed_all(
+    served: &Served,
+    space: &str,
+    queries: &[String],
+    state: &crate::state::AppState,
+) -> Result<Vec<Embedded>, ApiError> {
+    let model = served.model(space)?;
+    let chunk = state.settings.inference.max_batch_texts.max(1);
+    let mut out = Vec::with_capacity(queries.len());
+    for part in queries.chunks(chunk) {
+        out.extend(
+            model
+                .embed(
+                    part.to_vec(),
+                    TextKind::Query,
+                    state.settings.max_query_tokens,
+                )
+                .await?,
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,374 @@
+//! What the server serves: the store's collections (each at its current generation) with the
+//! inference queues of their spaces' models and their A/B event logs. A watcher thread checks
+//! the store's manifests and swaps in generations committed by `attune index build`, so re-index
+//! jobs are picked up without a restart; requests in flight finish on the generation they
+//! started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use attune_index::{Collection, EventLog, IndexError, ModelIdentity, Store};
+use attune_model::{Device, DeviceRequest};
+
+use crate::error::{ApiError, StartError};
+use crate::inference::InferenceQueue;
+use crate::metrics::Metrics;
+use crate::models::ModelEmbedder;
+use crate::settings::ServeSettings;
+
+/// A collection being served.
+pub struct Served {
+    /// The generation being served.
+    pub collection: Arc<Collection>,
+    /// The inference queue of each space's model.
+    pub models: BTreeMap<String, Arc<InferenceQueue>>,
+    /// The A/B event log (shared across generations).
+    pub events: Arc<EventLog>,
+}
+
+impl Served {
+    /// The model of `space`, or 404 naming the spaces there are.
+    pub fn model(&self, space: &str) -> Result<&Arc<InferenceQueue>, ApiError> {
+        self.models.get(space).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "collection {:?} has no space {space:?} (spaces: {})",
+                self.collection.name(),
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    store: Store,
+    /// Settings the server runs with.
+    pub settings: ServeSettings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    device: Device,
+    collections: RwLock<BTreeMap<String, Arc<Served>>>,
+    problems: RwLock<BTreeMap<String, String>>,
+    models: Mutex<HashMap<String, Arc<InferenceQueue>>>,
+    events: Mutex<HashMap<String, Arc<EventLog>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Opens the store and loads every built collection and its models. Collections that cannot
+    /// be served are listed by [`AppState::problems`] (and make `/readyz` fail) rather than
+    /// stopping the server.
+    pub fn open(store: &Path, settings: ServeSettings) -> Result<Arc<Self>, StartError> {
+        settings.validate()?;
+        let device_request: DeviceRequest =
+            settings
+                .device
+                .parse()
+                .map_err(|e: attune_model::ModelError| StartError::Model {
+                    path: PathBuf::from(&settings.device),
+                    message: e.to_string(),
+                })?;
+        let device = device_request.open().map_err(|e| StartError::Model {
+            path: PathBuf::from(&settings.device),
+            message: e.to_string(),
+        })?;
+        let state = Arc::new(Self {
+            store: Store::open(store)?,
+            settings,
+            metrics: Arc::new(Metrics::new()?),
+            device,
+            collections: RwLock::new(BTreeMap::new()),
+            problems: RwLock::new(BTreeMap::new()),
+            models: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
+        });
+        state.refresh();
+        Ok(state)
+    }
+
+    /// Starts the thread that calls [`AppState::refresh`] every `reload_interval_ms`; it ends
+    /// when the state is dropped.
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = Duration::from_millis(self.settings.reload_interval_ms);
+        std::thread::Builder::new()
+            .name("attune-store-watcher".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                match weak.upgrade() {
+                    Some(state) => state.refresh(),
+                    None => break,
+                }
+            })
+            .expect("spawn the store watcher");
+    }
+
+    /// The store directory.
+    pub fn store_root(&self) -> &Path {
+        self.store.root()
+    }
+
+    /// The served collection `name`.
+    pub fn collection(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        if let Some(served) = self.collections.read().expect("lock").get(name) {
+            return Ok(served.clone());
+        }
+        if let Some(problem) = self.problems.read().expect("lock").get(name) {
+            return Err(ApiError::Unavailable(format!(
+                "collection {name:?} is not being served: {problem}"
+            )));
+        }
+        let names = self.collection_names();
+        Err(ApiError::NotFound(format!(
+            "unknown collection {name:?} (collections: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )))
+    }
+
+    /// Names of the served collections.
+    pub fn collection_names(&self) -> Vec<String> {
+        self.collections
+            .read()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every served collection.
+    pub fn all(&self) -> Vec<Arc<Served>> {
+        self.collections
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Collections in the store that cannot be served, and why.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems.read().expect("lock").clone()
+    }
+
+    /// Every loaded model: (space names using it, queue).
+    pub fn models(&self) -> Vec<Arc<InferenceQueue>> {
+        let mut models: Vec<_> = self
+            .models
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        models.sort_by(|a, b| a.label().cmp(b.label()));
+        models
+    }
+
+    /// Brings the served collections in line with the store: loads new collections and new
+    /// generations, drops removed collections. Blocking (opens sled, reads graphs, loads
+    /// models); called at start and by the watcher thread.
+    pub fn refresh(&self) {
+        let names = match self.store.collection_names() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!("reading the store: {e}");
+                return;
+            }
+        };
+        let removed: Vec<String> = self
+            .collections
+            .read()
+            .expect("lock")
+            .keys()
+            .filter(|name| !names.contains(name))
+            .cloned()
+            .collect();
+        for name in removed {
+            tracing::info!("collection {name:?} was removed from the store");
+            self.collections.write().expect("lock").remove(&name);
+            self.events.lock().expect("lock").remove(&name);
+            self.metrics.forget_collection(&name);
+        }
+        for name in names {
+            let manifest = match self.store.manifest(&name) {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    self.set_problem(&name, Some(e.to_string()));
+                    continue;
+                }
+            };
+            let Some(current) = manifest.current else {
+                if !self.collections.read().expect("lock").contains_key(&name) {
+                    self.set_problem(&name, Some("its first build has not finished".into()));
+                }
+                continue;
+            };
+            let served_generation = self
+                .collections
+                .read()
+                .expect("lock")
+                .get(&name)
+                .map(|s| s.collection.generation());
+            if served_generation == Some(current) {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(served) => {
+                    tracing::info!(
+                        "serving collection {name:?} generation {}",
+                        served.collection.generation()
+                    );
+                    self.metrics.collection(
+                        &name,
+                        served.collection.len(),
+                        served.collection.generation(),
+                    );
+                    self.collections
+                        .write()
+                        .expect("lock")
+                        .insert(name.clone(), Arc::new(served));
+                    self.set_problem(&name, None);
+                }
+                // The build that committed it may still hold its database for a moment.
+                Err(LoadError::Index(IndexError::InUse { .. })) => {}
+                Err(e) => {
+                    tracing::error!("collection {name:?}: {e}");
+                    self.set_problem(&name, Some(e.to_string()));
+                }
+            }
+        }
+        self.drop_unused_models();
+    }
+
+    fn set_problem(&self, name: &str, problem: Option<String>) {
+        let mut problems = self.problems.write().expect("lock");
+        match problem {
+            Some(problem) => problems.insert(name.to_string(), problem),
+            None => problems.remove(name),
+        };
+    }
+
+    fn load(&self, name: &str) -> Result<Served, LoadError> {
+        let collection = self.store.open_collection(name)?;
+        let mut models = BTreeMap::new();
+        for (space, identity) in collection.spaces() {
+            models.insert(space.clone(), self.model_for(name, &space, &identity)?);
+        }
+        let events = {
+            let mut logs = self.events.lock().expect("lock");
+            match logs.get(name) {
+                Some(log) => log.clone(),
+                None => {
+                    let log = Arc::new(self.store.open_events(name)?);
+                    logs.insert(name.to_string(), log.clone());
+                    log
+                }
+            }
+        };
+        Ok(Served {
+            collection: Arc::new(collection),
+            models,
+            events,
+        })
+    }
+
+    /// The loaded model with `identity`, loading it from the configured or recorded directory.
+    fn model_for(
+        &self,
+        collection: &str,
+        space: &str,
+        identity: &ModelIdentity,
+    ) -> Result<Arc<InferenceQueue>, LoadError> {
+        if let Some(queue) = self.models.lock().expect("lock").get(&identity.fingerprint) {
+            return Ok(queue.clone());
+        }
+        let path = self
+            .settings
+            .models
+            .get(space)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&identity.source));
+        let embedder = ModelEmbedder::load(&path, &self.device, None).map_err(|e| {
+            LoadError::Model(format!(
+                "space {space:?} of collection {collection:?}: model {}: {e} (set models.{space} \
+                 in the settings file to the model directory)",
+                path.display()
+            ))
+        })?;
+        if !embedder.identity().same_model(identity) {
+            return Err(LoadError::Model(format!(
+                "space {space:?} of collection {collection:?} was built with model {} \
+                 (fingerprint {}), but {} now has fingerprint {}; rebuild the collection or point \
+                 models.{space} at the original model",
+                identity.source,
+                identity.fingerprint,
+                path.display(),
+                embedder.identity().fingerprint
+            )));
+        }
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| identity.fingerprint.clone());
+        let (encoder, loaded_identity) = embedder.into_parts();
+        let queue = Arc::new(InferenceQueue::start(
+            encoder,
+            loaded_identity,
+            format!(
+                "{label}-{}",
+                &identity.fingerprint[..8.min(identity.fingerprint.len())]
+            ),
+            &self.settings.inference,
+            self.metrics.clone(),
+        ));
+        self.models
+            .lock()
+            .expect("lock")
+            .insert(identity.fingerprint.clone(), queue.clone());
+        Ok(queue)
+    }
+
+    /// Stops the inference threads of models no served collection uses any more.
+    fn drop_unused_models(&self) {
+        let used: std::collections::HashSet<String> = self
+            .collections
+            .read()
+            .expect("lock")
+            .values()
+            .flat_map(|s| s.models.values().map(|m| m.identity().fingerprint.clone()))
+            .collect();
+        self.models
+            .lock()
+            .expect("lock")
+            .retain(|fingerprint, _| used.contains(fingerprint));
+    }
+
+    /// Writes the event logs to disk (at shutdown).
+    pub fn flush(&self) {
+        for log in self.events.lock().expect("lock").values() {
+            if let Err(e) = log.flush() {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("{0}")]
+    Model(String),
+}
