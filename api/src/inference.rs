@@ -290,4 +290,57 @@ mod tests {
         assert_eq!(short.ids, vec![101, 5, 102]);
         assert!(!short.truncated);
     }
+
+    #[test]
+    fn queued_jobs_share_one_forward_pass_and_match_embedding_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        attune_model::fixtures::write_random_bert(
+            dir.path(),
+            &attune_model::fixtures::RandomBertSpec::default(),
+        )
+        .unwrap();
+        let model_dir = attune_model::ModelDir::open(dir.path()).unwrap();
+        let load = || {
+            Encoder::load(
+                &model_dir,
+                &attune_model::Device::Cpu,
+                EncoderSettings::default(),
+            )
+            .unwrap()
+        };
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let worker = Worker {
+            encoder: load(),
+            settings: InferenceSettings::default(),
+            metrics: metrics.clone(),
+            label: "m".into(),
+        };
+        let texts = [
+            vec!["red shoe".to_string()],
+            vec!["blue boot".to_string(), "green hat size 42".to_string()],
+            vec!["black".to_string()],
+        ];
+        let jobs: Vec<Job> = texts
+            .iter()
+            .map(|t| Job {
+                texts: t.clone(),
+                kind: TextKind::Query,
+                max_tokens: 128,
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        let results = worker.embed_jobs(&jobs).unwrap();
+        assert!(metrics
+            .render()
+            .contains("attune_embedding_batch_texts_count{model=\"m\"} 1"));
+        let alone = load();
+        for (job, result) in texts.iter().zip(&results) {
+            let expected = alone.embed(job, TextKind::Query).unwrap().embeddings;
+            for (got, want) in result.iter().zip(&expected) {
+                for (a, b) in got.vector.iter().zip(want) {
+                    assert!((a - b).abs() < 1e-5, "batched {a} vs alone {b}");
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,848 @@
+//! Every endpoint through actix's test harness, over a store built with two tiny random models
+//! ("base" and "tuned"): answers, errors, the API key, A/B feedback, metrics, the OpenAPI
+//! document, and a re-index picked up without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::test::{self, TestRequest};
+use attune_api::{app, AppState, ModelEmbedder, ServeSettings};
+use attune_index::{build_collection, BuildSettings, Corpus, Embedder, SpaceSpec, Store};
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::{Device, Encoder, EncoderSettings, ModelDir, TextKind};
+use serde_json::{json, Value};
+
+const COLOURS: [&str; 4] = ["red", "blue", "green", "black"];
+
+fn doc_text(i: usize, version: usize) -> (String, String) {
+    (
+        format!("item{i} {}", COLOURS[i % 4]),
+        format!("{} shoe number {i} edition {version}", COLOURS[(i / 4) % 4]),
+    )
+}
+
+/// A store with collection "shop": `n` products, spaces base and tuned (two random models).
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(n: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, seed) in [("base-model", 1), ("tuned-model", 2)] {
+            let spec = RandomBertSpec {
+                seed,
+                ..RandomBertSpec::default()
+            };
+            write_random_bert(&tmp.path().join(name), &spec).unwrap();
+        }
+        let fixture = Self { tmp };
+        fixture.build(n, 0);
+        fixture
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Builds (or rebuilds) "shop" from `n` products of corpus `version`.
+    fn build(&self, n: usize, version: usize) {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                let (title, text) = doc_text(i, version);
+                json!({"_id": format!("p{i}"), "title": title, "text": text,
+                       "metadata": {"colour": COLOURS[i % 4], "size": 36 + i % 10}})
+                .to_string()
+            })
+            .collect();
+        let corpus_path = self.path(&format!("corpus-{version}.jsonl"));
+        std::fs::write(&corpus_path, lines.join("\n")).unwrap();
+        let corpus = Corpus::read(&corpus_path).unwrap();
+        let store = Store::open_or_create(&self.path("store")).unwrap();
+        let mut base = ModelEmbedder::load(&self.path("base-model"), &Device::Cpu, None).unwrap();
+        let mut tuned = ModelEmbedder::load(&self.path("tuned-model"), &Device::Cpu, None).unwrap();
+        let mut spaces = [
+            SpaceSpec {
+                name: "base".into(),
+                embedder: &mut base as &mut dyn Embedder,
+            },
+            SpaceSpec {
+                name: "tuned".into(),
+                embedder: &mut tuned as &mut dyn Embedder,
+            },
+        ];
+        build_collection(
+            &store,
+            "shop",
+            &corpus,
+            &mut spaces,
+            &BuildSettings::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+    }
+
+    fn state(&self, settings: ServeSettings) -> Arc<AppState> {
+        AppState::open(&self.path("store"), settings).unwrap()
+    }
+}
+
+fn encoder(path: &Path) -> Encoder {
+    let dir = ModelDir::open(path).unwrap();
+    Encoder::load(&dir, &Device::Cpu, EncoderSettings::default()).unwrap()
+}
+
+async fn call<S, B>(service: &S, request: TestRequest) -> (StatusCode, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let response = test::call_service(service, request.to_request()).await;
+    let status = response.status();
+    let bytes = test::read_body(response).await;
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+fn post(uri: &str, body: Value) -> TestRequest {
+    TestRequest::post().uri(uri).set_json(body)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[actix_web::test]
+async fn search_answers_and_rejects_bad_requests() {
+    let fixture = Fixture::new(40);
+    let settings = ServeSettings {
+        max_query_tokens: 6,
+        max_body_bytes: 4096,
+        ..ServeSettings::default()
+    };
+    let service = test::init_service(app(fixture.state(settings))).await;
+    let uri = "/v1/collections/shop/search";
+
+    // A document's own text finds it first in both spaces (no prompts: equal vectors).
+    let (title, text) = doc_text(7, 0);
+    let query = format!("{title}\n{text}");
+    for space in ["base", "tuned"] {
+        let (status, body) = call(
+            &service,
+            post(uri, json!({"query": query, "k": 5, "space": space})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["space"], space);
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 5);
+        // Truncated at 6 tokens the query is no longer the document text; short queries are not.
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["query_tokens"], 6);
+        let scores: Vec<f64> = results
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    }
+    let (status, body) = call(&service, post(uri, json!({"query": "red", "k": 3}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["space"], "tuned", "tuned is the default space");
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body["generation"], 1);
+
+    // Filters hold for every result; a list means "one of".
+    let (status, body) = call(
+        &service,
+        post(
+            uri,
+            json!({"query": "shoe", "k": 40, "filter": {"colour": ["red", "blue"], "size": 36}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert!(!results.is_empty());
+    for r in results {
+        assert!(["red", "blue"].contains(&r["metadata"]["colour"].as_str().unwrap()));
+        assert_eq!(r["metadata"]["size"], 36);
+    }
+
+    for (request, status, code) in [
+        (json!({"query": "  "}), 422, "invalid_request"),
+        (json!({"query": "x", "k": 0}), 422, "invalid_request"),
+        (json!({"query": "x", "k": 1001}), 422, "invalid_request"),
+        (json!({"query": "x", "ef": 0}), 422, "invalid_request"),
+        (json!({"query": "x", "space": "nope"}), 404, "not_found"),
+        (
+            json!({"query": "x", "filter": {"colour": {"a": 1}}}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"query": "x", "space": "auto"}),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"query": "x", "qurey": "typo"}),
+            422,
+            "invalid_request",
+        ),
+        (json!({"query": 5}), 422, "invalid_request"),
+        (json!({"query": "x".repeat(5000)}), 413, "payload_too_large"),
+    ] {
+        let (got, body) = call(&service, post(uri, request.clone())).await;
+        assert_eq!(got.as_u16(), status, "{request} → {body}");
+        assert_eq!(error_code(&body), code, "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (status, body) = call(
+        &service,
+        post("/v1/collections/nope/search", json!({"query": "x"})),
+    )
+    .await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+    let malformed = TestRequest::post()
+        .uri(uri)
+        .insert_header(("content-type", "application/json"))
+        .set_payload("{\"query\": ");
+    let (status, body) = call(&service, malformed).await;
+    assert_eq!((status.as_u16(), error_code(&body)), (400, "bad_request"));
+    let (status, body) = call(&service, TestRequest::get().uri(uri)).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&body)),
+        (405, "method_not_allowed")
+    );
+    let (status, body) = call(&service, TestRequest::get().uri("/v2/nothing")).await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+}
+
+#[actix_web::test]
+async fn concurrent_searches_match_sequential_ones() {
+    let fixture = Fixture::new(40);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let queries: Vec<String> = (0..16).map(|i| format!("item{i} shoe")).collect();
+    let mut sequential = Vec::new();
+    for q in &queries {
+        let (_, body) = call(
+            &service,
+            post("/v1/collections/shop/search", json!({"query": q, "k": 5})),
+        )
+        .await;
+        sequential.push(body["results"].clone());
+    }
+    let concurrent = futures_util::future::join_all(queries.iter().map(|q| {
+        call(
+            &service,
+            post("/v1/collections/shop/search", json!({"query": q, "k": 5})),
+        )
+    }))
+    .await;
+    for ((status, body), expected) in concurrent.iter().zip(&sequential) {
+        assert_eq!(*status, StatusCode::OK);
+        let ids = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids(&body["results"]), ids(expected));
+        for (a, b) in body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(expected.as_array().unwrap())
+        {
+            let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-4, "batched {a} vs alone {b}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn compare_shows_both_lists_and_rank_moves() {
+    let fixture = Fixture::new(40);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let uri = "/v1/collections/shop/compare";
+    let (status, body) = call(
+        &service,
+        post(uri, json!({"query": "green shoe item3", "k": 8})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lists = body["lists"].as_array().unwrap();
+    assert_eq!(
+        (lists[0]["space"].as_str(), lists[1]["space"].as_str()),
+        (Some("base"), Some("tuned"))
+    );
+    let ids = |i: usize| -> Vec<String> {
+        lists[i]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (base, tuned) = (ids(0), ids(1));
+    assert_eq!((base.len(), tuned.len()), (8, 8));
+    let shared = tuned.iter().filter(|id| base.contains(id)).count();
+    assert!((body["overlap_at_k"].as_f64().unwrap() - shared as f64 / 8.0).abs() < 1e-12);
+    let movements = body["movements"].as_array().unwrap();
+    assert_eq!(movements.len(), 16 - shared);
+    for m in movements {
+        let id = m["id"].as_str().unwrap();
+        let from = base.iter().position(|x| x == id).map(|p| p + 1);
+        let to = tuned.iter().position(|x| x == id).map(|p| p + 1);
+        assert_eq!(m["from_rank"].as_u64().map(|r| r as usize), from);
+        assert_eq!(m["to_rank"].as_u64().map(|r| r as usize), to);
+        let expected = match (from, to) {
+            (Some(f), Some(t)) if f > t => "up",
+            (Some(f), Some(t)) if f < t => "down",
+            (Some(_), Some(_)) => "same",
+            (None, Some(_)) => "entered",
+            _ => "left",
+        };
+        assert_eq!(m["change"], expected);
+    }
+    let (status, body) = call(
+        &service,
+        post(uri, json!({"query": "x", "spaces": ["base", "base"]})),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), error_code(&body)),
+        (422, "invalid_request")
+    );
+    let (status, _) = call(
+        &service,
+        post(uri, json!({"query": "x", "spaces": ["base", "nope"]})),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404);
+}
+
+#[actix_web::test]
+async fn evaluate_and_visibility_measure_relevance() {
+    let fixture = Fixture::new(40);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    // Queries that are documents' own texts: nDCG@10 is 1 in both spaces for them.
+    let queries: Vec<Value> = [3usize, 11, 25]
+        .iter()
+        .map(|&i| {
+            let (title, text) = doc_text(i, 0);
+            json!({"id": format!("q{i}"), "text": format!("{title}\n{text}")})
+        })
+        .collect();
+    let qrels: Vec<Value> = [3usize, 11, 25]
+        .iter()
+        .map(|&i| json!({"query_id": format!("q{i}"), "doc_id": format!("p{i}"), "score": 1}))
+        .chain([json!({"query_id": "q3", "doc_id": "missing", "score": 0})])
+        .collect();
+    let uri = "/v1/collections/shop/evaluate";
+    let (status, body) = call(
+        &service,
+        post(uri, json!({"queries": queries, "qrels": qrels, "k": 10})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["evaluated_queries"], 3);
+    assert_eq!(body["unknown_documents"], 1);
+    for space in body["spaces"].as_array().unwrap() {
+        assert!(
+            (space["metrics"]["ndcg@10"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+            "{space}"
+        );
+        assert!((space["metrics"]["recall@10"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    }
+    let ndcg = &body["comparisons"][0];
+    assert_eq!(
+        (ndcg["metric"].as_str(), ndcg["baseline"].as_str()),
+        (Some("ndcg@10"), Some("base"))
+    );
+    assert_eq!(ndcg["ties"], 3);
+    assert_eq!(body["per_query"].as_array().unwrap().len(), 3);
+
+    for (request, status) in [
+        (
+            json!({"queries": queries, "qrels": [{"query_id": "zz", "doc_id": "p1", "score": 1}]}),
+            422,
+        ),
+        (
+            json!({"queries": queries, "qrels": [{"query_id": "q3", "doc_id": "p1", "score": 0}]}),
+            422,
+        ),
+        (
+            json!({"queries": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}],
+                "qrels": [{"query_id": "a", "doc_id": "p1", "score": 1}]}),
+            422,
+        ),
+        (json!({"queries": queries, "qrels": qrels, "k": 0}), 422),
+    ] {
+        let (got, body) = call(&service, post(uri, request)).await;
+        assert_eq!(got.as_u16(), status, "{body}");
+    }
+
+    let (title, text) = doc_text(11, 0);
+    let uri = "/v1/collections/shop/visibility";
+    let (status, body) = call(
+        &service,
+        post(
+            uri,
+            json!({"doc_id": "p11", "queries": [format!("{title}\n{text}"), "zebra"], "k": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = &body["queries"][0]["spaces"];
+    assert_eq!(first["base"]["rank"], 1);
+    assert_eq!(first["tuned"]["rank"], 1);
+    assert!((first["tuned"]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    let summary = body["summary"].as_array().unwrap();
+    assert_eq!(summary[0]["space"], "base");
+    assert!(summary[0]["visible"].as_u64().unwrap() >= 1);
+    let (status, body) = call(
+        &service,
+        post(uri, json!({"doc_id": "nope", "queries": ["x"]})),
+    )
+    .await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+    let (status, _) = call(&service, post(uri, json!({"doc_id": "p1", "queries": []}))).await;
+    assert_eq!(status.as_u16(), 422);
+}
+
+#[actix_web::test]
+async fn documents_need_the_key_and_change_results() {
+    let fixture = Fixture::new(20);
+    let settings = ServeSettings {
+        api_key: Some("sesame".into()),
+        max_upsert_documents: 3,
+        ..ServeSettings::default()
+    };
+    let service = test::init_service(app(fixture.state(settings))).await;
+    let uri = "/v1/collections/shop/documents";
+    let doc = json!({"documents": [{"id": "new", "title": "purple boot", "text": "a purple boot",
+                                     "metadata": {"colour": "purple"}}]});
+    let (status, body) = call(&service, TestRequest::put().uri(uri).set_json(doc.clone())).await;
+    assert_eq!((status.as_u16(), error_code(&body)), (401, "unauthorized"));
+    let (status, _) = call(
+        &service,
+        TestRequest::put()
+            .uri(uri)
+            .insert_header(("x-api-key", "wrong"))
+            .set_json(doc.clone()),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 401);
+    let (status, body) = call(
+        &service,
+        TestRequest::put()
+            .uri(uri)
+            .insert_header(("authorization", "Bearer sesame"))
+            .set_json(doc.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["added"].as_u64(), body["documents"].as_u64()),
+        (Some(1), Some(21))
+    );
+    // Reads need no key unless configured.
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "a purple boot", "k": 1, "filter": {"colour": "purple"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["results"][0]["id"], "new");
+    // Same text, new metadata: unchanged vectors.
+    let (_, body) = call(
+        &service,
+        TestRequest::put()
+            .uri(uri)
+            .insert_header(("x-api-key", "sesame"))
+            .set_json(
+                json!({"documents": [{"id": "new", "title": "purple boot", "text": "a purple boot",
+                                  "metadata": {"colour": "violet"}}]}),
+            ),
+    )
+    .await;
+    assert_eq!(body["unchanged"], 1);
+    let too_many = json!({"documents": (0..4).map(|i| json!({"id": format!("x{i}"), "text": "t"})).collect::<Vec<_>>()});
+    let (status, _) = call(
+        &service,
+        TestRequest::put()
+            .uri(uri)
+            .insert_header(("x-api-key", "sesame"))
+            .set_json(too_many),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 413);
+    let (status, _) = call(
+        &service,
+        TestRequest::put()
+            .uri(uri)
+            .insert_header(("x-api-key", "sesame"))
+            .set_json(json!({"documents": [{"id": "", "text": "t"}]})),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 422);
+
+    let delete = "/v1/collections/shop/documents/new";
+    let (status, _) = call(&service, TestRequest::delete().uri(delete)).await;
+    assert_eq!(status.as_u16(), 401);
+    let (status, body) = call(
+        &service,
+        TestRequest::delete()
+            .uri(delete)
+            .insert_header(("x-api-key", "sesame")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["documents"], 20);
+    let (status, _) = call(
+        &service,
+        TestRequest::delete()
+            .uri(delete)
+            .insert_header(("x-api-key", "sesame")),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404);
+    let (_, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "a purple boot", "k": 20}),
+        ),
+    )
+    .await;
+    assert!(body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["id"] != "new"));
+}
+
+#[actix_web::test]
+async fn reads_can_require_the_key() {
+    let fixture = Fixture::new(8);
+    let settings = ServeSettings {
+        api_key: Some("sesame".into()),
+        require_key_for_reads: true,
+        ..ServeSettings::default()
+    };
+    let service = test::init_service(app(fixture.state(settings))).await;
+    let (status, _) = call(&service, TestRequest::get().uri("/v1/collections")).await;
+    assert_eq!(status.as_u16(), 401);
+    let (status, _) = call(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections")
+            .insert_header(("x-api-key", "sesame")),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200);
+    // Operations stay open.
+    for uri in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let (status, _) = call(&service, TestRequest::get().uri(uri)).await;
+        assert_eq!(status.as_u16(), 200, "{uri}");
+    }
+}
+
+#[actix_web::test]
+async fn collections_are_listed_with_their_spaces() {
+    let fixture = Fixture::new(12);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let (status, body) = call(&service, TestRequest::get().uri("/v1/collections")).await;
+    assert_eq!(status, StatusCode::OK);
+    let shop = &body["collections"][0];
+    assert_eq!(
+        (shop["name"].as_str(), shop["documents"].as_u64()),
+        (Some("shop"), Some(12))
+    );
+    let (status, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(status, StatusCode::OK);
+    let spaces: Vec<&str> = body["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(spaces, ["base", "tuned"]);
+    assert_eq!(body["spaces"][0]["dim"], 32);
+    let (status, body) = call(&service, TestRequest::get().uri("/v1/collections/none")).await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+}
+
+#[actix_web::test]
+async fn openai_embeddings_match_the_encoder() {
+    let fixture = Fixture::new(8);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let texts = ["red shoe", "a much longer text about blue boots"];
+    let expected = encoder(&fixture.path("tuned-model"))
+        .embed(&texts, TextKind::Plain)
+        .unwrap()
+        .embeddings;
+    let (status, body) = call(
+        &service,
+        post("/v1/embeddings", json!({"input": texts, "model": "tuned"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "list");
+    for (i, want) in expected.iter().enumerate() {
+        let got: Vec<f64> = body["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(body["data"][i]["index"], i);
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - f64::from(*b)).abs() < 1e-5);
+        }
+    }
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 4);
+    // base64: little-endian f32, as OpenAI's client decodes it; one string input.
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/embeddings",
+            json!({"input": texts[0], "model": "shop/tuned", "encoding_format": "base64"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded.len(), 32);
+    for (a, b) in decoded.iter().zip(&expected[0]) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    let (status, body) = call(&service, TestRequest::get().uri("/v1/models")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"tuned") && ids.contains(&"shop/base"),
+        "{ids:?}"
+    );
+    for (request, status) in [
+        (json!({"input": "x", "model": "nope"}), 404),
+        (json!({"input": [], "model": "tuned"}), 422),
+        (
+            json!({"input": "x", "model": "tuned", "dimensions": 8}),
+            422,
+        ),
+        (json!({"input": [1, 2], "model": "tuned"}), 422),
+    ] {
+        let (got, body) = call(&service, post("/v1/embeddings", request)).await;
+        assert_eq!(got.as_u16(), status, "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn live_ab_assigns_records_feedback_and_reports() {
+    let fixture = Fixture::new(20);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let search = "/v1/collections/shop/search";
+    let mut variants = std::collections::BTreeMap::new();
+    let mut clicked = 0;
+    for u in 0..24 {
+        let user = format!("user-{u}");
+        let request = json!({"query": "red shoe", "k": 5, "space": "auto", "user": user});
+        let (status, body) = call(&service, post(search, request.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let variant = body["variant"].as_str().unwrap().to_string();
+        assert_eq!(body["space"], variant);
+        // The same user gets the same variant.
+        let (_, again) = call(&service, post(search, request)).await;
+        assert_eq!(again["variant"], variant);
+        *variants.entry(variant).or_insert(0) += 2;
+        if u % 2 == 0 {
+            let feedback = json!({"request_id": body["request_id"], "doc_id": body["results"][1]["id"],
+                                  "event": "click"});
+            let (status, body) =
+                call(&service, post("/v1/collections/shop/feedback", feedback)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["rank"], 2);
+            clicked += 1;
+        }
+    }
+    assert_eq!(
+        variants.len(),
+        2,
+        "24 users split over both variants: {variants:?}"
+    );
+    let (status, report) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/ab-report"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let rows = report["variants"].as_array().unwrap();
+    assert_eq!(rows[0]["variant"], "base");
+    let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+    assert_eq!(requests, 48);
+    let clicks: u64 = rows.iter().map(|r| r["clicks"].as_u64().unwrap()).sum();
+    assert_eq!(clicks, clicked);
+    for row in rows {
+        let ctr = &row["click_through_rate"];
+        let (low, value, high) = (
+            ctr["low"].as_f64().unwrap(),
+            ctr["value"].as_f64().unwrap(),
+            ctr["high"].as_f64().unwrap(),
+        );
+        assert!(low <= value && value <= high);
+        // Every click was at rank 2: MRR is CTR / 2.
+        assert!(
+            (row["mean_reciprocal_rank"]["value"].as_f64().unwrap() - value / 2.0).abs() < 1e-12
+        );
+    }
+    assert!(report["difference"].is_object());
+
+    let feedback = "/v1/collections/shop/feedback";
+    let (status, _) = call(
+        &service,
+        post(
+            feedback,
+            json!({"request_id": "nope", "doc_id": "p1", "event": "click"}),
+        ),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404);
+    let (_, body) = call(
+        &service,
+        post(
+            search,
+            json!({"query": "red", "k": 1, "space": "auto", "user": "z"}),
+        ),
+    )
+    .await;
+    let (status, _) = call(
+        &service,
+        post(
+            feedback,
+            json!({"request_id": body["request_id"], "doc_id": "not-shown", "event": "click"}),
+        ),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 422);
+    let (status, _) = call(
+        &service,
+        post(feedback, json!({"request_id": body["request_id"], "doc_id": body["results"][0]["id"], "event": "like"})),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 422);
+}
+
+#[actix_web::test]
+async fn operations_endpoints_report_health_metrics_and_schema() {
+    let fixture = Fixture::new(8);
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let (status, body) = call(&service, TestRequest::get().uri("/healthz")).await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let (status, body) = call(&service, TestRequest::get().uri("/readyz")).await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(body["collections"]["shop"], 1);
+    assert_eq!(body["models"].as_array().unwrap().len(), 2);
+    call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "red", "space": "base"}),
+        ),
+    )
+    .await;
+    let (status, body) = call(&service, TestRequest::get().uri("/metrics")).await;
+    assert_eq!(status.as_u16(), 200);
+    let text = body.as_str().unwrap();
+    assert!(text.contains(
+        "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",space=\"base\",status=\"200\"} 1"
+    ), "{text}");
+    assert!(text.contains("attune_embedding_batch_texts_count"));
+    assert!(text.contains("attune_collection_documents{collection=\"shop\"} 8"));
+    let (status, body) = call(&service, TestRequest::get().uri("/openapi.json")).await;
+    assert_eq!(status.as_u16(), 200);
+    let paths = body["paths"].as_object().unwrap();
+    for path in [
+        "/v1/collections/{collection}/search",
+        "/v1/collections/{collection}/compare",
+        "/v1/collections/{collection}/evaluate",
+        "/v1/collections/{collection}/visibility",
+        "/v1/collections/{collection}/documents",
+        "/v1/collections/{collection}/documents/{id}",
+        "/v1/collections",
+        "/v1/collections/{collection}",
+        "/v1/collections/{collection}/feedback",
+        "/v1/collections/{collection}/ab-report",
+        "/v1/embeddings",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_new_generation_is_picked_up_without_restart() {
+    let fixture = Fixture::new(10);
+    let state = fixture.state(ServeSettings::default());
+    let service = test::init_service(app(state.clone())).await;
+    let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        (body["generation"].as_u64(), body["documents"].as_u64()),
+        (Some(1), Some(10))
+    );
+    // A re-index with more documents commits generation 2 while generation 1 is served.
+    fixture.build(14, 1);
+    let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        body["generation"], 1,
+        "still serving until the store is checked"
+    );
+    state.refresh();
+    let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        (body["generation"].as_u64(), body["documents"].as_u64()),
+        (Some(2), Some(14))
+    );
+    let (title, text) = doc_text(13, 1);
+    let (_, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": format!("{title}\n{text}"), "k": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(body["results"][0]["id"], "p13");
+    assert_eq!(body["generation"], 2);
+}
