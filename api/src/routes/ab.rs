@@ -55,7 +55,7 @@ pub struct FeedbackResponse {
     post,
     path = "/v1/collections/{collection}/feedback",
     tag = "ab",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = FeedbackBody,
     responses(
         (status = 200, description = "Recorded", body = FeedbackResponse),
@@ -118,7 +118,7 @@ pub async fn feedback(
     get,
     path = "/v1/collections/{collection}/ab-report",
     tag = "ab",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     responses(
         (status = 200, description = "The report", body = AbReport),
         (status = 401, description = "API key required", body = ErrorBody),

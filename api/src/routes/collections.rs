@@ -134,7 +134,7 @@ pub async fn list(_access: ReadAccess, state: State) -> Result<HttpResponse, Api
     get,
     path = "/v1/collections/{collection}",
     tag = "collections",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     responses(
         (status = 200, description = "The collection", body = CollectionInfo),
         (status = 401, description = "API key required", body = ErrorBody),

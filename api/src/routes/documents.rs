@@ -79,7 +79,7 @@ pub struct UpsertResponse {
     put,
     path = "/v1/collections/{collection}/documents",
     tag = "documents",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = UpsertBody,
     responses(
         (status = 200, description = "Upserted", body = UpsertResponse),
@@ -188,7 +188,7 @@ pub struct DeleteResponse {
     path = "/v1/collections/{collection}/documents/{id}",
     tag = "documents",
     params(
-        ("collection" = String, Path, description = "Collection name"),
+        ("collection" = String, Path, description = "Collection name", example = "products"),
         ("id" = String, Path, description = "Document id"),
     ),
     responses(

@@ -146,7 +146,7 @@ pub struct EvaluateResponse {
     post,
     path = "/v1/collections/{collection}/evaluate",
     tag = "relevance",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = EvaluateBody,
     responses(
         (status = 200, description = "Metrics, comparisons and per-query deltas", body = EvaluateResponse),

@@ -51,7 +51,7 @@ fn default_k() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
     /// The query text (truncated to the server's query token limit; see `truncated`).
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, pattern = r"\S")]
     pub query: String,
     /// Results wanted.
     #[serde(default = "default_k")]
@@ -166,7 +166,7 @@ async fn search_space(
     post,
     path = "/v1/collections/{collection}/search",
     tag = "search",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = SearchBody,
     responses(
         (status = 200, description = "Results, best first", body = SearchResponse),
@@ -273,7 +273,7 @@ fn default_compare_spaces() -> Vec<String> {
 #[serde(deny_unknown_fields)]
 pub struct CompareBody {
     /// The query text.
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, pattern = r"\S")]
     pub query: String,
     /// Results per space.
     #[serde(default = "default_k")]
@@ -415,7 +415,7 @@ pub fn movements(from: &[Hit], to: &[Hit]) -> (Vec<Movement>, f64) {
     post,
     path = "/v1/collections/{collection}/compare",
     tag = "search",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = CompareBody,
     responses(
         (status = 200, description = "Both lists and the rank movements", body = CompareResponse),
@@ -560,7 +560,7 @@ pub struct VisibilityResponse {
     post,
     path = "/v1/collections/{collection}/visibility",
     tag = "relevance",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name", example = "products")),
     request_body = VisibilityBody,
     responses(
         (status = 200, description = "Ranks per query and space", body = VisibilityResponse),
