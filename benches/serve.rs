@@ -38,8 +38,12 @@ fn main() {
     let store = Store::open(&PathBuf::from(store)).unwrap();
     let collection = store.open_collection(&collection).unwrap();
     let identity = collection.spaces()[&space].clone();
-    let embedder =
-        ModelEmbedder::load(PathBuf::from(&identity.source).as_path(), &Device::Cpu, None).unwrap();
+    let embedder = ModelEmbedder::load(
+        PathBuf::from(&identity.source).as_path(),
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
     let texts: Vec<String> = std::fs::read_to_string(&queries)
         .unwrap()
         .lines()

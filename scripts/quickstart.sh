@@ -41,5 +41,7 @@ if [ -f "$DATA/corpus.jsonl" ]; then
   done
   echo "[quickstart] tuned model: out/haystack-tuned (training card: out/haystack-tuned/README.md)" >&2
   echo "[quickstart] report: out/eval-haystack_icecat/report.html" >&2
+  echo "[quickstart] serve it: ./target/release/attune serve --store out/store, then" >&2
+  echo "  curl -s localhost:8080/v1/collections/haystack/compare -H 'content-type: application/json' -d '{\"query\": \"wireless headphones\", \"k\": 5}'" >&2
 fi
-echo "[quickstart] next: ./target/release/attune train --help, attune eval --help, attune index --help" >&2
+echo "[quickstart] next: ./target/release/attune train --help, attune eval --help, attune index --help, attune serve --help" >&2

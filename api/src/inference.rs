@@ -35,7 +35,7 @@ struct Job {
 }
 
 /// The queue in front of one model's inference thread. Dropping it stops the thread once the
-/// queued jobs are done.
+/// queued jobs are answered.
 pub struct InferenceQueue {
     sender: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -144,11 +144,11 @@ impl InferenceQueue {
 }
 
 impl Drop for InferenceQueue {
+    /// Closes the queue without waiting: the thread answers what is queued, then ends. (Dropping
+    /// can happen on an actix worker, which must not block on a forward pass.)
     fn drop(&mut self) {
         drop(self.sender.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        drop(self.thread.take());
     }
 }
 

@@ -241,8 +241,13 @@ impl AppState {
                         .insert(name.clone(), Arc::new(served));
                     self.set_problem(&name, None);
                 }
-                // The build that committed it may still hold its database for a moment.
-                Err(LoadError::Index(IndexError::InUse { .. })) => {}
+                // The build that committed it may still hold its database for a moment: keep
+                // serving the previous generation and retry on the next check.
+                Err(LoadError::Index(e @ IndexError::InUse { .. })) => {
+                    if served_generation.is_none() {
+                        self.set_problem(&name, Some(format!("{e} (retrying)")));
+                    }
+                }
                 Err(e) => {
                     tracing::error!("collection {name:?}: {e}");
                     self.set_problem(&name, Some(e.to_string()));

@@ -1,7 +1,9 @@
 //! OpenAI-compatible embeddings: `POST /v1/embeddings` and `GET /v1/models`, so OpenAI clients
 //! work unchanged. `model` names a space (`tuned`), a collection's space (`shop/tuned`), or a
-//! model by its label or fingerprint.
+//! model by its label (`all-MiniLM-L6-v2-326b6d9d`), directory name or fingerprint.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
@@ -129,11 +131,11 @@ fn resolve_model(state: &AppState, name: &str) -> Result<Arc<InferenceQueue>, Ap
         }
     }
     if found.is_empty() {
-        if let Some(model) = state
-            .models()
-            .into_iter()
-            .find(|m| m.label() == name || m.identity().fingerprint == name)
-        {
+        if let Some(model) = state.models().into_iter().find(|m| {
+            m.label() == name
+                || m.identity().fingerprint == name
+                || Path::new(&m.identity().source).file_name() == Some(OsStr::new(name))
+        }) {
             return Ok(model);
         }
     }
