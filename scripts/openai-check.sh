@@ -6,16 +6,9 @@
 #        missing), PORT (default 18090)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-MODEL=$ROOT/models/all-MiniLM-L6-v2
-TOOLS_VENV=${TOOLS_VENV:-$HOME/.cache/attune-api-tools/venv}
 PORT=${PORT:-18090}
-if [ ! -x "$TOOLS_VENV/bin/python" ] || ! "$TOOLS_VENV/bin/python" -c 'import openai, numpy' 2>/dev/null; then
-  python3 -m venv "$TOOLS_VENV"
-  "$TOOLS_VENV/bin/pip" install -q openai numpy schemathesis
-fi
-"$ROOT/scripts/fetch-model.sh" "$MODEL"
-(cd "$ROOT" && cargo build --release --quiet)
-ATTUNE=$ROOT/target/release/attune
+# shellcheck source=scripts/api-tools.sh
+source "$ROOT/scripts/api-tools.sh"
 WORK=$(mktemp -d)
 SERVER_PID=
 trap '[ -n "$SERVER_PID" ] && kill $SERVER_PID 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -25,6 +18,6 @@ trap '[ -n "$SERVER_PID" ] && kill $SERVER_PID 2>/dev/null; rm -rf "$WORK"' EXIT
     --space "base=$MODEL" >/dev/null 2>&1
 "$ATTUNE" serve --store "$WORK/store" --bind "127.0.0.1:$PORT" 2>"$WORK/server.log" &
 SERVER_PID=$!
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready
 "$TOOLS_VENV/bin/python" "$ROOT/scripts/openai_check.py" "http://127.0.0.1:$PORT/v1" base \
     "$ROOT/scripts/sample.jsonl" "$WORK/expected.jsonl"

@@ -8,16 +8,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MAX_SECONDS=${1:-300}
-MODEL=$ROOT/models/all-MiniLM-L6-v2
-TOOLS_VENV=${TOOLS_VENV:-$HOME/.cache/attune-api-tools/venv}
 PORT=${PORT:-18091}
-if [ ! -x "$TOOLS_VENV/bin/schemathesis" ]; then
-  python3 -m venv "$TOOLS_VENV"
-  "$TOOLS_VENV/bin/pip" install -q openai numpy schemathesis
-fi
-"$ROOT/scripts/fetch-model.sh" "$MODEL"
-(cd "$ROOT" && cargo build --release --quiet)
-ATTUNE=$ROOT/target/release/attune
+# shellcheck source=scripts/api-tools.sh
+source "$ROOT/scripts/api-tools.sh"
 WORK=$(mktemp -d)
 OUT=$ROOT/bench-results/schemathesis-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
@@ -28,7 +21,7 @@ trap '[ -n "$SERVER_PID" ] && kill $SERVER_PID 2>/dev/null; rm -rf "$WORK"' EXIT
     --space "base=$MODEL" --space "tuned=$MODEL" >/dev/null 2>&1
 ATTUNE_API_KEY=schemathesis "$ATTUNE" serve --store "$WORK/store" --bind "127.0.0.1:$PORT" 2>"$OUT/server.log" &
 SERVER_PID=$!
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready
 
 set +e
 "$TOOLS_VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \

@@ -47,6 +47,33 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The error responses of an endpoint that takes a JSON body and a collection (OpenAPI).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// Malformed JSON.
+    #[response(status = 400, description = "Malformed JSON or wrong content type")]
+    BadRequest(ErrorBody),
+    /// Missing or wrong API key.
+    #[response(status = 401, description = "API key required")]
+    Unauthorized(ErrorBody),
+    /// Unknown collection, space or document.
+    #[response(status = 404, description = "Unknown collection, space or document")]
+    NotFound(ErrorBody),
+    /// Body or list too large.
+    #[response(
+        status = 413,
+        description = "Body too large, or too many items in a list"
+    )]
+    PayloadTooLarge(ErrorBody),
+    /// A field out of range.
+    #[response(status = 422, description = "A field is invalid; the message names it")]
+    Invalid(ErrorBody),
+    /// Not ready or overloaded.
+    #[response(status = 503, description = "Not ready or overloaded; retry")]
+    Unavailable(ErrorBody),
+}
+
 /// Code and message of an error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {

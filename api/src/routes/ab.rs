@@ -11,7 +11,7 @@ use super::search::unix_ms;
 use super::{blocking, ok_json, State};
 use crate::ab::{report, AbReport, FeedbackEvent};
 use crate::auth::{ReadAccess, WriteAccess};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, BodyErrors, ErrorBody};
 
 /// Registers feedback and the report.
 pub fn config_ab(cfg: &mut web::ServiceConfig) {
@@ -59,12 +59,7 @@ pub struct FeedbackResponse {
     request_body = FeedbackBody,
     responses(
         (status = 200, description = "Recorded", body = FeedbackResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection or request", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "The document was not among the results", body = ErrorBody),
-        (status = 503, description = "Not ready", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn feedback(

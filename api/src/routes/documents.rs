@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::{blocking, check_len, ok_json, State};
 use crate::auth::WriteAccess;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, BodyErrors, ErrorBody};
 
 /// Registers upserts and deletes.
 pub fn config_documents(cfg: &mut web::ServiceConfig) {
@@ -83,12 +83,7 @@ pub struct UpsertResponse {
     request_body = UpsertBody,
     responses(
         (status = 200, description = "Upserted", body = UpsertResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection", body = ErrorBody),
-        (status = 413, description = "Too many documents or body too large", body = ErrorBody),
-        (status = 422, description = "Invalid document", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn upsert(

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::{check_len, ok_json, State};
 use crate::auth::ReadAccess;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, BodyErrors, ErrorBody};
 use crate::inference::InferenceQueue;
 use crate::state::AppState;
 
@@ -178,12 +178,7 @@ fn model_ids(state: &AppState) -> Vec<String> {
     request_body = EmbeddingsBody,
     responses(
         (status = 200, description = "Embeddings", body = EmbeddingsResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Too many inputs or body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn embeddings(

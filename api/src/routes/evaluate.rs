@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::search::embed_all;
-use super::{blocking, check_k, check_len, millis_since, ok_json, ordered_spaces, State};
+use super::{blocking, check_k, check_len, millis_since, ok_json, requested_spaces, State};
 use crate::auth::ReadAccess;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, BodyErrors};
 
 /// Registers evaluate.
 pub fn config_evaluate(cfg: &mut web::ServiceConfig) {
@@ -150,12 +150,7 @@ pub struct EvaluateResponse {
     request_body = EvaluateBody,
     responses(
         (status = 200, description = "Metrics, comparisons and per-query deltas", body = EvaluateResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection or space", body = ErrorBody),
-        (status = 413, description = "Too many queries or body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn evaluate(
@@ -200,15 +195,7 @@ pub async fn evaluate(
         ));
     }
     let served = state.collection(&path.into_inner())?;
-    let spaces = match &body.spaces {
-        Some(spaces) if !spaces.is_empty() => {
-            for space in spaces {
-                served.model(space)?;
-            }
-            spaces.clone()
-        }
-        _ => ordered_spaces(&served.models, &state),
-    };
+    let spaces = requested_spaces(&served, body.spaces.as_deref(), &state)?;
     let texts: Vec<String> = body.queries.iter().map(|q| q.text.clone()).collect();
     let mut vectors = Vec::new();
     for space in &spaces {

@@ -135,6 +135,24 @@ pub fn millis_since(start: std::time::Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
+/// The spaces a request names (each must exist), or by default all of the collection's in
+/// report order.
+pub fn requested_spaces(
+    served: &crate::state::Served,
+    requested: Option<&[String]>,
+    state: &AppState,
+) -> Result<Vec<String>, ApiError> {
+    match requested {
+        Some(spaces) if !spaces.is_empty() => {
+            for space in spaces {
+                served.model(space)?;
+            }
+            Ok(spaces.to_vec())
+        }
+        _ => Ok(ordered_spaces(&served.models, state)),
+    }
+}
+
 /// Spaces of a collection in report order: control and treatment first, then the rest.
 pub fn ordered_spaces<T>(spaces: &BTreeMap<String, T>, state: &AppState) -> Vec<String> {
     let ab = &state.settings.ab;

@@ -15,11 +15,11 @@ use utoipa::ToSchema;
 
 use super::{
     blocking, check_ef, check_k, check_len, filter_from_json, millis_since, ok_json,
-    ordered_spaces, Hit, State,
+    requested_spaces, Hit, State,
 };
 use crate::ab::assign_variant;
 use crate::auth::ReadAccess;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, BodyErrors};
 use crate::inference::Embedded;
 use crate::state::Served;
 
@@ -170,12 +170,7 @@ async fn search_space(
     request_body = SearchBody,
     responses(
         (status = 200, description = "Results, best first", body = SearchResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection or space", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn search(
@@ -419,12 +414,7 @@ pub fn movements(from: &[Hit], to: &[Hit]) -> (Vec<Movement>, f64) {
     request_body = CompareBody,
     responses(
         (status = 200, description = "Both lists and the rank movements", body = CompareResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection or space", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn compare(
@@ -564,12 +554,7 @@ pub struct VisibilityResponse {
     request_body = VisibilityBody,
     responses(
         (status = 200, description = "Ranks per query and space", body = VisibilityResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
-        (status = 404, description = "Unknown collection, space or document", body = ErrorBody),
-        (status = 413, description = "Too many queries or body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Not ready or overloaded", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn visibility(
@@ -592,15 +577,7 @@ pub async fn visibility(
         ));
     }
     let served = state.collection(&path.into_inner())?;
-    let spaces = match &body.spaces {
-        Some(spaces) if !spaces.is_empty() => {
-            for space in spaces {
-                served.model(space)?;
-            }
-            spaces.clone()
-        }
-        _ => ordered_spaces(&served.models, &state),
-    };
+    let spaces = requested_spaces(&served, body.spaces.as_deref(), &state)?;
     let doc_vectors = {
         let served = served.clone();
         let (doc_id, spaces) = (body.doc_id.clone(), spaces.clone());
