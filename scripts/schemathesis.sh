@@ -24,6 +24,7 @@ SERVER_PID=$!
 wait_ready
 
 set +e
+cd "$WORK"  # schemathesis keeps a cache directory in the working directory
 "$TOOLS_VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection \
     --header "x-api-key: schemathesis" --max-time "$MAX_SECONDS" --workers 2 \
