@@ -31,6 +31,9 @@ enum Command {
     /// Fine-tune a model on query–document pairs (InfoNCE with in-batch and hard negatives)
     /// and write the tuned model directory.
     Train(Box<commands::train::TrainArgs>),
+    /// Mine hard negatives for training pairs with a (base) model: high-ranked documents that
+    /// are neither judged positives nor suspiciously close to them.
+    Mine(Box<commands::mine::MineArgs>),
     /// Inspect training data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(*args),
         Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
+        Command::Mine(args) => commands::mine::run(*args),
         Command::Index(command) => commands::index::run(command),
         Command::Serve(args) => commands::serve::run(*args),
     };

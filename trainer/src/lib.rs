@@ -12,6 +12,8 @@
 //! - [`check`]: what is wrong with the data (empty texts, duplicates, contradictions, leakage
 //!   into the test data, long texts), fatal or not;
 //! - [`batches`]: shuffled batches in which no text appears twice;
+//! - [`mine`]: hard negatives mined with the base model (exact blocked search, judged positives
+//!   and near-positives skipped);
 //! - [`loss`]: InfoNCE with in-batch and hard negatives and an optional symmetric term;
 //! - [`optim`]: AdamW (no decay on biases and LayerNorm weights), the linear warmup/decay
 //!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them;
@@ -54,6 +56,7 @@ pub mod data;
 pub mod error;
 pub mod fixtures;
 pub mod loss;
+pub mod mine;
 pub mod optim;
 pub mod train;
 
