@@ -34,6 +34,9 @@ enum Command {
     /// Mine hard negatives for training pairs with a (base) model: high-ranked documents that
     /// are neither judged positives nor suspiciously close to them.
     Mine(Box<commands::mine::MineArgs>),
+    /// Interpolate a tuned model's weights with its base (alpha 1: tuned, 0: base) to trade
+    /// domain gain for general capability.
+    Merge(Box<commands::merge::MergeArgs>),
     /// Inspect training data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
         Command::Mine(args) => commands::mine::run(*args),
+        Command::Merge(args) => commands::merge::run(*args),
         Command::Index(command) => commands::index::run(command),
         Command::Serve(args) => commands::serve::run(*args),
     };

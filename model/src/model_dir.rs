@@ -410,6 +410,67 @@ impl ModelDir {
         )
     }
 
+    /// Writes at `dest` a copy of `tuned` whose weights are `base + alpha · (tuned − base)`
+    /// (linear interpolation; `alpha` 0 gives the base weights, 1 the tuned ones). Every tensor
+    /// of `tuned` must exist in `base` with the same shape; tensors that are not floating point
+    /// (e.g. position-id buffers) must be equal and are kept. Everything else (tokenizer, config,
+    /// pooling) comes from `tuned`.
+    pub fn interpolate(
+        base: &ModelDir,
+        tuned: &ModelDir,
+        alpha: f64,
+        dest: &Path,
+        extra_files: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        let strip = |tensors: HashMap<String, Tensor>| -> HashMap<String, Tensor> {
+            tensors
+                .into_iter()
+                .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
+                .collect()
+        };
+        let base_tensors = strip(base.read_all_tensors()?);
+        let tuned_tensors = strip(tuned.read_all_tensors()?);
+        let invalid = |message: String| ModelError::InvalidWeights {
+            path: base.weights.path().to_path_buf(),
+            source: candle_core::Error::Msg(message),
+        };
+        let mut updated = HashMap::new();
+        for (name, tuned_tensor) in &tuned_tensors {
+            let Some(base_tensor) = base_tensors.get(name) else {
+                return Err(invalid(format!(
+                    "tensor `{name}` of the tuned model is not in the base model"
+                )));
+            };
+            if base_tensor.shape() != tuned_tensor.shape() {
+                return Err(invalid(format!(
+                    "tensor `{name}`: base shape {:?}, tuned shape {:?}",
+                    base_tensor.shape(),
+                    tuned_tensor.shape()
+                )));
+            }
+            if !tuned_tensor.dtype().is_float() {
+                let same = base_tensor
+                    .to_dtype(DType::F64)?
+                    .eq(&tuned_tensor.to_dtype(DType::F64)?)?
+                    .flatten_all()?
+                    .min(0)?
+                    .to_scalar::<u8>()?
+                    == 1;
+                if !same {
+                    return Err(invalid(format!(
+                        "integer tensor `{name}` differs between the models"
+                    )));
+                }
+                continue;
+            }
+            let b = base_tensor.to_dtype(DType::F32)?;
+            let t = tuned_tensor.to_dtype(DType::F32)?;
+            let merged = (&b + ((&t - &b)? * alpha)?)?;
+            updated.insert(name.clone(), merged);
+        }
+        tuned.write_updated(dest, &updated, extra_files)
+    }
+
     /// Loads `tokenizer.json` as it is on disk (see [`crate::TextTokenizer`] for the configured one).
     pub fn load_tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_file(&self.tokenizer_path).map_err(|e| ModelError::InvalidTokenizer {

@@ -4,6 +4,7 @@ pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod index;
+pub mod merge;
 pub mod mine;
 pub mod serve;
 pub mod train;
