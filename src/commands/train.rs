@@ -39,6 +39,11 @@ pub struct TrainArgs {
     /// Pairs per batch (each query's negatives include the other pairs' positives).
     #[arg(long, default_value_t = TrainSettings::default().batch_size)]
     pub batch_size: usize,
+    /// GradCache: embed each batch this many texts at a time, with the exact gradients of the
+    /// whole batch's loss and the memory of this many texts; lets --batch-size grow past memory
+    /// (e.g. --batch-size 512 --mini-batch 32).
+    #[arg(long, value_name = "N")]
+    pub mini_batch: Option<usize>,
     /// Peak learning rate.
     #[arg(long, default_value_t = AdamWSettings::default().lr)]
     pub lr: f64,
@@ -120,6 +125,7 @@ impl TrainArgs {
             epochs: self.epochs,
             max_steps: self.max_steps,
             batch_size: self.batch_size,
+            mini_batch: self.mini_batch,
             optimizer: AdamWSettings {
                 lr: self.lr,
                 weight_decay: self.weight_decay,

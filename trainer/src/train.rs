@@ -15,6 +15,7 @@ use attune_eval::data::BeirDataset;
 use attune_eval::evaluator::{evaluate_model, EvalSettings};
 use attune_eval::metrics::{MetricKind, MetricName};
 use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -49,6 +50,10 @@ pub struct TrainSettings {
     pub max_steps: Option<usize>,
     /// Pairs per batch (default 32). Every other pair's positive is a negative of each query.
     pub batch_size: usize,
+    /// GradCache: embed the batch this many texts at a time, with the exact gradients of the
+    /// whole-batch loss and the memory of this many texts (default `None`: the whole batch in one
+    /// pass). Lets `batch_size` grow past what memory holds.
+    pub mini_batch: Option<usize>,
     /// AdamW hyperparameters (peak lr 2e-5, weight decay 0.01).
     pub optimizer: AdamWSettings,
     /// Share of the steps spent warming the learning rate up from 0 (default 0.1); the warmup
@@ -80,6 +85,7 @@ impl Default for TrainSettings {
             epochs: 1,
             max_steps: None,
             batch_size: 32,
+            mini_batch: None,
             optimizer: AdamWSettings::default(),
             warmup_ratio: 0.1,
             max_grad_norm: Some(1.0),
@@ -102,6 +108,9 @@ impl TrainSettings {
                 problem: problem.to_string(),
             })
         };
+        if self.mini_batch == Some(0) {
+            return invalid("mini-batch", "at least 1 text");
+        }
         if self.batch_size < 2 {
             return invalid(
                 "batch-size",
@@ -139,6 +148,7 @@ impl TrainSettings {
             "epochs": self.epochs,
             "max_steps": self.max_steps,
             "batch_size": self.batch_size,
+            "mini_batch": self.mini_batch,
             "lr": self.optimizer.lr,
             "beta1": self.optimizer.beta1,
             "beta2": self.optimizer.beta2,
@@ -500,14 +510,9 @@ fn validate(
         .collect())
 }
 
-/// The forward passes and loss of a batch, and the real (unpadded) tokens it processed.
-fn batch_loss(
-    encoder: &Encoder,
-    pairs: &[TrainingPair],
-    batch: &[usize],
-    ctx: &TrainContext,
-    loss: &LossSettings,
-) -> Result<(Tensor, usize)> {
+/// The texts of a batch: its queries, then its candidates (the positives in query order, then
+/// every pair's hard negatives).
+fn batch_texts<'a>(pairs: &'a [TrainingPair], batch: &[usize]) -> (Vec<&'a str>, Vec<&'a str>) {
     let queries: Vec<&str> = batch.iter().map(|&i| pairs[i].query.as_str()).collect();
     let mut candidates: Vec<&str> = batch.iter().map(|&i| pairs[i].positive.as_str()).collect();
     candidates.extend(
@@ -515,12 +520,116 @@ fn batch_loss(
             .iter()
             .flat_map(|&i| pairs[i].negatives.iter().map(String::as_str)),
     );
+    (queries, candidates)
+}
+
+/// The loss of a batch (a scalar, detached), the real (unpadded) tokens it processed, and the
+/// gradients of the loss with respect to every variable in `vars`.
+///
+/// With `mini_batch: None`, queries and candidates go through the model in one forward pass
+/// each, with dropout from `TrainContext::new(seed)`. With `Some(n)`, it is GradCache (Gao et
+/// al., 2021): the batch is embedded `n` texts at a time without keeping activations, the loss
+/// and its gradient with respect to the embeddings are computed on the whole batch, and each
+/// chunk is embedded again with activations and back-propagated with those embedding gradients.
+/// Chunk `k` draws its dropout from its own context (seed mixed with `k`) in both passes, so the
+/// gradients are exactly those of the whole-batch loss at the chunk's masks, and memory is that
+/// of `n` texts. Without dropout the two paths give the same gradients.
+pub fn batch_gradients(
+    encoder: &Encoder,
+    pairs: &[TrainingPair],
+    batch: &[usize],
+    seed: u64,
+    loss_settings: &LossSettings,
+    mini_batch: Option<usize>,
+    vars: &[(String, Var)],
+) -> Result<(Tensor, usize, GradStore)> {
+    let (queries, candidates) = batch_texts(pairs, batch);
     let queries = encoder.tokenize(&queries, TextKind::Query)?;
     let candidates = encoder.tokenize(&candidates, TextKind::Document)?;
     let tokens = queries.iter().chain(&candidates).map(|t| t.ids.len()).sum();
-    let q = encoder.forward_batch(&queries.iter().collect::<Vec<_>>(), Mode::Train(ctx))?;
-    let c = encoder.forward_batch(&candidates.iter().collect::<Vec<_>>(), Mode::Train(ctx))?;
-    Ok((info_nce(&q, &c, loss)?, tokens))
+    let Some(chunk) = mini_batch else {
+        let ctx = TrainContext::new(seed);
+        let q = encoder.forward_batch(&queries.iter().collect::<Vec<_>>(), Mode::Train(&ctx))?;
+        let c = encoder.forward_batch(&candidates.iter().collect::<Vec<_>>(), Mode::Train(&ctx))?;
+        let loss = info_nce(&q, &c, loss_settings)?;
+        let grads = loss.backward()?;
+        return Ok((loss.detach(), tokens, grads));
+    };
+    let chunk = chunk.max(1);
+    // Chunks of queries, then of candidates: (first text, texts, chunk id).
+    let parts: Vec<(bool, usize, usize)> = (0..queries.len())
+        .step_by(chunk)
+        .map(|start| (true, start, chunk.min(queries.len() - start)))
+        .chain(
+            (0..candidates.len())
+                .step_by(chunk)
+                .map(|start| (false, start, chunk.min(candidates.len() - start))),
+        )
+        .collect();
+    let embed = |k: usize| -> Result<Tensor> {
+        let (is_query, start, len) = parts[k];
+        let texts = if is_query { &queries } else { &candidates };
+        let ctx = TrainContext::new(seed ^ splitmix(k as u64 + 1));
+        Ok(encoder.forward_batch(
+            &texts[start..start + len].iter().collect::<Vec<_>>(),
+            Mode::Train(&ctx),
+        )?)
+    };
+    // Pass 1: embeddings only; detaching drops each chunk's activations.
+    let mut query_parts = Vec::new();
+    let mut candidate_parts = Vec::new();
+    for (k, part) in parts.iter().enumerate() {
+        let embedded = embed(k)?.detach();
+        if part.0 {
+            query_parts.push(embedded);
+        } else {
+            candidate_parts.push(embedded);
+        }
+    }
+    let q = Var::from_tensor(&Tensor::cat(&query_parts, 0)?)?;
+    let c = Var::from_tensor(&Tensor::cat(&candidate_parts, 0)?)?;
+    let loss = info_nce(q.as_tensor(), c.as_tensor(), loss_settings)?;
+    let embedding_grads = loss.backward()?;
+    let missing = || TrainError::Candle(candle_core::Error::Msg("no embedding gradient".into()));
+    let q_grad = embedding_grads
+        .get(q.as_tensor())
+        .ok_or_else(missing)?
+        .clone();
+    let c_grad = embedding_grads
+        .get(c.as_tensor())
+        .ok_or_else(missing)?
+        .clone();
+    drop(embedding_grads);
+    // Pass 2: each chunk again, back-propagating its rows of the embedding gradient.
+    let mut total: Option<GradStore> = None;
+    for (k, &(is_query, start, len)) in parts.iter().enumerate() {
+        let upstream = if is_query { &q_grad } else { &c_grad }.narrow(0, start, len)?;
+        let surrogate = (embed(k)? * upstream)?.sum_all()?;
+        let grads = surrogate.backward()?;
+        match total.as_mut() {
+            None => total = Some(grads),
+            Some(total) => {
+                for (_, var) in vars {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        let sum = match total.get(var.as_tensor()) {
+                            Some(previous) => (previous + g)?,
+                            None => g.clone(),
+                        };
+                        total.insert(var.as_tensor(), sum);
+                    }
+                }
+            }
+        }
+    }
+    Ok((loss.detach(), tokens, total.expect("a batch has texts")))
+}
+
+/// SplitMix64: decorrelates chunk seeds.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Trains, then writes the tuned model directory to `output.out`. Nothing is written anywhere
@@ -655,9 +764,15 @@ pub fn train(
         let step = progress.step;
         let (batch, epoch) = plan.batch(step);
         let lr = settings.optimizer.lr * linear_schedule(step, plan.warmup_steps, plan.total_steps);
-        let ctx = TrainContext::new(step_seed(settings.seed, step));
-        let (loss, tokens) = batch_loss(&encoder, &pairs, batch, &ctx, &settings.loss)?;
-        let grads = loss.backward()?;
+        let (loss, tokens, grads) = batch_gradients(
+            &encoder,
+            &pairs,
+            batch,
+            step_seed(settings.seed, step),
+            &settings.loss,
+            settings.mini_batch,
+            &vars,
+        )?;
         let grad_norm = optimizer.step(&grads, lr, settings.max_grad_norm)?;
         drop(grads);
         let loss_value = scalar(&loss)?;

@@ -146,3 +146,71 @@ fn gradients_match_central_finite_differences() {
     }
     eprintln!("largest relative error {:.2e} ({})", worst.0, worst.1);
 }
+
+#[test]
+fn grad_cache_gives_the_gradients_of_the_uncached_loss() {
+    use attune_trainer::data::{Location, TrainingPair};
+    use attune_trainer::train::batch_gradients;
+    let (_tmp, encoder, varmap) = load(0.0);
+    let location = Location {
+        path: std::sync::Arc::new("pairs.jsonl".into()),
+        line: 1,
+    };
+    let pairs: Vec<TrainingPair> = (0..4)
+        .map(|i| TrainingPair {
+            query: QUERIES[i].into(),
+            positive: POSITIVES[i].into(),
+            negatives: if i < 2 {
+                vec![NEGATIVES[i].into()]
+            } else {
+                vec![]
+            },
+            location: location.clone(),
+        })
+        .collect();
+    let vars = sorted_vars(&varmap);
+    let settings = LossSettings {
+        symmetric: true,
+        ..Default::default()
+    };
+    let batch = [0, 1, 2, 3];
+    let (loss, tokens, whole) =
+        batch_gradients(&encoder, &pairs, &batch, 7, &settings, None, &vars).unwrap();
+    for mini_batch in [1, 3, 5] {
+        let (cached_loss, cached_tokens, cached) = batch_gradients(
+            &encoder,
+            &pairs,
+            &batch,
+            7,
+            &settings,
+            Some(mini_batch),
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(tokens, cached_tokens);
+        assert!((scalar(&loss).unwrap() - scalar(&cached_loss).unwrap()).abs() < 1e-6);
+        let mut worst = 0f64;
+        for (name, var) in &vars {
+            let a = whole.get(var.as_tensor()).unwrap();
+            let b = cached
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient with mini-batch {mini_batch}"));
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            assert!(
+                diff <= 1e-5,
+                "{name}: |uncached − cached| = {diff} (mini-batch {mini_batch})"
+            );
+            worst = worst.max(diff);
+        }
+        eprintln!("mini-batch {mini_batch}: largest gradient difference {worst:e}");
+    }
+}
