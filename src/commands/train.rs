@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use attune_eval::data::BeirDataset;
 use attune_model::{DeviceRequest, ModelDir};
 use attune_trainer::data::TrainingData;
+use attune_trainer::lora::{parse_targets, LoraSettings};
 use attune_trainer::loss::LossSettings;
 use attune_trainer::optim::AdamWSettings;
 use attune_trainer::train::{train, Event, LeakagePolicy, TrainInputs, TrainOutput, TrainSettings};
@@ -44,6 +45,21 @@ pub struct TrainArgs {
     /// (e.g. --batch-size 512 --mini-batch 32).
     #[arg(long, value_name = "N")]
     pub mini_batch: Option<usize>,
+    /// LoRA: train rank-R adapters instead of every weight (merged into the written model; also
+    /// written on their own as adapter_model.safetensors).
+    #[arg(long, value_name = "R")]
+    pub lora_rank: Option<usize>,
+    /// LoRA scale numerator: adapters are multiplied by alpha / rank [default: 2 × rank].
+    #[arg(long, value_name = "A", requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target layers in every transformer layer: q, k, v, o, ffn.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "q,k,v,o",
+        requires = "lora_rank"
+    )]
+    pub lora_targets: String,
     /// Peak learning rate.
     #[arg(long, default_value_t = AdamWSettings::default().lr)]
     pub lr: f64,
@@ -120,8 +136,16 @@ impl From<Leakage> for LeakagePolicy {
 }
 
 impl TrainArgs {
-    fn settings(&self) -> TrainSettings {
-        TrainSettings {
+    fn settings(&self) -> Result<TrainSettings> {
+        let lora = match self.lora_rank {
+            Some(rank) => Some(LoraSettings {
+                rank,
+                alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+                targets: parse_targets(&self.lora_targets)?,
+            }),
+            None => None,
+        };
+        Ok(TrainSettings {
             epochs: self.epochs,
             max_steps: self.max_steps,
             batch_size: self.batch_size,
@@ -143,7 +167,8 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             checkpoints_kept: 1,
             leakage: self.leakage.into(),
-        }
+            lora,
+        })
     }
 }
 
@@ -158,7 +183,7 @@ fn peak_rss_mib() -> Option<f64> {
 /// Runs `attune train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     super::keep_freed_memory();
-    let settings = args.settings();
+    let settings = args.settings()?;
     let model = ModelDir::open(&args.model)?;
     let data = TrainingData::load(&args.data, &args.split)?;
     let eval_split = match (&args.eval_data, &args.eval_split) {
@@ -292,14 +317,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     steps.finish_and_clear();
 
     println!(
-        "trained {} steps ({} pairs seen) in {:.1} s: {:.2} examples/s; final loss {}",
+        "trained {} steps ({} pairs seen) in {:.1} s: {:.2} examples/s; final loss {}; {} \
+         trainable parameters{}",
         summary.steps,
         summary.examples,
         summary.training_s,
         summary.examples_per_s,
         summary
             .final_loss
-            .map_or("-".to_string(), |l| format!("{l:.4}"))
+            .map_or("-".to_string(), |l| format!("{l:.4}")),
+        summary.trainable_parameters,
+        if settings.lora.is_some() {
+            " (LoRA adapters, merged into the written weights)"
+        } else {
+            ""
+        }
     );
     if let (Some(before), Some(after)) = (&summary.before, &summary.after) {
         println!(

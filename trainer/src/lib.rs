@@ -14,6 +14,7 @@
 //! - [`batches`]: shuffled batches in which no text appears twice;
 //! - [`mine`]: hard negatives mined with the base model (exact blocked search, judged positives
 //!   and near-positives skipped);
+//! - [`lora`]: low-rank adapters on chosen linear layers, merged into the weights on save;
 //! - [`loss`]: InfoNCE with in-batch and hard negatives and an optional symmetric term;
 //! - [`optim`]: AdamW (no decay on biases and LayerNorm weights), the linear warmup/decay
 //!   schedule, and global gradient-norm clipping, as PyTorch and Hugging Face compute them;
@@ -55,6 +56,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fixtures;
+pub mod lora;
 pub mod loss;
 pub mod mine;
 pub mod optim;

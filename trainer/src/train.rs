@@ -25,6 +25,7 @@ use crate::check::{check, CheckReport, CheckSettings, Finding, Severity};
 use crate::checkpoint::{log_lines, Best, CheckpointStore, LogRecord, Progress, RunIdentity};
 use crate::data::{TrainingData, TrainingPair};
 use crate::error::{Result, TrainError};
+use crate::lora::{self, LoraSettings};
 use crate::loss::{info_nce, scalar, LossSettings};
 use crate::optim::{linear_schedule, AdamW, AdamWSettings};
 
@@ -77,6 +78,9 @@ pub struct TrainSettings {
     pub checkpoints_kept: usize,
     /// Training queries found in the held-out data (default refuse).
     pub leakage: LeakagePolicy,
+    /// Train LoRA adapters instead of every weight (default `None`: full fine-tuning). The
+    /// written model has the adapters merged in; they are also written on their own.
+    pub lora: Option<LoraSettings>,
 }
 
 impl Default for TrainSettings {
@@ -96,6 +100,7 @@ impl Default for TrainSettings {
             checkpoint_every: None,
             checkpoints_kept: 1,
             leakage: LeakagePolicy::Refuse,
+            lora: None,
         }
     }
 }
@@ -108,6 +113,9 @@ impl TrainSettings {
                 problem: problem.to_string(),
             })
         };
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
         if self.mini_batch == Some(0) {
             return invalid("mini-batch", "at least 1 text");
         }
@@ -149,6 +157,7 @@ impl TrainSettings {
             "max_steps": self.max_steps,
             "batch_size": self.batch_size,
             "mini_batch": self.mini_batch,
+            "lora": self.lora,
             "lr": self.optimizer.lr,
             "beta1": self.optimizer.beta1,
             "beta2": self.optimizer.beta2,
@@ -270,6 +279,8 @@ pub struct TrainSummary {
     pub best: Option<Best>,
     /// The tuned model directory.
     pub out: PathBuf,
+    /// Parameters the optimizer updated (all weights, or the LoRA adapters).
+    pub trainable_parameters: usize,
 }
 
 /// Metrics logged at each validation.
@@ -649,7 +660,18 @@ pub fn train(
             .max(settings.max_seq_length.unwrap_or(0)),
         ..Default::default()
     };
-    let (encoder, varmap) = Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?;
+    // LoRA freezes the model's weights (plain tensors, no gradients) and trains adapters only.
+    let (mut encoder, varmap) = match settings.lora {
+        Some(_) => (
+            Encoder::load(inputs.model, inputs.device, encoder_settings)?,
+            candle_nn::VarMap::new(),
+        ),
+        None => Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?,
+    };
+    let adapter_vars = match &settings.lora {
+        Some(lora) => lora::attach(encoder.model_mut(), lora, settings.seed, inputs.device)?,
+        None => Vec::new(),
+    };
     let eval_encoder = encoder.with_settings(inputs.model, EncoderSettings::default())?;
 
     let probe = |texts: &[&str]| -> Result<Vec<bool>> {
@@ -679,7 +701,11 @@ pub fn train(
         settings: settings.to_json(),
     };
     let store = CheckpointStore::new(&output.checkpoints);
-    let vars = named_vars(&varmap);
+    let vars = match settings.lora {
+        Some(_) => adapter_vars,
+        None => named_vars(&varmap),
+    };
+    let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(vars.clone(), settings.optimizer.clone())?;
     let mut progress = Progress {
         step: 0,
@@ -878,6 +904,7 @@ pub fn train(
         after,
         best: progress.best,
         out: output.out.clone(),
+        trainable_parameters,
     };
     let card = training_card(inputs, settings, &report, &summary, &plan, written_step)?;
     let extra_files = vec![
@@ -894,6 +921,17 @@ pub fn train(
             log_lines(&progress.log).into_bytes(),
         ),
     ];
+    let (weights, extra_files) = match &settings.lora {
+        Some(lora) => {
+            let mut files = extra_files;
+            files.extend(lora::adapter_files(lora, &weights)?);
+            (
+                lora::merged_weights(encoder.model_mut(), lora, &weights)?,
+                files,
+            )
+        }
+        None => (weights, extra_files),
+    };
     inputs
         .model
         .write_updated(&output.out, &weights, &extra_files)?;
@@ -956,6 +994,7 @@ fn training_card(
         "warmup_steps": plan.warmup_steps,
         "written_step": written_step,
         "examples": summary.examples,
+        "trainable_parameters": summary.trainable_parameters,
         "training_seconds": summary.training_s,
         "examples_per_second": summary.examples_per_s,
         "final_loss": summary.final_loss,
