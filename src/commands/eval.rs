@@ -110,6 +110,14 @@ pub struct EvalArgs {
     /// Seed of the resampling.
     #[arg(long, default_value_t = ComparisonSettings::default().seed)]
     pub seed: u64,
+    /// Forgetting control: evaluate `baseline + alpha · (model − baseline)` at each alpha
+    /// (e.g. 0.25,0.5,0.75,1) on the domain and general sets, and pick the alpha with the best
+    /// domain nDCG@10 whose general drop passes the gate. Needs --baseline and --general-data.
+    #[arg(long, value_delimiter = ',', value_name = "ALPHAS", requires_all = ["baseline", "general_data"])]
+    pub sweep_alphas: Vec<f64>,
+    /// With --sweep-alphas: write the picked merged model here.
+    #[arg(long, value_name = "DIR", requires = "sweep_alphas")]
+    pub sweep_out: Option<PathBuf>,
 }
 
 /// A loaded model: its encoder and identity.
@@ -368,6 +376,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         seed: args.seed,
         ..Default::default()
     };
+    if !args.sweep_alphas.is_empty() {
+        return sweep(
+            &args,
+            model_path,
+            data_path,
+            &settings,
+            &comparison,
+            &gate_settings,
+        );
+    }
     let candidate = load_model(model_path, &label, &args)?;
     let baseline = args
         .baseline
@@ -427,4 +445,135 @@ pub fn run(args: EvalArgs) -> Result<()> {
         gate,
     };
     finish(&report, args.out.as_deref())
+}
+
+/// One alpha of a sweep.
+#[derive(Debug, serde::Serialize)]
+struct SweepPoint {
+    alpha: f64,
+    domain_ndcg_at_10: f64,
+    general_ndcg_at_10: f64,
+    general_drop: f64,
+    passed: bool,
+}
+
+/// `--sweep-alphas`: merges, evaluates and gates each alpha; writes the best passing one.
+fn sweep(
+    args: &EvalArgs,
+    model_path: &Path,
+    data_path: &Path,
+    settings: &EvalSettings,
+    comparison: &ComparisonSettings,
+    gate_settings: &GateSettings,
+) -> Result<()> {
+    let (Some(baseline_path), Some(general_path)) = (&args.baseline, &args.general_data) else {
+        bail!("--sweep-alphas needs --baseline and --general-data");
+    };
+    if let Some(bad) = args.sweep_alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
+        bail!("--sweep-alphas: {bad} is not between 0 and 1");
+    }
+    let base_dir = ModelDir::open(baseline_path)?;
+    let tuned_dir = ModelDir::open(model_path)?;
+    let baseline = load_model(baseline_path, &args.baseline_label, args)?;
+    let work = std::env::temp_dir().join(format!("attune-sweep-{}", std::process::id()));
+    let mut points = Vec::new();
+    for &alpha in &args.sweep_alphas {
+        let merged = work.join(format!("alpha-{alpha}"));
+        ModelDir::interpolate(&base_dir, &tuned_dir, alpha, &merged, &[])?;
+        let candidate = load_model(&merged, &format!("alpha {alpha}"), args)?;
+        let domain = evaluate_dataset(
+            data_path,
+            &args.split,
+            &candidate,
+            Some(&baseline),
+            settings,
+            comparison,
+        )?;
+        let general = evaluate_dataset(
+            general_path,
+            &args.general_split,
+            &candidate,
+            Some(&baseline),
+            settings,
+            comparison,
+        )?;
+        let ndcg = |d: &DatasetResult, base: bool| -> Result<f64> {
+            let result = if base {
+                d.baseline.as_ref().context("baseline result")?
+            } else {
+                &d.candidate
+            };
+            result
+                .evaluation
+                .mean_of(MetricName::NDCG_10)
+                .context("nDCG@10 missing")
+        };
+        let input = |d: &DatasetResult| -> Result<GateInput> {
+            Ok(GateInput {
+                dataset: d.name.clone(),
+                baseline: ndcg(d, true)?,
+                candidate: ndcg(d, false)?,
+            })
+        };
+        let (domain_input, general_input) = (input(&domain)?, input(&general)?);
+        let gate = check_gate(gate_settings, &domain_input, Some(&general_input));
+        let point = SweepPoint {
+            alpha,
+            domain_ndcg_at_10: domain_input.candidate,
+            general_ndcg_at_10: general_input.candidate,
+            general_drop: general_input.baseline - general_input.candidate,
+            passed: gate.passed,
+        };
+        eprintln!(
+            "alpha {alpha}: {} nDCG@10 {:.4} (base {:.4}), {} nDCG@10 {:.4} (base {:.4}, drop {:+.4}): {}",
+            domain.name,
+            domain_input.candidate,
+            domain_input.baseline,
+            general.name,
+            general_input.candidate,
+            general_input.baseline,
+            point.general_drop,
+            if gate.passed { "passes" } else { "fails the gate" }
+        );
+        points.push(point);
+        std::fs::remove_dir_all(&merged).ok();
+    }
+    std::fs::remove_dir_all(&work).ok();
+    println!("| alpha | domain nDCG@10 | general nDCG@10 | general drop | gate |");
+    println!("|---:|---:|---:|---:|---|");
+    for p in &points {
+        println!(
+            "| {} | {:.4} | {:.4} | {:+.4} | {} |",
+            p.alpha,
+            p.domain_ndcg_at_10,
+            p.general_ndcg_at_10,
+            p.general_drop,
+            if p.passed { "pass" } else { "fail" }
+        );
+    }
+    let best = points
+        .iter()
+        .filter(|p| p.passed)
+        .max_by(|a, b| a.domain_ndcg_at_10.total_cmp(&b.domain_ndcg_at_10));
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        let body = serde_json::json!({"points": points, "picked": best.map(|b| b.alpha)});
+        std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&body)?)?;
+    }
+    let Some(best) = best else {
+        return Err(GateFailed(format!(
+            "no alpha of {:?} keeps the general nDCG@10 drop within {}",
+            args.sweep_alphas, gate_settings.max_general_drop
+        ))
+        .into());
+    };
+    println!(
+        "picked alpha {} (domain nDCG@10 {:.4})",
+        best.alpha, best.domain_ndcg_at_10
+    );
+    if let Some(dest) = &args.sweep_out {
+        ModelDir::interpolate(&base_dir, &tuned_dir, best.alpha, dest, &[])?;
+        println!("merged model: {}", dest.display());
+    }
+    Ok(())
 }
