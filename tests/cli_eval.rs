@@ -419,3 +419,91 @@ fn bad_input_is_reported_not_silenced() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--k"));
 }
+
+#[test]
+fn a_merge_sweep_picks_the_best_alpha_within_the_gate() {
+    let fx = Fixture::new();
+    // The worse model on the general set is the "tuned" one: alpha 1 drops, alpha 0 (the
+    // baseline's own weights) cannot.
+    let probe_dir = fx.path("probe");
+    assert_ok(&fx.eval(&[
+        "--model",
+        &fx.model_a,
+        "--baseline",
+        &fx.model_b,
+        "--data",
+        &fx.general,
+        "--out",
+        &probe_dir,
+    ]));
+    let metrics = read_json(&Path::new(&probe_dir).join("metrics.json"));
+    let ndcg = |m: &str| {
+        metrics["datasets"][0]["models"][m]["metrics"]["ndcg@10"]
+            .as_f64()
+            .unwrap()
+    };
+    let (worse, better) = if ndcg("tuned") < ndcg("base") {
+        (&fx.model_a, &fx.model_b)
+    } else {
+        (&fx.model_b, &fx.model_a)
+    };
+    let out = fx.path("sweep");
+    let merged = fx.path("merged");
+    let sweep = |alphas: &str, out: &str| {
+        fx.eval(&[
+            "--model",
+            worse,
+            "--baseline",
+            better,
+            "--data",
+            &fx.domain,
+            "--general-data",
+            &fx.general,
+            "--max-general-drop",
+            "0",
+            "--sweep-alphas",
+            alphas,
+            "--sweep-out",
+            &merged,
+            "--out",
+            out,
+        ])
+    };
+    let result = sweep("0,0.5,1", &out);
+    assert_ok(&result);
+    let report = read_json(&Path::new(&out).join("sweep.json"));
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    assert_eq!(
+        points[0]["passed"], true,
+        "alpha 0 is the baseline: no drop"
+    );
+    assert!(points[0]["general_drop"].as_f64().unwrap().abs() < 1e-6);
+    assert_eq!(points[2]["passed"], false, "alpha 1 is the worse model");
+    let best = points
+        .iter()
+        .filter(|p| p["passed"] == true)
+        .max_by(|a, b| {
+            a["domain_ndcg_at_10"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["domain_ndcg_at_10"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(report["picked"], best["alpha"]);
+    let picked = best["alpha"].as_f64().unwrap();
+    assert!(
+        stdout(&result).contains(&format!("picked alpha {picked}")),
+        "{}",
+        stdout(&result)
+    );
+    assert!(Path::new(&merged).join("model.safetensors").exists());
+
+    // Nothing passes: exit status 3, and the table is still printed.
+    let failed = sweep("1", &fx.path("sweep-none"));
+    assert_eq!(failed.status.code(), Some(3), "{}", stderr(&failed));
+    assert!(stdout(&failed).contains("| 1 |"));
+    let bad = sweep("1.5", &fx.path("sweep-bad"));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--sweep-alphas"));
+}
