@@ -110,6 +110,39 @@ impl Fixture {
         self.root.join(name).to_str().unwrap().to_string()
     }
 
+    /// The two random models ordered by general-set nDCG@10 (worse, better), and the gap.
+    fn worse_and_better_on_general(&self) -> (String, String, f64) {
+        let probe_dir = self.path("probe");
+        let probe = self.eval(&[
+            "--model",
+            &self.model_a,
+            "--baseline",
+            &self.model_b,
+            "--data",
+            &self.general,
+            "--out",
+            &probe_dir,
+        ]);
+        assert_ok(&probe);
+        let metrics = read_json(&Path::new(&probe_dir).join("metrics.json"));
+        let ndcg = |m: &str| {
+            metrics["datasets"][0]["models"][m]["metrics"]["ndcg@10"]
+                .as_f64()
+                .unwrap()
+        };
+        let (a, b) = (ndcg("tuned"), ndcg("base"));
+        assert!(
+            (a - b).abs() > 1e-6,
+            "the two random models must differ: {a} vs {b}"
+        );
+        let (worse, better) = if a < b {
+            (&self.model_a, &self.model_b)
+        } else {
+            (&self.model_b, &self.model_a)
+        };
+        (worse.clone(), better.clone(), (a - b).abs())
+    }
+
     fn eval(&self, extra: &[&str]) -> Output {
         let cache = self.path("cache");
         let mut args = vec!["eval", "--cache-dir", &cache, "--device", "cpu"];
@@ -269,42 +302,13 @@ fn require_gain_fails_with_exit_3_and_the_numbers() {
 #[test]
 fn a_general_drop_beyond_the_allowance_fails_the_gate() {
     let fx = Fixture::new();
-    // Find which random model is worse on the general set.
-    let probe_dir = fx.path("probe");
-    let probe = fx.eval(&[
-        "--model",
-        &fx.model_a,
-        "--baseline",
-        &fx.model_b,
-        "--data",
-        &fx.general,
-        "--out",
-        &probe_dir,
-    ]);
-    assert_ok(&probe);
-    let metrics = read_json(&Path::new(&probe_dir).join("metrics.json"));
-    let a = metrics["datasets"][0]["models"]["tuned"]["metrics"]["ndcg@10"]
-        .as_f64()
-        .unwrap();
-    let b = metrics["datasets"][0]["models"]["base"]["metrics"]["ndcg@10"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        (a - b).abs() > 1e-6,
-        "the two random models must differ: {a} vs {b}"
-    );
-    let (worse, better) = if a < b {
-        (&fx.model_a, &fx.model_b)
-    } else {
-        (&fx.model_b, &fx.model_a)
-    };
-    let drop = (a - b).abs();
+    let (worse, better, drop) = fx.worse_and_better_on_general();
     let run = |allowance: f64| {
         fx.eval(&[
             "--model",
-            worse,
+            &worse,
             "--baseline",
-            better,
+            &better,
             "--data",
             &fx.domain,
             "--general-data",
@@ -425,36 +429,15 @@ fn a_merge_sweep_picks_the_best_alpha_within_the_gate() {
     let fx = Fixture::new();
     // The worse model on the general set is the "tuned" one: alpha 1 drops, alpha 0 (the
     // baseline's own weights) cannot.
-    let probe_dir = fx.path("probe");
-    assert_ok(&fx.eval(&[
-        "--model",
-        &fx.model_a,
-        "--baseline",
-        &fx.model_b,
-        "--data",
-        &fx.general,
-        "--out",
-        &probe_dir,
-    ]));
-    let metrics = read_json(&Path::new(&probe_dir).join("metrics.json"));
-    let ndcg = |m: &str| {
-        metrics["datasets"][0]["models"][m]["metrics"]["ndcg@10"]
-            .as_f64()
-            .unwrap()
-    };
-    let (worse, better) = if ndcg("tuned") < ndcg("base") {
-        (&fx.model_a, &fx.model_b)
-    } else {
-        (&fx.model_b, &fx.model_a)
-    };
+    let (worse, better, _) = fx.worse_and_better_on_general();
     let out = fx.path("sweep");
     let merged = fx.path("merged");
     let sweep = |alphas: &str, out: &str| {
         fx.eval(&[
             "--model",
-            worse,
+            &worse,
             "--baseline",
-            better,
+            &better,
             "--data",
             &fx.domain,
             "--general-data",

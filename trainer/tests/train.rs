@@ -186,19 +186,7 @@ fn lora_trains_only_adapters_and_writes_them_merged() {
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
     };
     let (base, tuned) = (load(&tmp.path().join("model")), load(&out));
-    let differs = |name: &str| {
-        let d = (&base[name] - &tuned[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d > 0.0
-    };
+    let differs = |name: &str| max_abs_difference(&base[name], &tuned[name]) > 0.0;
     // Adapted layers changed; everything else is the base model's, bit for bit.
     assert!(differs("encoder.layer.0.attention.self.query.weight"));
     assert!(differs("encoder.layer.1.attention.self.value.weight"));
@@ -219,16 +207,7 @@ fn lora_trains_only_adapters_and_writes_them_merged() {
         * 2.0)
         .unwrap();
     let expected = (&base[&format!("{name}.weight")] + delta).unwrap();
-    let gap = (expected - &tuned[&format!("{name}.weight")])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let gap = max_abs_difference(&expected, &tuned[&format!("{name}.weight")]);
     assert!(gap < 1e-6, "{gap}");
     // The written model loads as a plain directory.
     let dir = ModelDir::open(&out).unwrap();
@@ -241,4 +220,18 @@ fn lora_trains_only_adapters_and_writes_them_merged() {
             .len(),
         32
     );
+}
+
+/// Largest |a − b| over all elements.
+fn max_abs_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
