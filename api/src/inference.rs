@@ -5,7 +5,6 @@
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use attune_index::ModelIdentity;
 use attune_model::{plan_batches, Encoder, EncoderSettings, Mode, TextKind, TokenizedText};
@@ -38,7 +37,6 @@ struct Job {
 /// queued jobs are answered.
 pub struct InferenceQueue {
     sender: Option<SyncSender<Job>>,
-    thread: Option<JoinHandle<()>>,
     identity: ModelIdentity,
     label: String,
     max_seq_length: usize,
@@ -69,13 +67,13 @@ impl InferenceQueue {
             metrics,
             label: label.clone(),
         };
-        let thread = std::thread::Builder::new()
+        // Detached: the thread ends by itself once the queue is closed and drained.
+        std::thread::Builder::new()
             .name(format!("attune-inference-{label}"))
             .spawn(move || worker.run(receiver))
             .expect("spawn the inference thread");
         Self {
             sender: Some(sender),
-            thread: Some(thread),
             identity,
             label,
             max_seq_length,
@@ -148,7 +146,6 @@ impl Drop for InferenceQueue {
     /// can happen on an actix worker, which must not block on a forward pass.)
     fn drop(&mut self) {
         drop(self.sender.take());
-        drop(self.thread.take());
     }
 }
 

@@ -21,7 +21,7 @@ use crate::settings::ServeSettings;
 /// A collection being served.
 pub struct Served {
     /// The generation being served.
-    pub collection: Arc<Collection>,
+    pub collection: Collection,
     /// The inference queue of each space's model.
     pub models: BTreeMap<String, Arc<InferenceQueue>>,
     /// The A/B event log (shared across generations).
@@ -283,7 +283,7 @@ impl AppState {
             }
         };
         Ok(Served {
-            collection: Arc::new(collection),
+            collection,
             models,
             events,
         })
