@@ -47,6 +47,12 @@ enum Command {
     /// Serve a store over HTTP: search, compare, evaluate, visibility, document upserts,
     /// OpenAI-compatible embeddings, live A/B tests, health and metrics.
     Serve(Box<commands::serve::ServeArgs>),
+    /// Run a whole pipeline from a TOML file: data check, (mining), training, evaluation with
+    /// the gate, re-index into a new generation (only when the gate passed), report. Resumable.
+    Pipeline(commands::pipeline::PipelineArgs),
+    /// Write the demo data set: a generated shoe and apparel store (products with metadata,
+    /// shopper queries, train and test judgments) in BEIR layout.
+    DemoData(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
         Command::Merge(args) => commands::merge::run(*args),
         Command::Index(command) => commands::index::run(command),
         Command::Serve(args) => commands::serve::run(*args),
+        Command::Pipeline(args) => commands::pipeline::run(args),
+        Command::DemoData(args) => commands::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@
 //!   forward pass;
 //! - [`routes`]: one module per resource, each with a `config_*` function;
 //! - [`error`]: [`ApiError`], the one place HTTP statuses are decided;
+//! - [`routes::ui`]: the web page at `/` (search with base and tuned side by side, filters,
+//!   judging, the latest pipeline report), plain HTML and JavaScript compiled into the binary;
 //! - [`settings`], [`auth`], [`metrics`], [`ab`], [`openapi`], [`models`].
 //!
 //! ```no_run
@@ -52,6 +54,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::evaluate::config_evaluate(cfg);
     routes::documents::config_documents(cfg);
     routes::collections::config_collections(cfg);
+    routes::reports::config_reports(cfg);
+    routes::ui::config_ui(cfg);
     routes::ab::config_ab(cfg);
     routes::embeddings::config_embeddings(cfg);
     routes::system::config_system(cfg);
@@ -76,6 +80,10 @@ pub fn app(
             web::JsonConfig::default()
                 .limit(limit)
                 .error_handler(|err, _req| error::json_error(&err).into()),
+        )
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|err, _req| ApiError::Invalid(err.to_string()).into()),
         )
         .app_data(
             web::PathConfig::default()

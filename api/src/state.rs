@@ -112,6 +112,11 @@ impl AppState {
             .expect("spawn the store watcher");
     }
 
+    /// The store (read-only use by handlers: published reports).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The store directory.
     pub fn store_root(&self) -> &Path {
         self.store.root()

@@ -84,6 +84,20 @@ impl Filter {
 }
 
 /// The canonical index form of a scalar value, or None for null, objects and arrays.
+/// The value a [`scalar_key`] was made from (numbers come back as integers when whole).
+pub(crate) fn value_of_key(key: &str) -> Option<Value> {
+    let (kind, rest) = key.split_at_checked(1)?;
+    match kind {
+        "s" => Some(Value::String(rest.to_string())),
+        "b" => rest.parse::<bool>().ok().map(Value::Bool),
+        "n" => match rest.parse::<i64>() {
+            Ok(i) => Some(Value::from(i)),
+            Err(_) => rest.parse::<f64>().ok().map(Value::from),
+        },
+        _ => None,
+    }
+}
+
 pub(crate) fn scalar_key(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(format!("s{s}")),

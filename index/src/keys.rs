@@ -1,5 +1,5 @@
 //! Names of everything the store persists: files and directories of a store, and the sled
-//! trees and keys of a generation database and of the A/B event log. Only `store` and `events`
+//! trees and keys of a generation database and of the A/B event log. Only `store`, `events` and `reports`
 //! use them.
 
 /// Store marker file at the root: `{"format": N}`.
@@ -33,6 +33,10 @@ pub const KEY_NEXT_NODE: &[u8] = b"next_node";
 /// Meta key: the spaces of this generation and their model identities (JSON).
 pub const KEY_SPACES: &[u8] = b"spaces";
 
+/// A collection's published reports, beside its generations.
+pub const REPORTS_DIR: &str = "reports";
+/// The latest report inside [`REPORTS_DIR`] (replaced whole by each publication).
+pub const LATEST_REPORT_DIR: &str = "latest";
 /// A collection's A/B event log (sled), beside its generations: it outlives re-index jobs.
 pub const EVENTS_DIR: &str = "ab-events";
 /// Events tree: request id (UTF-8) → served request (JSON).

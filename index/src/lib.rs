@@ -67,6 +67,7 @@ pub mod filter;
 pub mod fixtures;
 pub mod graph;
 pub mod keys;
+mod reports;
 pub mod store;
 
 pub use build::{build_collection, BuildEvent, BuildReport, BuildSettings, Embedder, SpaceSpec};
@@ -76,7 +77,8 @@ pub use events::{EventLog, FeedbackRecord, ServedRequest};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use store::{
-    content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, ModelIdentity,
+    content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet, FacetValue,
+    ModelIdentity,
     SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument, UpsertReport,
     EXACT_FILTER_LIMIT,
 };

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::corpus::Document;
 use crate::distance::{dot, normalize};
 use crate::error::{IndexError, Result};
-use crate::filter::{indexed_pairs, scalar_key, Filter};
+use crate::filter::{indexed_pairs, scalar_key, value_of_key, Filter};
 use crate::graph::{Graph, GraphPoint, HnswParams, DEAD_LABEL};
 use crate::keys;
 
@@ -1015,6 +1015,26 @@ struct State {
     documents: usize,
 }
 
+/// One filterable metadata field of a collection and its most frequent values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Facet {
+    /// Top-level metadata field.
+    pub field: String,
+    /// Distinct values in the collection (`values` may hold fewer).
+    pub distinct: usize,
+    /// Values, most frequent first.
+    pub values: Vec<FacetValue>,
+}
+
+/// A value of a [`Facet`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FacetValue {
+    /// The value as stored (string, number or boolean).
+    pub value: Value,
+    /// Live documents with it.
+    pub count: usize,
+}
+
 /// A search over one space.
 #[derive(Debug, Clone)]
 pub struct SearchRequest<'a> {
@@ -1279,6 +1299,43 @@ impl Collection {
     }
 
     /// Top-k documents of a space for a query vector, best first.
+    /// The filterable metadata fields of the live documents: per field, its values with how
+    /// many documents have each, most frequent first (ties by value), at most `max_values` per
+    /// field. Fields are sorted by name. Array fields count each element.
+    pub fn facets(&self, max_values: usize) -> Vec<Facet> {
+        let state = self.state.read().expect("collection lock");
+        let mut by_field: BTreeMap<&str, Vec<FacetValue>> = BTreeMap::new();
+        for ((field, key), nodes) in &state.fields.postings {
+            let count = nodes.iter().filter(|&&n| state.live.contains(n)).count();
+            if count == 0 {
+                continue;
+            }
+            if let Some(value) = value_of_key(key) {
+                by_field
+                    .entry(field.as_str())
+                    .or_default()
+                    .push(FacetValue { value, count });
+            }
+        }
+        by_field
+            .into_iter()
+            .map(|(field, mut values)| {
+                values.sort_by(|a, b| {
+                    b.count
+                        .cmp(&a.count)
+                        .then_with(|| a.value.to_string().cmp(&b.value.to_string()))
+                });
+                let distinct = values.len();
+                values.truncate(max_values);
+                Facet {
+                    field: field.to_string(),
+                    distinct,
+                    values,
+                }
+            })
+            .collect()
+    }
+
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
         let nodes = self.search_nodes(request)?;
         let mut hits = Vec::with_capacity(nodes.len());

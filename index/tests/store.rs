@@ -663,3 +663,52 @@ fn a_corrupt_or_missing_graph_is_rebuilt_from_the_stored_vectors() {
     assert!(dir.join("tuned.graph").exists());
     assert_eq!(collection.stats().unwrap().spaces[0].graph_points, 600);
 }
+
+#[test]
+fn facets_count_live_documents_per_metadata_value() {
+    let s = setup(300);
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    let collection = s.store.open_collection("shop").unwrap();
+    let products: Vec<serde_json::Value> = (0..300).map(product).collect();
+    let count = |field: &str, value: &serde_json::Value, products: &[serde_json::Value]| {
+        products
+            .iter()
+            .filter(|p| match &p["metadata"][field] {
+                serde_json::Value::Array(items) => items.contains(value),
+                other => other == value,
+            })
+            .count()
+    };
+    let facets = collection.facets(100);
+    let material = facets.iter().find(|f| f.field == "material").unwrap();
+    assert_eq!(material.distinct, MATERIALS.len());
+    for value in &material.values {
+        assert_eq!(value.count, count("material", &value.value, &products), "{value:?}");
+    }
+    assert!(material.values.windows(2).all(|w| w[0].count >= w[1].count));
+    let tags = facets.iter().find(|f| f.field == "tags").unwrap();
+    for value in &tags.values {
+        assert_eq!(value.count, count("tags", &value.value, &products), "{value:?}");
+    }
+    // Numbers come back as numbers; a deleted document no longer counts; max_values caps.
+    let size = facets.iter().find(|f| f.field == "size").unwrap();
+    assert!(size.values.iter().all(|v| v.value.is_number()));
+    let first = products[0]["metadata"]["material"].clone();
+    let before = count("material", &first, &products);
+    assert!(collection.delete(products[0]["_id"].as_str().unwrap()).unwrap());
+    let after = collection.facets(1);
+    let material = after.iter().find(|f| f.field == "material").unwrap();
+    assert_eq!(material.values.len(), 1);
+    let counted: usize = collection
+        .facets(100)
+        .iter()
+        .find(|f| f.field == "material")
+        .unwrap()
+        .values
+        .iter()
+        .find(|v| v.value == first)
+        .unwrap()
+        .count;
+    assert_eq!(counted, before - 1);
+}

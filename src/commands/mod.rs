@@ -1,11 +1,13 @@
 //! One module per subcommand; each exposes its clap `Args` and a `run` function.
 
 pub mod data;
+pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod merge;
 pub mod mine;
+pub mod pipeline;
 pub mod serve;
 pub mod train;
 

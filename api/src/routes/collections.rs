@@ -2,8 +2,8 @@
 
 use actix_web::{web, HttpResponse};
 use attune_index::CollectionStats;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, ok_json, State};
 use crate::auth::ReadAccess;
@@ -20,6 +20,11 @@ pub fn config_collections(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/collections/{collection}")
             .route(web::get().to(get))
+            .default_service(web::to(super::system::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/collections/{collection}/facets")
+            .route(web::get().to(facets))
             .default_service(web::to(super::system::method_not_allowed)),
     );
 }
@@ -149,4 +154,103 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let served = state.collection(&path.into_inner())?;
     Ok(ok_json(&info(served).await?, ""))
+}
+
+/// Query of the facets listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FacetsQuery {
+    /// Most values listed per field (most frequent first), 1 to 1000. Default 50.
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    pub max_values: Option<usize>,
+}
+
+/// A value of a metadata field and how many documents have it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetValueInfo {
+    /// The value (string, number or boolean), usable in a search filter.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// Documents with it.
+    pub count: usize,
+}
+
+/// A filterable metadata field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetInfo {
+    /// Field name, usable as a filter key.
+    pub field: String,
+    /// Distinct values in the collection.
+    pub distinct: usize,
+    /// Values, most frequent first.
+    pub values: Vec<FacetValueInfo>,
+}
+
+/// The filterable metadata of a collection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetsResponse {
+    /// Collection.
+    pub collection: String,
+    /// Documents in it.
+    pub documents: usize,
+    /// Fields by name.
+    pub fields: Vec<FacetInfo>,
+}
+
+/// The metadata fields a collection can be filtered on, with their values and counts.
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/facets",
+    tag = "collections",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "products"),
+        FacetsQuery,
+    ),
+    responses(
+        (status = 200, description = "Fields and values", body = FacetsResponse),
+        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 404, description = "Unknown collection", body = ErrorBody),
+        (status = 422, description = "max_values out of range", body = ErrorBody),
+        (status = 503, description = "Collection not servable yet", body = ErrorBody),
+    )
+)]
+pub async fn facets(
+    _access: ReadAccess,
+    state: State,
+    path: web::Path<String>,
+    query: web::Query<FacetsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let max_values = query.max_values.unwrap_or(50);
+    if !(1..=1000).contains(&max_values) {
+        return Err(ApiError::invalid(
+            "max_values",
+            format!("must be 1 to 1000, got {max_values}"),
+        ));
+    }
+    let served = state.collection(&path.into_inner())?;
+    let response = blocking(move || {
+        let collection = &served.collection;
+        Ok(FacetsResponse {
+            collection: collection.name().to_string(),
+            documents: collection.len(),
+            fields: collection
+                .facets(max_values)
+                .into_iter()
+                .map(|f| FacetInfo {
+                    field: f.field,
+                    distinct: f.distinct,
+                    values: f
+                        .values
+                        .into_iter()
+                        .map(|v| FacetValueInfo {
+                            value: v.value,
+                            count: v.count,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    })
+    .await?;
+    Ok(ok_json(&response, ""))
 }

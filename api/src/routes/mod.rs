@@ -7,8 +7,10 @@ pub mod collections;
 pub mod documents;
 pub mod embeddings;
 pub mod evaluate;
+pub mod reports;
 pub mod search;
 pub mod system;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
