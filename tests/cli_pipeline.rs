@@ -195,7 +195,11 @@ fn shuffled_pairs(data: &Path, out: &Path) {
                 let v: Value = serde_json::from_str(l).unwrap();
                 (
                     v["_id"].as_str().unwrap().to_string(),
-                    format!("{} {}", v["title"].as_str().unwrap(), v["text"].as_str().unwrap()),
+                    format!(
+                        "{} {}",
+                        v["title"].as_str().unwrap(),
+                        v["text"].as_str().unwrap()
+                    ),
                 )
             })
             .collect();
@@ -247,7 +251,10 @@ fn a_worse_model_is_not_promoted_and_the_previous_generation_keeps_serving() {
     let out = attune(&["pipeline", "--config", config.to_str().unwrap()]);
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
-    assert!(log.contains("pipeline: index: skipped, the gate failed"), "{log}");
+    assert!(
+        log.contains("pipeline: index: skipped, the gate failed"),
+        "{log}"
+    );
     assert!(
         log.contains("not promoted") && log.contains("domain gain"),
         "the reason is given: {log}"
@@ -262,7 +269,10 @@ fn a_worse_model_is_not_promoted_and_the_previous_generation_keeps_serving() {
         report["domain"]["base"]["ndcg@10"].as_f64().unwrap(),
         report["domain"]["tuned"]["ndcg@10"].as_f64().unwrap(),
     );
-    assert!(tuned_ndcg < base_ndcg, "shuffled pairs made it worse: {report}");
+    assert!(
+        tuned_ndcg < base_ndcg,
+        "shuffled pairs made it worse: {report}"
+    );
 
     // The store is untouched: same manifest (generation, models, commit time).
     assert_eq!(read_json(&manifest_path), before);

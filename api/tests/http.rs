@@ -803,6 +803,9 @@ async fn operations_endpoints_report_health_metrics_and_schema() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/v1/collections/{collection}/facets",
+        "/v1/collections/{collection}/report",
+        "/v1/collections/{collection}/report/{file}",
     ] {
         assert!(
             paths.contains_key(path),
@@ -845,4 +848,166 @@ async fn a_new_generation_is_picked_up_without_restart() {
     .await;
     assert_eq!(body["results"][0]["id"], "p13");
     assert_eq!(body["generation"], 2);
+}
+
+#[actix_web::test]
+async fn the_page_facets_and_published_reports_are_served() {
+    let fixture = Fixture::new(20);
+    let state = fixture.state(ServeSettings {
+        api_key: Some("sesame".into()),
+        require_key_for_reads: true,
+        ..ServeSettings::default()
+    });
+    let service = test::init_service(app(state.clone())).await;
+    let key = ("x-api-key", "sesame");
+
+    // The page and its assets: no key needed, compiled in, no third-party origin.
+    for (uri, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let response = test::call_service(&service, TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(response.status().as_u16(), 200, "{uri}");
+        let headers = response.headers().clone();
+        assert!(
+            headers
+                .get("content-type")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{uri}"
+        );
+        assert!(headers
+            .get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'"));
+        let body = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{uri} loads nothing from elsewhere"
+        );
+    }
+    let (status, _) = call(&service, TestRequest::post().uri("/")).await;
+    assert_eq!(status.as_u16(), 405);
+
+    // Facets: counts per metadata value, behind the key like every read.
+    let (status, _) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/facets"),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 401);
+    let (status, body) = call(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections/shop/facets")
+            .insert_header(key),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(body["documents"], 20);
+    let colour = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "colour")
+        .unwrap();
+    assert_eq!(colour["distinct"], 4);
+    let total: u64 = colour["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 20);
+    let size = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "size")
+        .unwrap();
+    assert!(size["values"][0]["value"].is_number());
+    let (status, body) = call(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections/shop/facets?max_values=1")
+            .insert_header(key),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(body["fields"][0]["values"].as_array().unwrap().len(), 1);
+    for (uri, code) in [
+        ("/v1/collections/shop/facets?max_values=0", 422),
+        ("/v1/collections/shop/facets?max_values=x", 422),
+        ("/v1/collections/shop/facets?other=1", 422),
+        ("/v1/collections/none/facets", 404),
+    ] {
+        let (status, body) = call(&service, TestRequest::get().uri(uri).insert_header(key)).await;
+        assert_eq!(status.as_u16(), code, "{uri}: {body}");
+    }
+
+    // Reports: 404 until one is published, then the summary and each file.
+    let (status, body) = call(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections/shop/report")
+            .insert_header(key),
+    )
+    .await;
+    assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("attune pipeline"));
+    state
+        .store()
+        .publish_report(
+            "shop",
+            &[
+                (
+                    "pipeline.json",
+                    br#"{"promoted": true, "verdict": "promoted"}"#,
+                ),
+                ("report.html", b"<html><svg></svg></html>"),
+            ],
+        )
+        .unwrap();
+    let (status, body) = call(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections/shop/report")
+            .insert_header(key),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(body["summary"]["promoted"], true);
+    assert_eq!(body["files"], json!(["pipeline.json", "report.html"]));
+    let response = test::call_service(
+        &service,
+        TestRequest::get()
+            .uri("/v1/collections/shop/report/report.html")
+            .insert_header(key)
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    for uri in [
+        "/v1/collections/shop/report/missing.html",
+        "/v1/collections/shop/report/..%2Fcollection.json",
+        "/v1/collections/shop/report/.hidden",
+    ] {
+        let (status, _) = call(&service, TestRequest::get().uri(uri).insert_header(key)).await;
+        assert_eq!(status.as_u16(), 404, "{uri}");
+    }
 }

@@ -77,10 +77,9 @@ pub use events::{EventLog, FeedbackRecord, ServedRequest};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use store::{
-    content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet, FacetValue,
-    ModelIdentity,
-    SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument, UpsertReport,
-    EXACT_FILTER_LIMIT,
+    content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet,
+    FacetValue, ModelIdentity, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument,
+    UpsertDocument, UpsertReport, EXACT_FILTER_LIMIT,
 };
 
 /// Fsyncs a directory so that renames inside it survive a crash.

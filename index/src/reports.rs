@@ -107,7 +107,10 @@ mod tests {
         // Names that could leave the directory are refused.
         for bad in ["../x", ".hidden", "a/b", ""] {
             assert!(store.report_file("shop", bad).is_err(), "{bad}");
-            assert!(store.publish_report("shop", &[(bad, b"x")]).is_err(), "{bad}");
+            assert!(
+                store.publish_report("shop", &[(bad, b"x")]).is_err(),
+                "{bad}"
+            );
         }
         // Dropping the collection removes its report.
         store.drop_collection("shop").unwrap();

@@ -684,19 +684,29 @@ fn facets_count_live_documents_per_metadata_value() {
     let material = facets.iter().find(|f| f.field == "material").unwrap();
     assert_eq!(material.distinct, MATERIALS.len());
     for value in &material.values {
-        assert_eq!(value.count, count("material", &value.value, &products), "{value:?}");
+        assert_eq!(
+            value.count,
+            count("material", &value.value, &products),
+            "{value:?}"
+        );
     }
     assert!(material.values.windows(2).all(|w| w[0].count >= w[1].count));
     let tags = facets.iter().find(|f| f.field == "tags").unwrap();
     for value in &tags.values {
-        assert_eq!(value.count, count("tags", &value.value, &products), "{value:?}");
+        assert_eq!(
+            value.count,
+            count("tags", &value.value, &products),
+            "{value:?}"
+        );
     }
     // Numbers come back as numbers; a deleted document no longer counts; max_values caps.
     let size = facets.iter().find(|f| f.field == "size").unwrap();
     assert!(size.values.iter().all(|v| v.value.is_number()));
     let first = products[0]["metadata"]["material"].clone();
     let before = count("material", &first, &products);
-    assert!(collection.delete(products[0]["_id"].as_str().unwrap()).unwrap());
+    assert!(collection
+        .delete(products[0]["_id"].as_str().unwrap())
+        .unwrap());
     let after = collection.facets(1);
     let material = after.iter().find(|f| f.field == "material").unwrap();
     assert_eq!(material.values.len(), 1);

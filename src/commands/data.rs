@@ -39,6 +39,9 @@ pub struct CheckArgs {
     /// Maximum sequence length for that measure (default: the model's).
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
+    /// Report training queries found in the test data as a warning, not a fatal problem.
+    #[arg(long)]
+    pub allow_leakage: bool,
     /// Places listed per problem.
     #[arg(long, default_value_t = CheckSettings::default().samples)]
     pub samples: usize,
@@ -88,6 +91,7 @@ fn run_check(args: CheckArgs) -> Result<()> {
         encoder.as_ref().map(|_| &probe as _),
         &CheckSettings {
             samples: args.samples,
+            allow_leakage: args.allow_leakage,
         },
     )?;
     println!("data check: {}", args.data.display());

@@ -182,7 +182,11 @@ const CATEGORIES: &[Category] = &[
         kind: Kind::Apparel,
         title: "Zip Hoodie",
         shopper: &["hoodies", "hooded sweatshirts", "sweatshirts"],
-        materials: &["organic cotton", "brushed cotton fleece", "recycled polyester"],
+        materials: &[
+            "organic cotton",
+            "brushed cotton fleece",
+            "recycled polyester",
+        ],
         features: &["insulated", "breathable"],
         price: (40, 110),
     },
@@ -235,7 +239,11 @@ const RETURNS: &[(&str, &str, &[&str])] = &[
     (
         "final-sale",
         "Returns: final sale, not eligible for return or exchange.",
-        &["on final sale", "non-returnable clearance", "final sale deals"],
+        &[
+            "on final sale",
+            "non-returnable clearance",
+            "final sale deals",
+        ],
     ),
 ];
 
@@ -254,7 +262,11 @@ const SHOE_FIT: &[(&str, &str, &[&str])] = &[
     (
         "runs-large",
         "Sizing: this model runs large; consider half a size down.",
-        &["that run big", "where I should size down", "with a roomy fit"],
+        &[
+            "that run big",
+            "where I should size down",
+            "with a roomy fit",
+        ],
     ),
 ];
 const APPAREL_FIT: &[(&str, &str, &[&str])] = &[
@@ -263,11 +275,7 @@ const APPAREL_FIT: &[(&str, &str, &[&str])] = &[
         "Fit: slim, cut close to the body.",
         &["slim fit", "fitted", "close fitting"],
     ),
-    (
-        "regular",
-        "Fit: regular.",
-        &["regular fit", "standard fit"],
-    ),
+    ("regular", "Fit: regular.", &["regular fit", "standard fit"]),
     (
         "relaxed",
         "Fit: relaxed, with room to layer underneath.",
@@ -280,7 +288,11 @@ const WIDTHS: &[(&str, &str, &[&str])] = &[
         "Last: narrow (B) width.",
         &["for narrow feet", "in narrow width"],
     ),
-    ("regular", "Last: standard (D) width.", &["in regular width"]),
+    (
+        "regular",
+        "Last: standard (D) width.",
+        &["in regular width"],
+    ),
     (
         "wide",
         "Last: wide (2E) width with a roomy toe box.",
@@ -289,21 +301,36 @@ const WIDTHS: &[(&str, &str, &[&str])] = &[
 ];
 /// Shopper wordings of features.
 const FEATURE_WORDS: &[(&str, &[&str])] = &[
-    ("waterproof", &["waterproof", "that keep rain out", "for wet weather"]),
+    (
+        "waterproof",
+        &["waterproof", "that keep rain out", "for wet weather"],
+    ),
     ("lightweight", &["lightweight", "light"]),
-    ("cushioned", &["cushioned", "with soft cushioning", "comfortable"]),
-    ("reflective", &["reflective", "visible at night", "for running in the dark"]),
+    (
+        "cushioned",
+        &["cushioned", "with soft cushioning", "comfortable"],
+    ),
+    (
+        "reflective",
+        &["reflective", "visible at night", "for running in the dark"],
+    ),
     ("grippy", &["with good grip", "grippy", "non-slip"]),
     ("insulated", &["insulated", "warm", "for cold weather"]),
     ("packable", &["packable", "that pack small", "for travel"]),
     ("breathable", &["breathable", "that don't get sweaty"]),
-    ("quick-drying", &["quick-drying", "fast drying", "sweat-wicking"]),
+    (
+        "quick-drying",
+        &["quick-drying", "fast drying", "sweat-wicking"],
+    ),
 ];
 /// Store wordings of features.
 const FEATURE_DESCRIPTIONS: &[(&str, &str)] = &[
     ("waterproof", "Seam-sealed membrane rated to 10,000 mm."),
     ("lightweight", "Weighs under 250 g per piece."),
-    ("cushioned", "Dual-density foam midsole for impact absorption."),
+    (
+        "cushioned",
+        "Dual-density foam midsole for impact absorption.",
+    ),
     ("reflective", "360° retroreflective trims."),
     ("grippy", "Sticky rubber outsole with 5 mm lugs."),
     ("insulated", "Thermal lining rated to -15 °C."),
@@ -560,7 +587,10 @@ fn query_text(rng: &mut StdRng, category: &Category, wants: &[Want], fit_kind: K
         }
     }
     if rng.random_bool(0.15) {
-        noun = format!("{noun} {}", pick(rng, &["please", "2026", "sale", "online"]));
+        noun = format!(
+            "{noun} {}",
+            pick(rng, &["please", "2026", "sale", "online"])
+        );
     }
     let mut words = before;
     words.push(noun);
@@ -570,7 +600,11 @@ fn query_text(rng: &mut StdRng, category: &Category, wants: &[Want], fit_kind: K
 
 /// Generates the store and writes it under `out`.
 pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
-    anyhow::ensure!(settings.products >= 20, "--products: at least 20, got {}", settings.products);
+    anyhow::ensure!(
+        settings.products >= 20,
+        "--products: at least 20, got {}",
+        settings.products
+    );
     anyhow::ensure!(
         settings.test_share > 0.0 && settings.test_share < 1.0,
         "--test-share: must be in (0, 1), got {}",
@@ -693,7 +727,8 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
 }
 
 fn write_file(path: &Path, body: &str) -> Result<()> {
-    let mut file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(body.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -725,7 +760,12 @@ mod tests {
         let settings = DemoSettings::default();
         let summary = write_demo(a.path(), &settings).unwrap();
         write_demo(b.path(), &settings).unwrap();
-        for file in ["corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"] {
+        for file in [
+            "corpus.jsonl",
+            "queries.jsonl",
+            "qrels/train.tsv",
+            "qrels/test.tsv",
+        ] {
             assert_eq!(
                 fs::read(a.path().join(file)).unwrap(),
                 fs::read(b.path().join(file)).unwrap(),
@@ -734,7 +774,10 @@ mod tests {
         }
         assert_eq!(summary.products, 400);
         assert_eq!(summary.train_queries + summary.test_queries, 600);
-        assert!(summary.train_queries > 360 && summary.test_queries > 120, "{summary:?}");
+        assert!(
+            summary.train_queries > 360 && summary.test_queries > 120,
+            "{summary:?}"
+        );
         // Every product named in the qrels exists; train rows are positives only.
         let corpus = fs::read_to_string(a.path().join("corpus.jsonl")).unwrap();
         let products: BTreeMap<String, Value> = corpus
@@ -753,7 +796,10 @@ mod tests {
         // Train and test queries are disjoint.
         let test = fs::read_to_string(a.path().join("qrels/test.tsv")).unwrap();
         let ids = |t: &str| -> BTreeSet<String> {
-            t.lines().skip(1).map(|r| r.split('\t').next().unwrap().to_string()).collect()
+            t.lines()
+                .skip(1)
+                .map(|r| r.split('\t').next().unwrap().to_string())
+                .collect()
         };
         assert!(ids(&train).is_disjoint(&ids(&test)));
         // Sizing and return-policy wording is in the products and the queries.
@@ -778,6 +824,10 @@ mod tests {
         }
         assert!(!compatible(&[Want::Vegan, Want::Material("suede")]));
         assert!(!compatible(&[Want::Fit(0), Want::Fit(1)]));
-        assert!(compatible(&[Want::Vegan, Want::Fit(1), Want::Colour("red")]));
+        assert!(compatible(&[
+            Want::Vegan,
+            Want::Fit(1),
+            Want::Colour("red")
+        ]));
     }
 }

@@ -128,6 +128,10 @@ pub struct DataConfig {
     /// The corpus to index (JSONL or BEIR directory). Default: `path`.
     #[serde(default)]
     pub corpus: Option<PathBuf>,
+    /// Accept training queries that also appear in the test split (reported as a warning by
+    /// the check stage instead of stopping the pipeline). Default false.
+    #[serde(default)]
+    pub allow_leakage: bool,
     /// Instead of the qrels pairs, train on this pairs JSONL file
     /// (`{"query", "positive", "negatives"?}`); mining then mines for it.
     #[serde(default)]
@@ -461,7 +465,10 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         }
         if !rerun_rest {
             if let Some(marker) = read_marker(&path).filter(|m| m.key == *key) {
-                eprintln!("pipeline: {stage}: done before ({:.1} s), skipped", marker.seconds);
+                eprintln!(
+                    "pipeline: {stage}: done before ({:.1} s), skipped",
+                    marker.seconds
+                );
                 if stage == Stage::Eval && !gate_passed(&marker.outcome) {
                     gate_failure = Some(gate_message(&marker.outcome));
                 }
@@ -528,10 +535,7 @@ pub fn run(args: PipelineArgs) -> Result<()> {
                         "generation {g} of collection {:?} keeps serving",
                         config.index.collection
                     ),
-                    None => format!(
-                        "collection {:?} was not built",
-                        config.index.collection
-                    ),
+                    None => format!("collection {:?} was not built", config.index.collection),
                 }
             ))
             .into())
@@ -582,6 +586,7 @@ fn run_check(config: &PipelineConfig) -> Result<Value> {
         .arg("--test-data", &config.data.path)
         .arg("--test-split", &config.data.test_split)
         .arg("--model", &config.base_model)
+        .flag("--allow-leakage", config.data.allow_leakage)
         .opt("--max-seq-len", config.train.max_seq_len);
     let args: super::data::CheckArgs = command_args("check", argv.0)?;
     super::data::run(super::data::DataCommand::Check(args))?;
@@ -657,7 +662,10 @@ fn run_eval(config: &PipelineConfig, work: &Work) -> Result<Value> {
         .arg("--split", &config.data.test_split)
         .arg("--out", work.eval())
         .flag("--require-gain", gate.require_gain)
-        .opt("--general-data", gate.general_data.as_ref().map(|p| p.display()))
+        .opt(
+            "--general-data",
+            gate.general_data.as_ref().map(|p| p.display()),
+        )
         .arg("--general-split", &gate.general_split)
         .opt("--max-general-drop", gate.max_general_drop)
         .opt("--max-seq-len", config.train.max_seq_len)
@@ -907,7 +915,13 @@ mod tests {
         assert!(c.gate.require_gain);
         assert_eq!(
             c.stages(),
-            vec![Stage::Check, Stage::Train, Stage::Eval, Stage::Index, Stage::Report]
+            vec![
+                Stage::Check,
+                Stage::Train,
+                Stage::Eval,
+                Stage::Index,
+                Stage::Report
+            ]
         );
         let mined = config(&format!("{MINIMAL}[mine]\nper_query = 3\n")).unwrap();
         assert_eq!(mined.stages().len(), 6);
@@ -915,8 +929,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_names_are_errors_naming_them() {
-        let err = format!("{:#}", config(&format!("{MINIMAL}[train]\nepoch = 3\n")).unwrap_err());
-        assert!(err.contains("epoch") && err.contains("pipeline.toml"), "{err}");
+        let err = format!(
+            "{:#}",
+            config(&format!("{MINIMAL}[train]\nepoch = 3\n")).unwrap_err()
+        );
+        assert!(
+            err.contains("epoch") && err.contains("pipeline.toml"),
+            "{err}"
+        );
         let err = format!(
             "{:#}",
             config(&MINIMAL.replace("\"shop\"", "\"../x\"")).unwrap_err()

@@ -25,11 +25,17 @@ use crate::error::Result;
 pub struct CheckSettings {
     /// Locations listed per finding. Default 5.
     pub samples: usize,
+    /// Report leakage into the test data as a warning instead of a fatal problem (for data
+    /// sets whose splits share queries by design). Default false.
+    pub allow_leakage: bool,
 }
 
 impl Default for CheckSettings {
     fn default() -> Self {
-        Self { samples: 5 }
+        Self {
+            samples: 5,
+            allow_leakage: false,
+        }
     }
 }
 
@@ -261,7 +267,12 @@ pub fn check(
 
     if let Some(test) = test {
         let test_queries: HashSet<&str> = test.pairs.iter().map(|p| p.query.trim()).collect();
-        let mut leak = Collector::new("leakage", Severity::Fatal, limit);
+        let severity = if settings.allow_leakage {
+            Severity::Warning
+        } else {
+            Severity::Fatal
+        };
+        let mut leak = Collector::new("leakage", severity, limit);
         let mut leaked: HashSet<&str> = HashSet::new();
         for pair in pairs {
             let query = pair.query.trim();
@@ -397,6 +408,18 @@ mod tests {
         assert!(find("leakage").samples[0].starts_with("pairs.jsonl:7"));
         assert!(report.is_fatal());
         assert!(report.to_string().contains("refused: 3 fatal problems"));
+        // Allowed leakage is still reported, as a warning.
+        let clean = data(&[("leaked query", "doc", &[]), ("other", "text", &[])]);
+        let settings = CheckSettings {
+            allow_leakage: true,
+            ..Default::default()
+        };
+        let report = check(&clean, Some(&test), None, &settings).unwrap();
+        assert_eq!(codes(&report), vec!["leakage"]);
+        assert_eq!(report.findings[0].severity, Severity::Warning);
+        assert!(!report.is_fatal());
+        let report = check(&clean, Some(&test), None, &Default::default()).unwrap();
+        assert!(report.is_fatal());
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub async fn report(
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
     let response = blocking(move || {
-        let summary = read(&state, &collection, SUMMARY_FILE)?
-            .ok_or_else(|| no_report(&collection))?;
+        let summary =
+            read(&state, &collection, SUMMARY_FILE)?.ok_or_else(|| no_report(&collection))?;
         let summary: Value = serde_json::from_slice(&summary).map_err(|e| {
             ApiError::Internal(format!("the report of {collection:?} is not JSON: {e}"))
         })?;
