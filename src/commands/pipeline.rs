@@ -668,7 +668,8 @@ fn run_eval(config: &PipelineConfig, work: &Work) -> Result<Value> {
         )
         .arg("--general-split", &gate.general_split)
         .opt("--max-general-drop", gate.max_general_drop)
-        .opt("--max-seq-len", config.train.max_seq_len)
+        // Evaluated at each model's own max_seq_length, as served: train.max_seq_len is a
+        // training setting.
         .arg("--device", config.device());
     let args: super::eval::EvalArgs = command_args("eval", argv.0)?;
     match super::eval::run(args) {
