@@ -898,7 +898,12 @@ mod tests {
 
     fn config(text: &str) -> Result<PipelineConfig> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pipeline.toml");
+        config_in(dir.path(), text)
+    }
+
+    /// Reads `text` as `dir/pipeline.toml` (relative paths resolve against `dir`).
+    fn config_in(dir: &Path, text: &str) -> Result<PipelineConfig> {
+        let path = dir.join("pipeline.toml");
         fs::write(&path, text).unwrap();
         PipelineConfig::read(&path)
     }
@@ -952,8 +957,9 @@ mod tests {
 
     #[test]
     fn a_changed_setting_changes_its_stage_key_and_every_later_one() {
-        let a = config(MINIMAL).unwrap();
-        let b = config(&format!("{MINIMAL}[train]\nepochs = 2\n")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let a = config_in(dir.path(), MINIMAL).unwrap();
+        let b = config_in(dir.path(), &format!("{MINIMAL}[train]\nepochs = 2\n")).unwrap();
         let (ka, kb) = (stage_keys(&a), stage_keys(&b));
         let changed: Vec<bool> = ka.iter().zip(&kb).map(|(x, y)| x.1 != y.1).collect();
         // check unchanged; train, eval, index, report changed.
