@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::kernels::{self, Epilogue};
-use crate::layers::{attention_probs, Dropout, Embedding, LayerNorm, Linear, Mode};
+use crate::layers::{attention_probs, matmul_in, Dropout, Embedding, LayerNorm, Linear, Mode};
 
 /// Which linear layer of a transformer block (the LoRA targets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +112,8 @@ struct BertLayer {
     hidden_dropout: Dropout,
     num_heads: usize,
     head_size: usize,
+    /// The dtype of the attention products `Q·Kᵀ` and `P·V` (the linear layers keep their own).
+    matmul_dtype: DType,
 }
 
 impl BertLayer {
@@ -137,6 +139,7 @@ impl BertLayer {
             hidden_dropout: Dropout::new(cfg.hidden_dropout_prob),
             num_heads: cfg.num_attention_heads,
             head_size: cfg.head_size(),
+            matmul_dtype: DType::F32,
         })
     }
 
@@ -171,18 +174,31 @@ impl BertLayer {
         }
     }
 
-    /// Whether the fused CPU kernels can run this layer: plain weights (no LoRA adapter) with biases.
-    fn fusable(&self) -> bool {
+    fn linears_mut(&mut self) -> [&mut Linear; 6] {
         [
-            &self.query,
-            &self.key,
-            &self.value,
-            &self.attention_output,
-            &self.intermediate,
-            &self.output,
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
         ]
-        .iter()
-        .all(|l| l.lora().is_none() && l.bias().is_some())
+    }
+
+    /// Whether the fused CPU kernels can run this layer: plain f32 weights (no LoRA adapter, no
+    /// narrowed products) with biases.
+    fn fusable(&self) -> bool {
+        self.matmul_dtype == DType::F32
+            && [
+                &self.query,
+                &self.key,
+                &self.value,
+                &self.attention_output,
+                &self.intermediate,
+                &self.output,
+            ]
+            .iter()
+            .all(|l| l.lora().is_none() && l.bias().is_some() && l.matmul_dtype() == DType::F32)
     }
 
     /// Inference on CPU with the fused kernels; `lengths[i]` real tokens start text `i`.
@@ -222,9 +238,11 @@ impl BertLayer {
         let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(xs)?)?;
         let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?;
+        let scores = matmul_in(&q, &k.t()?, self.matmul_dtype)?;
         let probs = attention_probs(&scores, mask_bias, self.attention_dropout, mode)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let context = matmul_in(&probs, &v, self.matmul_dtype)?
+            .transpose(1, 2)?
+            .reshape((b, s, h))?;
         let attended = self
             .hidden_dropout
             .forward(&self.attention_output.forward(&context)?, mode)?;
@@ -264,6 +282,17 @@ impl BertModel {
     /// The hyper-parameters the model was loaded with.
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Runs every matrix product of the transformer blocks in `dtype` (mixed precision, see
+    /// [`crate::Precision`]); everything else stays f32. `DType::F32` restores exact products.
+    pub fn set_matmul_dtype(&mut self, dtype: DType) {
+        for layer in &mut self.layers {
+            layer.matmul_dtype = dtype;
+            for linear in layer.linears_mut() {
+                linear.set_matmul_dtype(dtype);
+            }
+        }
     }
 
     /// The linear layer `target` of transformer block `layer` (to attach a LoRA adapter).

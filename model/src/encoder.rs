@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::bert::BertModel;
 use crate::config::{Architecture, PoolingMode};
+use crate::device::Precision;
 use crate::error::{ModelError, Result};
 use crate::layers::Mode;
 use crate::model_dir::ModelDir;
@@ -29,6 +30,9 @@ pub struct EncoderSettings {
     /// Prepended to every [`TextKind::Document`] text; `None` uses the model's `document` (or
     /// `passage`) prompt, if any.
     pub document_prefix: Option<String>,
+    /// The dtype of the transformer's matrix products (default [`Precision::Auto`]: bf16 on a
+    /// CUDA GPU, f32 on the CPU).
+    pub precision: Precision,
 }
 
 impl Default for EncoderSettings {
@@ -39,6 +43,7 @@ impl Default for EncoderSettings {
             max_seq_length: None,
             query_prefix: None,
             document_prefix: None,
+            precision: Precision::Auto,
         }
     }
 }
@@ -115,7 +120,7 @@ impl Encoder {
 
     /// Wraps an already built model (e.g. one whose weights are training variables).
     pub fn from_model(
-        model: BertModel,
+        mut model: BertModel,
         dir: &ModelDir,
         device: &Device,
         settings: EncoderSettings,
@@ -126,6 +131,7 @@ impl Encoder {
                 problem: "must be at least 1".to_string(),
             });
         }
+        model.set_matmul_dtype(settings.precision.matmul_dtype(device));
         let tokenizer = TextTokenizer::new(dir, settings.max_seq_length)?;
         if settings.max_tokens_per_batch < tokenizer.max_seq_length() {
             return Err(ModelError::InvalidSetting {

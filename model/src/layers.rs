@@ -191,6 +191,18 @@ pub fn softmax_last_dim(xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
     }
 }
 
+/// `a · b` with both inputs narrowed to `dtype` and the product widened back to `a`'s dtype:
+/// a mixed-precision product (see [`crate::Precision`]). Gradients flow through the casts, so
+/// they reach f32 weights as f32. With `dtype` equal to `a`'s, a plain product.
+pub fn matmul_in(a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
+    if a.dtype() == dtype && b.dtype() == dtype {
+        return a.matmul(b);
+    }
+    a.to_dtype(dtype)?
+        .matmul(&b.to_dtype(dtype)?)?
+        .to_dtype(a.dtype())
+}
+
 /// A low-rank adapter `x · Aᵀ · Bᵀ · (alpha / rank)` added to a frozen linear layer (LoRA).
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -203,8 +215,8 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    fn delta(&self, xs2d: &Tensor) -> Result<Tensor> {
-        xs2d.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+    fn delta(&self, xs2d: &Tensor, dtype: DType) -> Result<Tensor> {
+        matmul_in(&matmul_in(xs2d, &self.a.t()?, dtype)?, &self.b.t()?, dtype)? * self.scale
     }
 
     /// The dense weight update `B · A · scale`, shape `(out, in)`, for merging into the base weight.
@@ -219,6 +231,8 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
+    /// The dtype of the products `x · Wᵀ` (and the adapter's); f32 unless set otherwise.
+    matmul_dtype: DType,
 }
 
 impl Linear {
@@ -228,6 +242,7 @@ impl Linear {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: Some(vb.get(out_dim, "bias")?),
             lora: None,
+            matmul_dtype: DType::F32,
         })
     }
 
@@ -250,6 +265,16 @@ impl Linear {
     pub fn lora(&self) -> Option<&LoraAdapter> {
         self.lora.as_ref()
     }
+
+    /// Runs the products in `dtype` (mixed precision); the output stays in the input's dtype.
+    pub fn set_matmul_dtype(&mut self, dtype: DType) {
+        self.matmul_dtype = dtype;
+    }
+
+    /// The dtype the products run in.
+    pub fn matmul_dtype(&self) -> DType {
+        self.matmul_dtype
+    }
 }
 
 impl Module for Linear {
@@ -260,7 +285,7 @@ impl Module for Linear {
             .expect("linear input has at least one dimension");
         let rows = xs.elem_count() / in_dim.max(1);
         let xs2d = xs.reshape((rows, in_dim))?;
-        let mut ys = xs2d.matmul(&self.weight.t()?)?;
+        let mut ys = matmul_in(&xs2d, &self.weight.t()?, self.matmul_dtype)?;
         if let Some(bias) = &self.bias {
             ys = if crate::train_kernels::applies(&ys) && bias.track_op() {
                 crate::train_kernels::bias_add(&ys, bias)?
@@ -269,7 +294,7 @@ impl Module for Linear {
             };
         }
         if let Some(lora) = &self.lora {
-            ys = (ys + lora.delta(&xs2d)?)?;
+            ys = (ys + lora.delta(&xs2d, self.matmul_dtype)?)?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
@@ -378,6 +403,7 @@ mod tests {
             weight: Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap(),
             bias: Some(Tensor::randn(0f32, 1.0, 6, &dev).unwrap()),
             lora: None,
+            matmul_dtype: DType::F32,
         };
         let xs = Tensor::randn(0f32, 1.0, (2, 3, 4), &dev).unwrap();
         let base = lin.forward(&xs).unwrap();
@@ -405,6 +431,7 @@ mod tests {
             weight: (lin.weight() + lin.lora().unwrap().merged_delta().unwrap()).unwrap(),
             bias: lin.bias.clone(),
             lora: None,
+            matmul_dtype: DType::F32,
         };
         let d = (adapted - merged.forward(&xs).unwrap())
             .unwrap()
@@ -413,5 +440,57 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn mixed_precision_products_stay_close_and_give_f32_gradients() {
+        let dev = Device::Cpu;
+        let weight = candle_core::Var::randn(0f32, 0.2, (6, 16), &dev).unwrap();
+        let mut lin = Linear {
+            weight: weight.as_tensor().clone(),
+            bias: Some(Tensor::randn(0f32, 1.0, 6, &dev).unwrap()),
+            lora: None,
+            matmul_dtype: DType::F32,
+        };
+        let xs = Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap();
+        let exact = lin.forward(&xs).unwrap();
+        let exact_grad = exact.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let exact_grad = exact_grad.get(weight.as_tensor()).unwrap().clone();
+        for dtype in [DType::BF16, DType::F16] {
+            lin.set_matmul_dtype(dtype);
+            let ys = lin.forward(&xs).unwrap();
+            assert_eq!(ys.dtype(), DType::F32, "the output is widened back");
+            let err = (&ys - &exact).unwrap().abs().unwrap().max_all().unwrap();
+            let err = err.to_scalar::<f32>().unwrap();
+            // bf16 keeps 8 mantissa bits: |x·w| over 16 terms of size ~0.2 errs by ~1e-2 at most.
+            assert!(err > 0.0 && err < 3e-2, "{dtype:?}: max error {err}");
+            let grads = ys.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = grads.get(weight.as_tensor()).unwrap();
+            assert_eq!(
+                grad.dtype(),
+                DType::F32,
+                "the master weight's gradient is f32"
+            );
+            let rel = ((grad - &exact_grad)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap())
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+                / exact_grad
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+            assert!(rel < 2e-2, "{dtype:?}: gradient relative error {rel}");
+        }
     }
 }

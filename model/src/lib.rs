@@ -44,7 +44,7 @@ pub mod train_kernels;
 pub use bert::{BertModel, LinearTarget};
 pub use candle_core::Device;
 pub use config::{Architecture, BertConfig, PoolingConfig, PoolingMode};
-pub use device::{device_name, DeviceRequest};
+pub use device::{device_name, DeviceRequest, Precision};
 pub use encoder::{plan_batches, EmbedOutput, Encoder, EncoderSettings, TextKind};
 pub use error::{ModelError, Result};
 pub use layers::{LoraAdapter, Mode, TrainContext};

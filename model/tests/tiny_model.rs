@@ -394,3 +394,31 @@ fn a_pytorch_model_bin_directory_embeds_like_its_safetensors_twin() {
         assert_eq!(g, w, "same weights, same vectors");
     }
 }
+
+#[test]
+fn bf16_and_f16_products_embed_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "precision", &RandomBertSpec::default());
+    let exact = encoder(&dir, EncoderSettings::default())
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+    for precision in [attune_model::Precision::Bf16, attune_model::Precision::F16] {
+        let mixed = encoder(
+            &dir,
+            EncoderSettings {
+                precision,
+                ..EncoderSettings::default()
+            },
+        )
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+        for (e, m) in exact.embeddings.iter().zip(&mixed.embeddings) {
+            let cosine: f32 =
+                e.iter().zip(m).map(|(a, b)| a * b).sum::<f32>() / (norm(e) * norm(m));
+            // Narrowed products change the vector a little (not at all would mean they did not run).
+            assert!(cosine > 0.999, "{precision}: cosine {cosine}");
+            assert!(max_abs_diff(e, m) > 0.0, "{precision}: identical to f32");
+            assert!((norm(m) - 1.0).abs() < 1e-5, "still unit length");
+        }
+    }
+}

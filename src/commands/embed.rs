@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use attune_model::{device_name, DeviceRequest, Encoder, EncoderSettings, ModelDir, TextKind};
+use attune_model::{
+    device_name, DeviceRequest, Encoder, EncoderSettings, ModelDir, Precision, TextKind,
+};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -68,6 +70,9 @@ pub struct EmbedArgs {
     /// Device: auto (a CUDA GPU if built with --features cuda and present, else CPU), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
+    /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16.
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
     /// Texts read, length-sorted and embedded at a time before their lines are written; bounds
     /// memory for inputs of any size.
     #[arg(long, default_value_t = 16384)]
@@ -147,6 +152,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         max_seq_length: args.max_seq_len,
         query_prefix: args.prefix.clone(),
         document_prefix: args.prefix.clone(),
+        precision: args.precision,
     };
     let encoder = Encoder::load(&model, &device, settings)?;
 

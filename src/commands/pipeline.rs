@@ -178,6 +178,9 @@ pub struct TrainConfig {
     pub lora_targets: Option<String>,
     /// Checkpoint every N steps (a crashed train stage resumes from the newest).
     pub checkpoint_every: Option<usize>,
+    /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// `[gate]`.
@@ -647,6 +650,7 @@ fn run_train(config: &PipelineConfig, work: &Work) -> Result<Value> {
         .opt("--lora-alpha", t.lora_alpha)
         .opt("--lora-targets", t.lora_targets.clone())
         .opt("--checkpoint-every", t.checkpoint_every)
+        .opt("--precision", t.precision.clone())
         .arg("--device", config.device());
     let args: super::train::TrainArgs = command_args("train", argv.0)?;
     super::train::run(args)?;

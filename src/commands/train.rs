@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use attune_eval::data::BeirDataset;
-use attune_model::{DeviceRequest, ModelDir};
+use attune_model::{DeviceRequest, ModelDir, Precision};
 use attune_trainer::data::TrainingData;
 use attune_trainer::lora::{parse_targets, LoraSettings};
 use attune_trainer::loss::LossSettings;
@@ -112,6 +112,10 @@ pub struct TrainArgs {
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
+    /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16.
+    /// Weights, optimizer state, gradients and the loss stay f32.
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
 }
 
 /// `--leakage` values.
@@ -168,6 +172,7 @@ impl TrainArgs {
             checkpoints_kept: 1,
             leakage: self.leakage.into(),
             lora,
+            precision: self.precision,
         })
     }
 }
@@ -214,12 +219,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     output.keep_checkpoints = args.keep_checkpoints;
 
     println!(
-        "train: {} on {} ({} pairs, split {}), device {}",
+        "train: {} on {} ({} pairs, split {}), device {}, {} products",
         args.model.display(),
         args.data.display(),
         data.pairs.len(),
         args.split,
-        attune_model::device::device_name(&device)
+        attune_model::device::device_name(&device),
+        args.precision.matmul_dtype(&device).as_str()
     );
     if let (Some(v), Some(split)) = (&validation, &eval_split) {
         println!(

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use attune_eval::data::BeirDataset;
 use attune_eval::evaluator::{evaluate_model, EvalSettings};
 use attune_eval::metrics::{MetricKind, MetricName};
-use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
+use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, Precision, TextKind, TrainContext};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
@@ -81,6 +81,9 @@ pub struct TrainSettings {
     /// Train LoRA adapters instead of every weight (default `None`: full fine-tuning). The
     /// written model has the adapters merged in; they are also written on their own.
     pub lora: Option<LoraSettings>,
+    /// The dtype of the transformer's matrix products (default [`Precision::Auto`]: bf16 on a
+    /// CUDA GPU, f32 on the CPU). Weights, optimizer state, gradients and the loss stay f32.
+    pub precision: Precision,
 }
 
 impl Default for TrainSettings {
@@ -101,6 +104,7 @@ impl Default for TrainSettings {
             checkpoints_kept: 1,
             leakage: LeakagePolicy::Refuse,
             lora: None,
+            precision: Precision::Auto,
         }
     }
 }
@@ -171,6 +175,7 @@ impl TrainSettings {
             "seed": self.seed,
             "eval_every": self.eval_every,
             "leakage": self.leakage,
+            "precision": self.precision.to_string(),
         })
     }
 }
@@ -658,6 +663,7 @@ pub fn train(
         max_tokens_per_batch: EncoderSettings::default()
             .max_tokens_per_batch
             .max(settings.max_seq_length.unwrap_or(0)),
+        precision: settings.precision,
         ..Default::default()
     };
     // LoRA freezes the model's weights (plain tensors, no gradients) and trains adapters only.

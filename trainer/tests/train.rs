@@ -141,6 +141,76 @@ fn a_seed_determines_the_weights() {
 }
 
 #[test]
+fn mixed_precision_learns_like_f32_and_writes_f32_weights() {
+    use attune_model::Precision;
+    let tmp = setup();
+    let recipe = TrainSettings {
+        eval_every: None,
+        ..settings()
+    };
+    let exact = run(tmp.path(), "f32", &recipe);
+    let mixed = run(
+        tmp.path(),
+        "bf16",
+        &TrainSettings {
+            precision: Precision::Bf16,
+            ..recipe.clone()
+        },
+    );
+    let ndcg = |s: &TrainSummary| s.after.as_ref().unwrap()["ndcg@10"];
+    let before = exact.before.as_ref().unwrap()["ndcg@10"];
+    eprintln!(
+        "validation nDCG@10: base {before:.4}, f32 {:.4}, bf16 {:.4}",
+        ndcg(&exact),
+        ndcg(&mixed)
+    );
+    assert!(ndcg(&mixed) > before + 0.05, "bf16 training did not learn");
+    assert!(
+        (ndcg(&mixed) - ndcg(&exact)).abs() < 0.1,
+        "bf16 {:.4} vs f32 {:.4}",
+        ndcg(&mixed),
+        ndcg(&exact)
+    );
+    // The loss curves agree: the mean of the last 20 steps' losses within 10 %.
+    let tail_loss = |name: &str| {
+        let losses: Vec<f64> = log(&tmp.path().join(name))
+            .iter()
+            .filter(|r| r.kind == "train")
+            .filter_map(|r| r.loss)
+            .collect();
+        losses[losses.len() - 20..].iter().sum::<f64>() / 20.0
+    };
+    let (exact_loss, mixed_loss) = (tail_loss("f32"), tail_loss("bf16"));
+    eprintln!("mean loss of the last 20 steps: f32 {exact_loss:.4}, bf16 {mixed_loss:.4}");
+    assert!(
+        (mixed_loss - exact_loss).abs() < 0.1 * exact_loss,
+        "loss bf16 {mixed_loss:.4} vs f32 {exact_loss:.4}"
+    );
+    let read = |name: &str| {
+        candle_core::safetensors::load(
+            tmp.path().join(name).join("model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (exact_weights, mixed_weights) = (read("f32"), read("bf16"));
+    let mut largest = 0f32;
+    for (name, tensor) in &mixed_weights {
+        assert_eq!(tensor.dtype(), candle_core::DType::F32, "{name}");
+        largest = largest.max(max_abs_difference(tensor, &exact_weights[name]));
+    }
+    assert!(
+        largest > 0.0,
+        "bf16 products changed nothing: did they run?"
+    );
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("bf16/training_card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(card["hyperparameters"]["precision"], "bf16");
+}
+
+#[test]
 fn lora_trains_only_adapters_and_writes_them_merged() {
     use attune_model::{Encoder, EncoderSettings, LinearTarget, TextKind};
     use attune_trainer::lora::LoraSettings;
