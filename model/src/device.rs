@@ -84,7 +84,14 @@ impl DeviceRequest {
                 }
                 Device::new_cuda(ordinal).map_err(|e| ModelError::Device {
                     spec: self.to_string(),
-                    problem: format!("no usable CUDA GPU with ordinal {ordinal}: {e}"),
+                    // candle appends a backtrace when RUST_BACKTRACE is set; the first line says it.
+                    problem: format!(
+                        "no usable CUDA GPU with ordinal {ordinal}: {}",
+                        e.to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or("unknown driver error")
+                    ),
                 })
             }
         }
