@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use attune_api::ModelEmbedder;
+use attune_app::ModelEmbedder;
 use attune_index::{Filter, SearchRequest, Store};
 use attune_model::Device;
 

@@ -99,6 +99,7 @@ fn main() {
         fingerprint: "precomputed".into(),
         dim,
         source: String::new(),
+        encoding: None,
     };
     let mut embedder = Precomputed {
         identity: identity.clone(),

@@ -267,6 +267,38 @@ fn bad_input_and_other_models_are_refused_with_clear_messages() {
     );
 }
 
+/// A space built at a truncation length other than the model's default is searched at that
+/// length: the identity records it, and `attune index search` rebuilds the same encoder (it
+/// used to reload the model at its default length and refuse the space as another model).
+#[test]
+fn a_space_built_with_max_seq_len_is_searched_at_that_length() {
+    let f = Fixture::new();
+    f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
+    let report = f.build("corpus.jsonl", &["--max-seq-len", "12"]);
+    assert_eq!(report["embedded"]["base"], 40);
+    let identity = &Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap()
+        .spaces["base"];
+    assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 12);
+    let out = f.search(
+        "item7 v1 blue",
+        &[
+            "--collection",
+            "shop",
+            "--space",
+            "base",
+            "-k",
+            "3",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["results"].as_array().unwrap().len(), 3, "{answer}");
+}
+
 /// Checks the store serves one complete generation: every document of `expected` (one of the
 /// corpora) present, with that corpus's text, and found by a search with its own vector.
 fn check_served(store_dir: &Path, corpora: &[Vec<String>]) -> usize {

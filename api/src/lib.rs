@@ -13,7 +13,10 @@
 //! - [`error`]: [`ApiError`], the one place HTTP statuses are decided;
 //! - [`routes::ui`]: the web page at `/` (search with base and tuned side by side, filters,
 //!   judging, the latest pipeline report), plain HTML and JavaScript compiled into the binary;
-//! - [`settings`], [`auth`], [`metrics`], [`ab`], [`openapi`], [`models`].
+//! - [`settings`], [`auth`], [`metrics`], [`ab`], [`openapi`].
+//!
+//! Models are loaded through [`attune_app::ModelEmbedder`], the application layer's owner of
+//! model identities.
 //!
 //! ```no_run
 //! use attune_api::{serve, AppState, ServeSettings};
@@ -29,7 +32,6 @@ pub mod auth;
 pub mod error;
 pub mod inference;
 pub mod metrics;
-pub mod models;
 pub mod openapi;
 pub mod routes;
 pub mod settings;
@@ -44,7 +46,6 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
 pub use error::{ApiError, SettingsError, StartError};
-pub use models::{model_identity, ModelEmbedder};
 pub use settings::{AbSettings, InferenceSettings, ServeSettings};
 pub use state::AppState;
 

@@ -15,8 +15,8 @@ use attune_model::{Device, DeviceRequest};
 use crate::error::{ApiError, StartError};
 use crate::inference::InferenceQueue;
 use crate::metrics::Metrics;
-use crate::models::ModelEmbedder;
 use crate::settings::ServeSettings;
+use attune_app::ModelEmbedder;
 
 /// A collection being served.
 pub struct Served {
@@ -310,24 +310,14 @@ impl AppState {
             .get(space)
             .cloned()
             .unwrap_or_else(|| PathBuf::from(&identity.source));
-        let embedder = ModelEmbedder::load(&path, &self.device, None).map_err(|e| {
+        let embedder = ModelEmbedder::for_identity(&path, &self.device, identity).map_err(|e| {
             LoadError::Model(format!(
-                "space {space:?} of collection {collection:?}: model {}: {e} (set models.{space} \
-                 in the settings file to the model directory)",
+                "space {space:?} of collection {collection:?}: model {}: {e} (set \
+                     models.{space} in the settings file to the model directory the space was \
+                     built with, or rebuild the collection)",
                 path.display()
             ))
         })?;
-        if !embedder.identity().same_model(identity) {
-            return Err(LoadError::Model(format!(
-                "space {space:?} of collection {collection:?} was built with model {} \
-                 (fingerprint {}), but {} now has fingerprint {}; rebuild the collection or point \
-                 models.{space} at the original model",
-                identity.source,
-                identity.fingerprint,
-                path.display(),
-                embedder.identity().fingerprint
-            )));
-        }
         let label = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -9,7 +9,8 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
-use attune_api::{app, AppState, ModelEmbedder, ServeSettings};
+use attune_api::{app, AppState, ServeSettings};
+use attune_app::ModelEmbedder;
 use attune_index::{build_collection, BuildSettings, Corpus, Embedder, SpaceSpec, Store};
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{Device, Encoder, EncoderSettings, ModelDir, TextKind};
@@ -27,10 +28,16 @@ fn doc_text(i: usize, version: usize) -> (String, String) {
 /// A store with collection "shop": `n` products, spaces base and tuned (two random models).
 struct Fixture {
     tmp: tempfile::TempDir,
+    /// The truncation length the spaces are built at (`None`: the models' default).
+    max_seq_len: Option<usize>,
 }
 
 impl Fixture {
     fn new(n: usize) -> Self {
+        Self::built_at(n, None)
+    }
+
+    fn built_at(n: usize, max_seq_len: Option<usize>) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         for (name, seed) in [("base-model", 1), ("tuned-model", 2)] {
             let spec = RandomBertSpec {
@@ -39,7 +46,7 @@ impl Fixture {
             };
             write_random_bert(&tmp.path().join(name), &spec).unwrap();
         }
-        let fixture = Self { tmp };
+        let fixture = Self { tmp, max_seq_len };
         fixture.build(n, 0);
         fixture
     }
@@ -62,8 +69,11 @@ impl Fixture {
         std::fs::write(&corpus_path, lines.join("\n")).unwrap();
         let corpus = Corpus::read(&corpus_path).unwrap();
         let store = Store::open_or_create(&self.path("store")).unwrap();
-        let mut base = ModelEmbedder::load(&self.path("base-model"), &Device::Cpu, None).unwrap();
-        let mut tuned = ModelEmbedder::load(&self.path("tuned-model"), &Device::Cpu, None).unwrap();
+        let load = |name: &str| {
+            ModelEmbedder::load(&self.path(name), &Device::Cpu, self.max_seq_len).unwrap()
+        };
+        let mut base = load("base-model");
+        let mut tuned = load("tuned-model");
         let mut spaces = [
             SpaceSpec {
                 name: "base".into(),
@@ -220,6 +230,29 @@ async fn search_answers_and_rejects_bad_requests() {
     );
     let (status, body) = call(&service, TestRequest::get().uri("/v2/nothing")).await;
     assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
+}
+
+/// Spaces built at a truncation length other than the models' default are served at that
+/// length (the server used to reload models at their default length and refuse the spaces).
+#[actix_web::test]
+async fn spaces_built_with_max_seq_len_are_served_at_that_length() {
+    let fixture = Fixture::built_at(30, Some(10));
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let (title, text) = doc_text(7, 0);
+    for space in ["base", "tuned"] {
+        let (status, body) = call(
+            &service,
+            post(
+                "/v1/collections/shop/search",
+                json!({"query": format!("{title} {text}"), "k": 3, "space": space}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The query embeds exactly like document p7 did: same text, same 10 tokens.
+        let top = body["results"][0]["score"].as_f64().unwrap();
+        assert!(top > 0.999, "{body}");
+    }
 }
 
 #[actix_web::test]

@@ -81,16 +81,10 @@ pub struct Document {
 }
 
 impl Document {
-    /// The text that gets embedded: title and text joined by a space, each trimmed, the title
-    /// left out when empty (the sentence-transformers/BEIR convention).
+    /// The text that gets embedded ([`attune_core::embedding_text`]: the one definition that
+    /// evaluation, mining, training and the index share).
     pub fn embedding_text(&self) -> String {
-        let title = self.title.trim();
-        let text = self.text.trim();
-        match (title.is_empty(), text.is_empty()) {
-            (true, _) => text.to_string(),
-            (false, true) => title.to_string(),
-            (false, false) => format!("{title} {text}"),
-        }
+        attune_core::embedding_text(&self.title, &self.text)
     }
 }
 

@@ -16,10 +16,11 @@ use crate::corpus::Corpus;
 use crate::distance::normalize;
 use crate::error::{IndexError, Result};
 use crate::graph::{Graph, HnswParams, DEAD_LABEL};
+use crate::identity::ModelIdentity;
 use crate::keys;
 use crate::store::{
     build_space_graph, content_hash, hex, now_unix, validate_name, CollectionManifest,
-    CompactionPolicy, DocumentWrite, GenerationDb, ModelIdentity, Store,
+    CompactionPolicy, DocumentWrite, GenerationDb, Store,
 };
 
 /// Turns document texts into vectors for one space. Implemented by the binary over

@@ -29,14 +29,10 @@ pub struct Document {
 }
 
 impl Document {
-    /// The text that is embedded: title and text joined by a space when both are present (the
-    /// sentence-transformers BEIR convention).
+    /// The text that is embedded ([`attune_core::embedding_text`]: the one definition that
+    /// evaluation, mining, training and the index share).
     pub fn embedding_text(&self) -> String {
-        match (self.title.trim().is_empty(), self.text.trim().is_empty()) {
-            (false, false) => format!("{} {}", self.title, self.text),
-            (false, true) => self.title.clone(),
-            _ => self.text.clone(),
-        }
+        attune_core::embedding_text(&self.title, &self.text)
     }
 }
 

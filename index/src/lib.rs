@@ -40,7 +40,7 @@
 //!     r#"{"_id": "2", "title": "blue hat", "text": "wool", "metadata": {"category": "hats"}}"#, "\n"))?;
 //! let corpus = Corpus::read(&dir.path().join("corpus.jsonl"))?;
 //! let store = Store::open_or_create(&dir.path().join("store"))?;
-//! let model = ModelIdentity { fingerprint: "letters-v1".into(), dim: 26, source: String::new() };
+//! let model = ModelIdentity { fingerprint: "letters-v1".into(), dim: 26, source: String::new(), encoding: None };
 //! let mut embedder = Letters(model.clone());
 //! let mut spaces = [SpaceSpec { name: "base".into(), embedder: &mut embedder }];
 //! let report = build_collection(&store, "products", &corpus, &mut spaces,
@@ -66,6 +66,7 @@ pub mod events;
 pub mod filter;
 pub mod fixtures;
 pub mod graph;
+pub mod identity;
 pub mod keys;
 mod reports;
 pub mod store;
@@ -76,10 +77,11 @@ pub use error::{IndexError, Result};
 pub use events::{EventLog, FeedbackRecord, ServedRequest};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
+pub use identity::{Encoding, ModelIdentity};
 pub use store::{
     content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet,
-    FacetValue, ModelIdentity, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument,
-    UpsertDocument, UpsertReport, EXACT_FILTER_LIMIT,
+    FacetValue, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument,
+    UpsertReport, EXACT_FILTER_LIMIT,
 };
 
 /// Fsyncs a directory so that renames inside it survive a crash.

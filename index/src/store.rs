@@ -37,26 +37,8 @@ use crate::distance::{dot, normalize};
 use crate::error::{IndexError, Result};
 use crate::filter::{indexed_pairs, scalar_key, value_of_key, Filter};
 use crate::graph::{Graph, GraphPoint, HnswParams, DEAD_LABEL};
+use crate::identity::ModelIdentity;
 use crate::keys;
-
-/// What a vector space is bound to: the model that embeds its documents and queries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelIdentity {
-    /// Hex digest over the model's weights, tokenizer, pooling and prompts (prefixes).
-    pub fingerprint: String,
-    /// Embedding dimension.
-    pub dim: usize,
-    /// Where the model was loaded from when the space was built (informative; not compared).
-    #[serde(default)]
-    pub source: String,
-}
-
-impl ModelIdentity {
-    /// True when vectors of `other` can be compared with vectors of `self`.
-    pub fn same_model(&self, other: &ModelIdentity) -> bool {
-        self.fingerprint == other.fingerprint && self.dim == other.dim
-    }
-}
 
 /// A collection's manifest (`collection.json`); rewriting it atomically is how generations
 /// switch.

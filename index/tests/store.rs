@@ -40,6 +40,7 @@ fn identity(name: &str) -> ModelIdentity {
         fingerprint: format!("fingerprint-{name}"),
         dim: DIM,
         source: String::new(),
+        encoding: None,
     }
 }
 

@@ -4,11 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use attune_api::ModelEmbedder;
-use attune_index::{
-    build_collection, BuildEvent, BuildSettings, Corpus, Filter, HnswParams, SearchRequest,
-    SpaceSpec, Store,
-};
+use attune_app::{IndexInputs, IndexJob, IndexSettings, ModelEmbedder, SpaceModel};
+use attune_index::{BuildEvent, Corpus, Filter, SearchRequest, Store};
 use attune_model::DeviceRequest;
 use clap::{Args, Subcommand};
 
@@ -42,21 +39,9 @@ pub struct BuildArgs {
     /// --space base=models/all-MiniLM-L6-v2 --space tuned=out/tuned).
     #[arg(long = "space", value_name = "NAME=MODEL_DIR", required = true)]
     pub spaces: Vec<String>,
-    /// Documents embedded and committed together (a crash loses at most one batch of work).
-    #[arg(long, default_value_t = BuildSettings::default().batch_size)]
-    pub batch_size: usize,
-    /// HNSW links per point (M; layer 0 keeps 2M).
-    #[arg(long, default_value_t = HnswParams::default().m)]
-    pub m: usize,
-    /// HNSW candidate list size while building.
-    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
-    pub ef_construction: usize,
-    /// Default HNSW candidate list size for searches.
-    #[arg(long, default_value_t = HnswParams::default().ef_search)]
-    pub ef_search: usize,
-    /// Truncate documents to this many tokens (default: the model's max_seq_length).
-    #[arg(long, value_name = "N")]
-    pub max_seq_len: Option<usize>,
+    /// What a user tunes (batch size, HNSW parameters, truncation length).
+    #[command(flatten)]
+    pub settings: IndexSettings,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
@@ -137,52 +122,31 @@ pub fn run(command: IndexCommand) -> Result<()> {
     }
 }
 
-fn parse_space(spec: &str) -> Result<(String, PathBuf)> {
+fn parse_space(spec: &str) -> Result<SpaceModel> {
     match spec.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(dir)))
-        }
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok(SpaceModel {
+            space: name.to_string(),
+            model: PathBuf::from(dir),
+        }),
         _ => bail!("--space {spec:?}: expected NAME=MODEL_DIR, e.g. base=models/all-MiniLM-L6-v2"),
     }
 }
 
 fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
-    let settings = BuildSettings {
-        batch_size: args.batch_size,
-        hnsw: HnswParams {
-            m: args.m,
-            ef_construction: args.ef_construction,
-            ef_search: args.ef_search,
-        },
+    let inputs = IndexInputs {
+        store: args.store.clone(),
+        collection: args.collection.clone(),
+        corpus: args.corpus.clone(),
+        spaces: args
+            .spaces
+            .iter()
+            .map(|spec| parse_space(spec))
+            .collect::<Result<_>>()?,
+        device: args.device.open()?,
     };
-    settings.hnsw.validate()?;
-    let mut parsed = Vec::new();
-    for spec in &args.spaces {
-        parsed.push(parse_space(spec)?);
-    }
-    // The corpus is read and checked whole before the store is touched.
-    let corpus = Corpus::read(&args.corpus)?;
-    report_corpus_findings(&corpus);
-    if corpus.documents.is_empty() {
-        bail!("{}: no documents", corpus.path.display());
-    }
-    let device = args.device.open()?;
-    let mut embedders = Vec::new();
-    for (name, dir) in &parsed {
-        let embedder = ModelEmbedder::load(dir, &device, args.max_seq_len)
-            .with_context(|| format!("space {name:?}: cannot load model {}", dir.display()))?;
-        embedders.push((name.clone(), embedder));
-    }
-    let store = Store::open_or_create(&args.store)?;
-    let mut spaces: Vec<SpaceSpec<'_>> = embedders
-        .iter_mut()
-        .map(|(name, embedder)| SpaceSpec {
-            name: name.clone(),
-            embedder,
-        })
-        .collect();
-
+    let job = IndexJob::prepare(inputs, args.settings.clone())?;
+    report_corpus_findings(job.corpus());
     let bar = super::progress_bar(None, "docs");
     bar.set_prefix("embedding");
     let mut progress = |event: BuildEvent| match event {
@@ -208,14 +172,7 @@ fn build(args: BuildArgs) -> Result<()> {
             eprintln!("attune: building the HNSW graph of {space:?} ({points} points)");
         }
     };
-    let report = build_collection(
-        &store,
-        &args.collection,
-        &corpus,
-        &mut spaces,
-        &settings,
-        &mut progress,
-    )?;
+    let report = job.run(&mut progress)?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -243,7 +200,8 @@ fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn report_corpus_findings(corpus: &Corpus) {
+/// Warns about duplicate ids and empty documents (shared with the pipeline's index stage).
+pub(crate) fn report_corpus_findings(corpus: &Corpus) {
     if !corpus.duplicates.is_empty() {
         let examples: Vec<String> = corpus
             .duplicates
@@ -301,7 +259,7 @@ fn search(args: SearchArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| PathBuf::from(&space.source));
-    let embedder = ModelEmbedder::load(&model_path, &args.device.open()?, None)
+    let embedder = ModelEmbedder::for_identity(&model_path, &args.device.open()?, space)
         .with_context(|| format!("cannot load the query model {}", model_path.display()))?;
     let collection = store.open_collection(&args.collection)?;
     let started = Instant::now();

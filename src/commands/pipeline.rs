@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use attune_app::{IndexInputs, IndexJob, IndexSettings, SpaceModel};
 use attune_index::Store;
+use attune_model::DeviceRequest;
 use clap::{Args, FromArgMatches, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -231,6 +233,15 @@ pub struct IndexConfig {
     /// Space of the tuned model. Default `tuned`.
     #[serde(default = "default_tuned_space")]
     pub tuned_space: String,
+    /// `[index.build]`: the settings of `attune index build` (batch size, HNSW parameters,
+    /// truncation length), under the same names as its flags. Left out of the stage key when
+    /// default, so work directories of earlier versions stay valid.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub build: IndexSettings,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_base_space() -> String {
@@ -693,25 +704,29 @@ fn run_eval(config: &PipelineConfig, work: &Work) -> Result<Value> {
 
 fn run_index(config: &PipelineConfig, work: &Work) -> Result<Value> {
     let before = current_generation(config)?;
-    let argv = Argv::default()
-        .arg("--store", &config.index.store)
-        .arg("--collection", &config.index.collection)
-        .arg("--corpus", config.corpus())
-        .arg(
-            "--space",
-            format!(
-                "{}={}",
-                config.index.base_space,
-                config.base_model.display()
-            ),
-        )
-        .arg(
-            "--space",
-            format!("{}={}", config.index.tuned_space, work.tuned().display()),
-        )
-        .arg("--device", config.device());
-    let args: super::index::BuildArgs = command_args("index", argv.0)?;
-    super::index::run(super::index::IndexCommand::Build(args))?;
+    let inputs = IndexInputs {
+        store: config.index.store.clone(),
+        collection: config.index.collection.clone(),
+        corpus: config.corpus().to_path_buf(),
+        spaces: vec![
+            SpaceModel {
+                space: config.index.base_space.clone(),
+                model: config.base_model.clone(),
+            },
+            SpaceModel {
+                space: config.index.tuned_space.clone(),
+                model: work.tuned(),
+            },
+        ],
+        device: config.device().parse::<DeviceRequest>()?.open()?,
+    };
+    let job = IndexJob::prepare(inputs, config.index.build.clone())?;
+    super::index::report_corpus_findings(job.corpus());
+    let report = job.run(&mut |_| {})?;
+    eprintln!(
+        "attune: collection {:?} generation {}: {} documents, embedded {:?}",
+        report.collection, report.generation, report.documents, report.embedded
+    );
     let after = current_generation(config)?;
     Ok(json!({"generation_before": before, "generation_after": after}))
 }
@@ -957,6 +972,60 @@ mod tests {
             config(&format!("{MINIMAL}[gate]\nrequire_gain = false\n")).unwrap_err()
         );
         assert!(err.contains("checks nothing"), "{err}");
+    }
+
+    /// A value for `field` that differs from its default `default` (JSON): numbers are moved,
+    /// booleans flipped, unset options set.
+    fn other_value(field: &str, default: &Value) -> Value {
+        match default {
+            Value::Bool(b) => Value::Bool(!b),
+            Value::Number(n) if n.is_u64() => json!(n.as_u64().unwrap() + 3),
+            Value::Number(n) => json!(n.as_f64().unwrap() * 0.5 + 0.125),
+            Value::Null => json!(24),
+            other => panic!("field {field}: no probe value for {other}"),
+        }
+    }
+
+    /// Walks every field of the settings struct `S` (the list comes from serializing its
+    /// `Default`, not from a hand-kept list): the `pipeline.toml` key under `table` and the
+    /// command-line flag of the same name (`--` + the key with `-` for `_`) set the same field
+    /// to the same value, and to a value other than the default.
+    fn toml_keys_and_flags_set_the_same_fields<S>(
+        table: &str,
+        from_config: impl Fn(PipelineConfig) -> S,
+    ) where
+        S: Serialize + Default + PartialEq + fmt::Debug + Args + FromArgMatches,
+    {
+        let defaults = serde_json::to_value(S::default()).unwrap();
+        let fields = defaults.as_object().expect("settings serialize as a table");
+        assert!(!fields.is_empty());
+        for (field, default) in fields {
+            let value = other_value(field, default);
+            let toml_value = toml::Value::try_from(&value).unwrap();
+            let from_toml = from_config(
+                config(&format!("{MINIMAL}[{table}]\n{field} = {toml_value}\n"))
+                    .unwrap_or_else(|e| panic!("[{table}] {field}: {e:#}")),
+            );
+            let flag = format!("--{}", field.replace('_', "-"));
+            let plain = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(value.to_string());
+            let from_flags: S = command_args("settings", vec![flag.clone().into(), plain.into()])
+                .unwrap_or_else(|e| panic!("{flag}: {e:#}"));
+            assert_eq!(from_toml, from_flags, "[{table}] {field} vs {flag}");
+            assert_ne!(from_toml, S::default(), "[{table}] {field} changed nothing");
+            assert_eq!(
+                serde_json::to_value(&from_flags).unwrap()[field],
+                value,
+                "{flag} set another field"
+            );
+        }
+    }
+
+    #[test]
+    fn index_settings_are_one_declaration_for_the_toml_and_the_flags() {
+        toml_keys_and_flags_set_the_same_fields("index.build", |c| c.index.build);
     }
 
     #[test]

@@ -1,0 +1,304 @@
+//! Models as the index sees them: an [`Encoder`] with the [`ModelIdentity`] its vector spaces
+//! bind to. The single owner of how an identity is derived and of how a loader rebuilds the
+//! encoder a space was built with.
+//!
+//! An identity's fingerprint hashes the model directory's fingerprint (weights, tokenizer,
+//! config, pooling), the document and query prompts and the truncation length. Since identities
+//! record the last three explicitly ([`Encoding`]), a loader applies them instead of the model's
+//! defaults, so a space built with `--max-seq-len 128` is served at 128 tokens. Identities written
+//! before that carry only the fingerprint; [`ModelEmbedder::for_identity`] recovers their encoding
+//! by trying the model's prompts at every truncation length it admits.
+
+use std::path::{Path, PathBuf};
+
+use attune_index::{Embedder, Encoding, ModelIdentity};
+use attune_model::{Device, Encoder, EncoderSettings, ModelDir, ModelError, TextKind};
+use sha2::{Digest, Sha256};
+
+/// Why a model could not be loaded for a space.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedderError {
+    /// The model directory could not be read or loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The directory holds another model than the one the space was built with.
+    #[error(
+        "the space was built with model {expected} (loaded from {built_from}), but the vectors \
+         given come from model {found} ({path} at the space's encoding)"
+    )]
+    OtherModel {
+        /// The directory loaded.
+        path: PathBuf,
+        /// Where the space's model was loaded from at build time.
+        built_from: String,
+        /// The space's fingerprint.
+        expected: String,
+        /// The directory's fingerprint at the space's encoding (or its default one).
+        found: String,
+    },
+}
+
+/// A model loaded for indexing or querying, with its identity.
+pub struct ModelEmbedder {
+    encoder: Encoder,
+    identity: ModelIdentity,
+}
+
+impl std::fmt::Debug for ModelEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelEmbedder")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelEmbedder {
+    /// Loads the model directory at `path` on `device` to build a space; `max_seq_len`
+    /// overrides the model's truncation length in tokens (it becomes part of the identity).
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        max_seq_len: Option<usize>,
+    ) -> Result<Self, EmbedderError> {
+        let dir = ModelDir::open(path)?;
+        let settings = EncoderSettings {
+            max_seq_length: max_seq_len,
+            ..EncoderSettings::default()
+        };
+        let encoder = Encoder::load(&dir, device, settings)?;
+        let identity = model_identity(&dir, &encoder, path)?;
+        Ok(Self { encoder, identity })
+    }
+
+    /// Loads the model directory at `path` as the model of a space whose recorded identity is
+    /// `space`: the encoder gets the space's truncation length and prompts (recovered from the
+    /// fingerprint for identities written before they were recorded). The returned embedder's
+    /// identity is `space`'s, upgraded with the encoding; a directory holding another model is
+    /// [`EmbedderError::OtherModel`].
+    pub fn for_identity(
+        path: &Path,
+        device: &Device,
+        space: &ModelIdentity,
+    ) -> Result<Self, EmbedderError> {
+        let dir = ModelDir::open(path)?;
+        let dir_fingerprint = dir.fingerprint()?;
+        let encoding =
+            match &space.encoding {
+                Some(encoding) => encoding.clone(),
+                None => recover_encoding(&dir, &dir_fingerprint, &space.fingerprint).ok_or_else(
+                    || EmbedderError::OtherModel {
+                        path: path.to_path_buf(),
+                        built_from: space.source.clone(),
+                        expected: space.fingerprint.clone(),
+                        found: fingerprint(&dir_fingerprint, &default_encoding(&dir)),
+                    },
+                )?,
+            };
+        let found = fingerprint(&dir_fingerprint, &encoding);
+        if found != space.fingerprint {
+            return Err(EmbedderError::OtherModel {
+                path: path.to_path_buf(),
+                built_from: space.source.clone(),
+                expected: space.fingerprint.clone(),
+                found,
+            });
+        }
+        let settings = EncoderSettings {
+            max_seq_length: Some(encoding.max_seq_len),
+            query_prefix: Some(encoding.query_prompt.clone()),
+            document_prefix: Some(encoding.document_prompt.clone()),
+            ..EncoderSettings::default()
+        };
+        let encoder = Encoder::load(&dir, device, settings)?;
+        let identity = ModelIdentity {
+            encoding: Some(encoding),
+            ..space.clone()
+        };
+        Ok(Self { encoder, identity })
+    }
+
+    /// The query vector of `text`.
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        let mut out = self.encoder.embed(&[text], TextKind::Query)?;
+        Ok(out.embeddings.remove(0))
+    }
+
+    /// The model identity.
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// The encoder and identity, taken apart.
+    pub fn into_parts(self) -> (Encoder, ModelIdentity) {
+        (self.encoder, self.identity)
+    }
+}
+
+/// The identity a space binds to when `encoder` (loaded from `dir`, found at `source`) embeds
+/// it: the fingerprint over the directory and the encoder's prompts and truncation length, with
+/// those recorded explicitly.
+pub fn model_identity(
+    dir: &ModelDir,
+    encoder: &Encoder,
+    source: &Path,
+) -> Result<ModelIdentity, ModelError> {
+    let encoding = Encoding {
+        max_seq_len: encoder.max_seq_length(),
+        query_prompt: encoder.prefix(TextKind::Query).to_string(),
+        document_prompt: encoder.prefix(TextKind::Document).to_string(),
+    };
+    Ok(ModelIdentity {
+        fingerprint: fingerprint(&dir.fingerprint()?, &encoding),
+        dim: encoder.dimension(),
+        source: std::fs::canonicalize(source)
+            .unwrap_or_else(|_| source.to_path_buf())
+            .display()
+            .to_string(),
+        encoding: Some(encoding),
+    })
+}
+
+/// The identity fingerprint: 32 hex digits of SHA-256 over the directory fingerprint, the
+/// document prompt, the query prompt and the truncation length (that order and layout are what
+/// stores on disk hold; changing them orphans every built space).
+fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(dir_fingerprint.as_bytes());
+    for part in [
+        encoding.document_prompt.as_str(),
+        encoding.query_prompt.as_str(),
+        &encoding.max_seq_len.to_string(),
+    ] {
+        hasher.update(b"\0");
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The encoding the model directory gives by default (what `attune index build` used before
+/// identities recorded it, unless `--max-seq-len` was set).
+fn default_encoding(dir: &ModelDir) -> Encoding {
+    let prompt = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| dir.prompts.get(*n).cloned())
+            .unwrap_or_default()
+    };
+    Encoding {
+        max_seq_len: dir.max_seq_length,
+        query_prompt: prompt(&["query"]),
+        document_prompt: prompt(&["document", "passage", "corpus"]),
+    }
+}
+
+/// The encoding of an identity written before encodings were recorded: the model's own prompts
+/// (the only ones `attune index build` ever used) at the default truncation length, or at
+/// whichever admissible length (2..=max_position_embeddings) reproduces `target`.
+fn recover_encoding(dir: &ModelDir, dir_fingerprint: &str, target: &str) -> Option<Encoding> {
+    let default = default_encoding(dir);
+    if fingerprint(dir_fingerprint, &default) == target {
+        return Some(default);
+    }
+    (2..=dir.architecture.max_position_embeddings())
+        .map(|max_seq_len| Encoding {
+            max_seq_len,
+            ..default.clone()
+        })
+        .find(|encoding| fingerprint(dir_fingerprint, encoding) == target)
+}
+
+impl Embedder for ModelEmbedder {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    fn embed_documents(
+        &mut self,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.encoder.embed(texts, TextKind::Document)?.embeddings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+
+    use super::*;
+
+    fn model(dir: &Path, seed: u64) -> PathBuf {
+        let path = dir.join(format!("model-{seed}"));
+        let spec = RandomBertSpec {
+            seed,
+            ..RandomBertSpec::default()
+        };
+        write_random_bert(&path, &spec).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_space_is_served_at_the_length_it_was_built_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = model(tmp.path(), 1);
+        let built = ModelEmbedder::load(&path, &Device::Cpu, Some(7)).unwrap();
+        let identity = built.identity().clone();
+        assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 7);
+        let served = ModelEmbedder::for_identity(&path, &Device::Cpu, &identity).unwrap();
+        assert_eq!(served.encoder().max_seq_length(), 7);
+        assert_eq!(served.identity(), &identity);
+        let long = "red shoe ".repeat(20);
+        assert_eq!(
+            served.embed_query(&long).unwrap(),
+            built.embed_query(&long).unwrap()
+        );
+        // The model's default length is another identity.
+        let default = ModelEmbedder::load(&path, &Device::Cpu, None).unwrap();
+        assert!(!default.identity().same_model(&identity));
+    }
+
+    #[test]
+    fn identities_written_before_encodings_were_recorded_are_upgraded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = model(tmp.path(), 1);
+        for length in [None, Some(9)] {
+            let built = ModelEmbedder::load(&path, &Device::Cpu, length).unwrap();
+            // What older stores hold: the same fingerprint, no encoding.
+            let old = ModelIdentity {
+                encoding: None,
+                ..built.identity().clone()
+            };
+            let json = serde_json::to_string(&old).unwrap();
+            assert!(!json.contains("encoding"), "{json}");
+            let served = ModelEmbedder::for_identity(&path, &Device::Cpu, &old).unwrap();
+            assert_eq!(served.identity(), built.identity());
+            assert_eq!(
+                served.encoder().max_seq_length(),
+                built.encoder().max_seq_length()
+            );
+        }
+    }
+
+    #[test]
+    fn another_model_is_refused_with_both_fingerprints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let built = ModelEmbedder::load(&model(tmp.path(), 1), &Device::Cpu, Some(9)).unwrap();
+        let other = model(tmp.path(), 2);
+        for identity in [
+            built.identity().clone(),
+            ModelIdentity {
+                encoding: None,
+                ..built.identity().clone()
+            },
+        ] {
+            let err = ModelEmbedder::for_identity(&other, &Device::Cpu, &identity).unwrap_err();
+            assert!(matches!(err, EmbedderError::OtherModel { .. }), "{err}");
+            assert!(err.to_string().contains(&identity.fingerprint), "{err}");
+        }
+    }
+}

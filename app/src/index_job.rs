@@ -1,0 +1,178 @@
+//! The re-index job: a corpus embedded into a new generation of a collection, one vector space
+//! per model, switched atomically. `attune index build` and the pipeline's index stage both run
+//! it through [`IndexJob`], with the same [`IndexSettings`].
+
+use std::path::PathBuf;
+
+use attune_index::{
+    build_collection, BuildEvent, BuildReport, BuildSettings, Corpus, HnswParams, IndexError,
+    SpaceSpec, Store,
+};
+use attune_model::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::embedder::{EmbedderError, ModelEmbedder};
+
+/// What a user tunes in a re-index job: the flags of `attune index build` and the keys of
+/// `[index.build]` in `pipeline.toml` (both map onto this struct; a setting is declared here
+/// only). `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct IndexSettings {
+    /// Documents embedded and committed together (a crash loses at most one batch of work).
+    /// Default 512.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().batch_size))]
+    pub batch_size: usize,
+    /// HNSW links per point (M; layer 0 keeps 2M). Default 16, at most 128.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().m))]
+    pub m: usize,
+    /// HNSW candidate list size while building. Default 100.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().ef_construction))]
+    pub ef_construction: usize,
+    /// Default HNSW candidate list size for searches. Default 64.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().ef_search))]
+    pub ef_search: usize,
+    /// Truncate documents to this many tokens (default: the model's max_seq_length). Recorded in
+    /// each space's model identity, so queries are embedded at the same length.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
+    pub max_seq_len: Option<usize>,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        let build = BuildSettings::default();
+        Self {
+            batch_size: build.batch_size,
+            m: build.hnsw.m,
+            ef_construction: build.hnsw.ef_construction,
+            ef_search: build.hnsw.ef_search,
+            max_seq_len: None,
+        }
+    }
+}
+
+impl IndexSettings {
+    /// The index engine's settings.
+    pub fn build_settings(&self) -> BuildSettings {
+        BuildSettings {
+            batch_size: self.batch_size,
+            hnsw: HnswParams {
+                m: self.m,
+                ef_construction: self.ef_construction,
+                ef_search: self.ef_search,
+            },
+        }
+    }
+}
+
+/// A vector space to build and the model directory that embeds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceModel {
+    /// Space name (`base`, `tuned`, ...).
+    pub space: String,
+    /// Model directory.
+    pub model: PathBuf,
+}
+
+/// What a re-index job is wired with (paths and names, not settings).
+#[derive(Debug, Clone)]
+pub struct IndexInputs {
+    /// Store directory (created if missing).
+    pub store: PathBuf,
+    /// Collection name.
+    pub collection: String,
+    /// Corpus: JSONL or a BEIR directory.
+    pub corpus: PathBuf,
+    /// The spaces to build.
+    pub spaces: Vec<SpaceModel>,
+    /// Device the models run on.
+    pub device: Device,
+}
+
+/// Why a re-index job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexJobError {
+    /// The store, the corpus or the settings were refused.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A space's model could not be loaded.
+    #[error("space {space:?}: cannot load model {}: {source}", model.display())]
+    Model {
+        /// The space.
+        space: String,
+        /// Its model directory.
+        model: PathBuf,
+        /// Why.
+        source: Box<EmbedderError>,
+    },
+    /// The corpus holds no document.
+    #[error("{}: no documents", .0.display())]
+    EmptyCorpus(PathBuf),
+}
+
+/// A re-index job whose corpus is read and checked and whose models are loaded; nothing has
+/// been written yet.
+pub struct IndexJob {
+    inputs: IndexInputs,
+    settings: IndexSettings,
+    corpus: Corpus,
+    embedders: Vec<(String, ModelEmbedder)>,
+}
+
+impl IndexJob {
+    /// Checks the settings, reads the whole corpus and loads every space's model, before the
+    /// store is touched (bad input leaves the store as it was).
+    pub fn prepare(inputs: IndexInputs, settings: IndexSettings) -> Result<Self, IndexJobError> {
+        settings.build_settings().hnsw.validate()?;
+        let corpus = Corpus::read(&inputs.corpus)?;
+        if corpus.documents.is_empty() {
+            return Err(IndexJobError::EmptyCorpus(corpus.path));
+        }
+        let mut embedders = Vec::new();
+        for SpaceModel { space, model } in &inputs.spaces {
+            let embedder = ModelEmbedder::load(model, &inputs.device, settings.max_seq_len)
+                .map_err(|source| IndexJobError::Model {
+                    space: space.clone(),
+                    model: model.clone(),
+                    source: Box::new(source),
+                })?;
+            embedders.push((space.clone(), embedder));
+        }
+        Ok(Self {
+            inputs,
+            settings,
+            corpus,
+            embedders,
+        })
+    }
+
+    /// The corpus as read (its duplicate ids and empty documents, for reporting).
+    pub fn corpus(&self) -> &Corpus {
+        &self.corpus
+    }
+
+    /// Embeds what changed into a new generation and switches to it; `progress` sees each step.
+    pub fn run(
+        mut self,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BuildReport, IndexJobError> {
+        let store = Store::open_or_create(&self.inputs.store)?;
+        let mut spaces: Vec<SpaceSpec<'_>> = self
+            .embedders
+            .iter_mut()
+            .map(|(name, embedder)| SpaceSpec {
+                name: name.clone(),
+                embedder,
+            })
+            .collect();
+        Ok(build_collection(
+            &store,
+            &self.inputs.collection,
+            &self.corpus,
+            &mut spaces,
+            &self.settings.build_settings(),
+            progress,
+        )?)
+    }
+}
