@@ -299,6 +299,85 @@ fn a_space_built_with_max_seq_len_is_searched_at_that_length() {
     assert_eq!(answer["results"].as_array().unwrap().len(), 3, "{answer}");
 }
 
+/// A store written before identities recorded their encoding (the identity JSON had no
+/// `encoding`; the fingerprint is the same) still serves: `attune index search` recovers the
+/// truncation length from the fingerprint, and the next `attune index build` upgrades the
+/// stored identity.
+#[test]
+fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
+    use attune_app::ModelEmbedder;
+    use attune_index::{
+        build_collection, BuildSettings, Corpus, Embedder, ModelIdentity, SpaceSpec,
+    };
+
+    /// The model as the old code presented it to the store: same vectors, identity without
+    /// an encoding.
+    struct OldIdentity(ModelEmbedder, ModelIdentity);
+    impl Embedder for OldIdentity {
+        fn identity(&self) -> &ModelIdentity {
+            &self.1
+        }
+        fn embed_documents(
+            &mut self,
+            texts: &[&str],
+        ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+            self.0.embed_documents(texts)
+        }
+    }
+
+    let f = Fixture::new();
+    f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
+    let model =
+        ModelEmbedder::load(&f.path("model"), &attune_model::Device::Cpu, Some(12)).unwrap();
+    let old = ModelIdentity {
+        encoding: None,
+        ..model.identity().clone()
+    };
+    let mut embedder = OldIdentity(model, old.clone());
+    let store = Store::open_or_create(&f.path("store")).unwrap();
+    build_collection(
+        &store,
+        "shop",
+        &Corpus::read(&f.path("corpus.jsonl")).unwrap(),
+        &mut [SpaceSpec {
+            name: "base".into(),
+            embedder: &mut embedder,
+        }],
+        &BuildSettings::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(store);
+    let manifest =
+        std::fs::read_to_string(f.path("store/collections/shop/collection.json")).unwrap();
+    assert!(!manifest.contains("encoding"), "{manifest}");
+
+    let out = f.search(
+        "item7 v1 blue",
+        &[
+            "--collection",
+            "shop",
+            "--space",
+            "base",
+            "-k",
+            "3",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A rebuild with the same model at the same length embeds nothing and records the encoding.
+    let report = f.build("corpus.jsonl", &["--max-seq-len", "12"]);
+    assert_eq!(report["embedded"]["base"], 0, "{report}");
+    let identity = &Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap()
+        .spaces["base"];
+    assert_eq!(identity.fingerprint, old.fingerprint);
+    assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 12);
+}
+
 /// Checks the store serves one complete generation: every document of `expected` (one of the
 /// corpora) present, with that corpus's text, and found by a search with its own vector.
 fn check_served(store_dir: &Path, corpora: &[Vec<String>]) -> usize {

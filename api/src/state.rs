@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use attune_index::{Collection, EventLog, IndexError, ModelIdentity, Store};
+use attune_index::{AbEventLog, IndexError, ModelIdentity, ServedCollection, Store, VectorStore};
 use attune_model::{Device, DeviceRequest};
 
 use crate::error::{ApiError, StartError};
@@ -21,11 +21,11 @@ use attune_app::ModelEmbedder;
 /// A collection being served.
 pub struct Served {
     /// The generation being served.
-    pub collection: Collection,
+    pub collection: Arc<dyn ServedCollection>,
     /// The inference queue of each space's model.
     pub models: BTreeMap<String, Arc<InferenceQueue>>,
     /// The A/B event log (shared across generations).
-    pub events: Arc<EventLog>,
+    pub events: Arc<dyn AbEventLog>,
 }
 
 impl Served {
@@ -43,7 +43,7 @@ impl Served {
 
 /// Shared state of the server.
 pub struct AppState {
-    store: Store,
+    store: Arc<dyn VectorStore>,
     /// Settings the server runs with.
     pub settings: ServeSettings,
     /// Metrics.
@@ -52,13 +52,13 @@ pub struct AppState {
     collections: RwLock<BTreeMap<String, Arc<Served>>>,
     problems: RwLock<BTreeMap<String, String>>,
     models: Mutex<HashMap<String, Arc<InferenceQueue>>>,
-    events: Mutex<HashMap<String, Arc<EventLog>>>,
+    events: Mutex<HashMap<String, Arc<dyn AbEventLog>>>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("store", &self.store.root())
+            .field("store", &self.store.location())
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +68,14 @@ impl AppState {
     /// be served are listed by [`AppState::problems`] (and make `/readyz` fail) rather than
     /// stopping the server.
     pub fn open(store: &Path, settings: ServeSettings) -> Result<Arc<Self>, StartError> {
+        Self::with_store(Arc::new(Store::open(store)?), settings)
+    }
+
+    /// Serves the collections of `store` (any implementation of the vector-store seam).
+    pub fn with_store(
+        store: Arc<dyn VectorStore>,
+        settings: ServeSettings,
+    ) -> Result<Arc<Self>, StartError> {
         settings.validate()?;
         let device_request: DeviceRequest =
             settings
@@ -82,7 +90,7 @@ impl AppState {
             message: e.to_string(),
         })?;
         let state = Arc::new(Self {
-            store: Store::open(store)?,
+            store,
             settings,
             metrics: Arc::new(Metrics::new()?),
             device,
@@ -113,13 +121,13 @@ impl AppState {
     }
 
     /// The store (read-only use by handlers: published reports).
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn VectorStore {
+        self.store.as_ref()
     }
 
-    /// The store directory.
-    pub fn store_root(&self) -> &Path {
-        self.store.root()
+    /// Where the store lives (its directory, for the embedded store).
+    pub fn store_location(&self) -> String {
+        self.store.location()
     }
 
     /// The served collection `name`.
@@ -207,14 +215,14 @@ impl AppState {
             self.metrics.forget_collection(&name);
         }
         for name in names {
-            let manifest = match self.store.manifest(&name) {
-                Ok(manifest) => manifest,
+            let current = match self.store.current_generation(&name) {
+                Ok(current) => current,
                 Err(e) => {
                     self.set_problem(&name, Some(e.to_string()));
                     continue;
                 }
             };
-            let Some(current) = manifest.current else {
+            let Some(current) = current else {
                 if !self.collections.read().expect("lock").contains_key(&name) {
                     self.set_problem(&name, Some("its first build has not finished".into()));
                 }
@@ -281,7 +289,7 @@ impl AppState {
             match logs.get(name) {
                 Some(log) => log.clone(),
                 None => {
-                    let log = Arc::new(self.store.open_events(name)?);
+                    let log = self.store.open_events(name)?;
                     logs.insert(name.to_string(), log.clone());
                     log
                 }

@@ -10,8 +10,9 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
 use attune_api::{app, AppState, ServeSettings};
-use attune_app::ModelEmbedder;
-use attune_index::{build_collection, BuildSettings, Corpus, Embedder, SpaceSpec, Store};
+use attune_app::{ModelEmbedder, PipelineReport};
+use attune_index::{BuildSettings, Corpus, Embedder, ExactStore, SpaceSpec, Store, VectorStore};
+use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{Device, Encoder, EncoderSettings, ModelDir, TextKind};
 use serde_json::{json, Value};
@@ -30,23 +31,59 @@ struct Fixture {
     tmp: tempfile::TempDir,
     /// The truncation length the spaces are built at (`None`: the models' default).
     max_seq_len: Option<usize>,
+    backend: Backend,
+    exact: Arc<ExactStore>,
+}
+
+/// What a test runs against: every test runs against both implementations of the vector-store
+/// seam and both model families (the seams' second implementations live in the tests).
+#[derive(Debug, Clone, Copy)]
+struct Backend {
+    store: StoreKind,
+    family: Family,
+}
+
+/// An implementation of the vector-store seam.
+#[derive(Debug, Clone, Copy)]
+enum StoreKind {
+    /// hnsw_rs + sled in a store directory ([`Store`]).
+    Embedded,
+    /// Exact search in memory ([`ExactStore`]).
+    Exact,
+}
+
+/// An implementation of the model-architecture seam.
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    /// BERT (built in).
+    Bert,
+    /// The tiny mixer (a family registered by the tests).
+    Mixer,
 }
 
 impl Fixture {
-    fn new(n: usize) -> Self {
-        Self::built_at(n, None)
+    fn new(backend: Backend, n: usize) -> Self {
+        Self::built_at(backend, n, None)
     }
 
-    fn built_at(n: usize, max_seq_len: Option<usize>) -> Self {
+    fn built_at(backend: Backend, n: usize, max_seq_len: Option<usize>) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         for (name, seed) in [("base-model", 1), ("tuned-model", 2)] {
             let spec = RandomBertSpec {
                 seed,
                 ..RandomBertSpec::default()
             };
-            write_random_bert(&tmp.path().join(name), &spec).unwrap();
+            match backend.family {
+                Family::Bert => write_random_bert(&tmp.path().join(name), &spec).unwrap(),
+                Family::Mixer => write_random_tiny_mixer(&tmp.path().join(name), &spec).unwrap(),
+            };
         }
-        let fixture = Self { tmp, max_seq_len };
+        let fixture = Self {
+            tmp,
+            max_seq_len,
+            backend,
+            exact: Arc::new(ExactStore::new()),
+        };
         fixture.build(n, 0);
         fixture
     }
@@ -68,7 +105,7 @@ impl Fixture {
         let corpus_path = self.path(&format!("corpus-{version}.jsonl"));
         std::fs::write(&corpus_path, lines.join("\n")).unwrap();
         let corpus = Corpus::read(&corpus_path).unwrap();
-        let store = Store::open_or_create(&self.path("store")).unwrap();
+        let store = self.store();
         let load = |name: &str| {
             ModelEmbedder::load(&self.path(name), &Device::Cpu, self.max_seq_len).unwrap()
         };
@@ -84,19 +121,27 @@ impl Fixture {
                 embedder: &mut tuned as &mut dyn Embedder,
             },
         ];
-        build_collection(
-            &store,
-            "shop",
-            &corpus,
-            &mut spaces,
-            &BuildSettings::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        store
+            .build(
+                "shop",
+                &corpus,
+                &mut spaces,
+                &BuildSettings::default(),
+                &mut |_| {},
+            )
+            .unwrap();
     }
 
     fn state(&self, settings: ServeSettings) -> Arc<AppState> {
-        AppState::open(&self.path("store"), settings).unwrap()
+        AppState::with_store(self.store(), settings).unwrap()
+    }
+
+    /// The store under test (the embedded one reopened from its directory each time).
+    fn store(&self) -> Arc<dyn VectorStore> {
+        match self.backend.store {
+            StoreKind::Embedded => Arc::new(Store::open_or_create(&self.path("store")).unwrap()),
+            StoreKind::Exact => self.exact.clone(),
+        }
     }
 }
 
@@ -126,9 +171,8 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-#[actix_web::test]
-async fn search_answers_and_rejects_bad_requests() {
-    let fixture = Fixture::new(40);
+async fn search_answers_and_rejects_bad_requests(backend: Backend) {
+    let fixture = Fixture::new(backend, 40);
     let settings = ServeSettings {
         max_query_tokens: 6,
         max_body_bytes: 4096,
@@ -234,9 +278,8 @@ async fn search_answers_and_rejects_bad_requests() {
 
 /// Spaces built at a truncation length other than the models' default are served at that
 /// length (the server used to reload models at their default length and refuse the spaces).
-#[actix_web::test]
-async fn spaces_built_with_max_seq_len_are_served_at_that_length() {
-    let fixture = Fixture::built_at(30, Some(10));
+async fn spaces_built_with_max_seq_len_are_served_at_that_length(backend: Backend) {
+    let fixture = Fixture::built_at(backend, 30, Some(10));
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let (title, text) = doc_text(7, 0);
     for space in ["base", "tuned"] {
@@ -255,9 +298,8 @@ async fn spaces_built_with_max_seq_len_are_served_at_that_length() {
     }
 }
 
-#[actix_web::test]
-async fn concurrent_searches_match_sequential_ones() {
-    let fixture = Fixture::new(40);
+async fn concurrent_searches_match_sequential_ones(backend: Backend) {
+    let fixture = Fixture::new(backend, 40);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let queries: Vec<String> = (0..16).map(|i| format!("item{i} shoe")).collect();
     let mut sequential = Vec::new();
@@ -298,9 +340,8 @@ async fn concurrent_searches_match_sequential_ones() {
     }
 }
 
-#[actix_web::test]
-async fn compare_shows_both_lists_and_rank_moves() {
-    let fixture = Fixture::new(40);
+async fn compare_shows_both_lists_and_rank_moves(backend: Backend) {
+    let fixture = Fixture::new(backend, 40);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let uri = "/v1/collections/shop/compare";
     let (status, body) = call(
@@ -360,9 +401,8 @@ async fn compare_shows_both_lists_and_rank_moves() {
     assert_eq!(status.as_u16(), 404);
 }
 
-#[actix_web::test]
-async fn evaluate_and_visibility_measure_relevance() {
-    let fixture = Fixture::new(40);
+async fn evaluate_and_visibility_measure_relevance(backend: Backend) {
+    let fixture = Fixture::new(backend, 40);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     // Queries that are documents' own texts: nDCG@10 is 1 in both spaces for them.
     let queries: Vec<Value> = [3usize, 11, 25]
@@ -449,9 +489,8 @@ async fn evaluate_and_visibility_measure_relevance() {
     assert_eq!(status.as_u16(), 422);
 }
 
-#[actix_web::test]
-async fn documents_need_the_key_and_change_results() {
-    let fixture = Fixture::new(20);
+async fn documents_need_the_key_and_change_results(backend: Backend) {
+    let fixture = Fixture::new(backend, 20);
     let settings = ServeSettings {
         api_key: Some("sesame".into()),
         max_upsert_documents: 3,
@@ -564,9 +603,8 @@ async fn documents_need_the_key_and_change_results() {
         .all(|r| r["id"] != "new"));
 }
 
-#[actix_web::test]
-async fn reads_can_require_the_key() {
-    let fixture = Fixture::new(8);
+async fn reads_can_require_the_key(backend: Backend) {
+    let fixture = Fixture::new(backend, 8);
     let settings = ServeSettings {
         api_key: Some("sesame".into()),
         require_key_for_reads: true,
@@ -590,9 +628,8 @@ async fn reads_can_require_the_key() {
     }
 }
 
-#[actix_web::test]
-async fn collections_are_listed_with_their_spaces() {
-    let fixture = Fixture::new(12);
+async fn collections_are_listed_with_their_spaces(backend: Backend) {
+    let fixture = Fixture::new(backend, 12);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let (status, body) = call(&service, TestRequest::get().uri("/v1/collections")).await;
     assert_eq!(status, StatusCode::OK);
@@ -615,9 +652,8 @@ async fn collections_are_listed_with_their_spaces() {
     assert_eq!((status.as_u16(), error_code(&body)), (404, "not_found"));
 }
 
-#[actix_web::test]
-async fn openai_embeddings_match_the_encoder() {
-    let fixture = Fixture::new(8);
+async fn openai_embeddings_match_the_encoder(backend: Backend) {
+    let fixture = Fixture::new(backend, 8);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let texts = ["red shoe", "a much longer text about blue boots"];
     let expected = encoder(&fixture.path("tuned-model"))
@@ -692,9 +728,8 @@ async fn openai_embeddings_match_the_encoder() {
     }
 }
 
-#[actix_web::test]
-async fn live_ab_assigns_records_feedback_and_reports() {
-    let fixture = Fixture::new(20);
+async fn live_ab_assigns_records_feedback_and_reports(backend: Backend) {
+    let fixture = Fixture::new(backend, 20);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let search = "/v1/collections/shop/search";
     let mut variants = std::collections::BTreeMap::new();
@@ -787,9 +822,8 @@ async fn live_ab_assigns_records_feedback_and_reports() {
     assert_eq!(status.as_u16(), 422);
 }
 
-#[actix_web::test]
-async fn operations_endpoints_report_health_metrics_and_schema() {
-    let fixture = Fixture::new(8);
+async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend) {
+    let fixture = Fixture::new(backend, 8);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
     let (status, body) = call(&service, TestRequest::get().uri("/healthz")).await;
     assert_eq!(
@@ -847,9 +881,8 @@ async fn operations_endpoints_report_health_metrics_and_schema() {
     }
 }
 
-#[actix_web::test]
-async fn a_new_generation_is_picked_up_without_restart() {
-    let fixture = Fixture::new(10);
+async fn a_new_generation_is_picked_up_without_restart(backend: Backend) {
+    let fixture = Fixture::new(backend, 10);
     let state = fixture.state(ServeSettings::default());
     let service = test::init_service(app(state.clone())).await;
     let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
@@ -883,9 +916,8 @@ async fn a_new_generation_is_picked_up_without_restart() {
     assert_eq!(body["generation"], 2);
 }
 
-#[actix_web::test]
-async fn the_page_facets_and_published_reports_are_served() {
-    let fixture = Fixture::new(20);
+async fn the_page_facets_and_published_reports_are_served(backend: Backend) {
+    let fixture = Fixture::new(backend, 20);
     let state = fixture.state(ServeSettings {
         api_key: Some("sesame".into()),
         require_key_for_reads: true,
@@ -996,15 +1028,30 @@ async fn the_page_facets_and_published_reports_are_served() {
         .as_str()
         .unwrap()
         .contains("attune pipeline"));
+    let published = serde_json::to_vec(&PipelineReport {
+        collection: "shop".into(),
+        base_model: "base-model".into(),
+        tuned_model: "tuned-model".into(),
+        data: "data".into(),
+        base_space: "base".into(),
+        tuned_space: "tuned".into(),
+        domain: None,
+        general: None,
+        gate: None,
+        promoted: true,
+        serving_generation: Some(1),
+        index: None,
+        verdict: "promoted".into(),
+        stages: Vec::new(),
+        finished_unix: 0,
+    })
+    .unwrap();
     state
         .store()
         .publish_report(
             "shop",
             &[
-                (
-                    "pipeline.json",
-                    br#"{"promoted": true, "verdict": "promoted"}"#,
-                ),
+                ("pipeline.json", published.as_slice()),
                 ("report.html", b"<html><svg></svg></html>"),
             ],
         )
@@ -1044,3 +1091,51 @@ async fn the_page_facets_and_published_reports_are_served() {
         assert_eq!(status.as_u16(), 404, "{uri}");
     }
 }
+
+/// Runs each test against both implementations of each seam: the embedded and the exact store,
+/// BERT and the tiny mixer.
+macro_rules! against_both_implementations {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                use super::{Backend, Family, StoreKind};
+
+                #[actix_web::test]
+                async fn embedded_store_bert() {
+                    super::$test(Backend { store: StoreKind::Embedded, family: Family::Bert }).await
+                }
+
+                #[actix_web::test]
+                async fn exact_store_bert() {
+                    super::$test(Backend { store: StoreKind::Exact, family: Family::Bert }).await
+                }
+
+                #[actix_web::test]
+                async fn embedded_store_mixer() {
+                    super::$test(Backend { store: StoreKind::Embedded, family: Family::Mixer }).await
+                }
+
+                #[actix_web::test]
+                async fn exact_store_mixer() {
+                    super::$test(Backend { store: StoreKind::Exact, family: Family::Mixer }).await
+                }
+            }
+        )*
+    };
+}
+
+against_both_implementations!(
+    search_answers_and_rejects_bad_requests,
+    spaces_built_with_max_seq_len_are_served_at_that_length,
+    concurrent_searches_match_sequential_ones,
+    compare_shows_both_lists_and_rank_moves,
+    evaluate_and_visibility_measure_relevance,
+    documents_need_the_key_and_change_results,
+    reads_can_require_the_key,
+    collections_are_listed_with_their_spaces,
+    openai_embeddings_match_the_encoder,
+    live_ab_assigns_records_feedback_and_reports,
+    operations_endpoints_report_health_metrics_and_schema,
+    a_new_generation_is_picked_up_without_restart,
+    the_page_facets_and_published_reports_are_served,
+);

@@ -367,6 +367,8 @@ async function loadReport() {
   const frame = $("#report-frame");
   try {
     const report = await api("GET", `/v1/collections/${encodeURIComponent(state.collection)}/report`);
+    // `summary` is `PipelineReport` (app/src/pipeline/report.rs), the one definition of
+    // pipeline.json; the server refuses a published report that does not parse as one.
     const summary = report.summary;
     const parts = [el("p", { class: `verdict ${summary.promoted ? "promoted" : "rejected"}`, text: summary.verdict })];
     for (const role of ["domain", "general"]) {

@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 
 use attune_index::{
-    build_collection, BuildEvent, BuildReport, BuildSettings, Corpus, HnswParams, IndexError,
-    SpaceSpec, Store,
+    BuildEvent, BuildReport, BuildSettings, Corpus, HnswParams, IndexError, SpaceSpec, VectorStore,
 };
 use attune_model::Device;
 use serde::{Deserialize, Serialize};
@@ -75,11 +74,10 @@ pub struct SpaceModel {
     pub model: PathBuf,
 }
 
-/// What a re-index job is wired with (paths and names, not settings).
+/// What a re-index job is wired with (paths and names, not settings; the store is given to
+/// [`IndexJob::run`]).
 #[derive(Debug, Clone)]
 pub struct IndexInputs {
-    /// Store directory (created if missing).
-    pub store: PathBuf,
     /// Collection name.
     pub collection: String,
     /// Corpus: JSONL or a BEIR directory.
@@ -152,12 +150,13 @@ impl IndexJob {
         &self.corpus
     }
 
-    /// Embeds what changed into a new generation and switches to it; `progress` sees each step.
+    /// Embeds what changed into a new generation of `store` and switches to it; `progress` sees
+    /// each step.
     pub fn run(
         mut self,
+        store: &dyn VectorStore,
         progress: &mut dyn FnMut(BuildEvent),
     ) -> Result<BuildReport, IndexJobError> {
-        let store = Store::open_or_create(&self.inputs.store)?;
         let mut spaces: Vec<SpaceSpec<'_>> = self
             .embedders
             .iter_mut()
@@ -166,8 +165,7 @@ impl IndexJob {
                 embedder,
             })
             .collect();
-        Ok(build_collection(
-            &store,
+        Ok(store.build(
             &self.inputs.collection,
             &self.corpus,
             &mut spaces,

@@ -7,8 +7,14 @@
 //! - [`embedder`]: a model loaded for a vector space, with the [`ModelIdentity`] the space binds
 //!   to; every loader (index build, CLI search, the server) rebuilds the same encoder from the
 //!   identity recorded in the store.
-//! - [`index_job`]: the re-index job, with [`IndexSettings`] (what a user tunes) kept apart from
-//!   [`IndexInputs`] (what the job is wired with).
+//! - [`index_job`], [`train_job`], [`mine_job`]: the re-index, training and mining jobs, each
+//!   with its settings (what a user tunes: [`IndexSettings`], [`TrainSettings`],
+//!   [`MineSettings`]) kept apart from its inputs (what the job is wired with: data, model and
+//!   output paths);
+//! - [`eval_job`]: evaluation of a candidate against a baseline on a domain and a general set,
+//!   with the gate, returning the typed report; the alpha sweep;
+//! - [`pipeline`]: the stages from data to a promoted model, their resumable markers and the
+//!   typed report (`pipeline.json`) that the server serves and the page reads.
 //!
 //! With the `cli` feature (the binary turns it on), settings structs also derive `clap::Args`,
 //! so a command-line flag and a `pipeline.toml` key are one declaration; the library itself
@@ -20,8 +26,24 @@
 
 #![warn(missing_docs)]
 
+pub mod check_job;
 pub mod embedder;
+pub mod eval_job;
 pub mod index_job;
+pub mod mine_job;
+pub mod pipeline;
+pub mod train_job;
 
+pub use check_job::{run_check, CheckInputs, CheckOutcome};
 pub use embedder::{model_identity, EmbedderError, ModelEmbedder};
+pub use eval_job::{
+    evaluate_models, sweep_alphas, DataInput, EvalEvent, EvalJobError, EvaluationInputs,
+    EvaluationSettings, ModelInput, Sweep, SweepPoint,
+};
 pub use index_job::{IndexInputs, IndexJob, IndexJobError, IndexSettings, SpaceModel};
+pub use mine_job::{MineJob, MineJobInputs, MineOutcome, MineSettings, RankWindow};
+pub use pipeline::{
+    run_pipeline, PipelineConfig, PipelineError, PipelineObserver, PipelineOutcome, PipelineReport,
+    Stage,
+};
+pub use train_job::{TrainJob, TrainJobInputs, TrainSettings};

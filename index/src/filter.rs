@@ -31,6 +31,19 @@ impl Filter {
         self.clauses.is_empty()
     }
 
+    /// True when `metadata` passes every clause (the same rule the stores' field indexes
+    /// apply: a field equal to one of the values, or an array field containing one).
+    pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
+        let pairs = indexed_pairs(metadata);
+        self.clauses.iter().all(|clause| {
+            clause
+                .values
+                .iter()
+                .filter_map(scalar_key)
+                .any(|key| pairs.binary_search(&(clause.field.clone(), key)).is_ok())
+        })
+    }
+
     /// Parses command-line clauses `field=value`. The value is read as JSON when it parses
     /// (`size=42`, `on_sale=true`, `category=["shoes","boots"]` for a list), else as a string
     /// (`category=shoes`).
@@ -156,6 +169,20 @@ mod tests {
         assert!(Filter::parse_clauses(&["nofield"]).is_err());
         assert!(Filter::parse_clauses(&["a=[]"]).is_err());
         assert!(Filter::parse_clauses(&["a={\"x\":1}"]).is_err());
+    }
+
+    #[test]
+    fn matches_applies_every_clause_to_scalars_and_arrays() {
+        let meta = json!({"colour": "red", "size": 42, "tags": ["a", "b"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        let f = |clauses: &[&str]| Filter::parse_clauses(clauses).unwrap();
+        assert!(f(&[]).matches(&meta));
+        assert!(f(&["colour=red", "size=42.0"]).matches(&meta));
+        assert!(f(&[r#"colour=["blue","red"]"#, "tags=b"]).matches(&meta));
+        assert!(!f(&["colour=red", "size=43"]).matches(&meta));
+        assert!(!f(&["missing=1"]).matches(&meta));
     }
 
     #[test]

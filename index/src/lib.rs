@@ -13,6 +13,9 @@
 //! - [`graph`]: HNSW graphs (hnsw_rs builds, a frozen copy searches and persists).
 //! - [`build`]: resumable, incremental re-index jobs that switch generations atomically.
 //! - [`corpus`], [`filter`]: input documents and metadata filters.
+//! - [`vector_store`]: the seam, [`VectorStore`] / [`ServedCollection`] / [`AbEventLog`],
+//!   implemented by [`Store`] and by [`ExactStore`] ([`exact`]: exact search in memory, the
+//!   reference the API and pipeline tests also run against).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -63,6 +66,7 @@ pub mod corpus;
 pub mod distance;
 pub mod error;
 pub mod events;
+pub mod exact;
 pub mod filter;
 pub mod fixtures;
 pub mod graph;
@@ -70,11 +74,13 @@ pub mod identity;
 pub mod keys;
 mod reports;
 pub mod store;
+pub mod vector_store;
 
 pub use build::{build_collection, BuildEvent, BuildReport, BuildSettings, Embedder, SpaceSpec};
 pub use corpus::{Corpus, Document};
 pub use error::{IndexError, Result};
 pub use events::{EventLog, FeedbackRecord, ServedRequest};
+pub use exact::{ExactCollection, ExactStore};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use identity::{Encoding, ModelIdentity};
@@ -83,6 +89,7 @@ pub use store::{
     FacetValue, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument,
     UpsertReport, EXACT_FILTER_LIMIT,
 };
+pub use vector_store::{AbEventLog, ServedCollection, VectorStore};
 
 /// Fsyncs a directory so that renames inside it survive a crash.
 pub(crate) fn fsync_dir(dir: &std::path::Path) -> Result<()> {

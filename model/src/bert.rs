@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::family::{InputConventions, InputEmbeddingHook, TransformerModel};
 use crate::kernels::{self, Epilogue};
 use crate::layers::{attention_probs, matmul_in, Dropout, Embedding, LayerNorm, Linear, Mode};
 
@@ -61,6 +62,7 @@ struct BertEmbeddings {
     token_type: Embedding,
     layer_norm: LayerNorm,
     dropout: Dropout,
+    hook: Option<InputEmbeddingHook>,
 }
 
 impl BertEmbeddings {
@@ -79,6 +81,7 @@ impl BertEmbeddings {
             )?,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
+            hook: None,
         })
     }
 
@@ -90,7 +93,11 @@ impl BertEmbeddings {
     ) -> Result<Tensor> {
         let seq_len = input_ids.dim(1)?;
         let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
-        let xs = (self.word.forward(input_ids)? + self.token_type.forward(token_type_ids)?)?
+        let mut words = self.word.forward(input_ids)?;
+        if let Some(hook) = &self.hook {
+            words = hook(&words)?;
+        }
+        let xs = (words + self.token_type.forward(token_type_ids)?)?
             .broadcast_add(&self.position.forward(&positions)?)?;
         let xs = self.layer_norm.forward(&xs, mode)?;
         self.dropout.forward(&xs, mode)
@@ -329,6 +336,71 @@ impl BertModel {
             };
         }
         Ok(xs)
+    }
+}
+
+impl TransformerModel for BertModel {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        BertModel::forward(self, input_ids, token_type_ids, attention_mask, mode)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn pad_token_id(&self) -> u32 {
+        self.config.pad_token_id
+    }
+
+    fn conventions(&self) -> InputConventions {
+        InputConventions {
+            token_type_ids: true,
+            position_offset: 0,
+        }
+    }
+
+    fn set_matmul_dtype(&mut self, dtype: DType) {
+        BertModel::set_matmul_dtype(self, dtype)
+    }
+
+    fn linear_mut(&mut self, layer: usize, target: LinearTarget) -> Option<&mut Linear> {
+        BertModel::linear_mut(self, layer, target)
+    }
+
+    fn linear_name(&self, layer: usize, target: LinearTarget) -> Option<String> {
+        (layer < self.layers.len())
+            .then(|| format!("encoder.layer.{layer}.{}", target.checkpoint_name()))
+    }
+
+    /// Per layer: the Q/K/V/output projections (`8·h²` per token), the feed-forward block
+    /// (`4·h·ff` per token) and attention scores and mixing (`4·seq·h` per token).
+    fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
+        let cfg = &self.config;
+        let (h, ff, layers) = (
+            cfg.hidden_size as f64,
+            cfg.intermediate_size as f64,
+            cfg.num_hidden_layers as f64,
+        );
+        let tokens = (batch * seq) as f64;
+        layers * tokens * (8.0 * h * h + 4.0 * h * ff + 4.0 * seq as f64 * h)
+    }
+
+    fn set_input_embedding_hook(&mut self, hook: Option<InputEmbeddingHook>) {
+        self.embeddings.hook = hook;
+    }
+
+    fn clone_model(&self) -> Box<dyn TransformerModel> {
+        Box::new(self.clone())
     }
 }
 

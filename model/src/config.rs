@@ -1,21 +1,58 @@
 //! Model configuration: `config.json` (the transformer) and `1_Pooling/config.json` (pooling).
 //!
-//! Families are an enum so that others can be added beside BERT without touching callers.
+//! Families are an enum so that others can be added beside BERT without touching callers; a
+//! family registered at run time ([`crate::family`]) is found by its `model_type`.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::bert::BertModel;
 use crate::error::{ModelError, Result};
+use crate::family::{
+    registered_family, registered_model_types, FamilyConfig, ModelFamily, TransformerModel,
+};
 
 /// The model families attune implements, as `config.json`'s `model_type` spells them.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
 
 /// The transformer architecture of a model directory, parsed from `config.json`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Architecture {
     /// BERT and BERT-shaped models (MiniLM, bge-small/base, e5-small-v2, gte-small, ...).
     Bert(BertConfig),
+    /// A family added through [`crate::family::register_family`].
+    Registered {
+        /// The family.
+        family: Arc<dyn ModelFamily>,
+        /// The parsed `config.json`.
+        config: serde_json::Value,
+        /// What the family read from it.
+        shape: FamilyConfig,
+    },
+}
+
+impl PartialEq for Architecture {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Architecture::Bert(a), Architecture::Bert(b)) => a == b,
+            (
+                Architecture::Registered {
+                    family: fa,
+                    config: ca,
+                    ..
+                },
+                Architecture::Registered {
+                    family: fb,
+                    config: cb,
+                    ..
+                },
+            ) => fa.model_type() == fb.model_type() && ca == cb,
+            _ => false,
+        }
+    }
 }
 
 impl Architecture {
@@ -43,6 +80,14 @@ impl Architecture {
             Some(t) => t == "bert",
             None => architectures.iter().any(|a| a.starts_with("Bert")),
         };
+        if let Some(family) = model_type.as_deref().and_then(registered_family) {
+            let shape = family.read_config(path, &raw)?;
+            return Ok(Architecture::Registered {
+                family,
+                config: raw,
+                shape,
+            });
+        }
         if !is_bert {
             let found = model_type.unwrap_or_else(|| {
                 if architectures.is_empty() {
@@ -54,7 +99,12 @@ impl Architecture {
             return Err(ModelError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found,
-                supported: SUPPORTED_MODEL_TYPES.join(", "),
+                supported: SUPPORTED_MODEL_TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .chain(registered_model_types())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         // Parsed from the text (not the value) so errors carry a line and column.
@@ -71,6 +121,15 @@ impl Architecture {
     pub fn hidden_size(&self) -> usize {
         match self {
             Architecture::Bert(c) => c.hidden_size,
+            Architecture::Registered { shape, .. } => shape.hidden_size,
+        }
+    }
+
+    /// Loads the weights under `vb` as this architecture's [`TransformerModel`].
+    pub fn load(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn TransformerModel>> {
+        match self {
+            Architecture::Bert(cfg) => Ok(Box::new(BertModel::load(vb, cfg)?)),
+            Architecture::Registered { family, config, .. } => family.load(vb, config),
         }
     }
 
@@ -78,6 +137,7 @@ impl Architecture {
     pub fn max_position_embeddings(&self) -> usize {
         match self {
             Architecture::Bert(c) => c.max_position_embeddings,
+            Architecture::Registered { shape, .. } => shape.max_position_embeddings,
         }
     }
 }
@@ -303,7 +363,10 @@ mod tests {
 
     #[test]
     fn parses_a_bert_config_with_defaults_and_unknown_fields() {
-        let Architecture::Bert(c) = Architecture::from_json(Path::new("c.json"), MINILM).unwrap();
+        let Architecture::Bert(c) = Architecture::from_json(Path::new("c.json"), MINILM).unwrap()
+        else {
+            panic!("BERT")
+        };
         assert_eq!(
             (c.hidden_size, c.num_hidden_layers, c.head_size()),
             (384, 6, 32)

@@ -57,6 +57,25 @@ impl fmt::Display for DeviceRequest {
     }
 }
 
+/// Written and read as on the command line (`"auto"`, `"cpu"`, `"cuda:1"`).
+impl serde::Serialize for DeviceRequest {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let spec = String::deserialize(deserializer)?;
+        spec.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether this binary was built with the `cuda` feature.
 pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
 
@@ -155,6 +174,25 @@ impl fmt::Display for Precision {
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
         })
+    }
+}
+
+/// Written and read as its name (`"auto"`, `"f32"`, `"bf16"`, `"f16"`), as on the command line.
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -6,10 +6,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::bert::BertModel;
-use crate::config::{Architecture, PoolingMode};
+use crate::config::PoolingMode;
 use crate::device::Precision;
 use crate::error::{ModelError, Result};
+use crate::family::TransformerModel;
 use crate::layers::Mode;
 use crate::model_dir::ModelDir;
 use crate::pooling::{l2_normalize, pool};
@@ -76,9 +76,10 @@ pub struct EmbedOutput {
     pub flops: f64,
 }
 
-/// A BERT-family sentence encoder with its tokenizer, pooling and normalization.
+/// A sentence encoder: a [`TransformerModel`] of any registered family with its tokenizer,
+/// pooling and normalization.
 pub struct Encoder {
-    model: BertModel,
+    model: Box<dyn TransformerModel>,
     tokenizer: TextTokenizer,
     pooling_modes: Vec<PoolingMode>,
     normalize: bool,
@@ -94,11 +95,13 @@ impl Encoder {
     /// Loads the model directory's weights onto `device` (f32).
     pub fn load(dir: &ModelDir, device: &Device, settings: EncoderSettings) -> Result<Self> {
         let vb = dir.var_builder(DType::F32, device)?;
-        let Architecture::Bert(cfg) = &dir.architecture;
-        let model = BertModel::load(vb, cfg).map_err(|source| ModelError::InvalidWeights {
-            path: dir.weights.path().to_path_buf(),
-            source,
-        })?;
+        let model = dir
+            .architecture
+            .load(vb)
+            .map_err(|source| ModelError::InvalidWeights {
+                path: dir.weights.path().to_path_buf(),
+                source,
+            })?;
         Self::from_model(model, dir, device, settings)
     }
 
@@ -110,17 +113,19 @@ impl Encoder {
         settings: EncoderSettings,
     ) -> Result<(Self, candle_nn::VarMap)> {
         let (varmap, vb) = dir.trainable_var_builder(device)?;
-        let Architecture::Bert(cfg) = &dir.architecture;
-        let model = BertModel::load(vb, cfg).map_err(|source| ModelError::InvalidWeights {
-            path: dir.weights.path().to_path_buf(),
-            source,
-        })?;
+        let model = dir
+            .architecture
+            .load(vb)
+            .map_err(|source| ModelError::InvalidWeights {
+                path: dir.weights.path().to_path_buf(),
+                source,
+            })?;
         Ok((Self::from_model(model, dir, device, settings)?, varmap))
     }
 
     /// Wraps an already built model (e.g. one whose weights are training variables).
     pub fn from_model(
-        mut model: BertModel,
+        mut model: Box<dyn TransformerModel>,
         dir: &ModelDir,
         device: &Device,
         settings: EncoderSettings,
@@ -158,7 +163,7 @@ impl Encoder {
             .clone()
             .unwrap_or_else(|| prompt(&["document", "passage", "corpus"]));
         Ok(Encoder {
-            pad_id: model.config().pad_token_id,
+            pad_id: model.pad_token_id(),
             dimension: dir.architecture.hidden_size() * dir.pooling_modes.len(),
             model,
             tokenizer,
@@ -174,7 +179,7 @@ impl Encoder {
     /// The same model (sharing its weights, so training updates are seen) with other settings,
     /// e.g. a shorter maximum sequence length for training than for validation.
     pub fn with_settings(&self, dir: &ModelDir, settings: EncoderSettings) -> Result<Self> {
-        Self::from_model(self.model.clone(), dir, &self.device, settings)
+        Self::from_model(self.model.clone_model(), dir, &self.device, settings)
     }
 
     /// Length of every embedding.
@@ -203,8 +208,13 @@ impl Encoder {
     }
 
     /// The underlying transformer (for training and LoRA).
-    pub fn model_mut(&mut self) -> &mut BertModel {
-        &mut self.model
+    pub fn model_mut(&mut self) -> &mut dyn TransformerModel {
+        self.model.as_mut()
+    }
+
+    /// The underlying transformer.
+    pub fn model(&self) -> &dyn TransformerModel {
+        self.model.as_ref()
     }
 
     /// The prefix texts of `kind` get.
@@ -264,18 +274,9 @@ impl Encoder {
     }
 
     /// Multiply-add work (2 FLOPs each) of one forward pass over `batch` texts padded to `seq`
-    /// tokens: per layer, the Q/K/V/output projections (`8·h²` per token), the feed-forward
-    /// block (`4·h·ff` per token) and attention scores and mixing (`4·seq·h` per token).
-    /// Element-wise work (softmax, GELU, layer norm) is not counted.
+    /// tokens, matrix products only (see [`TransformerModel::forward_flops`]).
     pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
-        let cfg = self.model.config();
-        let (h, ff, layers) = (
-            cfg.hidden_size as f64,
-            cfg.intermediate_size as f64,
-            cfg.num_hidden_layers as f64,
-        );
-        let tokens = (batch * seq) as f64;
-        layers * tokens * (8.0 * h * h + 4.0 * h * ff + 4.0 * seq as f64 * h)
+        self.model.forward_flops(batch, seq)
     }
 
     /// Runs one batch through the model, pooling and (if configured) normalization, giving

@@ -1,4 +1,5 @@
-//! Tiny randomly initialised BERT model directories, for tests and benchmarks that must not
+//! Tiny randomly initialised model directories (BERT, and the test-only [`tiny_mixer`] family),
+//! for tests and benchmarks that must not
 //! depend on a download. They are complete sentence-transformers directories written by
 //! [`write_model_dir`], so they exercise the same loading path as a real model.
 
@@ -14,6 +15,8 @@ use tokenizers::Tokenizer;
 use crate::config::{PoolingConfig, PoolingMode};
 use crate::error::{ModelError, Result};
 use crate::model_dir::{write_model_dir, ModelFiles, SentenceBertConfig};
+
+pub mod tiny_mixer;
 
 /// Shape and behaviour of a random model. `Default` is a 2-layer, 32-wide model with mean
 /// pooling and normalization.

@@ -33,6 +33,7 @@ pub mod config;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod family;
 pub mod fixtures;
 pub mod kernels;
 pub mod layers;
@@ -47,6 +48,10 @@ pub use config::{Architecture, BertConfig, PoolingConfig, PoolingMode};
 pub use device::{device_name, DeviceRequest, Precision};
 pub use encoder::{plan_batches, EmbedOutput, Encoder, EncoderSettings, TextKind};
 pub use error::{ModelError, Result};
+pub use family::{
+    register_family, FamilyConfig, InputConventions, InputEmbeddingHook, ModelFamily,
+    TransformerModel,
+};
 pub use layers::{LoraAdapter, Mode, TrainContext};
 pub use model_dir::{ModelDir, WeightsFile};
 pub use tokenize::{TextTokenizer, TokenizedText};

@@ -307,7 +307,9 @@ fn missing_weights_name_both_accepted_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), "arch", &RandomBertSpec::default());
     let model = ModelDir::open(&dir).unwrap();
-    let Architecture::Bert(cfg) = &model.architecture;
+    let Architecture::Bert(cfg) = &model.architecture else {
+        panic!("a BERT fixture")
+    };
     assert_eq!(cfg.num_hidden_layers, 2);
     assert!(matches!(
         model.weights,
@@ -331,7 +333,9 @@ fn fused_inference_kernels_agree_with_the_differentiable_training_path() {
     };
     let dir = model_dir(tmp.path(), "paths", &spec);
     let model = ModelDir::open(&dir).unwrap();
-    let Architecture::Bert(cfg) = &model.architecture;
+    let Architecture::Bert(cfg) = &model.architecture else {
+        panic!("a BERT fixture")
+    };
     let bert = BertModel::load(model.var_builder(DType::F32, &Device::Cpu).unwrap(), cfg).unwrap();
     let tokenizer = TextTokenizer::new(&model, None).unwrap();
     let toks = tokenizer.tokenize(&TEXTS[..3], "").unwrap();
@@ -421,4 +425,73 @@ fn bf16_and_f16_products_embed_close_to_f32() {
             assert!((norm(m) - 1.0).abs() < 1e-5, "still unit length");
         }
     }
+}
+
+/// The model seam's second implementation: the tiny mixer loads through the family registry,
+/// embeds batches exactly like single texts (the mask is honoured), and its input-embedding
+/// hook reaches the forward pass; BERT's hook does too.
+#[test]
+fn another_family_embeds_through_the_same_encoder_and_hooks_reach_both() {
+    use std::sync::Arc;
+
+    use attune_model::fixtures::tiny_mixer::{write_random_tiny_mixer, MODEL_TYPE};
+    use attune_model::InputEmbeddingHook;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mixer = tmp.path().join("mixer");
+    write_random_tiny_mixer(&mixer, &RandomBertSpec::default()).unwrap();
+    let dir = ModelDir::open(&mixer).unwrap();
+    assert!(matches!(
+        &dir.architecture,
+        attune_model::Architecture::Registered { family, .. } if family.model_type() == MODEL_TYPE
+    ));
+    let texts = [
+        "red running shoes",
+        "a",
+        "leather jacket with cotton lining and a zip",
+    ];
+    let mut encoder = Encoder::load(&dir, &Device::Cpu, EncoderSettings::default()).unwrap();
+    let batch = encoder.embed(&texts, TextKind::Plain).unwrap().embeddings;
+    for (text, vector) in texts.iter().zip(&batch) {
+        let single = encoder.embed(&[*text], TextKind::Plain).unwrap().embeddings;
+        let diff = single[0]
+            .iter()
+            .zip(vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{text}: padded and unpadded differ by {diff}");
+        let norm: f32 = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+    assert!(encoder.forward_flops(2, 8) > 0.0);
+
+    // Zeroed token embeddings leave only positions: texts of one length embed alike.
+    let zero: InputEmbeddingHook = Arc::new(|xs| xs.zeros_like());
+    encoder.model_mut().set_input_embedding_hook(Some(zero));
+    let hooked = encoder
+        .embed(&["red shoe", "blue size"], TextKind::Plain)
+        .unwrap();
+    assert_eq!(hooked.embeddings[0], hooked.embeddings[1]);
+    encoder.model_mut().set_input_embedding_hook(None);
+    assert_eq!(
+        encoder.embed(&texts, TextKind::Plain).unwrap().embeddings,
+        batch
+    );
+
+    let bert = tmp.path().join("bert");
+    write_random_bert(&bert, &RandomBertSpec::default()).unwrap();
+    let dir = ModelDir::open(&bert).unwrap();
+    let mut encoder = Encoder::load(&dir, &Device::Cpu, EncoderSettings::default()).unwrap();
+    let plain = encoder.embed(&texts, TextKind::Plain).unwrap().embeddings;
+    let zero: InputEmbeddingHook = Arc::new(|xs| xs.zeros_like());
+    encoder.model_mut().set_input_embedding_hook(Some(zero));
+    let hooked = encoder
+        .embed(&["red shoe", "blue size"], TextKind::Plain)
+        .unwrap();
+    assert_eq!(hooked.embeddings[0], hooked.embeddings[1]);
+    encoder.model_mut().set_input_embedding_hook(None);
+    assert_eq!(
+        encoder.embed(&texts, TextKind::Plain).unwrap().embeddings,
+        plain
+    );
 }

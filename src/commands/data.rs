@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use attune_model::{DeviceRequest, Encoder, EncoderSettings, ModelDir, TextKind};
-use attune_trainer::check::{check, CheckSettings};
-use attune_trainer::data::TrainingData;
+use attune_app::{CheckInputs, CheckOutcome};
+use attune_trainer::check::CheckSettings;
 use clap::{Args, Subcommand};
 
 /// `attune data …`
@@ -55,55 +54,34 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn run_check(args: CheckArgs) -> Result<()> {
-    let train = TrainingData::load(&args.data, &args.split)?;
-    let test = args
-        .test_data
-        .as_deref()
-        .map(|p| TrainingData::load(p, &args.test_split))
-        .transpose()?;
-    let encoder = args
-        .model
-        .as_deref()
-        .map(|dir| -> Result<Encoder> {
-            let model = ModelDir::open(dir)?;
-            let settings = EncoderSettings {
-                max_seq_length: args.max_seq_len,
-                ..Default::default()
-            };
-            Ok(Encoder::load(
-                &model,
-                &DeviceRequest::Cpu.open()?,
-                settings,
-            )?)
-        })
-        .transpose()?;
-    let probe = |texts: &[&str]| -> attune_trainer::Result<Vec<bool>> {
-        let encoder = encoder.as_ref().expect("probe is only passed with a model");
-        Ok(encoder
-            .tokenize(texts, TextKind::Plain)?
-            .iter()
-            .map(|t| t.truncated)
-            .collect())
+    let inputs = CheckInputs {
+        data: args.data.clone(),
+        split: args.split.clone(),
+        test: args.test_data.clone().map(|p| (p, args.test_split.clone())),
+        model: args.model.clone().map(|p| (p, args.max_seq_len)),
     };
-    let report = check(
-        &train,
-        test.as_ref(),
-        encoder.as_ref().map(|_| &probe as _),
-        &CheckSettings {
-            samples: args.samples,
-            allow_leakage: args.allow_leakage,
-        },
-    )?;
-    println!("data check: {}", args.data.display());
-    if let Some(encoder) = &encoder {
-        println!(
-            "maximum sequence length: {} tokens",
-            encoder.max_seq_length()
-        );
-    }
-    print!("{report}");
-    if report.is_fatal() {
-        bail!("{}: fatal data problems (see above)", args.data.display());
+    let settings = CheckSettings {
+        samples: args.samples,
+        allow_leakage: args.allow_leakage,
+    };
+    print_check(&inputs, &settings)
+}
+
+/// Runs a data check, prints its report, and fails on fatal findings.
+fn print_check(inputs: &CheckInputs, settings: &CheckSettings) -> Result<()> {
+    let outcome = attune_app::run_check(inputs, settings)?;
+    print_check_outcome(&inputs.data, &outcome);
+    if outcome.report.is_fatal() {
+        bail!("{}: fatal data problems (see above)", inputs.data.display());
     }
     Ok(())
+}
+
+/// Prints a data check's report; shared with the pipeline's check stage.
+pub(crate) fn print_check_outcome(data: &std::path::Path, outcome: &CheckOutcome) {
+    println!("data check: {}", data.display());
+    if let Some(length) = outcome.max_seq_length {
+        println!("maximum sequence length: {length} tokens");
+    }
+    print!("{}", outcome.report);
 }

@@ -3,15 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use attune_app::eval_job::dataset_name;
+use attune_app::{
+    evaluate_models, sweep_alphas, DataInput, EvalEvent, EvalJobError, EvaluationInputs,
+    EvaluationSettings, ModelInput,
+};
 use attune_eval::cache::EmbeddingCache;
-use attune_eval::compare::{compare, ComparisonSettings};
+use attune_eval::compare::ComparisonSettings;
 use attune_eval::data::{read_qrels, read_run};
-use attune_eval::evaluator::{evaluate_model, query_texts, EvalSettings, Timings};
-use attune_eval::gate::{check_gate, GateInput, GateSettings};
+use attune_eval::evaluator::Timings;
+use attune_eval::gate::GateSettings;
 use attune_eval::report::{DatasetResult, ModelResult, Report};
-use attune_eval::{evaluate, BeirDataset, Definitions, MetricName, MetricsSettings};
-use attune_model::{DeviceRequest, Encoder, EncoderSettings, ModelDir};
+use attune_eval::{evaluate, Definitions};
+use attune_model::{DeviceRequest, EncoderSettings, ModelDir};
 use clap::{Args, ValueEnum};
 
 use super::{progress_bar, GateFailed};
@@ -120,61 +125,104 @@ pub struct EvalArgs {
     pub sweep_out: Option<PathBuf>,
 }
 
-/// A loaded model: its encoder and identity.
-struct LoadedModel {
-    label: String,
-    source: String,
-    fingerprint: String,
-    encoder: Encoder,
+impl EvalArgs {
+    fn settings(&self) -> EvaluationSettings {
+        EvaluationSettings {
+            k: self.k.clone(),
+            definitions: self.definitions.into(),
+            batch_size: self.batch_size,
+            max_seq_len: self.max_seq_len,
+            resamples: self.resamples,
+            seed: self.seed,
+            max_general_drop: self.max_general_drop,
+            require_gain: self.require_gain,
+        }
+    }
+
+    fn inputs(&self, model: &Path, data: &Path) -> Result<EvaluationInputs> {
+        let label = self.label.clone().unwrap_or_else(|| {
+            if self.baseline.is_some() {
+                "tuned"
+            } else {
+                "model"
+            }
+            .to_string()
+        });
+        Ok(EvaluationInputs {
+            candidate: ModelInput {
+                path: model.to_path_buf(),
+                label,
+            },
+            baseline: self.baseline.clone().map(|path| ModelInput {
+                path,
+                label: self.baseline_label.clone(),
+            }),
+            domain: DataInput {
+                path: data.to_path_buf(),
+                split: self.split.clone(),
+            },
+            general: self.general_data.clone().map(|path| DataInput {
+                path,
+                split: self.general_split.clone(),
+            }),
+            cache_dir: (!self.no_cache).then(|| {
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(EmbeddingCache::default_dir)
+            }),
+            device: self.device.open()?,
+        })
+    }
 }
 
-fn load_model(path: &Path, label: &str, args: &EvalArgs) -> Result<LoadedModel> {
-    let dir = ModelDir::open(path)?;
-    let fingerprint = dir.fingerprint()?;
-    let device = args.device.open()?;
-    let settings = EncoderSettings {
-        batch_size: args.batch_size,
-        max_seq_length: args.max_seq_len,
-        ..Default::default()
-    };
-    Ok(LoadedModel {
-        label: label.to_string(),
-        source: path.display().to_string(),
-        fingerprint,
-        encoder: Encoder::load(&dir, &device, settings)?,
-    })
+/// Prints an evaluation's progress: a bar per model and data set, then where the time went;
+/// shared with the pipeline's eval stage.
+pub(crate) fn print_events() -> impl FnMut(EvalEvent<'_>) {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    move |event| match event {
+        EvalEvent::Warning(warning) => eprintln!("attune: warning: {warning}"),
+        EvalEvent::Started {
+            model,
+            dataset,
+            documents,
+        } => {
+            let b = progress_bar(Some(documents as u64), "docs");
+            b.set_prefix(format!("{model} on {dataset}"));
+            bar = Some(b);
+        }
+        EvalEvent::Embedded(n) => {
+            if let Some(b) = &bar {
+                b.inc(n as u64);
+            }
+        }
+        EvalEvent::Finished {
+            result,
+            dataset,
+            documents,
+            truncated,
+            max_seq_length,
+        } => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            print_timings(result, dataset);
+            if truncated > 0 {
+                eprintln!(
+                    "{} on {dataset}: {truncated} of {documents} documents were truncated to \
+                     {max_seq_length} tokens",
+                    result.label
+                );
+            }
+        }
+    }
 }
 
-fn dataset_name(path: &Path) -> String {
-    path.canonicalize()
-        .unwrap_or_else(|_| path.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-fn evaluate_one(
-    model: &LoadedModel,
-    data: &BeirDataset,
-    name: &str,
-    settings: &EvalSettings,
-) -> Result<ModelResult> {
-    let bar = progress_bar(Some(data.corpus.len() as u64), "docs");
-    bar.set_prefix(format!("{} on {name}", model.label));
-    let result = evaluate_model(
-        &model.encoder,
-        &model.fingerprint,
-        data,
-        settings,
-        &mut |n| bar.inc(n as u64),
-    )
-    .with_context(|| format!("evaluating {} on {name}", model.source))?;
-    bar.finish_and_clear();
+fn print_timings(result: &ModelResult, dataset: &str) {
     let t = &result.timings;
     let embedding = t.corpus_embedding_s + t.query_embedding_s;
     eprintln!(
-        "{} on {name}: corpus {:.1} s{}, queries {:.2} s, scoring {:.4} s ({})",
-        model.label,
+        "{} on {dataset}: corpus {:.1} s{}, queries {:.2} s, scoring {:.4} s ({})",
+        result.label,
         t.corpus_embedding_s,
         if t.corpus_from_cache {
             " (from cache)"
@@ -192,82 +240,11 @@ fn evaluate_one(
             )
         }
     );
-    if result.truncated_documents > 0 {
-        eprintln!(
-            "{} on {name}: {} of {} documents were truncated to {} tokens",
-            model.label,
-            result.truncated_documents,
-            data.corpus.len(),
-            model.encoder.max_seq_length()
-        );
-    }
-    for warning in result.evaluation.warnings(name) {
-        eprintln!("attune: warning: {warning}");
-    }
-    Ok(ModelResult {
-        label: model.label.clone(),
-        source: model.source.clone(),
-        fingerprint: model.fingerprint.clone(),
-        evaluation: result.evaluation,
-        timings: result.timings,
-    })
 }
 
-fn evaluate_dataset(
-    path: &Path,
-    split: &str,
-    candidate: &LoadedModel,
-    baseline: Option<&LoadedModel>,
-    settings: &EvalSettings,
-    comparison: &ComparisonSettings,
-) -> Result<DatasetResult> {
-    let data = BeirDataset::load(path, split)?;
-    let name = dataset_name(path);
-    let warnings = data.report.warnings(&path.display().to_string());
-    for warning in &warnings {
-        eprintln!("attune: warning: {warning}");
-    }
-    let baseline = baseline
-        .map(|b| evaluate_one(b, &data, &name, settings))
-        .transpose()?;
-    let candidate = evaluate_one(candidate, &data, &name, settings)?;
-    let comparison = baseline
-        .as_ref()
-        .map(|b| {
-            compare(
-                &b.evaluation,
-                &candidate.evaluation,
-                MetricName::NDCG_10,
-                comparison,
-            )
-        })
-        .transpose()?;
-    Ok(DatasetResult {
-        name,
-        source: path.display().to_string(),
-        split: split.to_string(),
-        documents: data.corpus.len(),
-        warnings,
-        candidate,
-        baseline,
-        comparison,
-        query_texts: query_texts(&data),
-    })
-}
-
-fn metrics_settings(args: &EvalArgs) -> MetricsSettings {
-    let mut cutoffs = args.k.clone();
-    // nDCG@10 drives comparisons and the gate, so it is always computed.
-    if !cutoffs.contains(&10) {
-        cutoffs.push(10);
-    }
-    MetricsSettings {
-        definitions: args.definitions.into(),
-        cutoffs,
-    }
-}
-
-fn finish(report: &Report, out: Option<&Path>) -> Result<()> {
+/// Prints the summary table, writes the report files to `out`, and turns a failed gate into
+/// [`GateFailed`].
+pub(crate) fn finish(report: &Report, out: Option<&Path>) -> Result<()> {
     print!("{}", report.summary_table());
     if let Some(out) = out {
         report.write(out)?;
@@ -297,7 +274,7 @@ fn run_file(args: &EvalArgs, run_path: &Path) -> Result<()> {
         .expect("clap requires --qrels with --run");
     let run = read_run(run_path)?;
     let qrels = read_qrels(qrels_path)?;
-    let evaluation = evaluate(&run, &qrels, &metrics_settings(args))?;
+    let evaluation = evaluate(&run, &qrels, &args.settings().metrics().map_err(as_flags)?)?;
     let source = run_path.display().to_string();
     let warnings = evaluation.warnings(&source);
     for warning in &warnings {
@@ -330,218 +307,68 @@ fn run_file(args: &EvalArgs, run_path: &Path) -> Result<()> {
 
 /// Runs `attune eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.k.is_empty() || args.k.contains(&0) {
-        bail!("--k: cutoffs must be ≥ 1, got {:?}", args.k);
-    }
     if let Some(run_path) = &args.run {
         return run_file(&args, run_path);
     }
     let (Some(model_path), Some(data_path)) = (&args.model, &args.data) else {
         bail!("--model and --data are required (or --run with --qrels)");
     };
-    let gate_settings = GateSettings {
-        max_general_drop: args.max_general_drop,
-        require_gain: args.require_gain,
-    };
-    gate_settings.validate()?;
-    let gate_requested = args.general_data.is_some() || args.require_gain;
-    if gate_requested && args.baseline.is_none() {
-        bail!("--general-data and --require-gain compare with a baseline: pass --baseline DIR");
-    }
-    let label = args.label.clone().unwrap_or_else(|| {
-        if args.baseline.is_some() {
-            "tuned"
-        } else {
-            "model"
-        }
-        .to_string()
-    });
-    if args.baseline.is_some() && label == args.baseline_label {
-        bail!("--label and --baseline-label must differ (both are `{label}`)");
-    }
-
-    let settings = EvalSettings {
-        metrics: metrics_settings(&args),
-        search: Default::default(),
-        cache: (!args.no_cache).then(|| {
-            EmbeddingCache::new(
-                args.cache_dir
-                    .clone()
-                    .unwrap_or_else(EmbeddingCache::default_dir),
-            )
-        }),
-    };
-    let comparison = ComparisonSettings {
-        resamples: args.resamples,
-        seed: args.seed,
-        ..Default::default()
-    };
+    let inputs = args.inputs(model_path, data_path)?;
     if !args.sweep_alphas.is_empty() {
-        return sweep(
-            &args,
-            model_path,
-            data_path,
-            &settings,
-            &comparison,
-            &gate_settings,
-        );
+        return sweep(&args, &inputs);
     }
-    let candidate = load_model(model_path, &label, &args)?;
-    let baseline = args
-        .baseline
-        .as_deref()
-        .map(|p| load_model(p, &args.baseline_label, &args))
-        .transpose()?;
-
-    let domain = evaluate_dataset(
-        data_path,
-        &args.split,
-        &candidate,
-        baseline.as_ref(),
-        &settings,
-        &comparison,
-    )?;
-    let general = args
-        .general_data
-        .as_deref()
-        .map(|p| {
-            evaluate_dataset(
-                p,
-                &args.general_split,
-                &candidate,
-                baseline.as_ref(),
-                &settings,
-                &comparison,
-            )
-        })
-        .transpose()?;
-
-    let ndcg = |d: &DatasetResult| -> Option<GateInput> {
-        Some(GateInput {
-            dataset: d.name.clone(),
-            baseline: d
-                .baseline
-                .as_ref()?
-                .evaluation
-                .mean_of(MetricName::NDCG_10)?,
-            candidate: d.candidate.evaluation.mean_of(MetricName::NDCG_10)?,
-        })
-    };
-    let gate = if gate_requested {
-        let domain_input = ndcg(&domain).context("domain nDCG@10 missing")?;
-        let general_input = general.as_ref().and_then(ndcg);
-        Some(check_gate(
-            &gate_settings,
-            &domain_input,
-            general_input.as_ref(),
-        ))
-    } else {
-        None
-    };
-    let report = Report {
-        definitions: args.definitions.into(),
-        domain,
-        general,
-        gate,
-    };
+    let report =
+        evaluate_models(&inputs, &args.settings(), &mut print_events()).map_err(as_flags)?;
     finish(&report, args.out.as_deref())
 }
 
-/// One alpha of a sweep.
-#[derive(Debug, serde::Serialize)]
-struct SweepPoint {
-    alpha: f64,
-    domain_ndcg_at_10: f64,
-    general_ndcg_at_10: f64,
-    general_drop: f64,
-    passed: bool,
+/// A refused setting, named by its command-line flag.
+fn as_flags(error: EvalJobError) -> anyhow::Error {
+    match error {
+        EvalJobError::InvalidSetting {
+            name: "baseline", ..
+        } => anyhow::anyhow!(
+            "--general-data and --require-gain compare with a baseline: pass --baseline DIR"
+        ),
+        EvalJobError::InvalidSetting {
+            name: "label",
+            problem,
+        } => {
+            anyhow::anyhow!("--label and --baseline-label: {problem}")
+        }
+        EvalJobError::InvalidSetting { name, problem } => {
+            anyhow::anyhow!("--{}: {problem}", name.replace('_', "-"))
+        }
+        other => other.into(),
+    }
 }
 
 /// `--sweep-alphas`: merges, evaluates and gates each alpha; writes the best passing one.
-fn sweep(
-    args: &EvalArgs,
-    model_path: &Path,
-    data_path: &Path,
-    settings: &EvalSettings,
-    comparison: &ComparisonSettings,
-    gate_settings: &GateSettings,
-) -> Result<()> {
-    let (Some(baseline_path), Some(general_path)) = (&args.baseline, &args.general_data) else {
-        bail!("--sweep-alphas needs --baseline and --general-data");
-    };
-    if let Some(bad) = args.sweep_alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
-        bail!("--sweep-alphas: {bad} is not between 0 and 1");
-    }
-    let base_dir = ModelDir::open(baseline_path)?;
-    let tuned_dir = ModelDir::open(model_path)?;
-    let baseline = load_model(baseline_path, &args.baseline_label, args)?;
-    let work = std::env::temp_dir().join(format!("attune-sweep-{}", std::process::id()));
-    let mut points = Vec::new();
-    for &alpha in &args.sweep_alphas {
-        let merged = work.join(format!("alpha-{alpha}"));
-        ModelDir::interpolate(&base_dir, &tuned_dir, alpha, &merged, &[])?;
-        let candidate = load_model(&merged, &format!("alpha {alpha}"), args)?;
-        let domain = evaluate_dataset(
-            data_path,
-            &args.split,
-            &candidate,
-            Some(&baseline),
-            settings,
-            comparison,
-        )?;
-        let general = evaluate_dataset(
-            general_path,
-            &args.general_split,
-            &candidate,
-            Some(&baseline),
-            settings,
-            comparison,
-        )?;
-        let ndcg = |d: &DatasetResult, base: bool| -> Result<f64> {
-            let result = if base {
-                d.baseline.as_ref().context("baseline result")?
-            } else {
-                &d.candidate
-            };
-            result
-                .evaluation
-                .mean_of(MetricName::NDCG_10)
-                .context("nDCG@10 missing")
-        };
-        let input = |d: &DatasetResult| -> Result<GateInput> {
-            Ok(GateInput {
-                dataset: d.name.clone(),
-                baseline: ndcg(d, true)?,
-                candidate: ndcg(d, false)?,
-            })
-        };
-        let (domain_input, general_input) = (input(&domain)?, input(&general)?);
-        let gate = check_gate(gate_settings, &domain_input, Some(&general_input));
-        let point = SweepPoint {
-            alpha,
-            domain_ndcg_at_10: domain_input.candidate,
-            general_ndcg_at_10: general_input.candidate,
-            general_drop: general_input.baseline - general_input.candidate,
-            passed: gate.passed,
-        };
-        eprintln!(
-            "alpha {alpha}: {} nDCG@10 {:.4} (base {:.4}), {} nDCG@10 {:.4} (base {:.4}, drop {:+.4}): {}",
-            domain.name,
-            domain_input.candidate,
-            domain_input.baseline,
-            general.name,
-            general_input.candidate,
-            general_input.baseline,
-            point.general_drop,
-            if gate.passed { "passes" } else { "fails the gate" }
-        );
-        points.push(point);
-        std::fs::remove_dir_all(&merged).ok();
-    }
-    std::fs::remove_dir_all(&work).ok();
+fn sweep(args: &EvalArgs, inputs: &EvaluationInputs) -> Result<()> {
+    let sweep = sweep_alphas(
+        inputs,
+        &args.settings(),
+        &args.sweep_alphas,
+        &mut print_events(),
+        &mut |point| {
+            eprintln!(
+                "alpha {}: {} nDCG@10 {:.4} (base {:.4}), {} nDCG@10 {:.4} (base {:.4}, drop {:+.4}): {}",
+                point.alpha,
+                point.domain,
+                point.domain_ndcg_at_10,
+                point.domain_baseline,
+                point.general,
+                point.general_ndcg_at_10,
+                point.general_baseline,
+                point.general_drop,
+                if point.passed { "passes" } else { "fails the gate" }
+            )
+        },
+    )
+    .map_err(as_flags)?;
     println!("| alpha | domain nDCG@10 | general nDCG@10 | general drop | gate |");
     println!("|---:|---:|---:|---:|---|");
-    for p in &points {
+    for p in &sweep.points {
         println!(
             "| {} | {:.4} | {:.4} | {:+.4} | {} |",
             p.alpha,
@@ -551,28 +378,30 @@ fn sweep(
             if p.passed { "pass" } else { "fail" }
         );
     }
-    let best = points
-        .iter()
-        .filter(|p| p.passed)
-        .max_by(|a, b| a.domain_ndcg_at_10.total_cmp(&b.domain_ndcg_at_10));
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        let body = serde_json::json!({"points": points, "picked": best.map(|b| b.alpha)});
-        std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&body)?)?;
+        std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&sweep)?)?;
     }
-    let Some(best) = best else {
+    let Some(picked) = sweep.picked else {
         return Err(GateFailed(format!(
             "no alpha of {:?} keeps the general nDCG@10 drop within {}",
-            args.sweep_alphas, gate_settings.max_general_drop
+            args.sweep_alphas, args.max_general_drop
         ))
         .into());
     };
+    let best = sweep
+        .points
+        .iter()
+        .find(|p| p.alpha == picked)
+        .expect("the picked alpha is a point");
     println!(
         "picked alpha {} (domain nDCG@10 {:.4})",
         best.alpha, best.domain_ndcg_at_10
     );
     if let Some(dest) = &args.sweep_out {
-        ModelDir::interpolate(&base_dir, &tuned_dir, best.alpha, dest, &[])?;
+        let base = ModelDir::open(&inputs.baseline.as_ref().expect("sweep has a baseline").path)?;
+        let tuned = ModelDir::open(&inputs.candidate.path)?;
+        ModelDir::interpolate(&base, &tuned, best.alpha, dest, &[])?;
         println!("merged model: {}", dest.display());
     }
     Ok(())

@@ -135,7 +135,6 @@ fn parse_space(spec: &str) -> Result<SpaceModel> {
 fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
     let inputs = IndexInputs {
-        store: args.store.clone(),
         collection: args.collection.clone(),
         corpus: args.corpus.clone(),
         spaces: args
@@ -172,7 +171,8 @@ fn build(args: BuildArgs) -> Result<()> {
             eprintln!("attune: building the HNSW graph of {space:?} ({points} points)");
         }
     };
-    let report = job.run(&mut progress)?;
+    let store = Store::open_or_create(&args.store)?;
+    let report = job.run(&store, &mut progress)?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

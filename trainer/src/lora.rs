@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use attune_model::{BertModel, LinearTarget, LoraAdapter};
+use attune_model::{LinearTarget, LoraAdapter, TransformerModel};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -101,30 +101,40 @@ impl LoraSettings {
     }
 }
 
-/// The checkpoint name of layer `layer`'s `target` linear (`encoder.layer.3.attention.self.query`).
-fn linear_name(layer: usize, target: LinearTarget) -> String {
-    format!("encoder.layer.{layer}.{}", target.checkpoint_name())
+/// The checkpoint name of layer `layer`'s `target` linear (`encoder.layer.3.attention.self.query`
+/// in BERT), or an error naming the target when the model's family has no such layer.
+fn linear_name(model: &dyn TransformerModel, layer: usize, target: LinearTarget) -> Result<String> {
+    model
+        .linear_name(layer, target)
+        .ok_or_else(|| TrainError::InvalidSetting {
+            name: "lora-targets",
+            problem: format!(
+                "`{}`: this model's family has no such linear layer",
+                target_flag(target)
+            ),
+        })
 }
 
 /// Attaches fresh adapters to `model` and returns their variables by name (`….lora_A`, `….lora_B`).
 /// `A` is uniform in ±1/√in (PEFT's Kaiming initialisation), `B` is zero, so training starts at
 /// the base model exactly.
 pub fn attach(
-    model: &mut BertModel,
+    model: &mut dyn TransformerModel,
     settings: &LoraSettings,
     seed: u64,
     device: &Device,
 ) -> Result<Vec<(String, Var)>> {
     settings.validate()?;
-    let layers = model.config().num_hidden_layers;
+    let layers = model.num_layers();
     let scale = settings.alpha / settings.rank as f64;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x4C6F_5241);
     let mut vars = Vec::new();
     for layer in 0..layers {
         for &target in &settings.targets {
+            let name = linear_name(model, layer, target)?;
             let linear = model
                 .linear_mut(layer, target)
-                .expect("layer index within the config");
+                .expect("a named linear layer exists");
             let (out_dim, in_dim) = linear.weight().dims2()?;
             let bound = 1.0 / (in_dim as f32).sqrt();
             let values: Vec<f32> = (0..settings.rank * in_dim)
@@ -141,7 +151,6 @@ pub fn attach(
                 b: b.as_tensor().clone(),
                 scale,
             }));
-            let name = linear_name(layer, target);
             vars.push((format!("{name}.lora_A"), a));
             vars.push((format!("{name}.lora_B"), b));
         }
@@ -154,16 +163,16 @@ pub fn attach(
 /// (`….weight`), from the adapter tensors in `adapters` (named as [`attach`] names them) and
 /// the frozen weights of `model`.
 pub fn merged_weights(
-    model: &mut BertModel,
+    model: &mut dyn TransformerModel,
     settings: &LoraSettings,
     adapters: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>> {
-    let layers = model.config().num_hidden_layers;
+    let layers = model.num_layers();
     let scale = settings.alpha / settings.rank as f64;
     let mut out = HashMap::new();
     for layer in 0..layers {
         for &target in &settings.targets {
-            let name = linear_name(layer, target);
+            let name = linear_name(model, layer, target)?;
             let get = |suffix: &str| {
                 adapters.get(&format!("{name}.{suffix}")).ok_or_else(|| {
                     TrainError::Candle(candle_core::Error::Msg(format!(
@@ -174,7 +183,7 @@ pub fn merged_weights(
             let (a, b) = (get("lora_A")?, get("lora_B")?);
             let linear = model
                 .linear_mut(layer, target)
-                .expect("layer index within the config");
+                .expect("a named linear layer exists");
             let delta = (b.matmul(a)? * scale)?;
             out.insert(format!("{name}.weight"), (linear.weight() + delta)?);
         }

@@ -30,7 +30,7 @@ use crate::loss::{info_nce, scalar, LossSettings};
 use crate::optim::{linear_schedule, AdamW, AdamWSettings};
 
 /// What to do with training queries that also appear in the held-out data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeakagePolicy {
     /// Refuse to train (default).
@@ -40,6 +40,32 @@ pub enum LeakagePolicy {
     Drop,
     /// Train on them anyway (e.g. to reproduce a published recipe); the card records it.
     Allow,
+}
+
+impl std::str::FromStr for LeakagePolicy {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "refuse" => Ok(Self::Refuse),
+            "drop" => Ok(Self::Drop),
+            "allow" => Ok(Self::Allow),
+            _ => Err(TrainError::InvalidSetting {
+                name: "leakage",
+                problem: format!("`{s}`: expected one of refuse, drop, allow"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for LeakagePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refuse => "refuse",
+            Self::Drop => "drop",
+            Self::Allow => "allow",
+        })
+    }
 }
 
 /// Training settings. `Default` gives the documented defaults (sentence-transformers' recipe).

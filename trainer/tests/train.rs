@@ -305,3 +305,65 @@ fn max_abs_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// The trainer runs any family behind the model seam: the tiny mixer (a second implementation
+/// of `TransformerModel`) learns, full and with LoRA on its feed-forward layers, and a LoRA
+/// target the family lacks is refused by name.
+#[test]
+fn another_model_family_trains_full_and_with_lora() {
+    use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
+    use attune_trainer::lora::{parse_targets, LoraSettings};
+    let tmp = tempfile::tempdir().unwrap();
+    write_random_tiny_mixer(&tmp.path().join("model"), &RandomBertSpec::default()).unwrap();
+    write_synthetic_beir(&tmp.path().join("data"), &SyntheticSpec::default()).unwrap();
+
+    let summary = run(tmp.path(), "tuned", &settings());
+    let before = summary.before.as_ref().unwrap()["ndcg@10"];
+    let after = summary.after.as_ref().unwrap()["ndcg@10"];
+    eprintln!("mixer validation nDCG@10 {before:.4} -> {after:.4}");
+    assert!(after > before + 0.05, "{before:.4} -> {after:.4}");
+    // The written directory is a model of the same family that loads and embeds.
+    let tuned = ModelDir::open(tmp.path().join("tuned")).unwrap();
+    assert_eq!(
+        tuned.architecture,
+        ModelDir::open(tmp.path().join("model"))
+            .unwrap()
+            .architecture
+    );
+
+    let lora = |targets: &str| TrainSettings {
+        lora: Some(LoraSettings {
+            rank: 4,
+            alpha: 8.0,
+            targets: parse_targets(targets).unwrap(),
+        }),
+        ..settings()
+    };
+    let summary = run(tmp.path(), "lora", &lora("ffn,o"));
+    let after = summary.after.as_ref().unwrap()["ndcg@10"];
+    assert!(
+        after > before,
+        "LoRA on the mixer: {before:.4} -> {after:.4}"
+    );
+
+    let model = ModelDir::open(tmp.path().join("model")).unwrap();
+    let data = TrainingData::load(&tmp.path().join("data"), "train").unwrap();
+    let inputs = TrainInputs {
+        model: &model,
+        data: &data,
+        held_out: None,
+        validation: None,
+        device: &Device::Cpu,
+    };
+    let err = train(
+        &inputs,
+        &lora("q"),
+        &TrainOutput::new(tmp.path().join("refused")),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("lora-targets") && err.to_string().contains("`q`"),
+        "{err}"
+    );
+}

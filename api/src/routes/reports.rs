@@ -4,8 +4,8 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
+use attune_app::PipelineReport;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{blocking, ok_json, State};
@@ -34,10 +34,10 @@ pub fn config_reports(cfg: &mut web::ServiceConfig) {
 pub struct ReportResponse {
     /// Collection.
     pub collection: String,
-    /// The pipeline's summary: verdict, `promoted`, base and tuned metrics per dataset
-    /// (`domain`, `general`), the gate's checks, stage timings.
+    /// The pipeline's report (`pipeline.json`, [`PipelineReport`]): verdict, `promoted`, base
+    /// and tuned metrics per dataset (`domain`, `general`), the gate's checks, stage timings.
     #[schema(value_type = Object)]
-    pub summary: Value,
+    pub summary: PipelineReport,
     /// Files of the report, for `/report/{file}`.
     pub files: Vec<String>,
 }
@@ -78,8 +78,10 @@ pub async fn report(
     let response = blocking(move || {
         let summary =
             read(&state, &collection, SUMMARY_FILE)?.ok_or_else(|| no_report(&collection))?;
-        let summary: Value = serde_json::from_slice(&summary).map_err(|e| {
-            ApiError::Internal(format!("the report of {collection:?} is not JSON: {e}"))
+        let summary: PipelineReport = serde_json::from_slice(&summary).map_err(|e| {
+            ApiError::Internal(format!(
+                "the report of {collection:?} is not a pipeline report: {e}"
+            ))
         })?;
         let files = state.store().report_files(&collection)?;
         Ok(ReportResponse {

@@ -80,7 +80,7 @@ pub async fn readyz(state: State) -> HttpResponse {
     let problems = state.problems();
     let body = Ready {
         ready: problems.is_empty(),
-        store: state.store_root().display().to_string(),
+        store: state.store_location(),
         collections: state
             .all()
             .iter()

@@ -1,0 +1,181 @@
+//! The pipeline end to end, in process, against both implementations of each seam: the
+//! embedded store and the exact in-memory store, BERT and the tiny mixer family. Data to a
+//! promoted model: the stages run once, a rerun skips them all with the same verdict, the
+//! collection serves base and tuned spaces, and the published report parses as the typed
+//! `PipelineReport`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use attune_app::pipeline::Stage;
+use attune_app::{run_pipeline, ModelEmbedder, PipelineConfig, PipelineObserver, PipelineReport};
+use attune_index::{ExactStore, Filter, IndexError, SearchRequest, Store, VectorStore};
+use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
+use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::Device;
+use attune_trainer::fixtures::{write_synthetic_beir, SyntheticSpec};
+
+#[derive(Debug, Clone, Copy)]
+enum StoreKind {
+    Embedded,
+    Exact,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Bert,
+    Mixer,
+}
+
+/// Counts what the pipeline reported.
+#[derive(Default)]
+struct Seen {
+    ran: Vec<Stage>,
+    skipped: Vec<Stage>,
+    train_steps: usize,
+}
+
+impl PipelineObserver for Seen {
+    fn stage_started(&mut self, stage: Stage) {
+        self.ran.push(stage);
+    }
+    fn stage_skipped(&mut self, stage: Stage, _seconds: f64) {
+        self.skipped.push(stage);
+    }
+    fn train_event(&mut self, event: attune_trainer::train::Event<'_>) {
+        if let attune_trainer::train::Event::Step(_) = event {
+            self.train_steps += 1;
+        }
+    }
+}
+
+fn config(root: &Path) -> PipelineConfig {
+    let text = r#"
+work_dir = "work"
+base_model = "base"
+device = "cpu"
+
+[data]
+path = "data"
+
+[train]
+max_steps = 60
+batch_size = 8
+lr = 0.01
+
+[gate]
+require_gain = true
+
+[index]
+store = "store"
+collection = "shop"
+"#;
+    PipelineConfig::parse(&root.join("pipeline.toml"), text).unwrap()
+}
+
+fn run(store: StoreKind, family: Family) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let spec = RandomBertSpec::default();
+    match family {
+        Family::Bert => write_random_bert(&root.join("base"), &spec).unwrap(),
+        Family::Mixer => write_random_tiny_mixer(&root.join("base"), &spec).unwrap(),
+    };
+    write_synthetic_beir(&root.join("data"), &SyntheticSpec::default()).unwrap();
+    let exact = Arc::new(ExactStore::new());
+    let store_dir = root.join("store");
+    let open_store = || -> Result<Arc<dyn VectorStore>, IndexError> {
+        Ok(match store {
+            StoreKind::Embedded => Arc::new(Store::open_or_create(&store_dir)?),
+            StoreKind::Exact => exact.clone(),
+        })
+    };
+    let config = config(root);
+
+    let mut seen = Seen::default();
+    let outcome = run_pipeline(&config, None, &open_store, &mut seen).unwrap();
+    let report = &outcome.report;
+    assert!(outcome.gate_failure.is_none(), "{}", report.verdict);
+    assert!(report.promoted, "{}", report.verdict);
+    assert_eq!(
+        seen.ran,
+        vec![
+            Stage::Check,
+            Stage::Train,
+            Stage::Eval,
+            Stage::Index,
+            Stage::Report
+        ]
+    );
+    assert_eq!(seen.train_steps, 60);
+    let domain = report.domain.as_ref().unwrap();
+    assert!(
+        domain.tuned["ndcg@10"] > domain.base["ndcg@10"],
+        "{domain:?}"
+    );
+    assert_eq!(report.serving_generation, Some(1));
+
+    // The collection serves both spaces; the tuned space answers a query embedded by the
+    // model it was built with.
+    let store = open_store().unwrap();
+    let collection = store.open_collection("shop").unwrap();
+    let spaces = collection.spaces();
+    assert_eq!(spaces.keys().collect::<Vec<_>>(), ["base", "tuned"]);
+    let tuned =
+        ModelEmbedder::for_identity(&root.join("work/tuned"), &Device::Cpu, &spaces["tuned"])
+            .unwrap();
+    let hits = collection
+        .search(&SearchRequest {
+            space: "tuned",
+            vector: &tuned.embed_query("red running shoes").unwrap(),
+            model: tuned.identity(),
+            k: 5,
+            ef: None,
+            filter: &Filter::default(),
+        })
+        .unwrap();
+    assert_eq!(hits.len(), 5);
+
+    // The published report is the typed report.
+    let published = store.report_file("shop", "pipeline.json").unwrap().unwrap();
+    assert_eq!(published, serde_json::to_vec_pretty(report).unwrap());
+    let parsed: PipelineReport = serde_json::from_slice(&published).unwrap();
+    assert_eq!((&parsed.verdict, parsed.promoted), (&report.verdict, true));
+    assert!(store
+        .report_files("shop")
+        .unwrap()
+        .contains(&"report.html".to_string()));
+
+    // A rerun with the same settings skips every stage and keeps the verdict and generation.
+    let mut again = Seen::default();
+    let rerun = run_pipeline(&config, None, &open_store, &mut again).unwrap();
+    assert!(again.ran.is_empty(), "{:?}", again.ran);
+    assert_eq!(again.skipped.len(), 5);
+    assert_eq!(
+        (&rerun.report.verdict, rerun.report.stages.len()),
+        (&report.verdict, report.stages.len())
+    );
+    let ndcg = |r: &PipelineReport| r.domain.as_ref().unwrap().tuned["ndcg@10"];
+    assert!((ndcg(&rerun.report) - ndcg(report)).abs() < 1e-12);
+    assert_eq!(store.current_generation("shop").unwrap(), Some(1));
+}
+
+#[test]
+fn embedded_store_bert() {
+    run(StoreKind::Embedded, Family::Bert);
+}
+
+#[test]
+fn exact_store_bert() {
+    run(StoreKind::Exact, Family::Bert);
+}
+
+#[test]
+fn embedded_store_mixer() {
+    run(StoreKind::Embedded, Family::Mixer);
+}
+
+#[test]
+fn exact_store_mixer() {
+    run(StoreKind::Exact, Family::Mixer);
+}

@@ -1,0 +1,578 @@
+//! An exact, in-memory [`VectorStore`]: every search scans every live document. It is the
+//! second implementation of the vector-store seam (the API and pipeline tests run against it as
+//! well as against the embedded [`crate::Store`]) and the ground truth an approximate store is
+//! measured against. It keeps data for the life of the process only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::build::{BuildEvent, BuildReport, BuildSettings, SpaceSpec};
+use crate::corpus::{Corpus, Document};
+use crate::distance::{dot, normalize};
+use crate::error::{IndexError, Result};
+use crate::events::{FeedbackRecord, ServedRequest};
+use crate::filter::value_of_key;
+use crate::graph::HnswParams;
+use crate::identity::ModelIdentity;
+use crate::store::{
+    content_hash, hex, validate_name, CollectionStats, Facet, FacetValue, SearchHit, SearchRequest,
+    SpaceStats, StoredDocument, UpsertDocument, UpsertReport,
+};
+use crate::vector_store::{AbEventLog, ServedCollection, VectorStore};
+
+/// An exact in-memory store (see the module docs).
+#[derive(Debug, Default)]
+pub struct ExactStore {
+    collections: Mutex<BTreeMap<String, Entry>>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    current: Option<Arc<ExactCollection>>,
+    events: Arc<MemoryEvents>,
+    report: BTreeMap<String, Vec<u8>>,
+}
+
+/// A document with its unit vectors by space.
+#[derive(Debug, Clone)]
+struct Stored {
+    document: StoredDocument,
+    vectors: BTreeMap<String, Vec<f32>>,
+}
+
+/// One collection of an [`ExactStore`] at one generation.
+#[derive(Debug)]
+pub struct ExactCollection {
+    name: String,
+    generation: u64,
+    spaces: BTreeMap<String, ModelIdentity>,
+    hnsw: HnswParams,
+    documents: RwLock<BTreeMap<String, Stored>>,
+}
+
+impl ExactStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn unknown(&self, name: &str, names: Vec<String>) -> IndexError {
+        IndexError::UnknownCollection {
+            name: name.to_string(),
+            store: PathBuf::from(self.location()),
+            available: if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+        }
+    }
+
+    fn with_entry<T>(&self, name: &str, f: impl FnOnce(&mut Entry) -> Result<T>) -> Result<T> {
+        let mut collections = self.collections.lock().expect("store lock");
+        match collections.get_mut(name) {
+            Some(entry) => f(entry),
+            None => Err(self.unknown(name, collections.keys().cloned().collect())),
+        }
+    }
+}
+
+/// Unit vectors of `texts` from `spec`'s embedder, checked against its identity.
+fn embed(spec: &mut SpaceSpec<'_>, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    let identity = spec.embedder.identity().clone();
+    let vectors = spec
+        .embedder
+        .embed_documents(texts)
+        .map_err(|e| IndexError::Embedding {
+            space: spec.name.clone(),
+            message: e.to_string(),
+        })?;
+    vectors
+        .into_iter()
+        .map(|mut v| {
+            if v.len() != identity.dim {
+                return Err(IndexError::DimensionMismatch {
+                    what: format!("a vector of space {:?}", spec.name),
+                    expected: identity.dim,
+                    found: v.len(),
+                });
+            }
+            if !normalize(&mut v) {
+                return Err(IndexError::InvalidVector {
+                    what: format!("a vector of space {:?}", spec.name),
+                });
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn stored_document(document: &Document) -> StoredDocument {
+    StoredDocument {
+        id: document.id.clone(),
+        title: document.title.clone(),
+        text: document.text.clone(),
+        metadata: document.metadata.clone(),
+        hash: hex(&content_hash(&document.embedding_text())),
+    }
+}
+
+impl VectorStore for ExactStore {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
+    fn collection_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .collections
+            .lock()
+            .expect("store lock")
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    fn current_generation(&self, name: &str) -> Result<Option<u64>> {
+        self.with_entry(name, |e| Ok(e.current.as_ref().map(|c| c.generation)))
+    }
+
+    fn spaces(&self, name: &str) -> Result<BTreeMap<String, ModelIdentity>> {
+        self.with_entry(name, |e| {
+            Ok(e.current
+                .as_ref()
+                .map(|c| c.spaces.clone())
+                .unwrap_or_default())
+        })
+    }
+
+    fn open_collection(&self, name: &str) -> Result<Arc<dyn ServedCollection>> {
+        self.with_entry(name, |e| match &e.current {
+            Some(current) => Ok(current.clone() as Arc<dyn ServedCollection>),
+            None => Err(IndexError::NotBuilt { name: name.into() }),
+        })
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        corpus: &Corpus,
+        spaces: &mut [SpaceSpec<'_>],
+        settings: &BuildSettings,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BuildReport> {
+        validate_name(name)?;
+        settings.hnsw.validate()?;
+        let started = Instant::now();
+        let previous = {
+            let collections = self.collections.lock().expect("store lock");
+            collections.get(name).and_then(|e| e.current.clone())
+        };
+        let old: BTreeMap<String, StoredDocument> = previous
+            .as_ref()
+            .map(|c| {
+                let documents = c.documents.read().expect("collection lock");
+                documents
+                    .iter()
+                    .map(|(id, s)| (id.clone(), s.document.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let generation = previous.as_ref().map_or(1, |c| c.generation + 1);
+        progress(BuildEvent::Planned {
+            documents: corpus.documents.len(),
+            to_embed: corpus.documents.len(),
+            resumed: false,
+            generation,
+        });
+        let mut documents: BTreeMap<String, Stored> = corpus
+            .documents
+            .iter()
+            .map(|d| {
+                let stored = Stored {
+                    document: stored_document(d),
+                    vectors: BTreeMap::new(),
+                };
+                (d.id.clone(), stored)
+            })
+            .collect();
+        let mut embedded = BTreeMap::new();
+        let batch = settings.batch_size.max(1);
+        let mut done = 0;
+        for chunk in corpus.documents.chunks(batch) {
+            let texts: Vec<String> = chunk.iter().map(Document::embedding_text).collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            for spec in spaces.iter_mut() {
+                for (document, vector) in chunk.iter().zip(embed(spec, &texts)?) {
+                    let stored = documents.get_mut(&document.id).expect("every id is stored");
+                    stored.vectors.insert(spec.name.clone(), vector);
+                }
+                *embedded.entry(spec.name.clone()).or_insert(0) += chunk.len();
+            }
+            done += chunk.len();
+            progress(BuildEvent::Embedded { done });
+        }
+        let embed_seconds = started.elapsed().as_secs_f64();
+        let (mut added, mut updated, mut unchanged) = (0, 0, 0);
+        for (id, stored) in &documents {
+            match old.get(id) {
+                None => added += 1,
+                Some(before) if before.hash == stored.document.hash => unchanged += 1,
+                Some(_) => updated += 1,
+            }
+        }
+        let deleted = old.keys().filter(|id| !documents.contains_key(*id)).count();
+        let count = documents.len();
+        let collection = ExactCollection {
+            name: name.to_string(),
+            generation,
+            spaces: spaces
+                .iter()
+                .map(|s| (s.name.clone(), s.embedder.identity().clone()))
+                .collect(),
+            hnsw: settings.hnsw,
+            documents: RwLock::new(documents),
+        };
+        // The switch: one assignment under the store's lock.
+        self.collections
+            .lock()
+            .expect("store lock")
+            .entry(name.to_string())
+            .or_default()
+            .current = Some(Arc::new(collection));
+        Ok(BuildReport {
+            collection: name.to_string(),
+            generation,
+            previous_generation: previous.map(|c| c.generation),
+            resumed: false,
+            documents: count,
+            added,
+            updated,
+            unchanged,
+            deleted,
+            embedded,
+            duplicate_ids: corpus.duplicates.len(),
+            embed_seconds,
+            graph_seconds: 0.0,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn drop_collection(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .collections
+            .lock()
+            .expect("store lock")
+            .remove(name)
+            .is_some())
+    }
+
+    fn open_events(&self, name: &str) -> Result<Arc<dyn AbEventLog>> {
+        validate_name(name)?;
+        let mut collections = self.collections.lock().expect("store lock");
+        let entry = collections.entry(name.to_string()).or_default();
+        Ok(entry.events.clone() as Arc<dyn AbEventLog>)
+    }
+
+    fn publish_report(&self, name: &str, files: &[(&str, &[u8])]) -> Result<()> {
+        for (file, _) in files {
+            validate_name(file)?;
+        }
+        self.with_entry(name, |e| {
+            e.report = files
+                .iter()
+                .map(|(f, b)| (f.to_string(), b.to_vec()))
+                .collect();
+            Ok(())
+        })
+    }
+
+    fn report_files(&self, name: &str) -> Result<Vec<String>> {
+        self.with_entry(name, |e| Ok(e.report.keys().cloned().collect()))
+    }
+
+    fn report_file(&self, name: &str, file: &str) -> Result<Option<Vec<u8>>> {
+        self.with_entry(name, |e| Ok(e.report.get(file).cloned()))
+    }
+}
+
+impl ExactCollection {
+    fn space(&self, space: &str) -> Result<&ModelIdentity> {
+        self.spaces
+            .get(space)
+            .ok_or_else(|| IndexError::UnknownSpace {
+                collection: self.name.clone(),
+                space: space.to_string(),
+                available: self.spaces.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    fn check_model(&self, space: &str, model: &ModelIdentity) -> Result<()> {
+        let identity = self.space(space)?;
+        if !identity.same_model(model) {
+            return Err(IndexError::ModelMismatch {
+                collection: self.name.clone(),
+                space: space.to_string(),
+                stored: identity.fingerprint.clone(),
+                given: model.fingerprint.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ServedCollection for ExactCollection {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn spaces(&self) -> BTreeMap<String, ModelIdentity> {
+        self.spaces.clone()
+    }
+
+    fn len(&self) -> usize {
+        self.documents.read().expect("collection lock").len()
+    }
+
+    fn document(&self, id: &str) -> Result<Option<StoredDocument>> {
+        let documents = self.documents.read().expect("collection lock");
+        Ok(documents.get(id).map(|s| s.document.clone()))
+    }
+
+    fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>> {
+        self.space(space)?;
+        let documents = self.documents.read().expect("collection lock");
+        Ok(documents
+            .get(id)
+            .and_then(|s| s.vectors.get(space).cloned()))
+    }
+
+    fn facets(&self, max_values: usize) -> Vec<Facet> {
+        let documents = self.documents.read().expect("collection lock");
+        let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for stored in documents.values() {
+            for (field, key) in crate::filter::indexed_pairs(&stored.document.metadata) {
+                *counts.entry(field).or_default().entry(key).or_insert(0) += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(field, values)| {
+                let mut values: Vec<FacetValue> = values
+                    .into_iter()
+                    .filter_map(|(key, count)| {
+                        Some(FacetValue {
+                            value: value_of_key(&key)?,
+                            count,
+                        })
+                    })
+                    .collect();
+                values.sort_by(|a, b| {
+                    b.count
+                        .cmp(&a.count)
+                        .then_with(|| a.value.to_string().cmp(&b.value.to_string()))
+                });
+                let distinct = values.len();
+                values.truncate(max_values);
+                Facet {
+                    field,
+                    distinct,
+                    values,
+                }
+            })
+            .collect()
+    }
+
+    fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
+        request.filter.validate()?;
+        if request.k == 0 {
+            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
+        }
+        self.check_model(request.space, request.model)?;
+        let identity = self.space(request.space)?;
+        if request.vector.len() != identity.dim {
+            return Err(IndexError::DimensionMismatch {
+                what: "the query vector".into(),
+                expected: identity.dim,
+                found: request.vector.len(),
+            });
+        }
+        let mut query = request.vector.to_vec();
+        if !normalize(&mut query) {
+            return Err(IndexError::InvalidVector {
+                what: "the query vector".into(),
+            });
+        }
+        let documents = self.documents.read().expect("collection lock");
+        let mut scored: Vec<(f32, &Stored)> = documents
+            .values()
+            .filter(|s| request.filter.matches(&s.document.metadata))
+            .filter_map(|s| Some((dot(&query, s.vectors.get(request.space)?), s)))
+            .collect();
+        scored.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.document.id.cmp(&b.1.document.id))
+        });
+        scored.truncate(request.k);
+        Ok(scored
+            .into_iter()
+            .map(|(score, s)| SearchHit {
+                id: s.document.id.clone(),
+                score,
+                title: s.document.title.clone(),
+                metadata: s.document.metadata.clone(),
+            })
+            .collect())
+    }
+
+    fn upsert(
+        &self,
+        documents: &[UpsertDocument],
+        models: &BTreeMap<String, ModelIdentity>,
+    ) -> Result<UpsertReport> {
+        for space in self.spaces.keys() {
+            let Some(model) = models.get(space) else {
+                return Err(IndexError::InvalidDocument {
+                    id: String::new(),
+                    message: format!("no model given for space {space:?}"),
+                });
+            };
+            self.check_model(space, model)?;
+        }
+        // Validate and normalise everything before the first write.
+        let mut prepared = Vec::with_capacity(documents.len());
+        for upsert in documents {
+            let document = &upsert.document;
+            if document.id.is_empty() {
+                return Err(IndexError::InvalidDocument {
+                    id: String::new(),
+                    message: "empty id".into(),
+                });
+            }
+            let mut vectors = BTreeMap::new();
+            for (space, identity) in &self.spaces {
+                let what = || format!("vector of document {:?} in space {space:?}", document.id);
+                let Some(vector) = upsert.vectors.get(space) else {
+                    return Err(IndexError::InvalidDocument {
+                        id: document.id.clone(),
+                        message: format!("no vector for space {space:?}"),
+                    });
+                };
+                if vector.len() != identity.dim {
+                    return Err(IndexError::DimensionMismatch {
+                        what: what(),
+                        expected: identity.dim,
+                        found: vector.len(),
+                    });
+                }
+                let mut unit = vector.clone();
+                if !normalize(&mut unit) {
+                    return Err(IndexError::InvalidVector { what: what() });
+                }
+                vectors.insert(space.clone(), unit);
+            }
+            prepared.push(Stored {
+                document: stored_document(document),
+                vectors,
+            });
+        }
+        let mut report = UpsertReport::default();
+        let mut stored = self.documents.write().expect("collection lock");
+        for new in prepared {
+            match stored.get(&new.document.id) {
+                None => report.added += 1,
+                Some(old) if old.document.hash == new.document.hash => report.unchanged += 1,
+                Some(_) => report.updated += 1,
+            }
+            stored.insert(new.document.id.clone(), new);
+        }
+        Ok(report)
+    }
+
+    fn delete(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .documents
+            .write()
+            .expect("collection lock")
+            .remove(id)
+            .is_some())
+    }
+
+    fn stats(&self) -> Result<CollectionStats> {
+        let documents = self.len();
+        Ok(CollectionStats {
+            name: self.name.clone(),
+            generation: self.generation,
+            documents,
+            hnsw: self.hnsw,
+            spaces: self
+                .spaces
+                .iter()
+                .map(|(name, model)| SpaceStats {
+                    name: name.clone(),
+                    model: model.clone(),
+                    graph_points: 0,
+                    tombstones: 0,
+                    delta: documents,
+                })
+                .collect(),
+            disk_bytes: 0,
+            database_bytes: 0,
+        })
+    }
+}
+
+/// A/B events kept in memory.
+#[derive(Debug, Default)]
+struct MemoryEvents {
+    served: Mutex<BTreeMap<String, ServedRequest>>,
+    feedback: Mutex<Vec<FeedbackRecord>>,
+}
+
+impl AbEventLog for MemoryEvents {
+    fn record_served(&self, served: &ServedRequest) -> Result<()> {
+        let mut all = self.served.lock().expect("events lock");
+        all.insert(served.request_id.clone(), served.clone());
+        Ok(())
+    }
+
+    fn served(&self, request_id: &str) -> Result<Option<ServedRequest>> {
+        Ok(self
+            .served
+            .lock()
+            .expect("events lock")
+            .get(request_id)
+            .cloned())
+    }
+
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
+        self.feedback
+            .lock()
+            .expect("events lock")
+            .push(feedback.clone());
+        Ok(())
+    }
+
+    fn all_served(&self) -> Result<Vec<ServedRequest>> {
+        Ok(self
+            .served
+            .lock()
+            .expect("events lock")
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    fn all_feedback(&self) -> Result<Vec<FeedbackRecord>> {
+        Ok(self.feedback.lock().expect("events lock").clone())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! The vector-store seam: what the re-index job, the pipeline and the server need from a store
+//! of collections, as traits, so that another engine (an exact in-memory store in tests, a
+//! distributed vector engine) can stand where the embedded hnsw_rs + sled [`Store`] stands.
+//!
+//! - [`VectorStore`]: the store. Collections, their current generation, the atomic switch to a
+//!   new generation (a build), dropping; and the owners of what lives beside the generations:
+//!   a collection's A/B event log and its published report.
+//! - [`ServedCollection`]: one collection at its current generation, searched and updated.
+//! - [`AbEventLog`]: a collection's A/B events (served requests and feedback).
+//!
+//! Every implementation keeps the same guarantees: a generation switch is atomic (readers see
+//! the old generation or the new one whole), vectors are bound to the [`ModelIdentity`] of their
+//! space (a search or an upsert with another model's vectors is refused), and an acknowledged
+//! write is durable for as long as the implementation promises to keep data (the embedded store:
+//! on disk; an in-memory store: for the life of the process).
+//!
+//! Calls block (disk, graph walks, network): call them off async threads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::build::{BuildEvent, BuildReport, BuildSettings, SpaceSpec};
+use crate::corpus::Corpus;
+use crate::error::Result;
+use crate::events::{EventLog, FeedbackRecord, ServedRequest};
+use crate::identity::ModelIdentity;
+use crate::store::{
+    Collection, CollectionStats, Facet, SearchHit, SearchRequest, Store, StoredDocument,
+    UpsertDocument, UpsertReport,
+};
+
+/// A store of collections (see the module docs).
+pub trait VectorStore: Send + Sync {
+    /// Where the store lives, for messages (a directory, a URL).
+    fn location(&self) -> String;
+    /// Names of the collections, sorted.
+    fn collection_names(&self) -> Result<Vec<String>>;
+    /// The generation `name` serves, `None` until its first build finishes;
+    /// [`crate::IndexError::UnknownCollection`] when there is no such collection.
+    fn current_generation(&self, name: &str) -> Result<Option<u64>>;
+    /// The spaces of `name`'s current generation and their models.
+    fn spaces(&self, name: &str) -> Result<BTreeMap<String, ModelIdentity>>;
+    /// Opens `name` at its current generation for search and updates.
+    fn open_collection(&self, name: &str) -> Result<Arc<dyn ServedCollection>>;
+    /// Embeds `corpus` into a new generation of `name` (created if missing), one space per
+    /// entry of `spaces`, and switches to it atomically. Documents of the corpus replace the
+    /// collection's documents.
+    fn build(
+        &self,
+        name: &str,
+        corpus: &Corpus,
+        spaces: &mut [SpaceSpec<'_>],
+        settings: &BuildSettings,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BuildReport>;
+    /// Deletes `name`, its generations, events and reports; false when it did not exist.
+    fn drop_collection(&self, name: &str) -> Result<bool>;
+    /// Opens (creating) the A/B event log of `name`; it outlives generations.
+    fn open_events(&self, name: &str) -> Result<Arc<dyn AbEventLog>>;
+    /// Replaces `name`'s published report with `files` (name, bytes), whole.
+    fn publish_report(&self, name: &str, files: &[(&str, &[u8])]) -> Result<()>;
+    /// File names of `name`'s published report (empty when none was published).
+    fn report_files(&self, name: &str) -> Result<Vec<String>>;
+    /// One file of `name`'s published report; `None` when absent.
+    fn report_file(&self, name: &str, file: &str) -> Result<Option<Vec<u8>>>;
+}
+
+/// One collection at its current generation (see the module docs).
+pub trait ServedCollection: Send + Sync + std::fmt::Debug {
+    /// Collection name.
+    fn name(&self) -> &str;
+    /// The generation open.
+    fn generation(&self) -> u64;
+    /// Spaces and their models.
+    fn spaces(&self) -> BTreeMap<String, ModelIdentity>;
+    /// Live documents.
+    fn len(&self) -> usize;
+    /// True when no document is live.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The document `id`, if live.
+    fn document(&self, id: &str) -> Result<Option<StoredDocument>>;
+    /// The stored vector of `id` in `space` (unit length), if live.
+    fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>>;
+    /// The filterable metadata fields and their most frequent values (at most `max_values`
+    /// each).
+    fn facets(&self, max_values: usize) -> Vec<Facet>;
+    /// The `k` documents nearest the query in one space that pass the filter, best first.
+    fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>>;
+    /// Adds or replaces documents with their vectors (one per space); durable when it returns.
+    fn upsert(
+        &self,
+        documents: &[UpsertDocument],
+        models: &BTreeMap<String, ModelIdentity>,
+    ) -> Result<UpsertReport>;
+    /// Deletes `id`; false when it was not live. Durable when it returns.
+    fn delete(&self, id: &str) -> Result<bool>;
+    /// Figures of the collection.
+    fn stats(&self) -> Result<CollectionStats>;
+}
+
+/// A collection's A/B event log (see the module docs).
+pub trait AbEventLog: Send + Sync + std::fmt::Debug {
+    /// Records a served request.
+    fn record_served(&self, served: &ServedRequest) -> Result<()>;
+    /// The served request `request_id`, if recorded.
+    fn served(&self, request_id: &str) -> Result<Option<ServedRequest>>;
+    /// Records feedback on a served request.
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()>;
+    /// Every served request.
+    fn all_served(&self) -> Result<Vec<ServedRequest>>;
+    /// Every feedback record.
+    fn all_feedback(&self) -> Result<Vec<FeedbackRecord>>;
+    /// Makes everything recorded durable.
+    fn flush(&self) -> Result<()>;
+}
+
+impl VectorStore for Store {
+    fn location(&self) -> String {
+        self.root().display().to_string()
+    }
+
+    fn collection_names(&self) -> Result<Vec<String>> {
+        Store::collection_names(self)
+    }
+
+    fn current_generation(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.manifest(name)?.current)
+    }
+
+    fn spaces(&self, name: &str) -> Result<BTreeMap<String, ModelIdentity>> {
+        Ok(self.manifest(name)?.spaces)
+    }
+
+    fn open_collection(&self, name: &str) -> Result<Arc<dyn ServedCollection>> {
+        Ok(Arc::new(Store::open_collection(self, name)?))
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        corpus: &Corpus,
+        spaces: &mut [SpaceSpec<'_>],
+        settings: &BuildSettings,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BuildReport> {
+        crate::build::build_collection(self, name, corpus, spaces, settings, progress)
+    }
+
+    fn drop_collection(&self, name: &str) -> Result<bool> {
+        Store::drop_collection(self, name)
+    }
+
+    fn open_events(&self, name: &str) -> Result<Arc<dyn AbEventLog>> {
+        Ok(Arc::new(Store::open_events(self, name)?))
+    }
+
+    fn publish_report(&self, name: &str, files: &[(&str, &[u8])]) -> Result<()> {
+        Store::publish_report(self, name, files)
+    }
+
+    fn report_files(&self, name: &str) -> Result<Vec<String>> {
+        Store::report_files(self, name)
+    }
+
+    fn report_file(&self, name: &str, file: &str) -> Result<Option<Vec<u8>>> {
+        Store::report_file(self, name, file)
+    }
+}
+
+impl ServedCollection for Collection {
+    fn name(&self) -> &str {
+        Collection::name(self)
+    }
+    fn generation(&self) -> u64 {
+        Collection::generation(self)
+    }
+    fn spaces(&self) -> BTreeMap<String, ModelIdentity> {
+        Collection::spaces(self)
+    }
+    fn len(&self) -> usize {
+        Collection::len(self)
+    }
+    fn document(&self, id: &str) -> Result<Option<StoredDocument>> {
+        Collection::document(self, id)
+    }
+    fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>> {
+        Collection::vector(self, space, id)
+    }
+    fn facets(&self, max_values: usize) -> Vec<Facet> {
+        Collection::facets(self, max_values)
+    }
+    fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
+        Collection::search(self, request)
+    }
+    fn upsert(
+        &self,
+        documents: &[UpsertDocument],
+        models: &BTreeMap<String, ModelIdentity>,
+    ) -> Result<UpsertReport> {
+        Collection::upsert(self, documents, models)
+    }
+    fn delete(&self, id: &str) -> Result<bool> {
+        Collection::delete(self, id)
+    }
+    fn stats(&self) -> Result<CollectionStats> {
+        Collection::stats(self)
+    }
+}
+
+impl AbEventLog for EventLog {
+    fn record_served(&self, served: &ServedRequest) -> Result<()> {
+        EventLog::record_served(self, served)
+    }
+    fn served(&self, request_id: &str) -> Result<Option<ServedRequest>> {
+        EventLog::served(self, request_id)
+    }
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
+        EventLog::record_feedback(self, feedback)
+    }
+    fn all_served(&self) -> Result<Vec<ServedRequest>> {
+        EventLog::all_served(self)
+    }
+    fn all_feedback(&self) -> Result<Vec<FeedbackRecord>> {
+        EventLog::all_feedback(self)
+    }
+    fn flush(&self) -> Result<()> {
+        EventLog::flush(self)
+    }
+}
