@@ -163,6 +163,15 @@ impl From<attune_eval::EvalError> for ApiError {
     }
 }
 
+impl From<attune_app::relevance::RelevanceError> for ApiError {
+    fn from(err: attune_app::relevance::RelevanceError) -> Self {
+        match err {
+            attune_app::relevance::RelevanceError::Index(e) => e.into(),
+            attune_app::relevance::RelevanceError::Eval(e) => e.into(),
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(err: actix_web::error::BlockingError) -> Self {
         Self::Unavailable(format!("the blocking thread pool is gone: {err}"))

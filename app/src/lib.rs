@@ -14,7 +14,9 @@
 //! - [`eval_job`]: evaluation of a candidate against a baseline on a domain and a general set,
 //!   with the gate, returning the typed report; the alpha sweep;
 //! - [`pipeline`]: the stages from data to a promoted model, their resumable markers and the
-//!   typed report (`pipeline.json`) that the server serves and the page reads.
+//!   typed report (`pipeline.json`) that the server serves and the page reads;
+//! - [`relevance`]: rank moves between spaces, a document's visibility across queries, judged
+//!   queries evaluated over a served collection (the server's compare, visibility and evaluate).
 //!
 //! With the `cli` feature (the binary turns it on), settings structs also derive `clap::Args`,
 //! so a command-line flag and a `pipeline.toml` key are one declaration; the library itself
@@ -32,6 +34,7 @@ pub mod eval_job;
 pub mod index_job;
 pub mod mine_job;
 pub mod pipeline;
+pub mod relevance;
 pub mod train_job;
 
 pub use check_job::{run_check, CheckInputs, CheckOutcome};

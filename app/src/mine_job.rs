@@ -41,19 +41,8 @@ impl fmt::Display for RankWindow {
     }
 }
 
-impl Serialize for RankWindow {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for RankWindow {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+// Written and read as on the command line (`"10:50"`).
+attune_core::serde_via_str!(RankWindow);
 
 /// What a user tunes in mining: the flags of `attune mine` and the keys of `[mine]` in
 /// `pipeline.toml` (both map onto this struct; a setting is declared here only). `Default`

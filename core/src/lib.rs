@@ -1,5 +1,7 @@
 //! Facts that every attune engine (evaluation, mining, training, the index) must agree on, with
-//! one owner each. Today that is one fact: the text a document is embedded as.
+//! one owner each: the text a document is embedded as ([`embedding_text`]); and how a setting
+//! spelled as on the command line is written to and read from JSON and TOML
+//! ([`serde_via_str!`]).
 //!
 //! When evaluation embedded `title + " " + text` trimmed and the index embedded it untrimmed, the
 //! evaluated vectors were not the served ones (with a SentencePiece tokenizer a leading space
@@ -24,6 +26,29 @@ pub fn embedding_text(title: &str, text: &str) -> String {
         (false, true) => title.to_string(),
         (false, false) => format!("{title} {text}"),
     }
+}
+
+/// Implements `serde::Serialize` and `serde::Deserialize` for a type through its `Display` and
+/// `FromStr`, so a setting is written and read exactly as the command line spells it (`"bf16"`,
+/// `"cuda:1"`, `"10:50"`). The calling crate depends on serde.
+#[macro_export]
+macro_rules! serde_via_str {
+    ($type:ty) => {
+        impl ::serde::Serialize for $type {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $type {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
+                let text = <String as ::serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
+            }
+        }
+    };
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::store::{
     content_hash, hex, validate_name, CollectionStats, Facet, FacetValue, SearchHit, SearchRequest,
     SpaceStats, StoredDocument, UpsertDocument, UpsertReport,
 };
-use crate::vector_store::{AbEventLog, ServedCollection, VectorStore};
+use crate::vector_store::{unit_vector, AbEventLog, ServedCollection, VectorStore};
 
 /// An exact in-memory store (see the module docs).
 #[derive(Debug, Default)]
@@ -89,23 +89,10 @@ fn embed(spec: &mut SpaceSpec<'_>, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
             space: spec.name.clone(),
             message: e.to_string(),
         })?;
+    let what = || format!("a vector of space {:?}", spec.name);
     vectors
-        .into_iter()
-        .map(|mut v| {
-            if v.len() != identity.dim {
-                return Err(IndexError::DimensionMismatch {
-                    what: format!("a vector of space {:?}", spec.name),
-                    expected: identity.dim,
-                    found: v.len(),
-                });
-            }
-            if !normalize(&mut v) {
-                return Err(IndexError::InvalidVector {
-                    what: format!("a vector of space {:?}", spec.name),
-                });
-            }
-            Ok(v)
-        })
+        .iter()
+        .map(|v| unit_vector(v, &identity, &what))
         .collect()
 }
 
@@ -463,17 +450,7 @@ impl ServedCollection for ExactCollection {
                         message: format!("no vector for space {space:?}"),
                     });
                 };
-                if vector.len() != identity.dim {
-                    return Err(IndexError::DimensionMismatch {
-                        what: what(),
-                        expected: identity.dim,
-                        found: vector.len(),
-                    });
-                }
-                let mut unit = vector.clone();
-                if !normalize(&mut unit) {
-                    return Err(IndexError::InvalidVector { what: what() });
-                }
+                let unit = unit_vector(vector, identity, &what)?;
                 vectors.insert(space.clone(), unit);
             }
             prepared.push(Stored {

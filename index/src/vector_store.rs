@@ -116,6 +116,28 @@ pub trait AbEventLog: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> Result<()>;
 }
 
+/// `vector` normalised to unit length as a vector of a space bound to `identity`; a vector of
+/// another dimension, or one that is zero or not finite, is refused naming `what` (e.g.
+/// `vector of document "p7" in space "tuned"`). Every implementation checks vectors with it.
+pub fn unit_vector(
+    vector: &[f32],
+    identity: &ModelIdentity,
+    what: &dyn Fn() -> String,
+) -> Result<Vec<f32>> {
+    if vector.len() != identity.dim {
+        return Err(crate::IndexError::DimensionMismatch {
+            what: what(),
+            expected: identity.dim,
+            found: vector.len(),
+        });
+    }
+    let mut unit = vector.to_vec();
+    if !crate::distance::normalize(&mut unit) {
+        return Err(crate::IndexError::InvalidVector { what: what() });
+    }
+    Ok(unit)
+}
+
 impl VectorStore for Store {
     fn location(&self) -> String {
         self.root().display().to_string()

@@ -57,24 +57,8 @@ impl fmt::Display for DeviceRequest {
     }
 }
 
-/// Written and read as on the command line (`"auto"`, `"cpu"`, `"cuda:1"`).
-impl serde::Serialize for DeviceRequest {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DeviceRequest {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        let spec = String::deserialize(deserializer)?;
-        spec.parse().map_err(serde::de::Error::custom)
-    }
-}
+// Written and read as on the command line (`"auto"`, `"cpu"`, `"cuda:1"`).
+attune_core::serde_via_str!(DeviceRequest);
 
 /// Whether this binary was built with the `cuda` feature.
 pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
@@ -177,24 +161,8 @@ impl fmt::Display for Precision {
     }
 }
 
-/// Written and read as its name (`"auto"`, `"f32"`, `"bf16"`, `"f16"`), as on the command line.
-impl serde::Serialize for Precision {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Precision {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
+// Written and read as on the command line (`"auto"`, `"f32"`, `"bf16"`, `"f16"`).
+attune_core::serde_via_str!(Precision);
 
 /// A short human-readable name of an opened device (`cpu`, `cuda:0`).
 pub fn device_name(device: &Device) -> String {

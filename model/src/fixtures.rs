@@ -74,7 +74,7 @@ const WORDS: &[&str] = &[
 
 /// The vocabulary of random models: special tokens, some words, and every letter and digit as
 /// a word start and as a `##` continuation, so any ASCII word tokenizes without `[UNK]`.
-fn vocabulary() -> Vec<String> {
+pub(crate) fn vocabulary() -> Vec<String> {
     let mut vocab: Vec<String> = SPECIAL.iter().map(|s| s.to_string()).collect();
     vocab.extend(WORDS.iter().map(|s| s.to_string()));
     let chars: Vec<char> = ('a'..='z').chain('0'..='9').collect();
@@ -118,15 +118,44 @@ fn tokenizer_json(vocab: &[String], fixed_length: usize) -> serde_json::Value {
     })
 }
 
-/// Writes a random BERT sentence-transformers directory at `dest` and returns its vocabulary size.
-pub fn write_random_bert(dest: &Path, spec: &RandomBertSpec) -> Result<usize> {
-    let vocab = vocabulary();
-    let tokenizer_text = tokenizer_json(&vocab, spec.tokenizer_fixed_length).to_string();
+/// Writes a sentence-transformers directory at `dest` of a random model: `config_json` and
+/// `tensors`, the fixtures' WordPiece tokenizer over `vocab`, `pooling`, and `spec`'s sequence
+/// length and normalization.
+fn write_fixture_dir(
+    dest: &Path,
+    spec: &RandomBertSpec,
+    vocab: &[String],
+    config_json: &serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+    pooling: &PoolingConfig,
+) -> Result<()> {
+    let tokenizer_text = tokenizer_json(vocab, spec.tokenizer_fixed_length).to_string();
     let tokenizer =
         Tokenizer::from_str(&tokenizer_text).map_err(|e| ModelError::InvalidTokenizer {
             path: dest.join("tokenizer.json"),
             message: e.to_string(),
         })?;
+    write_model_dir(
+        dest,
+        &ModelFiles {
+            config_json,
+            tokenizer: &tokenizer,
+            tensors,
+            pooling,
+            normalize: spec.normalize,
+            sentence_bert: &SentenceBertConfig {
+                max_seq_length: Some(spec.max_seq_length),
+                do_lower_case: false,
+            },
+            prompts: &BTreeMap::new(),
+            extra_files: &[],
+        },
+    )
+}
+
+/// Writes a random BERT sentence-transformers directory at `dest` and returns its vocabulary size.
+pub fn write_random_bert(dest: &Path, spec: &RandomBertSpec) -> Result<usize> {
+    let vocab = vocabulary();
 
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -210,21 +239,6 @@ pub fn write_random_bert(dest: &Path, spec: &RandomBertSpec) -> Result<usize> {
             PoolingMode::MeanSqrtLen => pooling.pooling_mode_mean_sqrt_len_tokens = true,
         }
     }
-    write_model_dir(
-        dest,
-        &ModelFiles {
-            config_json: &config_json,
-            tokenizer: &tokenizer,
-            tensors: &tensors,
-            pooling: &pooling,
-            normalize: spec.normalize,
-            sentence_bert: &SentenceBertConfig {
-                max_seq_length: Some(spec.max_seq_length),
-                do_lower_case: false,
-            },
-            prompts: &BTreeMap::new(),
-            extra_files: &[],
-        },
-    )?;
+    write_fixture_dir(dest, spec, &vocab, &config_json, &tensors, &pooling)?;
     Ok(vocab.len())
 }

@@ -121,6 +121,8 @@ impl PipelineObserver for Printer {
 
 /// Runs `attune pipeline`.
 pub fn run(args: PipelineArgs) -> Result<()> {
+    // The train stage allocates as `attune train` does.
+    super::keep_freed_memory();
     let config = PipelineConfig::read(&args.config)?;
     let started = Instant::now();
     let store_dir = config.index.store.clone();

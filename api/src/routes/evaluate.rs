@@ -1,15 +1,15 @@
 //! `POST /v1/collections/{collection}/evaluate`: relevance judgments in, metrics per space,
-//! per-query deltas and wins/ties/losses out (computed by `attune-eval` over the served index).
+//! per-query deltas and wins/ties/losses out (computed by `attune_app::relevance` over the
+//! served index).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
-use attune_eval::compare::{compare, ComparisonSettings};
-use attune_eval::{
-    evaluate as score, MetricKind, MetricName, MetricsSettings, Qrels, Run, ScoredDoc,
+use attune_app::relevance::{
+    evaluate_over_index, EmbeddedQueries, MetricComparison, QueryResult, SpaceMetrics,
 };
-use attune_index::{Filter, SearchRequest};
+use attune_eval::Qrels;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -71,55 +71,6 @@ pub struct EvaluateBody {
     pub k: usize,
     /// Spaces to evaluate, baseline first (default: every space, control first).
     pub spaces: Option<Vec<String>>,
-}
-
-/// Metrics of one space, means over the evaluated queries.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SpaceMetrics {
-    /// The space.
-    pub space: String,
-    /// Metric name (`ndcg@10`, `recall@10`, `mrr@10`, `map@10`) → mean.
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// One metric, a candidate space against the baseline space.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MetricComparison {
-    /// Metric name.
-    pub metric: String,
-    /// Baseline space.
-    pub baseline: String,
-    /// Candidate space.
-    pub candidate: String,
-    /// Baseline mean.
-    pub baseline_mean: f64,
-    /// Candidate mean.
-    pub candidate_mean: f64,
-    /// Candidate minus baseline.
-    pub mean_delta: f64,
-    /// Bootstrap 95% interval of the mean delta, low.
-    pub ci95_low: f64,
-    /// Bootstrap 95% interval of the mean delta, high.
-    pub ci95_high: f64,
-    /// Paired randomization test p-value.
-    pub p_value: f64,
-    /// Queries where the candidate is better.
-    pub wins: usize,
-    /// Queries where they are equal.
-    pub ties: usize,
-    /// Queries where the candidate is worse.
-    pub losses: usize,
-}
-
-/// One query's nDCG@k per space and the candidate-minus-baseline delta.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QueryResult {
-    /// Query id.
-    pub query_id: String,
-    /// nDCG@k per space.
-    pub ndcg: BTreeMap<String, f64>,
-    /// Second space minus first (0 with one space).
-    pub delta: f64,
 }
 
 /// The evaluation.
@@ -204,114 +155,39 @@ pub async fn evaluate(
     }
     let k = body.k;
     let query_ids: Vec<String> = body.queries.iter().map(|q| q.id.clone()).collect();
-    let judged_docs: Vec<String> = body.qrels.iter().map(|j| j.doc_id.clone()).collect();
-    let response = blocking(move || {
-        let settings = MetricsSettings {
-            cutoffs: vec![k],
-            ..MetricsSettings::default()
-        };
-        let mut evaluations = Vec::new();
-        for (space, space_vectors) in spaces.iter().zip(&vectors) {
-            let model = served.model(space)?.identity().clone();
-            let mut run = Run::new();
-            for (query_id, vector) in query_ids.iter().zip(space_vectors) {
-                let hits = served.collection.search(&SearchRequest {
-                    space,
-                    vector,
-                    model: &model,
-                    k,
-                    ef: None,
-                    filter: &Filter::default(),
-                })?;
-                run.insert(
-                    query_id.clone(),
-                    hits.into_iter()
-                        .map(|h| ScoredDoc {
-                            doc_id: h.id,
-                            score: f64::from(h.score),
-                        })
-                        .collect(),
-                );
-            }
-            evaluations.push(score(&run, &qrels, &settings)?);
-        }
-        let mut unknown = HashSet::new();
-        for doc in &judged_docs {
-            if served.collection.document(doc)?.is_none() {
-                unknown.insert(doc.as_str());
-            }
-        }
-        let headline = [
-            MetricName::at(MetricKind::Ndcg, k),
-            MetricName::at(MetricKind::Recall, k),
-            MetricName::at(MetricKind::Mrr, k),
-            MetricName::at(MetricKind::Map, k),
-        ];
-        let space_metrics = spaces
+    let evaluation = blocking(move || {
+        let models = spaces
             .iter()
-            .zip(&evaluations)
-            .map(|(space, evaluation)| SpaceMetrics {
-                space: space.clone(),
-                metrics: headline
-                    .iter()
-                    .filter_map(|m| Some((m.to_string(), evaluation.mean_of(*m)?)))
-                    .collect(),
+            .map(|space| Ok(served.model(space)?.identity().clone()))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let embedded: Vec<EmbeddedQueries<'_>> = spaces
+            .iter()
+            .zip(&models)
+            .zip(&vectors)
+            .map(|((space, model), vectors)| EmbeddedQueries {
+                space,
+                model,
+                vectors,
             })
             .collect();
-        let mut comparisons = Vec::new();
-        let comparison_settings = ComparisonSettings::default();
-        for (space, evaluation) in spaces.iter().zip(&evaluations).skip(1) {
-            for metric in headline {
-                let c = compare(&evaluations[0], evaluation, metric, &comparison_settings)?;
-                comparisons.push(MetricComparison {
-                    metric: metric.to_string(),
-                    baseline: spaces[0].clone(),
-                    candidate: space.clone(),
-                    baseline_mean: c.baseline_mean,
-                    candidate_mean: c.candidate_mean,
-                    mean_delta: c.mean_delta,
-                    ci95_low: c.ci95.0,
-                    ci95_high: c.ci95.1,
-                    p_value: c.p_value,
-                    wins: c.wins,
-                    ties: c.ties,
-                    losses: c.losses,
-                });
-            }
-        }
-        let ndcg = MetricName::at(MetricKind::Ndcg, k);
-        let mut per_query: Vec<QueryResult> = evaluations[0]
-            .per_query
-            .iter()
-            .map(|q| QueryResult {
-                query_id: q.query_id.clone(),
-                ndcg: BTreeMap::new(),
-                delta: 0.0,
-            })
-            .collect();
-        for (space, evaluation) in spaces.iter().zip(&evaluations) {
-            let column = evaluation.column(ndcg).expect("ndcg@k computed");
-            for (row, q) in per_query.iter_mut().zip(&evaluation.per_query) {
-                row.ndcg.insert(space.clone(), q.values[column]);
-            }
-        }
-        if spaces.len() > 1 {
-            for row in &mut per_query {
-                row.delta = row.ndcg[&spaces[1]] - row.ndcg[&spaces[0]];
-            }
-        }
-        per_query.sort_by(|a, b| b.delta.abs().total_cmp(&a.delta.abs()));
-        Ok(EvaluateResponse {
+        Ok::<_, ApiError>(evaluate_over_index(
+            served.collection.as_ref(),
+            &embedded,
+            &query_ids,
+            &qrels,
             k,
-            evaluated_queries: evaluations[0].per_query.len(),
-            spaces: space_metrics,
-            comparisons,
-            per_query,
-            unknown_documents: unknown.len(),
-            took_ms: 0.0,
-        })
+        )?)
     })
     .await?;
+    let response = EvaluateResponse {
+        k,
+        evaluated_queries: evaluation.evaluated_queries,
+        spaces: evaluation.spaces,
+        comparisons: evaluation.comparisons,
+        per_query: evaluation.per_query,
+        unknown_documents: evaluation.unknown_documents,
+        took_ms: 0.0,
+    };
     let response = EvaluateResponse {
         took_ms: millis_since(started),
         ..response

@@ -2,11 +2,14 @@
 //! spaces side by side with rank movements) and `visibility` (where one page ranks for a list of
 //! queries, per space).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
+use attune_app::relevance::{
+    self, movements, EmbeddedQueries, Movement, Placement, SpaceVisibility,
+};
 use attune_index::{SearchRequest, ServedRequest};
 use attune_model::TextKind;
 use serde::{Deserialize, Serialize};
@@ -295,39 +298,6 @@ pub struct RankedList {
     pub results: Vec<Hit>,
 }
 
-/// How a document moved between the two lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    /// Ranked higher in the second space.
-    Up,
-    /// Ranked lower in the second space.
-    Down,
-    /// Same rank.
-    Same,
-    /// Only in the second space's top k.
-    Entered,
-    /// Only in the first space's top k.
-    Left,
-}
-
-/// A document's ranks in both lists.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Movement {
-    /// Document id.
-    pub id: String,
-    /// Title.
-    pub title: String,
-    /// 1-based rank in the first space, if in its top k.
-    pub from_rank: Option<usize>,
-    /// 1-based rank in the second space, if in its top k.
-    pub to_rank: Option<usize>,
-    /// `from_rank - to_rank` when in both (positive: moved up).
-    pub moved: Option<i64>,
-    /// The kind of move.
-    pub change: Change,
-}
-
 /// Two ranked lists and how they differ.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CompareResponse {
@@ -345,64 +315,11 @@ pub struct CompareResponse {
     pub took_ms: f64,
 }
 
-/// The movements from list `from` to list `to`.
-pub fn movements(from: &[Hit], to: &[Hit]) -> (Vec<Movement>, f64) {
-    let from_rank: HashMap<&str, usize> = from
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.id.as_str(), i + 1))
-        .collect();
-    let to_ids: HashMap<&str, usize> = to
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.id.as_str(), i + 1))
-        .collect();
-    let mut out = Vec::new();
-    let mut shared = 0;
-    for (i, hit) in to.iter().enumerate() {
-        let to_rank = i + 1;
-        let previous = from_rank.get(hit.id.as_str()).copied();
-        let (moved, change) = match previous {
-            Some(rank) => {
-                shared += 1;
-                let moved = rank as i64 - to_rank as i64;
-                let change = match moved.cmp(&0) {
-                    std::cmp::Ordering::Greater => Change::Up,
-                    std::cmp::Ordering::Less => Change::Down,
-                    std::cmp::Ordering::Equal => Change::Same,
-                };
-                (Some(moved), change)
-            }
-            None => (None, Change::Entered),
-        };
-        out.push(Movement {
-            id: hit.id.clone(),
-            title: hit.title.clone(),
-            from_rank: previous,
-            to_rank: Some(to_rank),
-            moved,
-            change,
-        });
-    }
-    for (i, hit) in from.iter().enumerate() {
-        if !to_ids.contains_key(hit.id.as_str()) {
-            out.push(Movement {
-                id: hit.id.clone(),
-                title: hit.title.clone(),
-                from_rank: Some(i + 1),
-                to_rank: None,
-                moved: None,
-                change: Change::Left,
-            });
-        }
-    }
-    let longest = from.len().max(to.len());
-    let overlap = if longest == 0 {
-        1.0
-    } else {
-        shared as f64 / longest as f64
-    };
-    (out, overlap)
+/// `(id, title)` of each hit, in rank order.
+fn id_titles(hits: &[Hit]) -> Vec<(&str, &str)> {
+    hits.iter()
+        .map(|h| (h.id.as_str(), h.title.as_str()))
+        .collect()
 }
 
 /// Compares two spaces' results for one query.
@@ -456,7 +373,7 @@ pub async fn compare(
         search_space(&served, to.clone(), b.vector, body.k, body.ef, filter)
     );
     let (from_hits, to_hits) = (from_hits?, to_hits?);
-    let (movements, overlap_at_k) = movements(&from_hits, &to_hits);
+    let (movements, overlap_at_k) = movements(&id_titles(&from_hits), &id_titles(&to_hits));
     let response = CompareResponse {
         lists: vec![
             RankedList {
@@ -495,15 +412,6 @@ pub struct VisibilityBody {
     pub spaces: Option<Vec<String>>,
 }
 
-/// The document's place for one query in one space.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Placement {
-    /// 1-based rank within the top k; absent (null) when it is not in the top k.
-    pub rank: Option<usize>,
-    /// Cosine similarity of the query and the document, whether ranked or not.
-    pub score: f32,
-}
-
 /// One query's placements.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueryVisibility {
@@ -513,21 +421,6 @@ pub struct QueryVisibility {
     pub truncated: bool,
     /// Placement per space.
     pub spaces: BTreeMap<String, Placement>,
-}
-
-/// A space's summary over the queries.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SpaceVisibility {
-    /// The space.
-    pub space: String,
-    /// Queries for which the document is in the top k.
-    pub visible: usize,
-    /// `visible` over the number of queries.
-    pub visible_share: f64,
-    /// Mean reciprocal rank (0 when absent).
-    pub mean_reciprocal_rank: f64,
-    /// Mean cosine similarity of the queries and the document.
-    pub mean_score: f64,
 }
 
 /// How visible a document is to retrieval, per query and space.
@@ -611,51 +504,37 @@ pub async fn visibility(
         }
     }
     let k = body.k;
-    let queries = body.queries.clone();
     let doc_id = body.doc_id.clone();
     let served_for_search = served.clone();
     let spaces_for_search = spaces.clone();
-    let placements: Vec<BTreeMap<String, Placement>> = blocking(move || {
-        let mut out = vec![BTreeMap::new(); queries.len()];
+    let queries_count = body.queries.len();
+    let (placements, summary) = blocking(move || {
+        let mut placements = vec![BTreeMap::new(); queries_count];
+        let mut summary = Vec::new();
         for space in &spaces_for_search {
             let model = served_for_search.model(space)?.identity().clone();
-            let doc_vector = &doc_vectors[space];
-            for (q, embedded) in per_space[space].iter().enumerate() {
-                let hits = served_for_search.collection.search(&SearchRequest {
-                    space,
-                    vector: &embedded.vector,
-                    model: &model,
-                    k,
-                    ef: None,
-                    filter: &attune_index::Filter::default(),
-                })?;
-                let rank = hits.iter().position(|h| h.id == doc_id).map(|i| i + 1);
-                let score = cosine(&embedded.vector, doc_vector);
-                out[q].insert(space.clone(), Placement { rank, score });
+            let vectors: Vec<Vec<f32>> =
+                per_space[space].iter().map(|e| e.vector.clone()).collect();
+            let queries = EmbeddedQueries {
+                space,
+                model: &model,
+                vectors: &vectors,
+            };
+            let (placed, visibility) = relevance::visibility(
+                served_for_search.collection.as_ref(),
+                &queries,
+                &doc_id,
+                &doc_vectors[space],
+                k,
+            )?;
+            for (row, placement) in placements.iter_mut().zip(placed) {
+                row.insert(space.clone(), placement);
             }
+            summary.push(visibility);
         }
-        Ok(out)
+        Ok::<_, ApiError>((placements, summary))
     })
     .await?;
-    let n = body.queries.len() as f64;
-    let summary = spaces
-        .iter()
-        .map(|space| {
-            let all: Vec<&Placement> = placements.iter().map(|p| &p[space]).collect();
-            let visible = all.iter().filter(|p| p.rank.is_some()).count();
-            SpaceVisibility {
-                space: space.clone(),
-                visible,
-                visible_share: visible as f64 / n,
-                mean_reciprocal_rank: all
-                    .iter()
-                    .map(|p| p.rank.map_or(0.0, |r| 1.0 / r as f64))
-                    .sum::<f64>()
-                    / n,
-                mean_score: all.iter().map(|p| f64::from(p.score)).sum::<f64>() / n,
-            }
-        })
-        .collect();
     let response = VisibilityResponse {
         doc_id: body.doc_id,
         k,
@@ -674,17 +553,6 @@ pub async fn visibility(
         took_ms: millis_since(started),
     };
     Ok(ok_json(&response, &spaces.join(",")))
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
-    }
 }
 
 /// Embeds many queries for `space` in chunks of the inference batch size, so other requests'

@@ -302,33 +302,28 @@ impl Run<'_> {
 
     /// Runs `stage` and writes its marker; returns its seconds.
     fn stage(&mut self, stage: Stage, key: &str, started: Instant) -> Result<f64, PipelineError> {
-        let finish = |run: &Run<'_>, outcome: &dyn erased::Outcome| -> Result<f64, PipelineError> {
-            let seconds = started.elapsed().as_secs_f64();
-            outcome.write(&run.work, stage, key, seconds)?;
-            Ok(seconds)
-        };
         match stage {
             Stage::Check => {
                 let record = self.check()?;
-                finish(self, &record)
+                self.finish(stage, key, started, &record)
             }
             Stage::Mine => {
                 let record = self.mine()?;
-                finish(self, &record)
+                self.finish(stage, key, started, &record)
             }
             Stage::Train => {
                 let record = self.train()?;
-                finish(self, &record)
+                self.finish(stage, key, started, &record)
             }
             Stage::Eval => {
                 let summary = self.evaluate()?;
-                let seconds = finish(self, &summary)?;
+                let seconds = self.finish(stage, key, started, &summary)?;
                 self.eval = Some(summary);
                 Ok(seconds)
             }
             Stage::Index => {
                 let summary = self.reindex()?;
-                let seconds = finish(self, &summary)?;
+                let seconds = self.finish(stage, key, started, &summary)?;
                 self.index = Some(summary);
                 Ok(seconds)
             }
@@ -340,9 +335,22 @@ impl Run<'_> {
                     verdict: report.verdict.clone(),
                 };
                 self.written = Some(report);
-                finish(self, &record)
+                self.finish(stage, key, started, &record)
             }
         }
+    }
+
+    /// Writes `stage`'s marker with `outcome`; returns the seconds since `started`.
+    fn finish<T: Serialize>(
+        &self,
+        stage: Stage,
+        key: &str,
+        started: Instant,
+        outcome: &T,
+    ) -> Result<f64, PipelineError> {
+        let seconds = started.elapsed().as_secs_f64();
+        self.work.write_marker(stage, key, seconds, outcome)?;
+        Ok(seconds)
     }
 
     /// The training data: mined pairs when mining ran, else the configured pairs or qrels.
@@ -565,7 +573,7 @@ impl Run<'_> {
             index: self.index.clone(),
             verdict,
             stages: self.timings.clone(),
-            finished_unix: work_now(),
+            finished_unix: work::now_unix(),
         };
         Ok(report)
     }
@@ -603,47 +611,5 @@ impl Run<'_> {
         self.store()?
             .publish_report(&self.config.index.collection, &borrowed)
             .map_err(|e| PipelineError::stage(Stage::Report, e))
-    }
-}
-
-fn work_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Writing a marker whatever the stage's outcome type.
-mod erased {
-    use super::{PipelineError, Stage, Work};
-    use crate::pipeline::work::Marker;
-
-    pub(super) trait Outcome {
-        fn write(
-            &self,
-            work: &Work,
-            stage: Stage,
-            key: &str,
-            seconds: f64,
-        ) -> Result<(), PipelineError>;
-    }
-
-    impl<T: serde::Serialize + Clone> Outcome for T {
-        fn write(
-            &self,
-            work: &Work,
-            stage: Stage,
-            key: &str,
-            seconds: f64,
-        ) -> Result<(), PipelineError> {
-            let marker = Marker {
-                stage: stage.name().into(),
-                key: key.into(),
-                seconds,
-                finished_unix: super::work_now(),
-                outcome: self.clone(),
-            };
-            work.write_marker(&marker, stage)
-        }
     }
 }

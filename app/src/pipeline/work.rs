@@ -107,13 +107,23 @@ impl Work {
         let _ = std::fs::remove_file(self.marker_path(stage));
     }
 
-    /// Writes the marker of `stage` (temporary file, then rename).
+    /// Writes the marker of `stage`, finished now after `seconds` with settings `key` and
+    /// `outcome` (temporary file, then rename).
     pub fn write_marker<T: Serialize>(
         &self,
-        marker: &Marker<T>,
         stage: Stage,
+        key: &str,
+        seconds: f64,
+        outcome: &T,
     ) -> Result<(), PipelineError> {
-        write_json(&self.marker_path(stage), marker)
+        let marker = Marker {
+            stage: stage.name().to_string(),
+            key: key.to_string(),
+            seconds,
+            finished_unix: now_unix(),
+            outcome,
+        };
+        write_json(&self.marker_path(stage), &marker)
     }
 }
 
@@ -130,4 +140,12 @@ pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Pipe
     let bytes = serde_json::to_vec_pretty(value).expect("pipeline records serialize");
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -1,0 +1,671 @@
+//! Collection operations on an open generation: search (graph, delta, exact under selective
+//! filters), upserts, deletes, facets, compaction and figures.
+
+use super::*;
+
+/// When a space's graph is rebuilt: once `tombstones + delta ≥ max(min_changes, ratio × graph
+/// points)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionPolicy {
+    /// Changes (deleted or replaced points in the graph, plus points outside it) below which the
+    /// graph is never rebuilt. Default 1,024.
+    pub min_changes: usize,
+    /// Fraction of the graph's points. Default 0.1.
+    pub ratio: f64,
+}
+
+impl CompactionPolicy {
+    /// True when a graph of `graph_points` with `changes` tombstones and outside points is due
+    /// for a rebuild.
+    pub fn due(&self, changes: usize, graph_points: usize) -> bool {
+        let threshold = (self.ratio * graph_points as f64).ceil() as usize;
+        changes > 0 && changes >= threshold.max(self.min_changes)
+    }
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            min_changes: 1_024,
+            ratio: 0.1,
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) spaces: BTreeMap<String, SpaceIndex>,
+    pub(crate) live: NodeSet,
+    pub(crate) fields: FieldIndex,
+    pub(crate) documents: usize,
+}
+
+/// One filterable metadata field of a collection and its most frequent values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Facet {
+    /// Top-level metadata field.
+    pub field: String,
+    /// Distinct values in the collection (`values` may hold fewer).
+    pub distinct: usize,
+    /// Values, most frequent first.
+    pub values: Vec<FacetValue>,
+}
+
+/// A value of a [`Facet`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FacetValue {
+    /// The value as stored (string, number or boolean).
+    pub value: Value,
+    /// Live documents with it.
+    pub count: usize,
+}
+
+/// A search over one space.
+#[derive(Debug, Clone)]
+pub struct SearchRequest<'a> {
+    /// The space to search.
+    pub space: &'a str,
+    /// The query vector (normalised here).
+    pub vector: &'a [f32],
+    /// The model that embedded the query; must be the space's model.
+    pub model: &'a ModelIdentity,
+    /// Results wanted.
+    pub k: usize,
+    /// Candidate list size; `None` uses the collection's `ef_search`.
+    pub ef: Option<usize>,
+    /// Metadata filter, applied inside the search.
+    pub filter: &'a Filter,
+}
+
+/// A search result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchHit {
+    /// External id.
+    pub id: String,
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// Title.
+    pub title: String,
+    /// Metadata.
+    pub metadata: Map<String, Value>,
+}
+
+/// Filtered searches whose filter passes at most this many live documents (or few enough that
+/// scanning them costs less than the graph walk, see `Collection::search`) are answered exactly:
+/// a walk under a selective filter must skip almost every point it visits.
+pub const EXACT_FILTER_LIMIT: usize = 2_048;
+
+/// Per-space figures of an open collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceStats {
+    /// Space name.
+    pub name: String,
+    /// Its model.
+    pub model: ModelIdentity,
+    /// Points in the graph (live or not).
+    pub graph_points: usize,
+    /// Graph points deleted or replaced since the graph was built.
+    pub tombstones: usize,
+    /// Live points outside the graph (searched exactly until compaction).
+    pub delta: usize,
+}
+
+/// Figures of an open collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionStats {
+    /// Collection name.
+    pub name: String,
+    /// Generation served.
+    pub generation: u64,
+    /// Live documents.
+    pub documents: usize,
+    /// HNSW parameters.
+    pub hnsw: HnswParams,
+    /// Spaces.
+    pub spaces: Vec<SpaceStats>,
+    /// Bytes on disk of the served generation (sled database and graph files).
+    pub disk_bytes: u64,
+    /// Bytes of sled's database alone.
+    pub database_bytes: u64,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UpsertReport {
+    /// New ids.
+    pub added: usize,
+    /// Ids whose content changed (new vectors).
+    pub updated: usize,
+    /// Ids whose content was unchanged (metadata or title may have changed; no new vectors).
+    pub unchanged: usize,
+    /// Spaces whose graph was rebuilt afterwards.
+    pub compacted: Vec<String>,
+}
+
+/// An upsert: a document and its vectors by space.
+#[derive(Debug, Clone)]
+pub struct UpsertDocument {
+    /// The document.
+    pub document: Document,
+    /// One vector per space of the collection.
+    pub vectors: BTreeMap<String, Vec<f32>>,
+}
+
+/// The current generation of a collection, open for search and updates. Searches take a read
+/// lock; updates a write lock. Blocking (sled, graph walks): call it off async threads.
+pub struct Collection {
+    name: String,
+    generation: u64,
+    dir: PathBuf,
+    db: GenerationDb,
+    hnsw: HnswParams,
+    policy: CompactionPolicy,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection")
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collection {
+    pub(crate) fn open(
+        store: &Store,
+        manifest: CollectionManifest,
+        generation: u64,
+        policy: CompactionPolicy,
+    ) -> Result<Self> {
+        let dir = store.generation_dir(&manifest.name, generation);
+        let db = GenerationDb::open(&dir)?;
+        let mut live = NodeSet::default();
+        let live_nodes = db.live()?;
+        for (_, node) in &live_nodes {
+            live.insert(*node);
+        }
+        let mut spaces = BTreeMap::new();
+        for (name, identity) in db.spaces()? {
+            let path = dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION));
+            let graph = match Graph::read(&path) {
+                Ok(graph)
+                    if graph.identity() == identity.fingerprint && graph.dim() == identity.dim =>
+                {
+                    Some(graph)
+                }
+                Ok(_) => {
+                    tracing::warn!("{}: built for another model; rebuilding", path.display());
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; rebuilding it from the stored vectors");
+                    None
+                }
+            };
+            let index = match graph {
+                Some(graph) => {
+                    let mut index = SpaceIndex::new(identity, graph);
+                    index.tombstones = index
+                        .graph
+                        .labels()
+                        .iter()
+                        .filter(|&&node| !live.contains(node))
+                        .count();
+                    for (_, node) in &live_nodes {
+                        if index.slot(*node).is_none() {
+                            let Some((_, vector)) = db.vector(&name, *node)? else {
+                                return Err(IndexError::CorruptRecord {
+                                    what: format!("space {name:?}"),
+                                    reason: format!("live node {node} has no vector"),
+                                });
+                            };
+                            index.push_delta(*node, &vector);
+                        }
+                    }
+                    index
+                }
+                None => {
+                    let graph = build_space_graph(&db, &name, &identity, &manifest.hnsw)?;
+                    graph.write(&path)?;
+                    SpaceIndex::new(identity, graph)
+                }
+            };
+            spaces.insert(name, index);
+        }
+        let fields = db.load_fields()?;
+        let collection = Self {
+            name: manifest.name.clone(),
+            generation,
+            dir,
+            db,
+            hnsw: manifest.hnsw,
+            policy,
+            state: RwLock::new(State {
+                spaces,
+                live,
+                documents: live_nodes.len(),
+                fields,
+            }),
+        };
+        collection.compact_if_needed()?;
+        Ok(collection)
+    }
+
+    /// Collection name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Generation being served.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// HNSW parameters.
+    pub fn hnsw(&self) -> HnswParams {
+        self.hnsw
+    }
+
+    /// Spaces and their models.
+    pub fn spaces(&self) -> BTreeMap<String, ModelIdentity> {
+        let state = self.state.read().expect("collection lock");
+        state
+            .spaces
+            .iter()
+            .map(|(name, index)| (name.clone(), index.identity.clone()))
+            .collect()
+    }
+
+    /// Live documents.
+    pub fn len(&self) -> usize {
+        self.state.read().expect("collection lock").documents
+    }
+
+    /// True when the collection has no live document.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn unknown_space(&self, state: &State, space: &str) -> IndexError {
+        IndexError::UnknownSpace {
+            collection: self.name.clone(),
+            space: space.to_string(),
+            available: state.spaces.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
+    }
+
+    /// The stored document `id`, if live.
+    pub fn document(&self, id: &str) -> Result<Option<StoredDocument>> {
+        match self.db.node_of(id)? {
+            Some(node) => self.db.document(node),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored vector of document `id` in `space`, if live.
+    pub fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>> {
+        {
+            let state = self.state.read().expect("collection lock");
+            if !state.spaces.contains_key(space) {
+                return Err(self.unknown_space(&state, space));
+            }
+        }
+        match self.db.node_of(id)? {
+            Some(node) => Ok(self.db.vector(space, node)?.map(|(_, v)| v)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of all live documents (unordered).
+    pub fn ids(&self) -> Result<Vec<String>> {
+        Ok(self.db.live()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Top-k documents of a space for a query vector, best first.
+    /// The filterable metadata fields of the live documents: per field, its values with how
+    /// many documents have each, most frequent first (ties by value), at most `max_values` per
+    /// field. Fields are sorted by name. Array fields count each element.
+    pub fn facets(&self, max_values: usize) -> Vec<Facet> {
+        let state = self.state.read().expect("collection lock");
+        let mut by_field: BTreeMap<&str, Vec<FacetValue>> = BTreeMap::new();
+        for ((field, key), nodes) in &state.fields.postings {
+            let count = nodes.iter().filter(|&&n| state.live.contains(n)).count();
+            if count == 0 {
+                continue;
+            }
+            if let Some(value) = value_of_key(key) {
+                by_field
+                    .entry(field.as_str())
+                    .or_default()
+                    .push(FacetValue { value, count });
+            }
+        }
+        by_field
+            .into_iter()
+            .map(|(field, mut values)| {
+                values.sort_by(|a, b| {
+                    b.count
+                        .cmp(&a.count)
+                        .then_with(|| a.value.to_string().cmp(&b.value.to_string()))
+                });
+                let distinct = values.len();
+                values.truncate(max_values);
+                Facet {
+                    field: field.to_string(),
+                    distinct,
+                    values,
+                }
+            })
+            .collect()
+    }
+
+    pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
+        let nodes = self.search_nodes(request)?;
+        let mut hits = Vec::with_capacity(nodes.len());
+        for (node, score) in nodes {
+            if let Some(doc) = self.db.document(node)? {
+                hits.push(SearchHit {
+                    id: doc.id,
+                    score,
+                    title: doc.title,
+                    metadata: doc.metadata,
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// [`Collection::search`] returning node numbers and scores only.
+    pub(crate) fn search_nodes(&self, request: &SearchRequest<'_>) -> Result<Vec<(u32, f32)>> {
+        request.filter.validate()?;
+        if request.k == 0 {
+            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
+        }
+        let state = self.state.read().expect("collection lock");
+        let space = state
+            .spaces
+            .get(request.space)
+            .ok_or_else(|| self.unknown_space(&state, request.space))?;
+        if !space.identity.same_model(request.model) {
+            return Err(IndexError::ModelMismatch {
+                collection: self.name.clone(),
+                space: request.space.to_string(),
+                stored: space.identity.fingerprint.clone(),
+                given: request.model.fingerprint.clone(),
+            });
+        }
+        if request.vector.len() != space.identity.dim {
+            return Err(IndexError::DimensionMismatch {
+                what: "query vector".into(),
+                expected: space.identity.dim,
+                found: request.vector.len(),
+            });
+        }
+        let mut query = request.vector.to_vec();
+        if !normalize(&mut query) {
+            return Err(IndexError::InvalidVector {
+                what: "query vector".into(),
+            });
+        }
+        let ef = request.ef.unwrap_or(self.hnsw.ef_search).max(request.k);
+        let graph = &space.graph;
+        let live = &state.live;
+        let mut results: Vec<(u32, f32)> = Vec::with_capacity(request.k * 2);
+        if request.filter.is_empty() {
+            let eligible = |slot: u32| live.contains(graph.label(slot));
+            let use_filter = space.tombstones > 0;
+            let hits = graph.search(
+                &query,
+                request.k,
+                ef,
+                if use_filter { Some(&eligible) } else { None },
+            );
+            results.extend(hits.iter().map(|h| (graph.label(h.slot), h.similarity)));
+            for (i, node) in space.delta_nodes.iter().enumerate() {
+                if live.contains(*node) {
+                    let v =
+                        &space.delta_vectors[i * space.identity.dim..(i + 1) * space.identity.dim];
+                    results.push((*node, dot(&query, v)));
+                }
+            }
+        } else {
+            let matching: Vec<u32> = state
+                .fields
+                .matching(request.filter)
+                .into_iter()
+                .filter(|&node| live.contains(node))
+                .collect();
+            // A graph walk under a filter passing m of n points visits about ef·2M·n/m points;
+            // scanning the m points exactly costs m. Scan when that is cheaper.
+            let walk_cost = ef as f64 * 2.0 * self.hnsw.m as f64 * graph.len() as f64;
+            let m = matching.len() as f64;
+            if matching.len() <= EXACT_FILTER_LIMIT || m * m <= walk_cost {
+                for node in matching {
+                    if let Some(vector) = space.vector_of(node) {
+                        results.push((node, dot(&query, vector)));
+                    }
+                }
+            } else {
+                let mut allowed = NodeSet::default();
+                for &node in &matching {
+                    allowed.insert(node);
+                }
+                let eligible = |slot: u32| allowed.contains(graph.label(slot));
+                let hits = graph.search(&query, request.k, ef, Some(&eligible));
+                results.extend(hits.iter().map(|h| (graph.label(h.slot), h.similarity)));
+                for (i, node) in space.delta_nodes.iter().enumerate() {
+                    if allowed.contains(*node) {
+                        let v = &space.delta_vectors
+                            [i * space.identity.dim..(i + 1) * space.identity.dim];
+                        results.push((*node, dot(&query, v)));
+                    }
+                }
+            }
+        }
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if results.len() > request.k {
+            results.select_nth_unstable_by(request.k - 1, order);
+            results.truncate(request.k);
+        }
+        results.sort_by(order);
+        Ok(results)
+    }
+
+    /// Inserts or replaces documents. Every space of the collection needs a vector per
+    /// document, from the space's model (`models`). A document whose embedded text is unchanged
+    /// keeps its vectors (the ones given are ignored); one whose text changed gets a new node and
+    /// its old vectors become tombstones. Rebuilds graphs when the compaction policy says so.
+    pub fn upsert(
+        &self,
+        documents: &[UpsertDocument],
+        models: &BTreeMap<String, ModelIdentity>,
+    ) -> Result<UpsertReport> {
+        let mut state = self.state.write().expect("collection lock");
+        for (name, space) in &state.spaces {
+            match models.get(name) {
+                None => {
+                    return Err(IndexError::InvalidDocument {
+                        id: String::new(),
+                        message: format!("no model given for space {name:?}"),
+                    })
+                }
+                Some(model) if !space.identity.same_model(model) => {
+                    return Err(IndexError::ModelMismatch {
+                        collection: self.name.clone(),
+                        space: name.clone(),
+                        stored: space.identity.fingerprint.clone(),
+                        given: model.fingerprint.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        // Validate and normalise everything before the first write.
+        let mut prepared: Vec<(&Document, [u8; 16], Vec<SpaceVector>)> = Vec::new();
+        for upsert in documents {
+            let document = &upsert.document;
+            if document.id.is_empty() {
+                return Err(IndexError::InvalidDocument {
+                    id: String::new(),
+                    message: "empty id".into(),
+                });
+            }
+            let mut vectors = Vec::new();
+            for (name, space) in &state.spaces {
+                let Some(vector) = upsert.vectors.get(name) else {
+                    return Err(IndexError::InvalidDocument {
+                        id: document.id.clone(),
+                        message: format!("no vector for space {name:?}"),
+                    });
+                };
+                let what = || format!("vector of document {:?} in space {name:?}", document.id);
+                let unit = crate::vector_store::unit_vector(vector, &space.identity, &what)?;
+                vectors.push((name.clone(), unit));
+            }
+            prepared.push((document, content_hash(&document.embedding_text()), vectors));
+        }
+        let writes: Vec<DocumentWrite<'_>> = prepared
+            .iter()
+            .map(|(document, hash, vectors)| DocumentWrite {
+                document,
+                hash: *hash,
+                vectors: vectors
+                    .iter()
+                    .map(|(s, v)| (s.as_str(), v.as_slice()))
+                    .collect(),
+            })
+            .collect();
+        // Unchanged content keeps its stored vectors: drop them from the write.
+        let mut filtered = Vec::with_capacity(writes.len());
+        let mut old_metadata = Vec::with_capacity(writes.len());
+        for mut write in writes {
+            let old = match self.db.node_of(&write.document.id)? {
+                Some(node) => self.db.document(node)?,
+                None => None,
+            };
+            if old.as_ref().is_some_and(|doc| doc.hash == hex(&write.hash)) {
+                write.vectors.clear();
+            }
+            old_metadata.push(old.map(|doc| doc.metadata));
+            filtered.push(write);
+        }
+        let outcomes = self.db.write(&filtered)?;
+        self.db.flush()?;
+        let mut report = UpsertReport::default();
+        for ((write, outcome), old) in filtered.iter().zip(outcomes).zip(old_metadata) {
+            let new_node = match outcome {
+                WriteOutcome::Kept { node } => {
+                    report.unchanged += 1;
+                    if let Some(old) = old {
+                        state.fields.remove(node, &old);
+                    }
+                    state.fields.add(node, &write.document.metadata);
+                    continue;
+                }
+                WriteOutcome::Added { node } => {
+                    report.added += 1;
+                    state.documents += 1;
+                    node
+                }
+                WriteOutcome::Replaced { node, old } => {
+                    report.updated += 1;
+                    state.live.remove(old);
+                    for space in state.spaces.values_mut() {
+                        mark_removed(space, old);
+                    }
+                    node
+                }
+            };
+            state.live.insert(new_node);
+            state.fields.add(new_node, &write.document.metadata);
+            for (space_name, vector) in &write.vectors {
+                if let Some(space) = state.spaces.get_mut(*space_name) {
+                    space.push_delta(new_node, vector);
+                }
+            }
+        }
+        drop(state);
+        report.compacted = self.compact_if_needed()?;
+        Ok(report)
+    }
+
+    /// Deletes document `id`; returns false when there was none. It never appears in results
+    /// afterwards.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let mut state = self.state.write().expect("collection lock");
+        let Some(node) = self.db.delete(id)? else {
+            return Ok(false);
+        };
+        self.db.flush()?;
+        state.live.remove(node);
+        state.documents = state.documents.saturating_sub(1);
+        for space in state.spaces.values_mut() {
+            mark_removed(space, node);
+        }
+        drop(state);
+        self.compact_if_needed()?;
+        Ok(true)
+    }
+
+    /// Rebuilds the graph of every space whose tombstones and delta pass the policy; returns
+    /// their names.
+    pub fn compact_if_needed(&self) -> Result<Vec<String>> {
+        let due: Vec<String> = {
+            let state = self.state.read().expect("collection lock");
+            state
+                .spaces
+                .iter()
+                .filter(|(_, space)| self.policy.due(space.changes(), space.graph.len()))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in &due {
+            self.compact(name)?;
+        }
+        Ok(due)
+    }
+
+    /// Rebuilds the graph of `space` from the live stored vectors and persists it.
+    pub fn compact(&self, space: &str) -> Result<()> {
+        let mut state = self.state.write().expect("collection lock");
+        let identity = state
+            .spaces
+            .get(space)
+            .ok_or_else(|| self.unknown_space(&state, space))?
+            .identity
+            .clone();
+        self.db.sweep()?;
+        state.fields = self.db.load_fields()?;
+        let graph = build_space_graph(&self.db, space, &identity, &self.hnsw)?;
+        graph.write(&self.dir.join(format!("{space}.{}", keys::GRAPH_EXTENSION)))?;
+        state
+            .spaces
+            .insert(space.to_string(), SpaceIndex::new(identity, graph));
+        Ok(())
+    }
+
+    /// Figures for `attune index stats`.
+    pub fn stats(&self) -> Result<CollectionStats> {
+        let state = self.state.read().expect("collection lock");
+        Ok(CollectionStats {
+            name: self.name.clone(),
+            generation: self.generation,
+            documents: state.documents,
+            hnsw: self.hnsw,
+            spaces: state
+                .spaces
+                .iter()
+                .map(|(name, space)| SpaceStats {
+                    name: name.clone(),
+                    model: space.identity.clone(),
+                    graph_points: space.graph.len(),
+                    tombstones: space.tombstones,
+                    delta: space.delta_nodes.len(),
+                })
+                .collect(),
+            disk_bytes: dir_bytes(&self.dir)?,
+            database_bytes: dir_bytes(&self.dir.join(keys::DATABASE_DIR))?,
+        })
+    }
+}
