@@ -20,7 +20,7 @@ use crate::store::{
     content_hash, hex, validate_name, CollectionStats, Facet, FacetValue, SearchHit, SearchRequest,
     SpaceStats, StoredDocument, UpsertDocument, UpsertReport,
 };
-use crate::vector_store::{unit_vector, AbEventLog, ServedCollection, VectorStore};
+use crate::vector_store::{unit_vector, upsert_vectors, AbEventLog, ServedCollection, VectorStore};
 
 /// An exact in-memory store (see the module docs).
 #[derive(Debug, Default)]
@@ -435,24 +435,7 @@ impl ServedCollection for ExactCollection {
         let mut prepared = Vec::with_capacity(documents.len());
         for upsert in documents {
             let document = &upsert.document;
-            if document.id.is_empty() {
-                return Err(IndexError::InvalidDocument {
-                    id: String::new(),
-                    message: "empty id".into(),
-                });
-            }
-            let mut vectors = BTreeMap::new();
-            for (space, identity) in &self.spaces {
-                let what = || format!("vector of document {:?} in space {space:?}", document.id);
-                let Some(vector) = upsert.vectors.get(space) else {
-                    return Err(IndexError::InvalidDocument {
-                        id: document.id.clone(),
-                        message: format!("no vector for space {space:?}"),
-                    });
-                };
-                let unit = unit_vector(vector, identity, &what)?;
-                vectors.insert(space.clone(), unit);
-            }
+            let vectors = upsert_vectors(upsert, &self.spaces)?.into_iter().collect();
             prepared.push(Stored {
                 document: stored_document(document),
                 vectors,

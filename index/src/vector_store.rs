@@ -138,6 +138,37 @@ pub fn unit_vector(
     Ok(unit)
 }
 
+/// The unit vectors of `upsert`, one per space of `spaces` (name and model), in that order; a
+/// document without an id or without a vector for some space is refused, and so is a vector
+/// [`unit_vector`] refuses. Every implementation checks upserts with it before writing.
+pub fn upsert_vectors<'a>(
+    upsert: &UpsertDocument,
+    spaces: impl IntoIterator<Item = (&'a String, &'a ModelIdentity)>,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let id = &upsert.document.id;
+    if id.is_empty() {
+        return Err(crate::IndexError::InvalidDocument {
+            id: String::new(),
+            message: "empty id".into(),
+        });
+    }
+    spaces
+        .into_iter()
+        .map(|(space, identity)| {
+            let vector =
+                upsert
+                    .vectors
+                    .get(space)
+                    .ok_or_else(|| crate::IndexError::InvalidDocument {
+                        id: id.clone(),
+                        message: format!("no vector for space {space:?}"),
+                    })?;
+            let what = || format!("vector of document {id:?} in space {space:?}");
+            Ok((space.clone(), unit_vector(vector, identity, &what)?))
+        })
+        .collect()
+}
+
 impl VectorStore for Store {
     fn location(&self) -> String {
         self.root().display().to_string()

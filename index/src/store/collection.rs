@@ -505,24 +505,11 @@ impl Collection {
         let mut prepared: Vec<(&Document, [u8; 16], Vec<SpaceVector>)> = Vec::new();
         for upsert in documents {
             let document = &upsert.document;
-            if document.id.is_empty() {
-                return Err(IndexError::InvalidDocument {
-                    id: String::new(),
-                    message: "empty id".into(),
-                });
-            }
-            let mut vectors = Vec::new();
-            for (name, space) in &state.spaces {
-                let Some(vector) = upsert.vectors.get(name) else {
-                    return Err(IndexError::InvalidDocument {
-                        id: document.id.clone(),
-                        message: format!("no vector for space {name:?}"),
-                    });
-                };
-                let what = || format!("vector of document {:?} in space {name:?}", document.id);
-                let unit = crate::vector_store::unit_vector(vector, &space.identity, &what)?;
-                vectors.push((name.clone(), unit));
-            }
+            let spaces = state
+                .spaces
+                .iter()
+                .map(|(name, space)| (name, &space.identity));
+            let vectors = crate::vector_store::upsert_vectors(upsert, spaces)?;
             prepared.push((document, content_hash(&document.embedding_text()), vectors));
         }
         let writes: Vec<DocumentWrite<'_>> = prepared
