@@ -112,7 +112,10 @@ fn main() {
         let report = build_collection(
             &store,
             "bench",
-            &corpus,
+            attune_index::BuildSource::Corpus {
+                corpus: &corpus,
+                mode: attune_index::BuildMode::Merge,
+            },
             &mut [SpaceSpec {
                 name: "base".into(),
                 embedder: &mut embedder,

@@ -163,12 +163,22 @@ fn build_search_stats_rebuild_and_drop() {
     }
     changed.remove(0);
     f.write_corpus("corpus.jsonl", &changed);
+    // A merge build (the default) keeps the document the corpus lost...
     let report = f.build("corpus.jsonl", &[]);
     assert_eq!(report["embedded"]["base"], 10);
     assert_eq!(
-        (report["updated"].as_u64(), report["deleted"].as_u64()),
-        (Some(10), Some(1))
+        (
+            report["updated"].as_u64(),
+            report["kept"].as_u64(),
+            report["deleted"].as_u64()
+        ),
+        (Some(10), Some(1), Some(0))
     );
+    // ...a replace build deletes it and names it.
+    let report = f.build("corpus.jsonl", &["--mode", "replace"]);
+    assert_eq!(report["embedded"]["base"], 0);
+    assert_eq!(report["deleted"], 1);
+    assert_eq!(report["removed"], serde_json::json!(["p0"]));
     let out = f.search(
         "item0 v1 red",
         &[
@@ -307,7 +317,8 @@ fn a_space_built_with_max_seq_len_is_searched_at_that_length() {
 fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
     use attune_app::ModelEmbedder;
     use attune_index::{
-        build_collection, BuildSettings, Corpus, Embedder, ModelIdentity, SpaceSpec,
+        build_collection, BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ModelIdentity,
+        SpaceSpec,
     };
 
     /// The model as the old code presented it to the store: same vectors, identity without
@@ -338,7 +349,10 @@ fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
     build_collection(
         &store,
         "shop",
-        &Corpus::read(&f.path("corpus.jsonl")).unwrap(),
+        BuildSource::Corpus {
+            corpus: &Corpus::read(&f.path("corpus.jsonl")).unwrap(),
+            mode: BuildMode::Merge,
+        },
         &mut [SpaceSpec {
             name: "base".into(),
             embedder: &mut embedder,

@@ -58,6 +58,38 @@ impl Drop for Server {
     }
 }
 
+/// Starts `attune serve` on a free loopback port with API key "sesame" and waits until it serves
+/// generation `generation` of "shop". Returns the server and its base URL.
+fn start_server(store: &Path, config: &Path, generation: u64) -> (Server, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_attune"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--store"])
+            .arg(store)
+            .arg("--config")
+            .arg(config)
+            .env("ATTUNE_API_KEY", "sesame")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    loop {
+        if let Ok(mut response) = ureq::get(&format!("{base}/readyz")).call() {
+            let body: Value = response.body_mut().read_json().unwrap();
+            assert_eq!(body["collections"]["shop"], generation, "{body}");
+            return (server, base);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -84,6 +116,17 @@ fn send(method: &str, url: &str, key: Option<&str>, body: &Value) -> (u16, Value
         .into();
     let mut request = match method {
         "PUT" => agent.put(url),
+        "DELETE" => {
+            let mut request = agent.delete(url);
+            if let Some(key) = key {
+                request = request.header("authorization", &format!("Bearer {key}"));
+            }
+            let mut response = request.call().unwrap();
+            return (
+                response.status().as_u16(),
+                response.body_mut().read_json().unwrap_or(Value::Null),
+            );
+        }
         _ => agent.post(url),
     };
     if let Some(key) = key {
@@ -109,33 +152,7 @@ fn serve_answers_and_picks_up_a_reindex() {
     )
     .unwrap();
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_attune"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--store"])
-            .arg(path("store"))
-            .arg("--config")
-            .arg(path("attune.toml"))
-            .env("ATTUNE_API_KEY", "sesame")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    loop {
-        if let Ok(mut response) = ureq::get(&format!("{base}/readyz")).call() {
-            let body: Value = response.body_mut().read_json().unwrap();
-            assert_eq!(body["collections"]["shop"], 1, "{body}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_server, base) = start_server(&path("store"), &path("attune.toml"), 1);
 
     let search = format!("{base}/v1/collections/shop/search");
     let (status, body) = send(
@@ -186,8 +203,19 @@ fn serve_answers_and_picks_up_a_reindex() {
     }
     builder.join().unwrap();
     assert!(answered > 1);
+    // The corpus's 40 documents and the one written through the API: a build merges.
     let (status, body) = get(&format!("{base}/v1/collections/shop"));
-    assert_eq!((status, body["documents"].as_u64()), (200, Some(40)));
+    assert_eq!((status, body["documents"].as_u64()), (200, Some(41)));
+    let (status, body) = send(
+        "POST",
+        &search,
+        None,
+        &json!({"query": "a red boot", "k": 1}),
+    );
+    assert_eq!(
+        (status, body["results"][0]["id"].as_str()),
+        (200, Some("extra"))
+    );
     let metrics = ureq::get(&format!("{base}/metrics"))
         .call()
         .unwrap()
@@ -198,4 +226,97 @@ fn serve_answers_and_picks_up_a_reindex() {
         metrics.contains("attune_collection_generation{collection=\"shop\"} 2"),
         "{metrics}"
     );
+}
+
+/// Feedback, upserts and deletes acknowledged by a server that is then killed (SIGKILL) are all
+/// there after a restart and a corpus re-index; repeated feedback counts once.
+#[test]
+fn acknowledged_writes_and_feedback_survive_sigkill_and_a_reindex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| -> PathBuf { tmp.path().join(name) };
+    write_random_bert(&path("model"), &RandomBertSpec::default()).unwrap();
+    corpus(&path("v1.jsonl"), 30, 1);
+    build(&path("store"), &path("v1.jsonl"), &path("model"));
+    std::fs::write(path("attune.toml"), "device = \"cpu\"\n").unwrap();
+    let (mut server, base) = start_server(&path("store"), &path("attune.toml"), 1);
+    let shop = format!("{base}/v1/collections/shop");
+
+    let (status, body) = send(
+        "POST",
+        &format!("{shop}/search"),
+        None,
+        &json!({"query": "shoe number 4", "k": 3, "space": "auto", "user": "u1"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let request_id = body["request_id"].as_str().unwrap().to_string();
+    let doc_id = body["results"][1]["id"].as_str().unwrap().to_string();
+    let feedback = json!({"request_id": request_id, "doc_id": doc_id, "event": "purchase"});
+    let mut recorded = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = send(
+            "POST",
+            &format!("{shop}/feedback"),
+            Some("sesame"),
+            &feedback,
+        );
+        assert_eq!(status, 200, "{body}");
+        recorded.push(body["recorded"].as_bool().unwrap());
+    }
+    assert_eq!(recorded, [true, false, false]);
+    let documents = json!({"documents": [
+        {"id": "extra", "text": "a red boot"},
+        {"id": "gone", "text": "a blue hat"},
+    ]});
+    let (status, body) = send(
+        "PUT",
+        &format!("{shop}/documents"),
+        Some("sesame"),
+        &documents,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        "DELETE",
+        &format!("{shop}/documents/gone"),
+        Some("sesame"),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // SIGKILL: nothing is flushed on the way out.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    // A corpus re-index while no server runs.
+    build(&path("store"), &path("v1.jsonl"), &path("model"));
+    let (_server, base) = start_server(&path("store"), &path("attune.toml"), 2);
+    let shop = format!("{base}/v1/collections/shop");
+    let (status, body) = get(&format!("{shop}/ab-report"));
+    assert_eq!(status, 200);
+    let purchases: u64 = body["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["purchases"].as_u64().unwrap())
+        .sum();
+    assert_eq!(purchases, 1, "{body}");
+    let (status, body) = get(&shop);
+    assert_eq!(
+        (status, body["documents"].as_u64()),
+        (200, Some(31)),
+        "{body}"
+    );
+    let (_, body) = send(
+        "POST",
+        &format!("{shop}/search"),
+        None,
+        &json!({"query": "a red boot", "k": 31}),
+    );
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[0], "extra");
+    assert!(!ids.contains(&"gone"));
 }

@@ -143,9 +143,9 @@ impl From<IndexError> for ApiError {
             IndexError::UnknownCollection { .. } | IndexError::UnknownSpace { .. } => {
                 Self::NotFound(err.to_string())
             }
-            IndexError::NotBuilt { .. } | IndexError::InUse { .. } => {
-                Self::Unavailable(err.to_string())
-            }
+            IndexError::NotBuilt { .. }
+            | IndexError::InUse { .. }
+            | IndexError::Superseded { .. } => Self::Unavailable(err.to_string()),
             _ if err.is_user_error() => Self::Invalid(err.to_string()),
             _ => Self::Internal(err.to_string()),
         }

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use attune_index::{AbEventLog, IndexError, ModelIdentity, ServedCollection, Store, VectorStore};
-use attune_model::{Device, DeviceRequest};
+use attune_index::{
+    AbEventLog, IndexError, ModelIdentity, ServedCollection, SpaceEmbedder, Store, VectorStore,
+};
+use attune_model::{Device, DeviceRequest, TextKind};
 
 use crate::error::{ApiError, StartError};
 use crate::inference::InferenceQueue;
@@ -53,6 +55,9 @@ pub struct AppState {
     problems: RwLock<BTreeMap<String, String>>,
     models: Mutex<HashMap<String, Arc<InferenceQueue>>>,
     events: Mutex<HashMap<String, Arc<dyn AbEventLog>>>,
+    /// Per collection: writes hold it shared, a generation switch exclusively (see
+    /// [`AppState::write_gate`]).
+    gates: Mutex<HashMap<String, Arc<RwLock<()>>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,6 +103,7 @@ impl AppState {
             problems: RwLock::new(BTreeMap::new()),
             models: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         });
         state.refresh();
         Ok(state)
@@ -149,6 +155,44 @@ impl AppState {
                 names.join(", ")
             }
         )))
+    }
+
+    /// The write gate of collection `name`. A write holds it shared from choosing the
+    /// generation to writing to it; switching to a new generation holds it exclusively while
+    /// the new generation applies the writes the old one took, so no acknowledged write is
+    /// left behind on a generation that is no longer served.
+    pub fn write_gate(&self, name: &str) -> Arc<RwLock<()>> {
+        self.gates
+            .lock()
+            .expect("lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The served collection `name` for a write prepared against `prepared` (vectors from its
+    /// models): the current one, or 503 when a switch since changed a space's model. Call with
+    /// the write gate held.
+    pub fn collection_for_write(
+        &self,
+        name: &str,
+        prepared: &Served,
+    ) -> Result<Arc<Served>, ApiError> {
+        let current = self.collection(name)?;
+        let same_models = current.models.len() == prepared.models.len()
+            && current.models.iter().all(|(space, queue)| {
+                prepared
+                    .models
+                    .get(space)
+                    .is_some_and(|q| q.identity().same_model(queue.identity()))
+            });
+        if !same_models {
+            return Err(ApiError::Unavailable(format!(
+                "collection {name:?} switched to a generation with other models during this \
+                 write; nothing was written, retry"
+            )));
+        }
+        Ok(current)
     }
 
     /// Names of the served collections.
@@ -237,7 +281,10 @@ impl AppState {
             if served_generation == Some(current) {
                 continue;
             }
-            match self.load(&name) {
+            match self
+                .load(&name)
+                .and_then(|served| self.switch_to(&name, served))
+            {
                 Ok(served) => {
                     tracing::info!(
                         "serving collection {name:?} generation {}",
@@ -248,10 +295,6 @@ impl AppState {
                         served.collection.len(),
                         served.collection.generation(),
                     );
-                    self.collections
-                        .write()
-                        .expect("lock")
-                        .insert(name.clone(), Arc::new(served));
                     self.set_problem(&name, None);
                 }
                 // The build that committed it may still hold its database for a moment: keep
@@ -268,6 +311,41 @@ impl AppState {
             }
         }
         self.drop_unused_models();
+    }
+
+    /// Serves `served` in place of the collection's current generation, once it holds every
+    /// write the older generation acknowledged.
+    fn switch_to(&self, name: &str, served: Served) -> Result<Arc<Served>, LoadError> {
+        // Most of the catching up happens while the old generation still takes writes.
+        self.catch_up(&served)?;
+        let gate = self.write_gate(name);
+        let _exclusive = gate.write().unwrap_or_else(|e| e.into_inner());
+        self.catch_up(&served)?;
+        let served = Arc::new(served);
+        self.collections
+            .write()
+            .expect("lock")
+            .insert(name.to_string(), served.clone());
+        Ok(served)
+    }
+
+    /// Applies to `served` the writes acknowledged on other generations, embedding with its
+    /// models where they differ from the models that embedded the writes.
+    fn catch_up(&self, served: &Served) -> Result<(), LoadError> {
+        let mut embedder = QueueEmbedder {
+            models: &served.models,
+            batch: self.settings.inference.max_batch_texts.max(1),
+        };
+        let applied = served.collection.catch_up(Some(&mut embedder))?;
+        if applied > 0 {
+            tracing::info!(
+                "collection {:?} generation {}: applied {applied} writes acknowledged on the \
+                 previous generation",
+                served.collection.name(),
+                served.collection.generation()
+            );
+        }
+        Ok(())
     }
 
     fn set_problem(&self, name: &str, problem: Option<String>) {
@@ -370,6 +448,48 @@ impl AppState {
                 tracing::error!("{e}");
             }
         }
+    }
+}
+
+/// The inference queues of a served generation, as the embedder of journaled writes. Runs on
+/// the watcher thread (or at start), never on an async worker.
+struct QueueEmbedder<'a> {
+    models: &'a BTreeMap<String, Arc<InferenceQueue>>,
+    batch: usize,
+}
+
+impl SpaceEmbedder for QueueEmbedder<'_> {
+    fn embed_documents(&mut self, space: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        let queue = self
+            .models
+            .get(space)
+            .ok_or_else(|| format!("no model for space {space:?}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch) {
+            let owned: Vec<String> = chunk.iter().map(|t| t.to_string()).collect();
+            let mut attempts = 0;
+            let embedded = loop {
+                let answer = runtime.block_on(queue.embed(
+                    owned.clone(),
+                    TextKind::Document,
+                    queue.max_seq_length(),
+                ));
+                match answer {
+                    // A full queue: wait for the searches ahead of us.
+                    Err(ApiError::Unavailable(_)) if attempts < 600 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => break other.map_err(|e| e.to_string())?,
+                }
+            };
+            out.extend(embedded.into_iter().map(|e| e.vector));
+        }
+        Ok(out)
     }
 }
 

@@ -11,7 +11,10 @@ use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
 use attune_api::{app, AppState, ServeSettings};
 use attune_app::{ModelEmbedder, PipelineReport};
-use attune_index::{BuildSettings, Corpus, Embedder, ExactStore, SpaceSpec, Store, VectorStore};
+use attune_index::{
+    BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ExactStore, SpaceSpec, Store,
+    VectorStore,
+};
 use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{Device, Encoder, EncoderSettings, ModelDir, TextKind};
@@ -124,7 +127,10 @@ impl Fixture {
         store
             .build(
                 "shop",
-                &corpus,
+                BuildSource::Corpus {
+                    corpus: &corpus,
+                    mode: BuildMode::Merge,
+                },
                 &mut spaces,
                 &BuildSettings::default(),
                 &mut |_| {},

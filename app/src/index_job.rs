@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use attune_index::{
-    BuildEvent, BuildReport, BuildSettings, Corpus, HnswParams, IndexError, SpaceSpec, VectorStore,
+    BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, Corpus, HnswParams, IndexError,
+    SpaceSpec, VectorStore,
 };
 use attune_model::Device;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,11 @@ use crate::embedder::{EmbedderError, ModelEmbedder};
 #[serde(default, deny_unknown_fields)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct IndexSettings {
+    /// What a corpus build does with the collection's documents the corpus lacks (written
+    /// through the API, or by an earlier corpus): `merge` keeps them (default), `replace`
+    /// deletes them so the collection equals the corpus, and names each one in its summary.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = BuildMode::Merge, value_name = "MODE"))]
+    pub mode: BuildMode,
     /// Documents embedded and committed together (a crash loses at most one batch of work).
     /// Default 512.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().batch_size))]
@@ -42,6 +48,7 @@ impl Default for IndexSettings {
     fn default() -> Self {
         let build = BuildSettings::default();
         Self {
+            mode: BuildMode::Merge,
             batch_size: build.batch_size,
             m: build.hnsw.m,
             ef_construction: build.hnsw.ef_construction,
@@ -80,8 +87,9 @@ pub struct SpaceModel {
 pub struct IndexInputs {
     /// Collection name.
     pub collection: String,
-    /// Corpus: JSONL or a BEIR directory.
-    pub corpus: PathBuf,
+    /// Corpus: JSONL or a BEIR directory; `None` re-embeds the collection's own documents (it
+    /// must exist).
+    pub corpus: Option<PathBuf>,
     /// The spaces to build.
     pub spaces: Vec<SpaceModel>,
     /// Device the models run on.
@@ -114,7 +122,7 @@ pub enum IndexJobError {
 pub struct IndexJob {
     inputs: IndexInputs,
     settings: IndexSettings,
-    corpus: Corpus,
+    corpus: Option<Corpus>,
     embedders: Vec<(String, ModelEmbedder)>,
 }
 
@@ -123,10 +131,16 @@ impl IndexJob {
     /// store is touched (bad input leaves the store as it was).
     pub fn prepare(inputs: IndexInputs, settings: IndexSettings) -> Result<Self, IndexJobError> {
         settings.build_settings().hnsw.validate()?;
-        let corpus = Corpus::read(&inputs.corpus)?;
-        if corpus.documents.is_empty() {
-            return Err(IndexJobError::EmptyCorpus(corpus.path));
-        }
+        let corpus = match &inputs.corpus {
+            Some(path) => {
+                let corpus = Corpus::read(path)?;
+                if corpus.documents.is_empty() {
+                    return Err(IndexJobError::EmptyCorpus(corpus.path));
+                }
+                Some(corpus)
+            }
+            None => None,
+        };
         let mut embedders = Vec::new();
         for SpaceModel { space, model } in &inputs.spaces {
             let embedder = ModelEmbedder::load(model, &inputs.device, settings.max_seq_len)
@@ -145,13 +159,15 @@ impl IndexJob {
         })
     }
 
-    /// The corpus as read (its duplicate ids and empty documents, for reporting).
-    pub fn corpus(&self) -> &Corpus {
-        &self.corpus
+    /// The corpus as read (its duplicate ids and empty documents, for reporting); `None` when
+    /// the collection's own documents are re-embedded.
+    pub fn corpus(&self) -> Option<&Corpus> {
+        self.corpus.as_ref()
     }
 
     /// Embeds what changed into a new generation of `store` and switches to it; `progress` sees
-    /// each step.
+    /// each step. Writes acknowledged by a server while the job runs are kept (see
+    /// [`VectorStore::build`]).
     pub fn run(
         mut self,
         store: &dyn VectorStore,
@@ -165,9 +181,16 @@ impl IndexJob {
                 embedder,
             })
             .collect();
+        let source = match &self.corpus {
+            Some(corpus) => BuildSource::Corpus {
+                corpus,
+                mode: self.settings.mode,
+            },
+            None => BuildSource::Collection,
+        };
         Ok(store.build(
             &self.inputs.collection,
-            &self.corpus,
+            source,
             &mut spaces,
             &self.settings.build_settings(),
             progress,

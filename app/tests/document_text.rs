@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use attune_eval::data::{read_corpus, DataReport};
 use attune_index::Store;
-use attune_index::{build_collection, BuildSettings, Corpus, Embedder, ModelIdentity, SpaceSpec};
+use attune_index::{
+    build_collection, BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ModelIdentity,
+    SpaceSpec,
+};
 
 /// Hands out small fixed vectors and records every text it was asked to embed.
 struct Recorder {
@@ -71,7 +74,10 @@ fn indexed(corpus: &Path) -> (Vec<String>, BTreeMap<String, String>) {
     build_collection(
         &store,
         "docs",
-        &corpus,
+        BuildSource::Corpus {
+            corpus: &corpus,
+            mode: BuildMode::Merge,
+        },
         &mut spaces,
         &BuildSettings::default(),
         &mut |_| {},

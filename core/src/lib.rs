@@ -35,7 +35,10 @@ pub fn embedding_text(title: &str, text: &str) -> String {
 macro_rules! serde_via_str {
     ($type:ty) => {
         impl ::serde::Serialize for $type {
-            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            fn serialize<S: ::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::core::result::Result<S::Ok, S::Error> {
                 serializer.collect_str(self)
             }
         }
@@ -43,8 +46,9 @@ macro_rules! serde_via_str {
         impl<'de> ::serde::Deserialize<'de> for $type {
             fn deserialize<D: ::serde::Deserializer<'de>>(
                 deserializer: D,
-            ) -> Result<Self, D::Error> {
-                let text = <String as ::serde::Deserialize>::deserialize(deserializer)?;
+            ) -> ::core::result::Result<Self, D::Error> {
+                let text =
+                    <::std::string::String as ::serde::Deserialize>::deserialize(deserializer)?;
                 text.parse().map_err(::serde::de::Error::custom)
             }
         }

@@ -1,6 +1,12 @@
 //! Batch re-index jobs: embed a corpus into a new generation while the current one keeps
 //! serving, then switch atomically.
 //!
+//! A corpus build merges by default: the collection's documents that the corpus lacks (written
+//! through the API, say) are kept; a replace build removes them and names them in its report.
+//! A build can also re-embed the collection's own documents with new models, without a corpus.
+//! Writes acknowledged through a served collection while a build runs reach the new generation
+//! through the collection's journal (see [`crate::journal`]).
+//!
 //! A job is resumable and incremental. Vectors are reused, not recomputed, when the content
 //! hash of a document's embedded text and the space's model are unchanged: from the generation
 //! being built (work done before a crash) or from the current generation's graph files (an
@@ -12,15 +18,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::corpus::Corpus;
-use crate::distance::normalize;
+use crate::corpus::{Corpus, Document};
 use crate::error::{IndexError, Result};
 use crate::graph::{Graph, HnswParams, DEAD_LABEL};
 use crate::identity::ModelIdentity;
+use crate::journal::{self, JournalOp, Replay, SpaceEmbedder};
 use crate::keys;
 use crate::store::{
-    build_space_graph, content_hash, hex, now_unix, validate_name, CollectionManifest,
-    CompactionPolicy, DocumentWrite, GenerationDb, Store,
+    build_space_graph, content_hash, hex, now_unix, read_snapshot, validate_name, write_snapshot,
+    CollectionManifest, CompactionPolicy, DocumentWrite, GenerationDb, Store, StoredDocument,
 };
 
 /// Turns document texts into vectors for one space. Implemented by the binary over
@@ -103,14 +109,20 @@ pub struct BuildReport {
     pub resumed: bool,
     /// Documents in the new generation.
     pub documents: usize,
-    /// Ids not in the previous generation.
+    /// Ids the collection did not have.
     pub added: usize,
     /// Ids whose embedded text changed.
     pub updated: usize,
     /// Ids whose embedded text is unchanged (their metadata is refreshed).
     pub unchanged: usize,
-    /// Ids of the previous generation missing from the corpus.
+    /// Documents removed because the corpus lacks them (replace builds only).
     pub deleted: usize,
+    /// Their ids, sorted.
+    pub removed: Vec<String>,
+    /// Documents of the collection that the corpus lacks, kept (merge builds).
+    pub kept: usize,
+    /// Writes acknowledged through a served collection while the build ran, applied on top.
+    pub replayed: usize,
     /// Documents embedded, per space.
     pub embedded: BTreeMap<String, usize>,
     /// Ids that appeared more than once in the corpus (the last line won).
@@ -123,13 +135,219 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
-/// Embeds `corpus` into a new generation of `collection` (created if missing) for every space
-/// in `spaces`, builds their graphs, and switches to it. Spaces of the previous generation that
-/// are not given are not carried over.
+/// Where a build's documents come from.
+#[derive(Debug, Clone, Copy)]
+pub enum BuildSource<'a> {
+    /// A corpus, merged into the collection's documents or replacing them.
+    Corpus {
+        /// The corpus.
+        corpus: &'a Corpus,
+        /// What happens to documents of the collection the corpus lacks.
+        mode: BuildMode,
+    },
+    /// The collection's own documents (to re-embed them with other models); the collection
+    /// must exist.
+    Collection,
+}
+
+/// What a corpus build does with documents of the collection that the corpus lacks (written
+/// through the API, or by an earlier corpus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BuildMode {
+    /// Keep them; the corpus's documents are upserted. The default: a build never drops a
+    /// document it was not told to.
+    #[default]
+    Merge,
+    /// Delete them, so the collection equals the corpus; the report names each one.
+    Replace,
+}
+
+impl std::fmt::Display for BuildMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Merge => "merge",
+            Self::Replace => "replace",
+        })
+    }
+}
+
+impl std::str::FromStr for BuildMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "merge" => Ok(Self::Merge),
+            "replace" => Ok(Self::Replace),
+            other => Err(format!("unknown build mode {other:?} (merge, replace)")),
+        }
+    }
+}
+
+attune_core::serde_via_str!(BuildMode);
+
+/// The collection's documents when a build starts: the current generation's snapshot plus the
+/// journal's later records, and the vectors those records carry.
+struct Base {
+    documents: BTreeMap<String, StoredDocument>,
+    /// The last journal record included.
+    seq: u64,
+    /// Journaled vectors by (model fingerprint, content hash).
+    vectors: HashMap<(String, [u8; 16]), Vec<f32>>,
+}
+
+/// Reads the collection's documents without opening the database of the generation a server
+/// may hold: its snapshot and the journal (a generation from before snapshots existed is read
+/// from its database, which then must not be in use).
+fn read_base(store: &Store, manifest: &CollectionManifest) -> Result<Base> {
+    let journal_dir = store.journal_dir(&manifest.name);
+    let mut base = Base {
+        documents: BTreeMap::new(),
+        seq: 0,
+        vectors: HashMap::new(),
+    };
+    let Some(current) = manifest.current else {
+        base.seq = journal::read_after(&journal_dir, 0)?.last_seq;
+        return Ok(base);
+    };
+    let dir = store.generation_dir(&manifest.name, current);
+    let (seq, documents) = match read_snapshot(&dir)? {
+        Some(snapshot) => snapshot,
+        None => {
+            let db = GenerationDb::open(&dir)?;
+            (db.journal_seq()?, db.live_documents()?)
+        }
+    };
+    base.documents = documents.into_iter().map(|d| (d.id.clone(), d)).collect();
+    let tail = journal::read_after(&journal_dir, seq)?;
+    base.seq = tail.last_seq;
+    for record in tail.records {
+        match record.op {
+            JournalOp::Delete { id } => {
+                base.documents.remove(&id);
+            }
+            JournalOp::Upsert { document, vectors } => {
+                let hash = content_hash(&document.embedding_text());
+                for vector in vectors {
+                    base.vectors
+                        .insert((vector.fingerprint, hash), vector.values);
+                }
+                base.documents
+                    .insert(document.id.clone(), StoredDocument::new(&document, &hash));
+            }
+        }
+    }
+    Ok(base)
+}
+
+/// The documents the new generation holds (before writes that arrive during the build) and
+/// the ids a replace build removes.
+fn target_documents(
+    source: &BuildSource<'_>,
+    base: &Base,
+    collection: &str,
+) -> Result<(Vec<Document>, Vec<String>, usize)> {
+    let stored = |d: &StoredDocument| Document {
+        id: d.id.clone(),
+        title: d.title.clone(),
+        text: d.text.clone(),
+        metadata: d.metadata.clone(),
+    };
+    match source {
+        BuildSource::Collection => {
+            if base.documents.is_empty() {
+                return Err(IndexError::InvalidSetting(format!(
+                    "collection {collection:?} has no documents to re-embed; build it from a corpus"
+                )));
+            }
+            Ok((base.documents.values().map(stored).collect(), Vec::new(), 0))
+        }
+        BuildSource::Corpus { corpus, mode } => {
+            let wanted: std::collections::HashSet<&str> =
+                corpus.documents.iter().map(|d| d.id.as_str()).collect();
+            let others = base
+                .documents
+                .values()
+                .filter(|d| !wanted.contains(d.id.as_str()));
+            let mut documents = corpus.documents.clone();
+            match mode {
+                BuildMode::Merge => {
+                    let before = documents.len();
+                    documents.extend(others.map(stored));
+                    let kept = documents.len() - before;
+                    Ok((documents, Vec::new(), kept))
+                }
+                BuildMode::Replace => Ok((documents, others.map(|d| d.id.clone()).collect(), 0)),
+            }
+        }
+    }
+}
+
+/// Spaces being built, as the embedder of journaled writes that need their models.
+struct SpecEmbedder<'s, 'a>(&'s mut [SpaceSpec<'a>]);
+
+impl SpaceEmbedder for SpecEmbedder<'_, '_> {
+    fn embed_documents(
+        &mut self,
+        space: &str,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
+        let spec = self
+            .0
+            .iter_mut()
+            .find(|s| s.name == space)
+            .ok_or_else(|| format!("no space {space:?} in this build"))?;
+        spec.embedder
+            .embed_documents(texts)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Replays the journal records after `after` into the generation being built (writes
+/// acknowledged while it was built: newer than the corpus). Returns how many were applied and
+/// the last record covered.
+fn replay_journal(
+    db: &GenerationDb,
+    journal_dir: &std::path::Path,
+    after: u64,
+    requested: &BTreeMap<String, ModelIdentity>,
+    spaces: &mut [SpaceSpec<'_>],
+) -> Result<(usize, u64)> {
+    let tail = journal::read_after(journal_dir, after)?;
+    let mut embedder = SpecEmbedder(spaces);
+    let (replays, covered) =
+        journal::resolve(&tail.records, requested, Some(&mut embedder), after)?;
+    let count = replays.len();
+    for replay in replays {
+        match replay {
+            Replay::Delete(id) => {
+                db.delete(&id)?;
+            }
+            Replay::Upsert(upsert) => {
+                let vectors = crate::vector_store::upsert_vectors(&upsert, requested)?;
+                let hash = content_hash(&upsert.document.embedding_text());
+                db.write(&[DocumentWrite {
+                    document: &upsert.document,
+                    hash,
+                    vectors: vectors
+                        .iter()
+                        .map(|(s, v)| (s.as_str(), v.as_slice()))
+                        .collect(),
+                }])?;
+            }
+        }
+    }
+    db.set_journal_seq(covered)?;
+    Ok((count, covered))
+}
+
+/// Embeds documents into a new generation of `collection` (created if missing) for every space
+/// in `spaces`, builds their graphs, and switches to it. The documents are those of `source`;
+/// writes acknowledged through a served collection while the build runs are applied on top
+/// before the switch (and any later ones by whoever opens the new generation). Spaces of the
+/// previous generation that are not given are not carried over.
 pub fn build_collection(
     store: &Store,
     collection: &str,
-    corpus: &Corpus,
+    source: BuildSource<'_>,
     spaces: &mut [SpaceSpec<'_>],
     settings: &BuildSettings,
     progress: &mut dyn FnMut(BuildEvent),
@@ -163,18 +381,22 @@ pub fn build_collection(
 
     let mut manifest = match store.manifest(collection) {
         Ok(manifest) => manifest,
-        Err(IndexError::UnknownCollection { .. }) => CollectionManifest {
-            name: collection.to_string(),
-            current: None,
-            building: None,
-            previous: None,
-            hnsw: settings.hnsw,
-            spaces: BTreeMap::new(),
-            documents: 0,
-            committed_unix: 0,
-        },
+        Err(IndexError::UnknownCollection { .. }) if !matches!(source, BuildSource::Collection) => {
+            CollectionManifest {
+                name: collection.to_string(),
+                current: None,
+                building: None,
+                previous: None,
+                hnsw: settings.hnsw,
+                spaces: BTreeMap::new(),
+                documents: 0,
+                committed_unix: 0,
+            }
+        }
         Err(e) => return Err(e),
     };
+    let base = read_base(store, &manifest)?;
+    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
     let resumed = manifest
         .building
         .is_some_and(|b| store.generation_dir(collection, b).exists());
@@ -209,13 +431,18 @@ pub fn build_collection(
     db.set_spaces(&requested)?;
 
     // What the previous generation offers: vectors by content hash, per space with the same
-    // model, and its documents' hashes (for the summary).
+    // model.
     let previous = manifest.current;
     let mut reusable: BTreeMap<String, (Graph, HashMap<[u8; 16], u32>)> = BTreeMap::new();
-    let mut previous_hashes: Option<HashMap<String, [u8; 16]>> = None;
     if let Some(current) = previous {
         let current_dir = store.generation_dir(collection, current);
         for (name, identity) in &manifest.spaces {
+            if !requested
+                .get(name)
+                .is_some_and(|wanted| wanted.same_model(identity))
+            {
+                continue;
+            }
             let path = current_dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION));
             let graph = match Graph::read(&path) {
                 Ok(graph) => graph,
@@ -224,19 +451,7 @@ pub fn build_collection(
                     continue;
                 }
             };
-            if previous_hashes.is_none() {
-                previous_hashes = Some(
-                    (0..graph.len() as u32)
-                        .filter(|&slot| graph.label(slot) != DEAD_LABEL)
-                        .map(|slot| (graph.id(slot).to_string(), *graph.hash(slot)))
-                        .collect(),
-                );
-            }
-            if requested
-                .get(name)
-                .is_some_and(|wanted| wanted.same_model(identity))
-                && graph.identity() == identity.fingerprint
-            {
+            if graph.identity() == identity.fingerprint {
                 let by_hash = (0..graph.len() as u32)
                     .map(|slot| (*graph.hash(slot), slot))
                     .collect();
@@ -246,8 +461,7 @@ pub fn build_collection(
     }
 
     // Plan: per document, which spaces need embedding; write what can be reused right away.
-    let hashes: Vec<[u8; 16]> = corpus
-        .documents
+    let hashes: Vec<[u8; 16]> = documents
         .iter()
         .map(|d| content_hash(&d.embedding_text()))
         .collect();
@@ -256,19 +470,25 @@ pub fn build_collection(
         generation,
         previous_generation: previous,
         resumed,
-        duplicate_ids: corpus.duplicates.len(),
+        duplicate_ids: match source {
+            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
+            BuildSource::Collection => 0,
+        },
+        kept,
+        deleted: removed.len(),
+        removed,
         ..BuildReport::default()
     };
-    for (document, hash) in corpus.documents.iter().zip(&hashes) {
-        match previous_hashes.as_ref().and_then(|p| p.get(&document.id)) {
+    for (document, hash) in documents.iter().zip(&hashes) {
+        match base.documents.get(&document.id) {
             None => report.added += 1,
-            Some(old) if old == hash => report.unchanged += 1,
+            Some(old) if old.hash == hex(hash) => report.unchanged += 1,
             Some(_) => report.updated += 1,
         }
     }
     let mut to_embed: Vec<(usize, Vec<usize>)> = Vec::new();
     let mut reuse_batch: Vec<(usize, SpaceVectors)> = Vec::new();
-    for (index, (document, hash)) in corpus.documents.iter().zip(&hashes).enumerate() {
+    for (index, (document, hash)) in documents.iter().zip(&hashes).enumerate() {
         let built = match db.node_of(&document.id)? {
             Some(node) => db.document(node)?.map(|doc| (node, doc)),
             None => None,
@@ -286,12 +506,16 @@ pub fn build_collection(
                     continue;
                 }
             }
+            let fingerprint = &spec.embedder.identity().fingerprint;
             match reusable.get(&spec.name) {
                 Some((graph, by_hash)) if by_hash.contains_key(hash) => {
                     let slot = by_hash[hash];
                     reused.push((spec.name.clone(), graph.vector(slot as usize).to_vec()));
                 }
-                _ => missing.push(space_index),
+                _ => match base.vectors.get(&(fingerprint.clone(), *hash)) {
+                    Some(vector) => reused.push((spec.name.clone(), vector.clone())),
+                    None => missing.push(space_index),
+                },
             }
         }
         let record_current = built
@@ -307,7 +531,7 @@ pub fn build_collection(
         }
     }
     progress(BuildEvent::Planned {
-        documents: corpus.documents.len(),
+        documents: documents.len(),
         to_embed: to_embed.len(),
         resumed,
         generation,
@@ -317,24 +541,105 @@ pub fn build_collection(
     for chunk in reuse_batch.chunks(4_096) {
         let writes = chunk
             .iter()
-            .map(|(index, vectors)| document_write(corpus, &hashes, *index, vectors))
+            .map(|(index, vectors)| document_write(&documents, &hashes, *index, vectors))
             .collect::<Vec<_>>();
         db.write(&writes)?;
     }
+    embed_documents(
+        &db,
+        &documents,
+        &hashes,
+        to_embed,
+        spaces,
+        settings.batch_size,
+        &mut report,
+        progress,
+    )?;
+    report.embed_seconds = embed_started.elapsed().as_secs_f64();
 
-    // Longest texts first: batches of similar lengths pad little, and the slowest work is
-    // done while the estimate is still rough.
-    let texts: Vec<String> = corpus
-        .documents
-        .iter()
-        .map(|d| d.embedding_text())
+    // Documents of an interrupted build that the target no longer has.
+    let wanted: std::collections::HashSet<&str> = documents.iter().map(|d| d.id.as_str()).collect();
+    for (id, _) in db.live()? {
+        if !wanted.contains(id.as_str()) {
+            db.delete(&id)?;
+        }
+    }
+    // Writes acknowledged while this build ran: newer than its documents.
+    let journal_dir = store.journal_dir(collection);
+    let (replayed, seq) = replay_journal(&db, &journal_dir, base.seq, &requested, spaces)?;
+    report.replayed = replayed;
+    db.sweep()?;
+    report.documents = db.live()?.len();
+
+    let graph_started = Instant::now();
+    let live_hashes: HashMap<String, String> = db
+        .live_documents()?
+        .into_iter()
+        .map(|d| (d.id, d.hash))
         .collect();
+    for (name, identity) in &requested {
+        progress(BuildEvent::Graph {
+            space: name.clone(),
+            points: report.documents,
+        });
+        let previous = reusable.remove(name).map(|(graph, _)| graph);
+        let carried = match previous {
+            Some(graph) => carry_over(graph, &db, &live_hashes, &settings.hnsw)?,
+            None => None,
+        };
+        let graph = match carried {
+            Some(graph) => graph,
+            None => build_space_graph(&db, name, identity, &settings.hnsw)?,
+        };
+        graph.write(&dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION)))?;
+    }
+    report.graph_seconds = graph_started.elapsed().as_secs_f64();
+    // Writes acknowledged while the graphs were built (searched exactly until compaction);
+    // any after this are applied by whoever opens the new generation.
+    let (late, seq) = replay_journal(&db, &journal_dir, seq, &requested, spaces)?;
+    report.replayed += late;
+    db.sweep()?;
+    let live = db.live_documents()?;
+    report.documents = live.len();
+    write_snapshot(&dir, seq, &live)?;
+    db.flush()?;
+    drop(db);
+
+    // The switch: one atomic manifest write.
+    manifest.previous = manifest.current;
+    manifest.current = Some(generation);
+    manifest.building = None;
+    manifest.hnsw = settings.hnsw;
+    manifest.spaces = requested;
+    manifest.documents = report.documents;
+    manifest.committed_unix = now_unix();
+    store.write_manifest(&manifest)?;
+    store.remove_stale_generations(&manifest)?;
+    journal::trim(&journal_dir, seq)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Embeds the planned documents batch by batch (longest texts first, so batches pad little)
+/// and commits each batch.
+#[allow(clippy::too_many_arguments)]
+fn embed_documents(
+    db: &GenerationDb,
+    documents: &[Document],
+    hashes: &[[u8; 16]],
+    mut to_embed: Vec<(usize, Vec<usize>)>,
+    spaces: &mut [SpaceSpec<'_>],
+    batch_size: usize,
+    report: &mut BuildReport,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<()> {
+    let texts: Vec<String> = documents.iter().map(|d| d.embedding_text()).collect();
     to_embed.sort_by_key(|(index, _)| std::cmp::Reverse(texts[*index].len()));
     for spec in spaces.iter() {
         report.embedded.insert(spec.name.clone(), 0);
     }
     let mut done = 0;
-    for batch in to_embed.chunks(settings.batch_size) {
+    for batch in to_embed.chunks(batch_size) {
         let mut vectors: Vec<Vec<(String, Vec<f32>)>> = vec![Vec::new(); batch.len()];
         for (space_index, spec) in spaces.iter_mut().enumerate() {
             let members: Vec<usize> = (0..batch.len())
@@ -360,89 +665,25 @@ pub fn build_collection(
                     message: format!("{} vectors for {} texts", embedded.len(), members.len()),
                 });
             }
-            let dim = spec.embedder.identity().dim;
-            for (&i, mut vector) in members.iter().zip(embedded) {
-                let id = &corpus.documents[batch[i].0].id;
-                if vector.len() != dim {
-                    return Err(IndexError::DimensionMismatch {
-                        what: format!("vector of document {id:?} in space {:?}", spec.name),
-                        expected: dim,
-                        found: vector.len(),
-                    });
-                }
-                if !normalize(&mut vector) {
-                    return Err(IndexError::InvalidVector {
-                        what: format!("vector of document {id:?} in space {:?}", spec.name),
-                    });
-                }
-                vectors[i].push((spec.name.clone(), vector));
+            let identity = spec.embedder.identity().clone();
+            for (&i, vector) in members.iter().zip(embedded) {
+                let id = &documents[batch[i].0].id;
+                let what = || format!("vector of document {id:?} in space {:?}", spec.name);
+                let unit = crate::vector_store::unit_vector(&vector, &identity, &what)?;
+                vectors[i].push((spec.name.clone(), unit));
             }
             *report.embedded.get_mut(&spec.name).expect("space") += members.len();
         }
         let writes = batch
             .iter()
             .zip(&vectors)
-            .map(|((index, _), vectors)| document_write(corpus, &hashes, *index, vectors))
+            .map(|((index, _), vectors)| document_write(documents, hashes, *index, vectors))
             .collect::<Vec<_>>();
         db.write(&writes)?;
         done += batch.len();
         progress(BuildEvent::Embedded { done });
     }
-    report.embed_seconds = embed_started.elapsed().as_secs_f64();
-
-    // Documents of an interrupted build that the corpus no longer has.
-    let wanted: std::collections::HashSet<&str> =
-        corpus.documents.iter().map(|d| d.id.as_str()).collect();
-    for (id, _) in db.live()? {
-        if !wanted.contains(id.as_str()) {
-            db.delete(&id)?;
-        }
-    }
-    db.sweep()?;
-    report.deleted = previous_hashes.as_ref().map_or(0, |p| {
-        p.keys().filter(|id| !wanted.contains(id.as_str())).count()
-    });
-    report.documents = db.live()?.len();
-
-    let graph_started = Instant::now();
-    let corpus_hashes: HashMap<&str, [u8; 16]> = corpus
-        .documents
-        .iter()
-        .map(|d| d.id.as_str())
-        .zip(hashes.iter().copied())
-        .collect();
-    for (name, identity) in &requested {
-        progress(BuildEvent::Graph {
-            space: name.clone(),
-            points: report.documents,
-        });
-        let previous = reusable.remove(name).map(|(graph, _)| graph);
-        let carried = match previous {
-            Some(graph) => carry_over(graph, &db, &corpus_hashes, &settings.hnsw)?,
-            None => None,
-        };
-        let graph = match carried {
-            Some(graph) => graph,
-            None => build_space_graph(&db, name, identity, &settings.hnsw)?,
-        };
-        graph.write(&dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION)))?;
-    }
-    report.graph_seconds = graph_started.elapsed().as_secs_f64();
-    db.flush()?;
-    drop(db);
-
-    // The switch: one atomic manifest write.
-    manifest.previous = manifest.current;
-    manifest.current = Some(generation);
-    manifest.building = None;
-    manifest.hnsw = settings.hnsw;
-    manifest.spaces = requested;
-    manifest.documents = report.documents;
-    manifest.committed_unix = now_unix();
-    store.write_manifest(&manifest)?;
-    store.remove_stale_generations(&manifest)?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 /// The previous generation's graph of a space, relabeled for the new generation, when it covers
@@ -453,20 +694,22 @@ pub fn build_collection(
 fn carry_over(
     graph: Graph,
     db: &GenerationDb,
-    corpus_hashes: &HashMap<&str, [u8; 16]>,
+    live_hashes: &HashMap<String, String>,
     params: &HnswParams,
 ) -> Result<Option<Graph>> {
     if graph.params(params.ef_search) != *params {
         return Ok(None);
     }
-    // The new generation holds exactly the corpus, written with these hashes.
+    // The new generation's live documents and the hex hashes of their embedded texts.
     let nodes: HashMap<String, u32> = db.live()?.into_iter().collect();
     let mut labels = Vec::with_capacity(graph.len());
     let mut covered = 0;
     for slot in 0..graph.len() as u32 {
         let id = graph.id(slot);
-        let unchanged =
-            graph.label(slot) != DEAD_LABEL && corpus_hashes.get(id) == Some(graph.hash(slot));
+        let unchanged = graph.label(slot) != DEAD_LABEL
+            && live_hashes
+                .get(id)
+                .is_some_and(|h| *h == hex(graph.hash(slot)));
         let label = match nodes.get(id) {
             Some(&node) if unchanged => {
                 covered += 1;
@@ -483,15 +726,15 @@ fn carry_over(
     Ok(Some(graph.relabeled(labels)))
 }
 
-/// The write of corpus document `index` with its new vectors.
+/// The write of document `index` with its new vectors.
 fn document_write<'a>(
-    corpus: &'a Corpus,
+    documents: &'a [Document],
     hashes: &[[u8; 16]],
     index: usize,
     vectors: &'a SpaceVectors,
 ) -> DocumentWrite<'a> {
     DocumentWrite {
-        document: &corpus.documents[index],
+        document: &documents[index],
         hash: hashes[index],
         vectors: vectors
             .iter()

@@ -157,6 +157,13 @@ pub enum IndexError {
         /// What is wrong.
         message: String,
     },
+    /// A generation that is no longer current was written to or caught up after the records
+    /// it lacks were removed; the write was not applied (retry on the current generation).
+    #[error("{what}: this generation is no longer current; retry")]
+    Superseded {
+        /// What could not be done.
+        what: String,
+    },
     /// The embedding backend failed.
     #[error("embedding with the model of space {space:?} failed: {message}")]
     Embedding {

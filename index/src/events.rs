@@ -111,15 +111,23 @@ impl EventLog {
         }
     }
 
-    /// Records feedback on a served request.
-    pub fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
-        let sequence = self.db.generate_id().map_err(|e| self.err(e))?;
+    /// Records feedback on a served request, once per (request, document, event): returns
+    /// false when that event was recorded before (nothing is written). Durable when it
+    /// returns.
+    pub fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<bool> {
         let mut key = feedback.request_id.as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(&sequence.to_be_bytes());
+        for part in [&feedback.doc_id, &feedback.event] {
+            key.push(0);
+            key.extend_from_slice(part.as_bytes());
+        }
         let body = serde_json::to_vec(feedback).expect("record serializes");
-        self.feedback.insert(key, body).map_err(|e| self.err(e))?;
-        Ok(())
+        let new = self
+            .feedback
+            .compare_and_swap(key, None as Option<&[u8]>, Some(body))
+            .map_err(|e| self.err(e))?
+            .is_ok();
+        self.flush()?;
+        Ok(new)
     }
 
     /// Every served request, in request-id order.
@@ -169,17 +177,21 @@ mod tests {
         {
             let log = store.open_events("shop").unwrap();
             log.record_served(&served).unwrap();
-            for event in ["click", "purchase"] {
-                log.record_feedback(&FeedbackRecord {
-                    request_id: "r1".into(),
-                    doc_id: "b".into(),
-                    event: event.into(),
-                    rank: 2,
-                    unix_ms: 6,
+            let recorded: Vec<bool> = ["click", "purchase", "click"]
+                .iter()
+                .map(|event| {
+                    log.record_feedback(&FeedbackRecord {
+                        request_id: "r1".into(),
+                        doc_id: "b".into(),
+                        event: event.to_string(),
+                        rank: 2,
+                        unix_ms: 6,
+                    })
+                    .unwrap()
                 })
-                .unwrap();
-            }
-            log.flush().unwrap();
+                .collect();
+            // The repeated click is not recorded again.
+            assert_eq!(recorded, [true, true, false]);
         }
         let log = store.open_events("shop").unwrap();
         assert_eq!(log.served("r1").unwrap(), Some(served));

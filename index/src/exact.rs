@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::build::{BuildEvent, BuildReport, BuildSettings, SpaceSpec};
-use crate::corpus::{Corpus, Document};
+use crate::build::{BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, SpaceSpec};
+use crate::corpus::Document;
 use crate::distance::{dot, normalize};
 use crate::error::{IndexError, Result};
 use crate::events::{FeedbackRecord, ServedRequest};
 use crate::filter::value_of_key;
 use crate::graph::HnswParams;
 use crate::identity::ModelIdentity;
+use crate::journal::{resolve, JournalOp, JournalRecord, Replay, SpaceEmbedder};
 use crate::store::{
     content_hash, hex, validate_name, CollectionStats, Facet, FacetValue, SearchHit, SearchRequest,
     SpaceStats, StoredDocument, UpsertDocument, UpsertReport,
@@ -31,6 +32,9 @@ pub struct ExactStore {
 #[derive(Debug, Default)]
 struct Entry {
     current: Option<Arc<ExactCollection>>,
+    /// Acknowledged writes, shared by every generation of the collection (see
+    /// [`crate::journal`]; here in memory, sequence number = position + 1).
+    journal: Journal,
     events: Arc<MemoryEvents>,
     report: BTreeMap<String, Vec<u8>>,
 }
@@ -42,6 +46,15 @@ struct Stored {
     vectors: BTreeMap<String, Vec<f32>>,
 }
 
+type Journal = Arc<Mutex<Vec<JournalRecord>>>;
+
+/// The documents of a generation and the last journal record applied to them.
+#[derive(Debug, Default)]
+struct Documents {
+    by_id: BTreeMap<String, Stored>,
+    applied: u64,
+}
+
 /// One collection of an [`ExactStore`] at one generation.
 #[derive(Debug)]
 pub struct ExactCollection {
@@ -49,7 +62,8 @@ pub struct ExactCollection {
     generation: u64,
     spaces: BTreeMap<String, ModelIdentity>,
     hnsw: HnswParams,
-    documents: RwLock<BTreeMap<String, Stored>>,
+    journal: Journal,
+    documents: RwLock<Documents>,
 }
 
 impl ExactStore {
@@ -144,7 +158,7 @@ impl VectorStore for ExactStore {
     fn build(
         &self,
         name: &str,
-        corpus: &Corpus,
+        source: BuildSource<'_>,
         spaces: &mut [SpaceSpec<'_>],
         settings: &BuildSettings,
         progress: &mut dyn FnMut(BuildEvent),
@@ -152,29 +166,65 @@ impl VectorStore for ExactStore {
         validate_name(name)?;
         settings.hnsw.validate()?;
         let started = Instant::now();
-        let previous = {
-            let collections = self.collections.lock().expect("store lock");
-            collections.get(name).and_then(|e| e.current.clone())
+        let (previous, journal) = {
+            let mut collections = self.collections.lock().expect("store lock");
+            if matches!(source, BuildSource::Collection) && !collections.contains_key(name) {
+                return Err(self.unknown(name, collections.keys().cloned().collect()));
+            }
+            let entry = collections.entry(name.to_string()).or_default();
+            (entry.current.clone(), entry.journal.clone())
         };
-        let old: BTreeMap<String, StoredDocument> = previous
-            .as_ref()
-            .map(|c| {
+        let (old, base_seq): (BTreeMap<String, StoredDocument>, u64) = match &previous {
+            Some(c) => {
                 let documents = c.documents.read().expect("collection lock");
-                documents
+                let old = documents
+                    .by_id
                     .iter()
                     .map(|(id, s)| (id.clone(), s.document.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+                    .collect();
+                (old, documents.applied)
+            }
+            None => (
+                BTreeMap::new(),
+                journal.lock().expect("journal lock").len() as u64,
+            ),
+        };
+        let as_document = |d: &StoredDocument| Document {
+            id: d.id.clone(),
+            title: d.title.clone(),
+            text: d.text.clone(),
+            metadata: d.metadata.clone(),
+        };
+        let (target, removed, kept): (Vec<Document>, Vec<String>, usize) = match source {
+            BuildSource::Collection => (old.values().map(as_document).collect(), Vec::new(), 0),
+            BuildSource::Corpus { corpus, mode } => {
+                let mut target = corpus.documents.clone();
+                let listed: std::collections::HashSet<&str> =
+                    target.iter().map(|d| d.id.as_str()).collect();
+                let others: Vec<&StoredDocument> = old
+                    .values()
+                    .filter(|d| !listed.contains(d.id.as_str()))
+                    .collect();
+                match mode {
+                    BuildMode::Merge => {
+                        let kept = others.len();
+                        target.extend(others.into_iter().map(as_document));
+                        (target, Vec::new(), kept)
+                    }
+                    BuildMode::Replace => {
+                        (target, others.iter().map(|d| d.id.clone()).collect(), 0)
+                    }
+                }
+            }
+        };
         let generation = previous.as_ref().map_or(1, |c| c.generation + 1);
         progress(BuildEvent::Planned {
-            documents: corpus.documents.len(),
-            to_embed: corpus.documents.len(),
+            documents: target.len(),
+            to_embed: target.len(),
             resumed: false,
             generation,
         });
-        let mut documents: BTreeMap<String, Stored> = corpus
-            .documents
+        let mut documents: BTreeMap<String, Stored> = target
             .iter()
             .map(|d| {
                 let stored = Stored {
@@ -187,7 +237,7 @@ impl VectorStore for ExactStore {
         let mut embedded = BTreeMap::new();
         let batch = settings.batch_size.max(1);
         let mut done = 0;
-        for chunk in corpus.documents.chunks(batch) {
+        for chunk in target.chunks(batch) {
             let texts: Vec<String> = chunk.iter().map(Document::embedding_text).collect();
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             for spec in spaces.iter_mut() {
@@ -209,25 +259,31 @@ impl VectorStore for ExactStore {
                 Some(_) => updated += 1,
             }
         }
-        let deleted = old.keys().filter(|id| !documents.contains_key(*id)).count();
-        let count = documents.len();
+        let identities: BTreeMap<String, ModelIdentity> = spaces
+            .iter()
+            .map(|s| (s.name.clone(), s.embedder.identity().clone()))
+            .collect();
+        let mut state = Documents {
+            by_id: documents,
+            applied: base_seq,
+        };
+        // Writes acknowledged while this build ran, then the switch, under the store's lock
+        // (no write lands in between).
+        let mut collections = self.collections.lock().expect("store lock");
+        let records = pending(&journal, base_seq);
+        let mut embedder = SpecEmbedder(spaces);
+        let replayed = apply_journal(&mut state, &records, &identities, Some(&mut embedder))?;
+        let count = state.by_id.len();
         let collection = ExactCollection {
             name: name.to_string(),
             generation,
-            spaces: spaces
-                .iter()
-                .map(|s| (s.name.clone(), s.embedder.identity().clone()))
-                .collect(),
+            spaces: identities,
             hnsw: settings.hnsw,
-            documents: RwLock::new(documents),
+            journal,
+            documents: RwLock::new(state),
         };
-        // The switch: one assignment under the store's lock.
-        self.collections
-            .lock()
-            .expect("store lock")
-            .entry(name.to_string())
-            .or_default()
-            .current = Some(Arc::new(collection));
+        collections.entry(name.to_string()).or_default().current = Some(Arc::new(collection));
+        drop(collections);
         Ok(BuildReport {
             collection: name.to_string(),
             generation,
@@ -237,9 +293,15 @@ impl VectorStore for ExactStore {
             added,
             updated,
             unchanged,
-            deleted,
+            deleted: removed.len(),
+            removed,
+            kept,
+            replayed,
             embedded,
-            duplicate_ids: corpus.duplicates.len(),
+            duplicate_ids: match source {
+                BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
+                BuildSource::Collection => 0,
+            },
             embed_seconds,
             graph_seconds: 0.0,
             seconds: started.elapsed().as_secs_f64(),
@@ -284,7 +346,80 @@ impl VectorStore for ExactStore {
     }
 }
 
+/// Journal records after `after`.
+fn pending(journal: &Journal, after: u64) -> Vec<JournalRecord> {
+    journal.lock().expect("journal lock")[after as usize..].to_vec()
+}
+
+/// Applies `records` to `state` (see [`resolve`]); returns how many were applied.
+fn apply_journal(
+    state: &mut Documents,
+    records: &[JournalRecord],
+    spaces: &BTreeMap<String, ModelIdentity>,
+    embedder: Option<&mut dyn SpaceEmbedder>,
+) -> Result<usize> {
+    let (replays, covered) = resolve(records, spaces, embedder, state.applied)?;
+    let count = replays.len();
+    for replay in replays {
+        match replay {
+            Replay::Delete(id) => {
+                state.by_id.remove(&id);
+            }
+            Replay::Upsert(upsert) => {
+                let vectors = upsert_vectors(&upsert, spaces)?.into_iter().collect();
+                let stored = Stored {
+                    document: stored_document(&upsert.document),
+                    vectors,
+                };
+                state.by_id.insert(upsert.document.id.clone(), stored);
+            }
+        }
+    }
+    state.applied = covered;
+    Ok(count)
+}
+
+/// Spaces being built, as the embedder of journaled writes that need their models.
+struct SpecEmbedder<'s, 'a>(&'s mut [SpaceSpec<'a>]);
+
+impl SpaceEmbedder for SpecEmbedder<'_, '_> {
+    fn embed_documents(
+        &mut self,
+        space: &str,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
+        let spec = self
+            .0
+            .iter_mut()
+            .find(|s| s.name == space)
+            .ok_or_else(|| format!("no space {space:?} in this build"))?;
+        spec.embedder
+            .embed_documents(texts)
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl ExactCollection {
+    /// Before a write: applies what this generation lacks, or refuses the write when that needs
+    /// embedding (the server catches up first).
+    fn sync(&self, state: &mut Documents, journal: &[JournalRecord]) -> Result<()> {
+        let last = journal.len() as u64;
+        if state.applied < last {
+            let records = journal[state.applied as usize..].to_vec();
+            apply_journal(state, &records, &self.spaces, None)?;
+        }
+        if state.applied < last {
+            return Err(IndexError::Superseded {
+                what: format!(
+                    "collection {:?} generation {} has journaled writes to re-embed before it \
+                     takes new ones",
+                    self.name, self.generation
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn space(&self, space: &str) -> Result<&ModelIdentity> {
         self.spaces
             .get(space)
@@ -323,24 +458,27 @@ impl ServedCollection for ExactCollection {
     }
 
     fn len(&self) -> usize {
-        self.documents.read().expect("collection lock").len()
+        self.documents.read().expect("collection lock").by_id.len()
     }
 
     fn document(&self, id: &str) -> Result<Option<StoredDocument>> {
-        let documents = self.documents.read().expect("collection lock");
+        let guard = self.documents.read().expect("collection lock");
+        let documents = &guard.by_id;
         Ok(documents.get(id).map(|s| s.document.clone()))
     }
 
     fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>> {
         self.space(space)?;
-        let documents = self.documents.read().expect("collection lock");
+        let guard = self.documents.read().expect("collection lock");
+        let documents = &guard.by_id;
         Ok(documents
             .get(id)
             .and_then(|s| s.vectors.get(space).cloned()))
     }
 
     fn facets(&self, max_values: usize) -> Vec<Facet> {
-        let documents = self.documents.read().expect("collection lock");
+        let guard = self.documents.read().expect("collection lock");
+        let documents = &guard.by_id;
         let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for stored in documents.values() {
             for (field, key) in crate::filter::indexed_pairs(&stored.document.metadata) {
@@ -395,7 +533,8 @@ impl ServedCollection for ExactCollection {
                 what: "the query vector".into(),
             });
         }
-        let documents = self.documents.read().expect("collection lock");
+        let guard = self.documents.read().expect("collection lock");
+        let documents = &guard.by_id;
         let mut scored: Vec<(f32, &Stored)> = documents
             .values()
             .filter(|s| request.filter.matches(&s.document.metadata))
@@ -434,33 +573,53 @@ impl ServedCollection for ExactCollection {
         // Validate and normalise everything before the first write.
         let mut prepared = Vec::with_capacity(documents.len());
         for upsert in documents {
-            let document = &upsert.document;
-            let vectors = upsert_vectors(upsert, &self.spaces)?.into_iter().collect();
-            prepared.push(Stored {
-                document: stored_document(document),
-                vectors,
-            });
+            prepared.push(upsert_vectors(upsert, &self.spaces)?);
         }
+        let mut state = self.documents.write().expect("collection lock");
+        let mut journal = self.journal.lock().expect("journal lock");
+        self.sync(&mut state, &journal)?;
         let mut report = UpsertReport::default();
-        let mut stored = self.documents.write().expect("collection lock");
-        for new in prepared {
-            match stored.get(&new.document.id) {
+        for (upsert, vectors) in documents.iter().zip(prepared) {
+            let new = Stored {
+                document: stored_document(&upsert.document),
+                vectors: vectors.iter().cloned().collect(),
+            };
+            match state.by_id.get(&new.document.id) {
                 None => report.added += 1,
                 Some(old) if old.document.hash == new.document.hash => report.unchanged += 1,
                 Some(_) => report.updated += 1,
             }
-            stored.insert(new.document.id.clone(), new);
+            let seq = journal.len() as u64 + 1;
+            journal.push(JournalRecord {
+                seq,
+                op: JournalOp::upsert(&upsert.document, &vectors, &self.spaces),
+            });
+            state.by_id.insert(new.document.id.clone(), new);
+            state.applied = seq;
         }
         Ok(report)
     }
 
     fn delete(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .documents
-            .write()
-            .expect("collection lock")
-            .remove(id)
-            .is_some())
+        let mut state = self.documents.write().expect("collection lock");
+        let mut journal = self.journal.lock().expect("journal lock");
+        self.sync(&mut state, &journal)?;
+        if state.by_id.remove(id).is_none() {
+            return Ok(false);
+        }
+        let seq = journal.len() as u64 + 1;
+        journal.push(JournalRecord {
+            seq,
+            op: JournalOp::Delete { id: id.to_string() },
+        });
+        state.applied = seq;
+        Ok(true)
+    }
+
+    fn catch_up(&self, embedder: Option<&mut dyn SpaceEmbedder>) -> Result<usize> {
+        let mut state = self.documents.write().expect("collection lock");
+        let records = pending(&self.journal, state.applied);
+        apply_journal(&mut state, &records, &self.spaces, embedder)
     }
 
     fn stats(&self) -> Result<CollectionStats> {
@@ -510,12 +669,16 @@ impl AbEventLog for MemoryEvents {
             .cloned())
     }
 
-    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
-        self.feedback
-            .lock()
-            .expect("events lock")
-            .push(feedback.clone());
-        Ok(())
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<bool> {
+        let mut all = self.feedback.lock().expect("events lock");
+        let seen = all.iter().any(|f| {
+            (&f.request_id, &f.doc_id, &f.event)
+                == (&feedback.request_id, &feedback.doc_id, &feedback.event)
+        });
+        if !seen {
+            all.push(feedback.clone());
+        }
+        Ok(!seen)
     }
 
     fn all_served(&self) -> Result<Vec<ServedRequest>> {

@@ -33,6 +33,17 @@ pub const KEY_NEXT_NODE: &[u8] = b"next_node";
 /// Meta key: the spaces of this generation and their model identities (JSON).
 pub const KEY_SPACES: &[u8] = b"spaces";
 
+/// Meta key: the last journal sequence number applied to this generation (u64 big-endian).
+pub const KEY_JOURNAL_SEQ: &[u8] = b"journal_seq";
+/// A collection's write journal, beside its generations (see `journal`).
+pub const JOURNAL_DIR: &str = "journal";
+/// A collection's reader leases: one locked file per process serving a generation,
+/// `gen-000007.<pid>.<n>`.
+pub const LEASES_DIR: &str = "leases";
+/// A generation's documents as committed, for the next build: `documents.snapshot` (JSON
+/// lines: a header `{"format", "journal_seq", "documents"}`, then one stored document per line).
+pub const SNAPSHOT_FILE: &str = "documents.snapshot";
+
 /// A collection's published reports, beside its generations.
 pub const REPORTS_DIR: &str = "reports";
 /// The latest report inside [`REPORTS_DIR`] (replaced whole by each publication).
@@ -41,5 +52,7 @@ pub const LATEST_REPORT_DIR: &str = "latest";
 pub const EVENTS_DIR: &str = "ab-events";
 /// Events tree: request id (UTF-8) → served request (JSON).
 pub const TREE_SERVED: &str = "served";
-/// Events tree: request id \0 sequence (u64 big-endian) → feedback event (JSON).
+/// Events tree: request id \0 document id \0 event → feedback event (JSON); one record per
+/// (request, document, event). Logs written before de-duplication have `request id \0
+/// sequence (u64 big-endian)` keys; they are read the same way.
 pub const TREE_FEEDBACK: &str = "feedback";

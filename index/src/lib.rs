@@ -19,8 +19,8 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use attune_index::{build_collection, BuildSettings, Corpus, Embedder, Filter, ModelIdentity,
-//!     SearchRequest, SpaceSpec, Store};
+//! use attune_index::{build_collection, BuildMode, BuildSettings, BuildSource, Corpus, Embedder,
+//!     Filter, ModelIdentity, SearchRequest, SpaceSpec, Store};
 //!
 //! /// A toy model: letter counts.
 //! struct Letters(ModelIdentity);
@@ -46,7 +46,8 @@
 //! let model = ModelIdentity { fingerprint: "letters-v1".into(), dim: 26, source: String::new(), encoding: None };
 //! let mut embedder = Letters(model.clone());
 //! let mut spaces = [SpaceSpec { name: "base".into(), embedder: &mut embedder }];
-//! let report = build_collection(&store, "products", &corpus, &mut spaces,
+//! let source = BuildSource::Corpus { corpus: &corpus, mode: BuildMode::Merge };
+//! let report = build_collection(&store, "products", source, &mut spaces,
 //!     &BuildSettings::default(), &mut |_| {})?;
 //! assert_eq!(report.added, 2);
 //!
@@ -71,12 +72,16 @@ pub mod filter;
 pub mod fixtures;
 pub mod graph;
 pub mod identity;
+pub mod journal;
 pub mod keys;
 mod reports;
 pub mod store;
 pub mod vector_store;
 
-pub use build::{build_collection, BuildEvent, BuildReport, BuildSettings, Embedder, SpaceSpec};
+pub use build::{
+    build_collection, BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, Embedder,
+    SpaceSpec,
+};
 pub use corpus::{Corpus, Document};
 pub use error::{IndexError, Result};
 pub use events::{EventLog, FeedbackRecord, ServedRequest};
@@ -84,6 +89,7 @@ pub use exact::{ExactCollection, ExactStore};
 pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use identity::{Encoding, ModelIdentity};
+pub use journal::SpaceEmbedder;
 pub use store::{
     content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet,
     FacetValue, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument,

@@ -19,11 +19,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::build::{BuildEvent, BuildReport, BuildSettings, SpaceSpec};
-use crate::corpus::Corpus;
+use crate::build::{BuildEvent, BuildReport, BuildSettings, BuildSource, SpaceSpec};
 use crate::error::Result;
 use crate::events::{EventLog, FeedbackRecord, ServedRequest};
 use crate::identity::ModelIdentity;
+use crate::journal::SpaceEmbedder;
 use crate::store::{
     Collection, CollectionStats, Facet, SearchHit, SearchRequest, Store, StoredDocument,
     UpsertDocument, UpsertReport,
@@ -42,13 +42,14 @@ pub trait VectorStore: Send + Sync {
     fn spaces(&self, name: &str) -> Result<BTreeMap<String, ModelIdentity>>;
     /// Opens `name` at its current generation for search and updates.
     fn open_collection(&self, name: &str) -> Result<Arc<dyn ServedCollection>>;
-    /// Embeds `corpus` into a new generation of `name` (created if missing), one space per
-    /// entry of `spaces`, and switches to it atomically. Documents of the corpus replace the
-    /// collection's documents.
+    /// Embeds the documents of `source` into a new generation of `name` (created if missing,
+    /// unless the source is the collection itself), one space per entry of `spaces`, and
+    /// switches to it atomically. Writes acknowledged by a served collection while the build
+    /// runs are applied to the new generation: none is lost, whatever the timing.
     fn build(
         &self,
         name: &str,
-        corpus: &Corpus,
+        source: BuildSource<'_>,
         spaces: &mut [SpaceSpec<'_>],
         settings: &BuildSettings,
         progress: &mut dyn FnMut(BuildEvent),
@@ -96,6 +97,12 @@ pub trait ServedCollection: Send + Sync + std::fmt::Debug {
     ) -> Result<UpsertReport>;
     /// Deletes `id`; false when it was not live. Durable when it returns.
     fn delete(&self, id: &str) -> Result<bool>;
+    /// Applies writes acknowledged through another generation of this collection (an older one
+    /// a server was still writing to while this one was committed) that this one lacks. A write
+    /// whose vectors came from another model than a space's is embedded with `embedder`;
+    /// without one it waits for a call with one. Returns how many writes were applied. Whoever
+    /// serves a newly opened generation calls it before the generation takes writes.
+    fn catch_up(&self, embedder: Option<&mut dyn SpaceEmbedder>) -> Result<usize>;
     /// Figures of the collection.
     fn stats(&self) -> Result<CollectionStats>;
 }
@@ -107,7 +114,9 @@ pub trait AbEventLog: Send + Sync + std::fmt::Debug {
     /// The served request `request_id`, if recorded.
     fn served(&self, request_id: &str) -> Result<Option<ServedRequest>>;
     /// Records feedback on a served request.
-    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()>;
+    /// Records feedback on a served request, once per (request, document, event): false when
+    /// that event was recorded before (nothing is written). Durable when it returns.
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<bool>;
     /// Every served request.
     fn all_served(&self) -> Result<Vec<ServedRequest>>;
     /// Every feedback record.
@@ -193,12 +202,12 @@ impl VectorStore for Store {
     fn build(
         &self,
         name: &str,
-        corpus: &Corpus,
+        source: BuildSource<'_>,
         spaces: &mut [SpaceSpec<'_>],
         settings: &BuildSettings,
         progress: &mut dyn FnMut(BuildEvent),
     ) -> Result<BuildReport> {
-        crate::build::build_collection(self, name, corpus, spaces, settings, progress)
+        crate::build::build_collection(self, name, source, spaces, settings, progress)
     }
 
     fn drop_collection(&self, name: &str) -> Result<bool> {
@@ -257,6 +266,9 @@ impl ServedCollection for Collection {
     fn delete(&self, id: &str) -> Result<bool> {
         Collection::delete(self, id)
     }
+    fn catch_up(&self, embedder: Option<&mut dyn SpaceEmbedder>) -> Result<usize> {
+        Collection::catch_up(self, embedder)
+    }
     fn stats(&self) -> Result<CollectionStats> {
         Collection::stats(self)
     }
@@ -269,7 +281,7 @@ impl AbEventLog for EventLog {
     fn served(&self, request_id: &str) -> Result<Option<ServedRequest>> {
         EventLog::served(self, request_id)
     }
-    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
+    fn record_feedback(&self, feedback: &FeedbackRecord) -> Result<bool> {
         EventLog::record_feedback(self, feedback)
     }
     fn all_served(&self) -> Result<Vec<ServedRequest>> {

@@ -3,98 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use attune_index::{
-    build_collection, BuildReport, BuildSettings, CompactionPolicy, Corpus, Document, Embedder,
-    Filter, IndexError, ModelIdentity, SearchHit, SearchRequest, SpaceSpec, Store, UpsertDocument,
+    build_collection, BuildMode, BuildReport, BuildSettings, BuildSource, CompactionPolicy, Corpus,
+    Document, Filter, IndexError, ModelIdentity, SearchHit, SearchRequest, SpaceSpec, Store,
+    UpsertDocument,
 };
 use serde_json::json;
 
-const DIM: usize = 48;
-
-/// Hashed bag of words: texts sharing words get similar vectors. `fail_after` batches makes it
-/// fail, to simulate a crash mid-build.
-struct WordHash {
-    identity: ModelIdentity,
-    salt: u64,
-    embedded: usize,
-    batches: usize,
-    fail_after: Option<usize>,
-}
-
-impl WordHash {
-    fn new(name: &str, salt: u64) -> Self {
-        Self {
-            identity: identity(name),
-            salt,
-            embedded: 0,
-            batches: 0,
-            fail_after: None,
-        }
-    }
-}
-
-fn identity(name: &str) -> ModelIdentity {
-    ModelIdentity {
-        fingerprint: format!("fingerprint-{name}"),
-        dim: DIM,
-        source: String::new(),
-        encoding: None,
-    }
-}
-
-fn word_vector(text: &str, salt: u64) -> Vec<f32> {
-    let mut v = vec![0.05f32; DIM];
-    for word in text.split_whitespace() {
-        let mut h: u64 = 1469598103934665603 ^ salt;
-        for b in word.to_lowercase().bytes() {
-            h = (h ^ b as u64).wrapping_mul(1099511628211);
-        }
-        v[(h % DIM as u64) as usize] += 1.0;
-        v[((h >> 20) % DIM as u64) as usize] += 0.5;
-    }
-    v
-}
-
-impl Embedder for WordHash {
-    fn identity(&self) -> &ModelIdentity {
-        &self.identity
-    }
-    fn embed_documents(
-        &mut self,
-        texts: &[&str],
-    ) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
-        if self.fail_after == Some(self.batches) {
-            return Err("simulated crash".into());
-        }
-        self.batches += 1;
-        self.embedded += texts.len();
-        Ok(texts.iter().map(|t| word_vector(t, self.salt)).collect())
-    }
-}
-
-const COLOURS: [&str; 5] = ["red", "blue", "green", "black", "white"];
-const ITEMS: [&str; 6] = ["shoe", "boot", "sandal", "jacket", "shirt", "hat"];
-const MATERIALS: [&str; 4] = ["leather", "wool", "cotton", "canvas"];
-
-fn product(i: usize) -> serde_json::Value {
-    let colour = COLOURS[i % 5];
-    let item = ITEMS[(i / 5) % 6];
-    let material = MATERIALS[(i / 30) % 4];
-    json!({
-        "_id": format!("p{i}"),
-        "title": format!("{colour} {material} {item} model{i}"),
-        "text": format!("a {colour} {item} made of {material} style{} fit{}", i % 17, i % 7),
-        "metadata": {"category": if i % 6 < 3 { "footwear" } else { "apparel" },
-                     "material": material, "size": 36 + i % 10, "tags": [colour, item]},
-    })
-}
-
-fn write_corpus(path: &Path, docs: &[serde_json::Value]) {
-    let body: String = docs.iter().map(|d| format!("{d}\n")).collect();
-    fs::write(path, body).unwrap();
-}
+mod common;
+use common::*;
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -114,11 +33,22 @@ fn setup(n: usize) -> Setup {
     }
 }
 
+/// A replace build: the collection becomes the corpus.
 fn build(
     setup: &Setup,
     base: &mut WordHash,
     tuned: &mut WordHash,
     settings: &BuildSettings,
+) -> attune_index::Result<BuildReport> {
+    build_mode(setup, base, tuned, settings, BuildMode::Replace)
+}
+
+fn build_mode(
+    setup: &Setup,
+    base: &mut WordHash,
+    tuned: &mut WordHash,
+    settings: &BuildSettings,
+    mode: BuildMode,
 ) -> attune_index::Result<BuildReport> {
     let corpus = Corpus::read(&setup.corpus)?;
     let mut spaces = [
@@ -134,7 +64,10 @@ fn build(
     build_collection(
         &setup.store,
         "shop",
-        &corpus,
+        BuildSource::Corpus {
+            corpus: &corpus,
+            mode,
+        },
         &mut spaces,
         settings,
         &mut |_| {},

@@ -33,8 +33,9 @@ pub struct BuildArgs {
     #[arg(long)]
     pub collection: String,
     /// Corpus: JSONL ({"_id"|"id", "title"?, "text", "metadata"?} per line) or a BEIR directory.
+    /// Without it, the collection's own documents are re-embedded (e.g. with a new model).
     #[arg(long, value_name = "PATH")]
-    pub corpus: PathBuf,
+    pub corpus: Option<PathBuf>,
     /// A vector space and the model directory that embeds it: NAME=MODEL_DIR (repeatable, e.g.
     /// --space base=models/all-MiniLM-L6-v2 --space tuned=out/tuned).
     #[arg(long = "space", value_name = "NAME=MODEL_DIR", required = true)]
@@ -132,6 +133,26 @@ fn parse_space(spec: &str) -> Result<SpaceModel> {
     }
 }
 
+/// Names the documents a replace build deleted (the first 20, then a count; `--json` has all).
+fn print_removed(removed: &[String]) {
+    const SHOWN: usize = 20;
+    if removed.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = removed
+        .iter()
+        .take(SHOWN)
+        .map(|id| format!("{id:?}"))
+        .collect();
+    if removed.len() > SHOWN {
+        names.push(format!(
+            "and {} more (--json lists all)",
+            removed.len() - SHOWN
+        ));
+    }
+    println!("deleted (not in the corpus): {}", names.join(", "));
+}
+
 fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
     let inputs = IndexInputs {
@@ -145,7 +166,9 @@ fn build(args: BuildArgs) -> Result<()> {
         device: args.device.open()?,
     };
     let job = IndexJob::prepare(inputs, args.settings.clone())?;
-    report_corpus_findings(job.corpus());
+    if let Some(corpus) = job.corpus() {
+        report_corpus_findings(corpus);
+    }
     let bar = super::progress_bar(None, "docs");
     bar.set_prefix("embedding");
     let mut progress = |event: BuildEvent| match event {
@@ -183,19 +206,22 @@ fn build(args: BuildArgs) -> Result<()> {
             .map(|(space, n)| format!("{space} {n}"))
             .collect();
         println!(
-            "collection {:?} generation {} ({} documents): added {}, updated {}, unchanged {}, deleted {}; embedded {}; {:.1} s (embedding {:.1} s, graphs {:.1} s)",
+            "collection {:?} generation {} ({} documents): added {}, updated {}, unchanged {}, kept {}, deleted {}, written during the build {}; embedded {}; {:.1} s (embedding {:.1} s, graphs {:.1} s)",
             report.collection,
             report.generation,
             report.documents,
             report.added,
             report.updated,
             report.unchanged,
+            report.kept,
             report.deleted,
+            report.replayed,
             embedded.join(", "),
             started.elapsed().as_secs_f64(),
             report.embed_seconds,
             report.graph_seconds,
         );
+        print_removed(&report.removed);
     }
     Ok(())
 }

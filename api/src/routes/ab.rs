@@ -48,9 +48,13 @@ pub struct FeedbackResponse {
     pub variant: String,
     /// 1-based rank of the document in that response.
     pub rank: usize,
+    /// False when this event on this document of this request was recorded before: it counts
+    /// once.
+    pub recorded: bool,
 }
 
-/// Records a click, add-to-cart or purchase.
+/// Records a click, add-to-cart or purchase, durably before it answers; an event repeated on
+/// the same document of the same request is recorded once.
 #[utoipa::path(
     post,
     path = "/v1/collections/{collection}/feedback",
@@ -90,7 +94,7 @@ pub async fn feedback(
                 ),
             ));
         };
-        served.events.record_feedback(&FeedbackRecord {
+        let recorded = served.events.record_feedback(&FeedbackRecord {
             request_id: body.request_id.clone(),
             doc_id: body.doc_id,
             event: body.event.as_str().to_string(),
@@ -101,6 +105,7 @@ pub async fn feedback(
             request_id: body.request_id,
             variant: request.variant,
             rank: index + 1,
+            recorded,
         })
     })
     .await?;

@@ -1,6 +1,7 @@
 //! `PUT /v1/collections/{collection}/documents` (batch upsert, embedded with every space's model)
-//! and `DELETE /v1/collections/{collection}/documents/{id}`. Writes go to the served generation;
-//! a later `attune index build` rebuilds from its corpus.
+//! and `DELETE /v1/collections/{collection}/documents/{id}`. A write is durable when it is
+//! acknowledged, and it stays: the collection's journal carries it into every later generation
+//! (a build merges a corpus into the collection's documents by default).
 
 use std::collections::BTreeMap;
 
@@ -126,7 +127,8 @@ pub async fn upsert(
             }
         })
         .collect();
-    let served = state.collection(&path.into_inner())?;
+    let name = path.into_inner();
+    let served = state.collection(&name)?;
     let texts: Vec<String> = documents.iter().map(Document::embedding_text).collect();
     let mut vectors: Vec<BTreeMap<String, Vec<f32>>> = vec![BTreeMap::new(); documents.len()];
     let mut models = BTreeMap::new();
@@ -149,12 +151,17 @@ pub async fn upsert(
         .zip(vectors)
         .map(|(document, vectors)| UpsertDocument { document, vectors })
         .collect();
-    let metrics = state.metrics.clone();
+    let state = state.into_inner();
     let response = blocking(move || {
+        let gate = state.write_gate(&name);
+        let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
+        let served = state.collection_for_write(&name, &served)?;
         let report = served.collection.upsert(&upserts, &models)?;
         let documents = served.collection.len();
         let generation = served.collection.generation();
-        metrics.collection(served.collection.name(), documents, generation);
+        state
+            .metrics
+            .collection(served.collection.name(), documents, generation);
         Ok(UpsertResponse {
             added: report.added,
             updated: report.updated,
@@ -199,9 +206,12 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, id) = path.into_inner();
-    let served = state.collection(&collection)?;
-    let metrics = state.metrics.clone();
+    state.collection(&collection)?;
+    let state = state.into_inner();
     let response = blocking(move || {
+        let gate = state.write_gate(&collection);
+        let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
+        let served = state.collection(&collection)?;
         if !served.collection.delete(&id)? {
             return Err(ApiError::NotFound(format!(
                 "collection {:?} has no document {id:?}",
@@ -209,7 +219,7 @@ pub async fn delete(
             )));
         }
         let documents = served.collection.len();
-        metrics.collection(
+        state.metrics.collection(
             served.collection.name(),
             documents,
             served.collection.generation(),

@@ -510,7 +510,9 @@ impl Run<'_> {
         let before = self.serving()?;
         let inputs = IndexInputs {
             collection: config.index.collection.clone(),
-            corpus: config.corpus().to_path_buf(),
+            // A collection that exists already is re-embedded from its own documents (those
+            // written through the API included); a new one is built from the corpus.
+            corpus: before.is_none().then(|| config.corpus().to_path_buf()),
             spaces: vec![
                 SpaceModel {
                     space: config.index.base_space.clone(),

@@ -33,6 +33,8 @@ impl Default for CompactionPolicy {
 }
 
 pub(crate) struct State {
+    /// The last journal record applied to this generation.
+    pub(crate) applied: u64,
     pub(crate) spaces: BTreeMap<String, SpaceIndex>,
     pub(crate) live: NodeSet,
     pub(crate) fields: FieldIndex,
@@ -157,6 +159,10 @@ pub struct Collection {
     generation: u64,
     dir: PathBuf,
     db: GenerationDb,
+    journal_dir: PathBuf,
+    /// The journal's writer, opened by the first write.
+    journal: std::sync::Mutex<Option<Arc<Journal>>>,
+    _lease: GenerationLease,
     hnsw: HnswParams,
     policy: CompactionPolicy,
     state: RwLock<State>,
@@ -178,6 +184,7 @@ impl Collection {
         generation: u64,
         policy: CompactionPolicy,
     ) -> Result<Self> {
+        let lease = GenerationLease::acquire(store, &manifest.name, generation)?;
         let dir = store.generation_dir(&manifest.name, generation);
         let db = GenerationDb::open(&dir)?;
         let mut live = NodeSet::default();
@@ -234,20 +241,29 @@ impl Collection {
             spaces.insert(name, index);
         }
         let fields = db.load_fields()?;
+        let applied = db.journal_seq()?;
         let collection = Self {
             name: manifest.name.clone(),
             generation,
             dir,
             db,
+            journal_dir: store.journal_dir(&manifest.name),
+            journal: std::sync::Mutex::new(None),
+            _lease: lease,
             hnsw: manifest.hnsw,
             policy,
             state: RwLock::new(State {
+                applied,
                 spaces,
                 live,
                 documents: live_nodes.len(),
                 fields,
             }),
         };
+        // Writes acknowledged since this generation last applied the journal (on another
+        // generation, or before a crash), as far as no embedding is needed; the server embeds
+        // the rest through `catch_up`.
+        collection.catch_up(None)?;
         collection.compact_if_needed()?;
         Ok(collection)
     }
@@ -476,6 +492,7 @@ impl Collection {
     /// document, from the space's model (`models`). A document whose embedded text is unchanged
     /// keeps its vectors (the ones given are ignored); one whose text changed gets a new node and
     /// its old vectors become tombstones. Rebuilds graphs when the compaction policy says so.
+    /// Durable when it returns: journaled (so later generations get it too), then applied.
     pub fn upsert(
         &self,
         documents: &[UpsertDocument],
@@ -502,16 +519,126 @@ impl Collection {
             }
         }
         // Validate and normalise everything before the first write.
-        let mut prepared: Vec<(&Document, [u8; 16], Vec<SpaceVector>)> = Vec::new();
-        for upsert in documents {
-            let document = &upsert.document;
-            let spaces = state
-                .spaces
-                .iter()
-                .map(|(name, space)| (name, &space.identity));
-            let vectors = crate::vector_store::upsert_vectors(upsert, spaces)?;
-            prepared.push((document, content_hash(&document.embedding_text()), vectors));
+        let prepared = prepare_upserts(&state, documents.iter())?;
+        let journal = self.journal()?;
+        let mut writer = journal.begin();
+        self.sync_with_journal(&mut state, writer.last_seq())?;
+        let identities = identities(&state);
+        let ops: Vec<JournalOp> = prepared
+            .iter()
+            .map(|(document, _, vectors)| JournalOp::upsert(document, vectors, &identities))
+            .collect();
+        let seq = writer.append(&ops)?;
+        let mut report = self.apply_upserts(&mut state, &prepared)?;
+        self.applied(&mut state, seq)?;
+        drop(writer);
+        drop(state);
+        report.compacted = self.compact_if_needed()?;
+        Ok(report)
+    }
+
+    /// Deletes document `id`; returns false when there was none. It never appears in results
+    /// afterwards. Durable when it returns, like [`Collection::upsert`].
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let mut state = self.state.write().expect("collection lock");
+        let journal = self.journal()?;
+        let mut writer = journal.begin();
+        self.sync_with_journal(&mut state, writer.last_seq())?;
+        if self.db.node_of(id)?.is_none() {
+            return Ok(false);
         }
+        let seq = writer.append(&[JournalOp::Delete { id: id.to_string() }])?;
+        self.apply_delete(&mut state, id)?;
+        self.applied(&mut state, seq)?;
+        drop(writer);
+        drop(state);
+        self.compact_if_needed()?;
+        Ok(true)
+    }
+
+    /// Applies the writes acknowledged on other generations (or before a crash) since this
+    /// generation last applied the journal. A vector journaled with another model than a
+    /// space's is embedded with `embedder`; without one, stops before the first such write.
+    /// Returns how many writes were applied.
+    pub fn catch_up(&self, embedder: Option<&mut dyn SpaceEmbedder>) -> Result<usize> {
+        let mut state = self.state.write().expect("collection lock");
+        let applied = self.apply_journal(&mut state, embedder)?;
+        drop(state);
+        if applied > 0 {
+            self.compact_if_needed()?;
+        }
+        Ok(applied)
+    }
+
+    fn journal(&self) -> Result<Arc<Journal>> {
+        let mut slot = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(journal) = slot.as_ref() {
+            return Ok(journal.clone());
+        }
+        let journal = Journal::writer(&self.journal_dir)?;
+        *slot = Some(journal.clone());
+        Ok(journal)
+    }
+
+    /// Before a write at journal position `last`: applies what this generation lacks, or
+    /// refuses the write when that needs embedding (the server catches up first).
+    fn sync_with_journal(&self, state: &mut State, last: u64) -> Result<()> {
+        if state.applied < last {
+            self.apply_journal(state, None)?;
+        }
+        if state.applied < last {
+            return Err(IndexError::Superseded {
+                what: format!(
+                    "collection {:?} generation {} has journaled writes to re-embed before it \
+                     takes new ones",
+                    self.name, self.generation
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_journal(
+        &self,
+        state: &mut State,
+        embedder: Option<&mut dyn SpaceEmbedder>,
+    ) -> Result<usize> {
+        let tail = journal::read_after(&self.journal_dir, state.applied)?;
+        if tail.records.is_empty() {
+            return Ok(0);
+        }
+        let (replays, covered) =
+            journal::resolve(&tail.records, &identities(state), embedder, state.applied)?;
+        let count = replays.len();
+        for replay in replays {
+            match replay {
+                Replay::Upsert(upsert) => {
+                    let prepared = prepare_upserts(state, std::iter::once(&upsert))?;
+                    self.apply_upserts(state, &prepared)?;
+                }
+                Replay::Delete(id) => {
+                    self.apply_delete(state, &id)?;
+                }
+            }
+        }
+        self.applied(state, covered)?;
+        Ok(count)
+    }
+
+    /// Records journal position `seq` as applied and makes the generation durable.
+    fn applied(&self, state: &mut State, seq: u64) -> Result<()> {
+        self.db.set_journal_seq(seq)?;
+        self.db.flush()?;
+        state.applied = seq;
+        Ok(())
+    }
+
+    /// Writes validated upserts to the database and the in-memory indexes.
+    fn apply_upserts(
+        &self,
+        state: &mut State,
+        prepared: &[PreparedUpsert],
+    ) -> Result<UpsertReport> {
         let writes: Vec<DocumentWrite<'_>> = prepared
             .iter()
             .map(|(document, hash, vectors)| DocumentWrite {
@@ -538,7 +665,6 @@ impl Collection {
             filtered.push(write);
         }
         let outcomes = self.db.write(&filtered)?;
-        self.db.flush()?;
         let mut report = UpsertReport::default();
         for ((write, outcome), old) in filtered.iter().zip(outcomes).zip(old_metadata) {
             let new_node = match outcome {
@@ -572,26 +698,19 @@ impl Collection {
                 }
             }
         }
-        drop(state);
-        report.compacted = self.compact_if_needed()?;
         Ok(report)
     }
 
-    /// Deletes document `id`; returns false when there was none. It never appears in results
-    /// afterwards.
-    pub fn delete(&self, id: &str) -> Result<bool> {
-        let mut state = self.state.write().expect("collection lock");
+    /// Removes `id` from the database and the in-memory indexes; false when it was not live.
+    fn apply_delete(&self, state: &mut State, id: &str) -> Result<bool> {
         let Some(node) = self.db.delete(id)? else {
             return Ok(false);
         };
-        self.db.flush()?;
         state.live.remove(node);
         state.documents = state.documents.saturating_sub(1);
         for space in state.spaces.values_mut() {
             mark_removed(space, node);
         }
-        drop(state);
-        self.compact_if_needed()?;
         Ok(true)
     }
 
@@ -655,4 +774,35 @@ impl Collection {
             database_bytes: dir_bytes(&self.dir.join(keys::DATABASE_DIR))?,
         })
     }
+}
+
+/// A validated upsert: the document, the hash of its embedded text, a unit vector per space.
+type PreparedUpsert = (Document, [u8; 16], Vec<SpaceVector>);
+
+/// Checks and normalises upserts against the spaces of `state` (nothing is written).
+fn prepare_upserts<'a>(
+    state: &State,
+    upserts: impl Iterator<Item = &'a UpsertDocument>,
+) -> Result<Vec<PreparedUpsert>> {
+    upserts
+        .map(|upsert| {
+            let spaces = state
+                .spaces
+                .iter()
+                .map(|(name, space)| (name, &space.identity));
+            let vectors = crate::vector_store::upsert_vectors(upsert, spaces)?;
+            let document = upsert.document.clone();
+            let hash = content_hash(&document.embedding_text());
+            Ok((document, hash, vectors))
+        })
+        .collect()
+}
+
+/// The model of each space of `state`.
+fn identities(state: &State) -> BTreeMap<String, ModelIdentity> {
+    state
+        .spaces
+        .iter()
+        .map(|(name, space)| (name.clone(), space.identity.clone()))
+        .collect()
 }

@@ -120,6 +120,46 @@ impl GenerationDb {
         Ok(())
     }
 
+    /// The last journal sequence number applied to this generation (0 before any).
+    pub(crate) fn journal_seq(&self) -> Result<u64> {
+        match self
+            .meta
+            .get(keys::KEY_JOURNAL_SEQ)
+            .map_err(|e| self.err(e))?
+        {
+            None => Ok(0),
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(
+                |_| IndexError::CorruptRecord {
+                    what: format!("{} journal position", self.path.display()),
+                    reason: format!("{} bytes", bytes.len()),
+                },
+            )?)),
+        }
+    }
+
+    /// Records that journal records up to `seq` are applied.
+    pub(crate) fn set_journal_seq(&self, seq: u64) -> Result<()> {
+        self.meta
+            .insert(keys::KEY_JOURNAL_SEQ, &seq.to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every live document, by id.
+    pub(crate) fn live_documents(&self) -> Result<Vec<StoredDocument>> {
+        let mut out = Vec::new();
+        for (id, node) in self.live()? {
+            let document = self
+                .document(node)?
+                .ok_or_else(|| IndexError::CorruptRecord {
+                    what: format!("{} document {id:?}", self.path.display()),
+                    reason: format!("live node {node} has no record"),
+                })?;
+            out.push(document);
+        }
+        Ok(out)
+    }
+
     /// Reserves `count` fresh node numbers (persisted before they are used, so a crash never
     /// hands one out twice).
     pub(crate) fn reserve_nodes(&self, count: u32) -> Result<u32> {

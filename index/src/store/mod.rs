@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -38,16 +38,21 @@ use crate::error::{IndexError, Result};
 use crate::filter::{indexed_pairs, scalar_key, value_of_key, Filter};
 use crate::graph::{Graph, GraphPoint, HnswParams, DEAD_LABEL};
 use crate::identity::ModelIdentity;
+use crate::journal::{self, Journal, JournalOp, Replay, SpaceEmbedder};
 use crate::keys;
 
 mod collection;
 mod fields;
 mod generation;
+mod lease;
+mod snapshot;
 mod space;
 
 pub use collection::*;
 pub(crate) use fields::*;
 pub(crate) use generation::*;
+pub(crate) use lease::*;
+pub(crate) use snapshot::*;
 pub(crate) use space::*;
 
 /// A collection's manifest (`collection.json`); rewriting it atomically is how generations
@@ -228,6 +233,11 @@ impl Store {
         self.root.join(keys::COLLECTIONS_DIR).join(name)
     }
 
+    /// The write journal of collection `name` (see [`crate::journal`]).
+    pub(crate) fn journal_dir(&self, name: &str) -> PathBuf {
+        self.collection_dir(name).join(keys::JOURNAL_DIR)
+    }
+
     pub(crate) fn generation_dir(&self, name: &str, generation: u64) -> PathBuf {
         self.collection_dir(name)
             .join(format!("{}{generation:06}", keys::GENERATION_PREFIX))
@@ -325,12 +335,16 @@ impl Store {
         Ok(numbers)
     }
 
-    /// Removes generation directories that are neither current, previous nor building.
+    /// Removes generation directories that are neither current, previous nor building, and that
+    /// no live process holds a lease on (a server may still serve one while it picks up a newer
+    /// generation).
     pub(crate) fn remove_stale_generations(&self, manifest: &CollectionManifest) -> Result<()> {
+        let leased = leased_generations(self, &manifest.name)?;
         for n in self.generation_numbers(&manifest.name)? {
             if Some(n) != manifest.current
                 && Some(n) != manifest.building
                 && Some(n) != manifest.previous
+                && !leased.contains(&n)
             {
                 let dir = self.generation_dir(&manifest.name, n);
                 fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
