@@ -37,12 +37,19 @@ impl FeedbackEvent {
     }
 }
 
-/// The variant (space) that serves `user` in `collection`: a hash of salt, collection and user,
+/// The variant (space) that serves `user` in `collection`: a hash of the test's salt (the
+/// configured one, else the collection's own random salt `test_salt`), collection and user,
 /// read as a number in [0, 1), below the treatment share gets the treatment. The same user
-/// always gets the same variant while the settings stay the same.
-pub fn assign_variant<'a>(settings: &'a AbSettings, collection: &str, user: &str) -> &'a str {
+/// always gets the same variant while the test runs; without the salt, nobody can predict it.
+pub fn assign_variant<'a>(
+    settings: &'a AbSettings,
+    test_salt: &str,
+    collection: &str,
+    user: &str,
+) -> &'a str {
+    let salt = settings.salt.as_deref().unwrap_or(test_salt);
     let mut hasher = Sha256::new();
-    for part in [settings.salt.as_str(), collection, user] {
+    for part in [salt, collection, user] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
@@ -161,14 +168,19 @@ fn mean_and_variance(samples: &[f64]) -> (f64, f64) {
     (mean, variance / n as f64)
 }
 
-fn interval(mean: f64, variance_of_mean: f64) -> Mean {
+/// The 95% interval of a mean, clamped to the values it can take (`bounds`: [0, 1] for a rate
+/// or a reciprocal rank, [-1, 1] for a difference of two).
+fn interval(mean: f64, variance_of_mean: f64, bounds: (f64, f64)) -> Mean {
     let half = Z95 * variance_of_mean.sqrt();
     Mean {
         value: mean,
-        low: mean - half,
-        high: mean + half,
+        low: (mean - half).max(bounds.0),
+        high: (mean + half).min(bounds.1),
     }
 }
+
+const UNIT: (f64, f64) = (0.0, 1.0);
+const SIGNED_UNIT: (f64, f64) = (-1.0, 1.0);
 
 /// Per-request outcomes of one variant.
 #[derive(Default)]
@@ -234,7 +246,7 @@ pub fn report(
             add_to_cart: o.add_to_cart,
             purchases: o.purchases,
             click_through_rate: wilson(clicked, requests),
-            mean_reciprocal_rank: interval(mrr, mrr_var),
+            mean_reciprocal_rank: interval(mrr, mrr_var, UNIT),
             purchase_rate: wilson(o.purchased, requests),
         }
     };
@@ -260,8 +272,8 @@ pub fn report(
             let (c_mrr, c_mrr_var) = mean_and_variance(&control.reciprocal_ranks);
             let (t_mrr, t_mrr_var) = mean_and_variance(&treatment.reciprocal_ranks);
             Some(Difference {
-                click_through_rate: interval(t_ctr - c_ctr, c_ctr_var + t_ctr_var),
-                mean_reciprocal_rank: interval(t_mrr - c_mrr, c_mrr_var + t_mrr_var),
+                click_through_rate: interval(t_ctr - c_ctr, c_ctr_var + t_ctr_var, SIGNED_UNIT),
+                mean_reciprocal_rank: interval(t_mrr - c_mrr, c_mrr_var + t_mrr_var, SIGNED_UNIT),
             })
         }
         _ => None,
@@ -286,21 +298,55 @@ mod tests {
             ..AbSettings::default()
         };
         let treated = (0..10_000)
-            .filter(|u| assign_variant(&settings, "shop", &format!("user-{u}")) == "tuned")
+            .filter(|u| assign_variant(&settings, "s1", "shop", &format!("user-{u}")) == "tuned")
             .count();
         assert!((2_800..3_200).contains(&treated), "{treated}");
         for u in 0..100 {
             let user = format!("user-{u}");
             assert_eq!(
-                assign_variant(&settings, "shop", &user),
-                assign_variant(&settings, "shop", &user)
+                assign_variant(&settings, "s1", "shop", &user),
+                assign_variant(&settings, "s1", "shop", &user)
             );
         }
+        // Another test's salt assigns other users: from outside, a user's arm is a coin flip.
+        let moved = (0..1_000)
+            .filter(|u| {
+                let user = format!("user-{u}");
+                assign_variant(&settings, "s1", "shop", &user)
+                    != assign_variant(&settings, "s2", "shop", &user)
+            })
+            .count();
+        assert!((300..540).contains(&moved), "{moved}");
+        // A configured salt wins over the test's own.
+        let pinned = AbSettings {
+            salt: Some("pinned".into()),
+            ..settings.clone()
+        };
+        assert_eq!(
+            assign_variant(&pinned, "s1", "shop", "user-1"),
+            assign_variant(&pinned, "s2", "shop", "user-1")
+        );
         let all = AbSettings {
             treatment_share: 1.0,
             ..AbSettings::default()
         };
-        assert_eq!(assign_variant(&all, "shop", "anyone"), "tuned");
+        assert_eq!(assign_variant(&all, "s1", "shop", "anyone"), "tuned");
+    }
+
+    #[test]
+    fn intervals_never_leave_the_range_of_their_measure() {
+        // One clicked request at rank 1 among many without: the normal interval of the MRR
+        // would dip below 0.
+        let served: Vec<ServedRequest> = (0..6).map(|i| served(&format!("r{i}"), "base")).collect();
+        let feedback = [event("r0", "a", "click", 1)];
+        let report = report(&AbSettings::default(), &served, &feedback);
+        let mrr = report.variants[0].mean_reciprocal_rank;
+        assert!(mrr.low >= 0.0 && mrr.high <= 1.0, "{mrr:?}");
+        assert_eq!(mrr.low, 0.0);
+        let diff = interval(0.9, 0.5, SIGNED_UNIT);
+        assert_eq!(diff.high, 1.0);
+        assert!(diff.low > -1.0 && diff.low < 0.0, "{diff:?}");
+        assert_eq!(interval(-0.9, 0.5, SIGNED_UNIT).low, -1.0);
     }
 
     #[test]
@@ -314,13 +360,15 @@ mod tests {
     }
 
     fn served(id: &str, variant: &str) -> ServedRequest {
-        ServedRequest {
-            request_id: id.into(),
-            variant: variant.into(),
-            query: "q".into(),
-            results: vec!["a".into(), "b".into(), "c".into()],
-            unix_ms: 0,
-        }
+        ServedRequest::new(
+            id.into(),
+            variant.into(),
+            "salt",
+            "user",
+            "q",
+            vec!["a".into(), "b".into(), "c".into()],
+            0,
+        )
     }
 
     fn event(id: &str, doc: &str, event: &str, rank: usize) -> FeedbackRecord {

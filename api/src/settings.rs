@@ -101,8 +101,10 @@ pub struct AbSettings {
     pub treatment: String,
     /// Share of users served by the treatment, 0 to 1 (default 0.5).
     pub treatment_share: f64,
-    /// Mixed into the user hash; change it to reshuffle users (default `attune-ab`).
-    pub salt: String,
+    /// Mixed into the user hash. By default each collection's A/B test draws a random salt when
+    /// its event log starts and keeps it while the log lives (users keep their variant; nobody
+    /// can predict a user's variant from outside). Set one to pin or reshuffle assignments.
+    pub salt: Option<String>,
 }
 
 impl Default for AbSettings {
@@ -111,7 +113,7 @@ impl Default for AbSettings {
             control: "base".into(),
             treatment: "tuned".into(),
             treatment_share: 0.5,
-            salt: "attune-ab".into(),
+            salt: None,
         }
     }
 }

@@ -1098,6 +1098,126 @@ async fn the_page_facets_and_published_reports_are_served(backend: Backend) {
     }
 }
 
+/// A write acknowledged through the API stays: a corpus re-index keeps it (the build merges),
+/// and a write that lands on the old generation after a re-index committed, before the server
+/// switched, is carried into the new one at the switch.
+async fn acknowledged_writes_outlive_reindexes_and_switches(backend: Backend) {
+    let fixture = Fixture::new(backend, 10);
+    let settings = ServeSettings {
+        api_key: Some("sesame".into()),
+        ..ServeSettings::default()
+    };
+    let state = fixture.state(settings);
+    let service = test::init_service(app(state.clone())).await;
+    let put = |id: &str, text: &str| {
+        TestRequest::put()
+            .uri("/v1/collections/shop/documents")
+            .insert_header(("authorization", "Bearer sesame"))
+            .set_json(json!({"documents": [{"id": id, "title": text, "text": text}]}))
+    };
+    // Every document's ids, by a search deep enough to return them all.
+    let all = || {
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "x", "k": 50}),
+        )
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, body) = call(&service, put("extra", "purple velvet slipper")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    fixture.build(12, 1);
+    state.refresh();
+    let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        (body["generation"].as_u64(), body["documents"].as_u64()),
+        (Some(2), Some(13)),
+        "{body}"
+    );
+    let (_, body) = call(&service, all()).await;
+    assert!(ids(&body).contains(&"extra".to_string()), "{body}");
+
+    // Generation 3 commits; the server still serves 2 and acknowledges a write there.
+    fixture.build(12, 2);
+    let (status, body) = call(&service, put("late", "orange rubber clog")).await;
+    assert_eq!(
+        (status, body["generation"].as_u64()),
+        (StatusCode::OK, Some(2))
+    );
+    let delete = TestRequest::delete()
+        .uri("/v1/collections/shop/documents/extra")
+        .insert_header(("authorization", "Bearer sesame"));
+    let (status, _) = call(&service, delete).await;
+    assert_eq!(status, StatusCode::OK);
+    state.refresh();
+    let (_, body) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        (body["generation"].as_u64(), body["documents"].as_u64()),
+        (Some(3), Some(13)),
+        "{body}"
+    );
+    let (_, body) = call(&service, all()).await;
+    assert!(ids(&body).contains(&"late".to_string()), "{body}");
+    assert!(!ids(&body).contains(&"extra".to_string()), "{body}");
+}
+
+/// What a request costs is bounded by what a user could ask for honestly: repeated spaces are
+/// evaluated once (and label metrics once), and the A/B log keeps a bounded query text and a
+/// hashed user key.
+async fn repeated_spaces_and_long_queries_cost_what_honest_ones_do(backend: Backend) {
+    let fixture = Fixture::new(backend, 20);
+    let state = fixture.state(ServeSettings::default());
+    let service = test::init_service(app(state.clone())).await;
+    let (title, text) = doc_text(3, 0);
+    let spaces: Vec<&str> = ["base", "tuned"].repeat(200);
+    let request = json!({"queries": [{"id": "q", "text": format!("{title}\n{text}")}],
+                         "qrels": [{"query_id": "q", "doc_id": "p3", "score": 1}],
+                         "spaces": spaces});
+    let (status, body) = call(&service, post("/v1/collections/shop/evaluate", request)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["spaces"].as_array().unwrap().len(), 2);
+    let visibility =
+        json!({"doc_id": "p3", "queries": ["red"], "spaces": ["tuned", "base", "tuned"]});
+    let (status, body) = call(
+        &service,
+        post("/v1/collections/shop/visibility", visibility),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["summary"].as_array().unwrap().len(), 2);
+    let (_, metrics) = call(&service, TestRequest::get().uri("/metrics")).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(metrics.contains("space=\"tuned,base\""), "{metrics}");
+    assert!(!metrics.contains("tuned,base,tuned"), "{metrics}");
+
+    let long = format!("red shoe {}", "very ".repeat(20_000));
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": long, "k": 3, "space": "auto", "user": "alice@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let served = state.collection("shop").unwrap();
+    let logged = served.events.all_served().unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        logged[0].query.len(),
+        attune_index::events::LOGGED_QUERY_BYTES
+    );
+    assert_eq!(logged[0].query_bytes, long.len());
+    assert!(!serde_json::to_string(&logged[0]).unwrap().contains("alice"));
+}
+
 /// Runs each test against both implementations of each seam: the embedded and the exact store,
 /// BERT and the tiny mixer.
 macro_rules! against_both_implementations {
@@ -1144,4 +1264,6 @@ against_both_implementations!(
     operations_endpoints_report_health_metrics_and_schema,
     a_new_generation_is_picked_up_without_restart,
     the_page_facets_and_published_reports_are_served,
+    acknowledged_writes_outlive_reindexes_and_switches,
+    repeated_spaces_and_long_queries_cost_what_honest_ones_do,
 );

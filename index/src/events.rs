@@ -4,24 +4,74 @@
 //! is removed with the collection. Only the serving process opens it.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{IndexError, Result};
 use crate::keys;
 use crate::store::{validate_name, Store};
 
-/// A request answered by an A/B variant.
+/// Bytes of a query's text kept in the log (cut at a character boundary); enough to train on,
+/// bounded whatever the query.
+pub const LOGGED_QUERY_BYTES: usize = 1_000;
+
+/// A request answered by an A/B variant. Records from before the hashed user and the bounded
+/// query have empty `user_hash` and `query_sha256`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServedRequest {
     /// Unique id returned to the caller, quoted back in feedback.
     pub request_id: String,
     /// The space (variant) that served it.
     pub variant: String,
-    /// The query text.
+    /// SHA-256 (hex, first 16 bytes) of the test's salt and the user key: the same user gives
+    /// the same hash within a test, and the key itself is not stored.
+    #[serde(default)]
+    pub user_hash: String,
+    /// The query text, its first [`LOGGED_QUERY_BYTES`] bytes at most.
     pub query: String,
+    /// SHA-256 (hex) of the whole query text.
+    #[serde(default)]
+    pub query_sha256: String,
+    /// Length of the whole query text in bytes.
+    #[serde(default)]
+    pub query_bytes: usize,
     /// Ids of the results in rank order (rank 1 first).
     pub results: Vec<String>,
     /// When it was served (milliseconds since the Unix epoch).
     pub unix_ms: u64,
+}
+
+impl ServedRequest {
+    /// The record of a request: the user key hashed with the test's `salt`, the query cut to
+    /// [`LOGGED_QUERY_BYTES`] with a hash of the whole.
+    pub fn new(
+        request_id: String,
+        variant: String,
+        salt: &str,
+        user: &str,
+        query: &str,
+        results: Vec<String>,
+        unix_ms: u64,
+    ) -> Self {
+        let mut cut = query.len().min(LOGGED_QUERY_BYTES);
+        while !query.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let user_hash = Sha256::new()
+            .chain_update(salt.as_bytes())
+            .chain_update([0u8])
+            .chain_update(user.as_bytes())
+            .finalize();
+        Self {
+            request_id,
+            variant,
+            user_hash: crate::store::hex(&user_hash[..16]),
+            query: query[..cut].to_string(),
+            query_sha256: crate::store::hex(&Sha256::digest(query.as_bytes())),
+            query_bytes: query.len(),
+            results,
+            unix_ms,
+        }
+    }
 }
 
 /// Feedback on one result of a served request.
@@ -38,6 +88,9 @@ pub struct FeedbackRecord {
     /// When it was recorded (milliseconds since the Unix epoch).
     pub unix_ms: u64,
 }
+
+/// The salt of logs created before salts were drawn at random.
+pub const LEGACY_SALT: &str = "attune-ab";
 
 /// The event log of one collection.
 pub struct EventLog {
@@ -88,6 +141,29 @@ impl EventLog {
             what: format!("{} ({what})", self.path.display()),
             reason: e.to_string(),
         })
+    }
+
+    /// The salt of this collection's A/B test: drawn at random when the log is created and kept
+    /// for as long as the log lives. A log from before salts were stored, holding requests
+    /// already, keeps the old public default (`attune-ab`) so its users keep their variants.
+    pub fn salt(&self) -> Result<String> {
+        if let Some(salt) = self.db.get(keys::KEY_SALT).map_err(|e| self.err(e))? {
+            return Ok(String::from_utf8_lossy(&salt).into_owned());
+        }
+        let salt = if self.served.is_empty() {
+            let bytes: [u8; 16] = rand::random();
+            crate::store::hex(&bytes)
+        } else {
+            LEGACY_SALT.to_string()
+        };
+        // Another thread may have drawn one meanwhile: the first stored wins.
+        let _ = self
+            .db
+            .compare_and_swap(keys::KEY_SALT, None as Option<&[u8]>, Some(salt.as_bytes()))
+            .map_err(|e| self.err(e))?;
+        self.flush()?;
+        let stored = self.db.get(keys::KEY_SALT).map_err(|e| self.err(e))?;
+        Ok(String::from_utf8_lossy(&stored.expect("salt stored")).into_owned())
     }
 
     /// Records a served request.
@@ -167,13 +243,15 @@ mod tests {
     fn events_persist_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(dir.path()).unwrap();
-        let served = ServedRequest {
-            request_id: "r1".into(),
-            variant: "tuned".into(),
-            query: "running shoes".into(),
-            results: vec!["a".into(), "b".into()],
-            unix_ms: 5,
-        };
+        let served = ServedRequest::new(
+            "r1".into(),
+            "tuned".into(),
+            "salt",
+            "user-7",
+            "running shoes",
+            vec!["a".into(), "b".into()],
+            5,
+        );
         {
             let log = store.open_events("shop").unwrap();
             log.record_served(&served).unwrap();
@@ -201,5 +279,46 @@ mod tests {
         assert_eq!(feedback[0].event, "click");
         assert_eq!(feedback[1].event, "purchase");
         assert!(store.open_events("../x").is_err());
+    }
+
+    #[test]
+    fn each_log_draws_its_own_salt_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let salt = store.open_events("shop").unwrap().salt().unwrap();
+        assert_eq!(salt.len(), 32);
+        assert_ne!(salt, LEGACY_SALT);
+        assert_eq!(store.open_events("shop").unwrap().salt().unwrap(), salt);
+        assert_ne!(store.open_events("other").unwrap().salt().unwrap(), salt);
+    }
+
+    #[test]
+    fn the_log_keeps_a_bounded_query_and_no_user_key() {
+        let query = format!("{}é tail", "x".repeat(LOGGED_QUERY_BYTES - 1));
+        let served = ServedRequest::new(
+            "r".into(),
+            "base".into(),
+            "s",
+            "alice@example.com",
+            &query,
+            Vec::new(),
+            0,
+        );
+        // "é" straddles the limit: the cut falls before it.
+        assert_eq!(served.query.len(), LOGGED_QUERY_BYTES - 1);
+        assert_eq!(served.query_bytes, query.len());
+        assert_eq!(served.query_sha256.len(), 64);
+        let json = serde_json::to_string(&served).unwrap();
+        assert!(!json.contains("alice"), "{json}");
+        let again = ServedRequest::new(
+            "r".into(),
+            "base".into(),
+            "s",
+            "alice@example.com",
+            "q",
+            Vec::new(),
+            0,
+        );
+        assert_eq!(again.user_hash, served.user_hash);
     }
 }

@@ -647,13 +647,28 @@ impl ServedCollection for ExactCollection {
 }
 
 /// A/B events kept in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct MemoryEvents {
+    salt: String,
     served: Mutex<BTreeMap<String, ServedRequest>>,
     feedback: Mutex<Vec<FeedbackRecord>>,
 }
 
+impl Default for MemoryEvents {
+    fn default() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        Self {
+            salt: hex(&bytes),
+            served: Mutex::default(),
+            feedback: Mutex::default(),
+        }
+    }
+}
+
 impl AbEventLog for MemoryEvents {
+    fn salt(&self) -> Result<String> {
+        Ok(self.salt.clone())
+    }
     fn record_served(&self, served: &ServedRequest) -> Result<()> {
         let mut all = self.served.lock().expect("events lock");
         all.insert(served.request_id.clone(), served.clone());

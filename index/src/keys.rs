@@ -50,6 +50,8 @@ pub const REPORTS_DIR: &str = "reports";
 pub const LATEST_REPORT_DIR: &str = "latest";
 /// A collection's A/B event log (sled), beside its generations: it outlives re-index jobs.
 pub const EVENTS_DIR: &str = "ab-events";
+/// Key in the event log's default tree: the A/B test's salt (UTF-8).
+pub const KEY_SALT: &[u8] = b"ab_salt";
 /// Events tree: request id (UTF-8) → served request (JSON).
 pub const TREE_SERVED: &str = "served";
 /// Events tree: request id \0 document id \0 event → feedback event (JSON); one record per

@@ -109,6 +109,9 @@ pub trait ServedCollection: Send + Sync + std::fmt::Debug {
 
 /// A collection's A/B event log (see the module docs).
 pub trait AbEventLog: Send + Sync + std::fmt::Debug {
+    /// The salt of the collection's A/B test: random, drawn when the log starts, kept while it
+    /// lives (see [`EventLog::salt`]).
+    fn salt(&self) -> Result<String>;
     /// Records a served request.
     fn record_served(&self, served: &ServedRequest) -> Result<()>;
     /// The served request `request_id`, if recorded.
@@ -275,6 +278,9 @@ impl ServedCollection for Collection {
 }
 
 impl AbEventLog for EventLog {
+    fn salt(&self) -> Result<String> {
+        EventLog::salt(self)
+    }
     fn record_served(&self, served: &ServedRequest) -> Result<()> {
         EventLog::record_served(self, served)
     }

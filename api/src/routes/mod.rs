@@ -137,8 +137,9 @@ pub fn millis_since(start: std::time::Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
-/// The spaces a request names (each must exist), or by default all of the collection's in
-/// report order.
+/// The spaces a request names, each once in the order first named (each must be a space of the
+/// collection, so the work and the metric label of a request are bounded by the collection's
+/// spaces), or by default all of the collection's in report order.
 pub fn requested_spaces(
     served: &crate::state::Served,
     requested: Option<&[String]>,
@@ -146,10 +147,14 @@ pub fn requested_spaces(
 ) -> Result<Vec<String>, ApiError> {
     match requested {
         Some(spaces) if !spaces.is_empty() => {
+            let mut distinct: Vec<String> = Vec::new();
             for space in spaces {
-                served.model(space)?;
+                if !distinct.contains(space) {
+                    served.model(space)?;
+                    distinct.push(space.clone());
+                }
             }
-            Ok(spaces.to_vec())
+            Ok(distinct)
         }
         _ => Ok(ordered_spaces(&served.models, state)),
     }

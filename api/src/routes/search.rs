@@ -191,6 +191,7 @@ pub async fn search(
     let name = path.into_inner();
     let served = state.collection(&name)?;
     let auto = body.space.as_deref() == Some("auto");
+    let mut test_salt = String::new();
     let space = if auto {
         let Some(user) = body.user.as_deref().filter(|u| !u.is_empty()) else {
             return Err(ApiError::invalid(
@@ -198,7 +199,10 @@ pub async fn search(
                 "space \"auto\" assigns the A/B variant by user; send a user key",
             ));
         };
-        let variant = assign_variant(&state.settings.ab, &name, user).to_string();
+        let events = served.events.clone();
+        let salt = blocking(move || Ok(events.salt()?)).await?;
+        test_salt.clone_from(&salt);
+        let variant = assign_variant(&state.settings.ab, &salt, &name, user).to_string();
         served.model(&variant).map_err(|_| {
             ApiError::Invalid(format!(
                 "space \"auto\": the A/B variant {variant:?} is not a space of collection \
@@ -227,13 +231,15 @@ pub async fn search(
     )
     .await?;
     let request_id = if auto {
-        let record = ServedRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            variant: space.clone(),
-            query: body.query.clone(),
-            results: results.iter().map(|h| h.id.clone()).collect(),
-            unix_ms: unix_ms(),
-        };
+        let record = ServedRequest::new(
+            uuid::Uuid::new_v4().to_string(),
+            space.clone(),
+            state.settings.ab.salt.as_deref().unwrap_or(&test_salt),
+            body.user.as_deref().unwrap_or_default(),
+            &body.query,
+            results.iter().map(|h| h.id.clone()).collect(),
+            unix_ms(),
+        );
         let id = record.request_id.clone();
         let events = served.events.clone();
         blocking(move || Ok(events.record_served(&record)?)).await?;
