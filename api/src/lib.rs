@@ -40,8 +40,9 @@ pub mod state;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
@@ -93,6 +94,24 @@ pub fn app(
         .configure(configure)
         .default_service(web::to(routes::system::not_found))
         .wrap(from_fn(record_metrics))
+        .wrap(from_fn(head_as_get))
+}
+
+/// Answers `HEAD` on every `GET` route as `GET` would, without the body (RFC 9110 §9.3.2).
+async fn head_as_get(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let head = req.method() == Method::HEAD;
+    if head {
+        req.head_mut().method = Method::GET;
+    }
+    let response = next.call(req).await?;
+    Ok(if head {
+        response.map_body(|_, _| BoxBody::new(()))
+    } else {
+        response.map_into_boxed_body()
+    })
 }
 
 /// Counts and times every request by route pattern and the space(s) the handler used.

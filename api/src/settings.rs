@@ -32,6 +32,10 @@ pub struct ServeSettings {
     pub max_queries: usize,
     /// Most documents in one upsert request (default 1,000).
     pub max_upsert_documents: usize,
+    /// Token budget of one `/v1/embeddings` request (default 32,768): the inputs' tokens,
+    /// each counted as at most the model's max_seq_length (bounded from the text's bytes before
+    /// anything is tokenized). Larger requests get 413; split them.
+    pub max_embedding_tokens: usize,
     /// How often the store is checked for new generations, in milliseconds (default 1,000).
     pub reload_interval_ms: u64,
     /// Device for the models: `auto`, `cpu`, `cuda`, `cuda:N` (default `auto`).
@@ -56,6 +60,7 @@ impl Default for ServeSettings {
             max_query_tokens: 128,
             max_queries: 5_000,
             max_upsert_documents: 1_000,
+            max_embedding_tokens: 32_768,
             reload_interval_ms: 1_000,
             device: "auto".into(),
             models: BTreeMap::new(),
@@ -172,6 +177,16 @@ impl ServeSettings {
                 "an empty key would accept anyone; leave it unset",
             );
         }
+        if self.require_key_for_reads && self.api_key.is_none() {
+            return invalid(
+                "require_key_for_reads",
+                "needs an API key (api_key, --api-key or ATTUNE_API_KEY); without one every \
+                 read would stay open",
+            );
+        }
+        if self.max_embedding_tokens == 0 {
+            return invalid("max_embedding_tokens", "at least 1");
+        }
         Ok(())
     }
 }
@@ -179,6 +194,21 @@ impl ServeSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requiring_a_key_for_reads_without_a_key_is_refused() {
+        let open = ServeSettings {
+            require_key_for_reads: true,
+            ..ServeSettings::default()
+        };
+        let error = open.validate().unwrap_err().to_string();
+        assert!(error.contains("require_key_for_reads"), "{error}");
+        let keyed = ServeSettings {
+            api_key: Some("k".into()),
+            ..open
+        };
+        assert!(keyed.validate().is_ok());
+    }
 
     #[test]
     fn file_overrides_defaults_and_unknown_keys_name_the_file() {

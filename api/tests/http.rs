@@ -727,11 +727,43 @@ async fn openai_embeddings_match_the_encoder(backend: Backend) {
             json!({"input": "x", "model": "tuned", "dimensions": 8}),
             422,
         ),
-        (json!({"input": [1, 2], "model": "tuned"}), 422),
     ] {
         let (got, body) = call(&service, post("/v1/embeddings", request)).await;
         assert_eq!(got.as_u16(), status, "{body}");
     }
+    // Token ids (OpenAI's other input forms) are refused with a message that says so.
+    for input in [json!([1, 2]), json!([[1, 2], [3]])] {
+        let (got, body) = call(
+            &service,
+            post("/v1/embeddings", json!({"input": input, "model": "tuned"})),
+        )
+        .await;
+        assert_eq!(got.as_u16(), 422, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("token-id arrays are not accepted"),
+            "{body}"
+        );
+    }
+    // A per-request token budget, decided before anything is tokenized.
+    let long = "boots ".repeat(400);
+    let many: Vec<&str> = vec![long.as_str(); 2_000];
+    let (got, body) = call(
+        &service,
+        post("/v1/embeddings", json!({"input": many, "model": "tuned"})),
+    )
+    .await;
+    assert_eq!(
+        (got.as_u16(), error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_embedding_tokens"));
 }
 
 async fn live_ab_assigns_records_feedback_and_reports(backend: Backend) {
@@ -836,6 +868,32 @@ async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend)
         (status.as_u16(), body["status"].as_str()),
         (200, Some("ok"))
     );
+    // HEAD answers every GET route as GET would, without a body.
+    for uri in [
+        "/healthz",
+        "/v1/collections/shop",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        let response = test::call_service(
+            &service,
+            TestRequest::default()
+                .method(actix_web::http::Method::HEAD)
+                .uri(uri)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(response.status().as_u16(), 200, "HEAD {uri}");
+        assert!(test::read_body(response).await.is_empty(), "HEAD {uri}");
+    }
+    let (status, body) = call(
+        &service,
+        TestRequest::default()
+            .method(actix_web::http::Method::HEAD)
+            .uri("/v1/collections/shop/search"),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 405, "{body}");
     let (status, body) = call(&service, TestRequest::get().uri("/readyz")).await;
     assert_eq!(status.as_u16(), 200, "{body}");
     assert_eq!(body["collections"]["shop"], 1);

@@ -59,25 +59,52 @@ impl Store {
         let mut names = Vec::new();
         for entry in fs::read_dir(&latest).map_err(|e| IndexError::io(&latest, e))? {
             let entry = entry.map_err(|e| IndexError::io(&latest, e))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            // Only regular files: a symbolic link placed there is not part of the report.
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
         }
         names.sort();
         Ok(names)
     }
 
-    /// One file of the latest report; `None` when there is no report or no such file.
+    /// One file of the latest report; `None` when there is no report or no such regular file
+    /// (a symbolic link or a directory in the report folder is never followed or served).
     pub fn report_file(&self, collection: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
         validate_name(collection)?;
         validate_name(name)?;
         let path = self
             .reports_dir(collection)
             .join(keys::LATEST_REPORT_DIR)
             .join(name);
-        match fs::read(&path) {
-            Ok(body) => Ok(Some(body)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IndexError::io(&path, e)),
+        // O_NOFOLLOW: the final component is opened only if it is not a link, in one step
+        // (no window between a check and the open).
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // ELOOP: the name is a symbolic link.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(IndexError::io(&path, e)),
+        };
+        if !file
+            .metadata()
+            .map_err(|e| IndexError::io(&path, e))?
+            .is_file()
+        {
+            return Ok(None);
         }
+        let mut body = Vec::new();
+        file.read_to_end(&mut body)
+            .map_err(|e| IndexError::io(&path, e))?;
+        Ok(Some(body))
     }
 }
 
@@ -115,5 +142,26 @@ mod tests {
         // Dropping the collection removes its report.
         store.drop_collection("shop").unwrap();
         assert!(store.report_files("shop").unwrap().is_empty());
+    }
+
+    #[test]
+    fn links_in_the_report_folder_are_neither_listed_nor_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        store
+            .publish_report("shop", &[("report.json", b"{}")])
+            .unwrap();
+        let secret = dir.path().join("secret.txt");
+        fs::write(&secret, b"private").unwrap();
+        let latest = store.reports_dir("shop").join(keys::LATEST_REPORT_DIR);
+        std::os::unix::fs::symlink(&secret, latest.join("leak.txt")).unwrap();
+        fs::create_dir(latest.join("sub")).unwrap();
+        assert_eq!(store.report_files("shop").unwrap(), ["report.json"]);
+        assert_eq!(store.report_file("shop", "leak.txt").unwrap(), None);
+        assert_eq!(store.report_file("shop", "sub").unwrap(), None);
+        assert_eq!(
+            store.report_file("shop", "report.json").unwrap(),
+            Some(b"{}".to_vec())
+        );
     }
 }

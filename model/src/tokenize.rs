@@ -9,6 +9,23 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::error::{ModelError, Result};
 use crate::model_dir::ModelDir;
 
+/// Bytes of text tokenized per token of the model's limit (see
+/// [`TextTokenizer::max_text_bytes`]). English averages about 4–5 bytes per WordPiece token and
+/// CJK about 3; 64 leaves room for long words, markup and whitespace runs.
+pub const BYTES_PER_TOKEN: usize = 64;
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends at a character boundary.
+pub fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One tokenized text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedText {
@@ -67,13 +84,28 @@ impl TextTokenizer {
         self.max_seq_length
     }
 
+    /// The most bytes of a text that are tokenized: [`BYTES_PER_TOKEN`] per token of
+    /// `max_seq_length`. Text beyond it is cut first (at a character boundary), so a 7 MB text
+    /// costs what a long one does; real text needs far fewer bytes per token, so the tokens
+    /// kept, and the embedding, are those of the whole text.
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_seq_length * BYTES_PER_TOKEN
+    }
+
     /// Tokenizes `texts` (in parallel), each as `prefix + text` with surrounding whitespace
-    /// removed, lower-cased when the model asks for it (as sentence-transformers does).
+    /// removed, lower-cased when the model asks for it (as sentence-transformers does). Texts
+    /// longer than [`TextTokenizer::max_text_bytes`] are cut to it first.
     pub fn tokenize<S: AsRef<str>>(&self, texts: &[S], prefix: &str) -> Result<Vec<TokenizedText>> {
+        let limit = self.max_text_bytes();
+        let mut cut_texts = vec![false; texts.len()];
         let inputs: Vec<String> = texts
             .iter()
-            .map(|t| {
-                let joined = format!("{prefix}{}", t.as_ref());
+            .zip(cut_texts.iter_mut())
+            .map(|(t, cut)| {
+                let text = t.as_ref();
+                let kept = cut_at_char_boundary(text, limit);
+                *cut = kept.len() < text.len();
+                let joined = format!("{prefix}{kept}");
                 let trimmed = joined.trim();
                 if self.do_lower_case {
                     trimmed.to_lowercase()
@@ -99,11 +131,49 @@ impl TextTokenizer {
         };
         Ok(encodings
             .into_iter()
-            .map(|e| TokenizedText {
-                truncated: !e.get_overflowing().is_empty(),
+            .zip(cut_texts)
+            .map(|(e, cut)| TokenizedText {
+                truncated: cut || !e.get_overflowing().is_empty(),
                 ids: e.get_ids().to_vec(),
                 type_ids: e.get_type_ids().to_vec(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{write_random_bert, RandomBertSpec};
+
+    fn tokenizer(max_seq_length: usize) -> TextTokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        write_random_bert(dir.path(), &RandomBertSpec::default()).unwrap();
+        let model = ModelDir::open(dir.path()).unwrap();
+        TextTokenizer::new(&model, Some(max_seq_length)).unwrap()
+    }
+
+    #[test]
+    fn a_huge_text_is_cut_before_tokenizing_and_keeps_the_tokens_of_the_whole() {
+        let tokenizer = tokenizer(16);
+        let sentence = "the red shoe fits well ";
+        let huge = sentence.repeat(300_000); // 6.9 MB
+        let just_over = sentence.repeat(5);
+        let out = tokenizer
+            .tokenize(&[huge.as_str(), just_over.as_str()], "")
+            .unwrap();
+        // Cut to 16 × 64 bytes first, the huge text gives the tokens of its start.
+        assert_eq!(out[0].ids, out[1].ids);
+        assert_eq!(out[0].ids.len(), 16);
+        assert!(out[0].truncated && out[1].truncated);
+        let whole = tokenizer.inner.encode(just_over.trim(), true).unwrap();
+        assert_eq!(out[1].ids, whole.get_ids());
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(cut_at_char_boundary("héllo", 2), "h");
+        assert_eq!(cut_at_char_boundary("héllo", 3), "hé");
+        assert_eq!(cut_at_char_boundary("abc", 10), "abc");
     }
 }

@@ -32,7 +32,9 @@ pub fn config_embeddings(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// One text or several.
+/// One text or several. OpenAI's token-id forms (an array of integers, or of arrays of
+/// integers) are recognised and refused with a message: attune tokenizes text with each model's
+/// own tokenizer.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
@@ -40,6 +42,10 @@ pub enum EmbeddingInput {
     One(String),
     /// Several texts.
     Many(Vec<String>),
+    /// Token ids of one text (refused).
+    Tokens(Vec<i64>),
+    /// Token ids of several texts (refused).
+    TokenLists(Vec<Vec<i64>>),
 }
 
 /// How vectors are returned.
@@ -111,6 +117,29 @@ pub struct EmbeddingsResponse {
     pub model: String,
     /// Token counts.
     pub usage: Usage,
+}
+
+/// Refuses (413) a request whose inputs could hold more than `budget` tokens: each text counts
+/// as at most the model's max_seq_length, and at most its bytes plus the two special tokens (a
+/// token covers at least one byte), so nothing is tokenized to decide.
+fn check_token_budget(
+    texts: &[String],
+    model: &InferenceQueue,
+    budget: usize,
+) -> Result<(), ApiError> {
+    let bound: usize = texts
+        .iter()
+        .map(|t| (t.len() + 2).min(model.max_seq_length()))
+        .sum();
+    if bound > budget {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "input: up to {bound} tokens ({} texts of up to {} tokens each), over the budget of \
+             {budget} tokens per request (max_embedding_tokens); split the request",
+            texts.len(),
+            model.max_seq_length()
+        )));
+    }
+    Ok(())
 }
 
 /// The model `name` refers to.
@@ -190,12 +219,20 @@ pub async fn embeddings(
     let texts = match body.input {
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) | EmbeddingInput::TokenLists(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "token-id arrays are not accepted: each attune model has its own tokenizer; \
+                 send the text (a string or an array of strings)",
+            ))
+        }
     };
     if texts.is_empty() {
         return Err(ApiError::invalid("input", "give at least one text"));
     }
     check_len("input", texts.len(), state.settings.max_queries)?;
     let model = resolve_model(&state, &body.model)?;
+    check_token_budget(&texts, &model, state.settings.max_embedding_tokens)?;
     if let Some(dimensions) = body.dimensions {
         if dimensions != model.identity().dim {
             return Err(ApiError::invalid(
@@ -245,7 +282,8 @@ pub async fn embeddings(
             total_tokens: tokens,
         },
     };
-    let mut http = ok_json(&response, &body.model);
+    // Labelled with the model's own label: bounded by the models loaded, whatever the spelling.
+    let mut http = ok_json(&response, model.label());
     http.headers_mut().insert(
         actix_web::http::header::HeaderName::from_static("x-attune-truncated"),
         actix_web::http::header::HeaderValue::from(truncated),
