@@ -1,7 +1,12 @@
-//! Query embedding on a dedicated thread per model, fed by a bounded queue (the shape of
-//! text-embeddings-inference's backend thread). With dynamic batching on, the thread takes
-//! every request that queued while its previous forward pass ran and embeds them together, so
+//! Embedding on dedicated threads per model, fed by bounded queues (the shape of
+//! text-embeddings-inference's backend thread). With dynamic batching on, a thread takes every
+//! request that queued while its previous forward pass ran and embeds them together, so
 //! concurrent requests share one pass; actix's threads only enqueue and await the reply.
+//!
+//! Two lanes share the model's weights: [`Lane::Interactive`] (searches) runs on every core at
+//! normal priority; [`Lane::Bulk`] (evaluations, visibility, upserts, `/v1/embeddings`, catching
+//! up) runs on `bulk_threads` threads at the lowest OS priority, so however much bulk work is
+//! queued, a search waits for the cores only as long as the scheduler takes to hand them over.
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -25,6 +30,15 @@ pub struct Embedded {
     pub truncated: bool,
 }
 
+/// Which queue, and so which thread, embeds a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Searches: one short text, waited for by a user.
+    Interactive,
+    /// Everything else: many texts, or work nobody waits on interactively.
+    Bulk,
+}
+
 /// A request to the inference thread.
 struct Job {
     texts: Vec<String>,
@@ -37,6 +51,7 @@ struct Job {
 /// queued jobs are answered.
 pub struct InferenceQueue {
     sender: Option<SyncSender<Job>>,
+    bulk: Option<SyncSender<Job>>,
     identity: ModelIdentity,
     label: String,
     max_seq_length: usize,
@@ -60,20 +75,48 @@ impl InferenceQueue {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (sender, receiver) = mpsc::sync_channel(settings.queue_capacity);
+        let (bulk, bulk_receiver) = mpsc::sync_channel(settings.queue_capacity);
         let max_seq_length = encoder.max_seq_length();
-        let worker = Worker {
-            encoder,
+        let encoder = Arc::new(encoder);
+        let worker = |lane: &str| Worker {
+            encoder: encoder.clone(),
             settings: settings.clone(),
-            metrics,
+            metrics: metrics.clone(),
             label: label.clone(),
+            lane: lane.to_string(),
         };
-        // Detached: the thread ends by itself once the queue is closed and drained.
+        // Detached: each thread ends by itself once its queue is closed and drained.
+        let interactive = worker("interactive");
         std::thread::Builder::new()
             .name(format!("attune-inference-{label}"))
-            .spawn(move || worker.run(receiver))
+            .spawn(move || interactive.run(receiver))
             .expect("spawn the inference thread");
+        let bulk_worker = worker("bulk");
+        let threads = settings.bulk_threads.max(1);
+        std::thread::Builder::new()
+            .name(format!("attune-bulk-{label}"))
+            .spawn(move || {
+                // The bulk lane's forward passes run inside a pool of its own whose threads have
+                // the lowest priority: the kernels split their work over the current pool.
+                match rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("attune-bulk-{i}"))
+                    .start_handler(|_| lower_thread_priority())
+                    .build()
+                {
+                    Ok(pool) => pool.install(|| bulk_worker.run(bulk_receiver)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "bulk inference pool: {e}; bulk work runs at normal priority"
+                        );
+                        bulk_worker.run(bulk_receiver)
+                    }
+                }
+            })
+            .expect("spawn the bulk inference thread");
         Self {
             sender: Some(sender),
+            bulk: Some(bulk),
             identity,
             label,
             max_seq_length,
@@ -95,11 +138,23 @@ impl InferenceQueue {
         self.max_seq_length
     }
 
-    /// Embeds `texts` with the prefix of `kind`, each cut to `max_tokens` tokens (at most the
-    /// model's max_seq_length). Waits for the inference thread without blocking the caller's
-    /// thread; a full queue is [`ApiError::Unavailable`].
+    /// Embeds `texts` in the interactive lane (see [`InferenceQueue::embed_in`]).
     pub async fn embed(
         &self,
+        texts: Vec<String>,
+        kind: TextKind,
+        max_tokens: usize,
+    ) -> Result<Vec<Embedded>, ApiError> {
+        self.embed_in(Lane::Interactive, texts, kind, max_tokens)
+            .await
+    }
+
+    /// Embeds `texts` with the prefix of `kind`, each cut to `max_tokens` tokens (at most the
+    /// model's max_seq_length), in `lane`. Waits for the inference thread without blocking the
+    /// caller's thread; a full queue is [`ApiError::Unavailable`].
+    pub async fn embed_in(
+        &self,
+        lane: Lane,
         texts: Vec<String>,
         kind: TextKind,
         max_tokens: usize,
@@ -111,7 +166,12 @@ impl InferenceQueue {
             max_tokens: max_tokens.clamp(2, self.max_seq_length),
             reply,
         };
-        let sender = self.sender.as_ref().expect("sender lives until drop");
+        let sender = match lane {
+            Lane::Interactive => &self.sender,
+            Lane::Bulk => &self.bulk,
+        }
+        .as_ref()
+        .expect("sender lives until drop");
         match sender.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -146,14 +206,30 @@ impl Drop for InferenceQueue {
     /// can happen on an actix worker, which must not block on a forward pass.)
     fn drop(&mut self) {
         drop(self.sender.take());
+        drop(self.bulk.take());
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19; on Linux the nice value
+/// is per thread). Best effort: a failure leaves the thread as it was.
+fn lower_thread_priority() {
+    // SAFETY: plain system calls on the calling thread's own id.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if result != 0 {
+        tracing::warn!("could not lower the priority of a bulk inference thread");
     }
 }
 
 struct Worker {
-    encoder: Encoder,
+    encoder: Arc<Encoder>,
     settings: InferenceSettings,
     metrics: Arc<Metrics>,
     label: String,
+    /// `interactive` or `bulk`, for logs.
+    lane: String,
 }
 
 impl Worker {
@@ -180,7 +256,7 @@ impl Worker {
                     }
                 }
                 Err(message) => {
-                    tracing::error!("model {}: {message}", self.label);
+                    tracing::error!("model {} ({} lane): {message}", self.label, self.lane);
                     for job in jobs {
                         let _ = job.reply.send(Err(message.clone()));
                     }
@@ -307,10 +383,11 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new().unwrap());
         let worker = Worker {
-            encoder: load(),
+            encoder: Arc::new(load()),
             settings: InferenceSettings::default(),
             metrics: metrics.clone(),
             label: "m".into(),
+            lane: "interactive".into(),
         };
         let texts = [
             vec!["red shoe".to_string()],

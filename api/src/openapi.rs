@@ -21,6 +21,7 @@ use crate::routes;
         routes::search::visibility,
         routes::evaluate::evaluate,
         routes::documents::upsert,
+        routes::documents::get,
         routes::documents::delete,
         routes::collections::list,
         routes::collections::get,

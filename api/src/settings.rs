@@ -81,8 +81,11 @@ pub struct InferenceSettings {
     pub max_batch_texts: usize,
     /// Most padded tokens in one forward pass (default 8,192).
     pub max_batch_tokens: usize,
-    /// Requests waiting for the thread before new ones get 503 (default 1,024).
+    /// Requests waiting for each lane's thread before new ones get 503 (default 1,024).
     pub queue_capacity: usize,
+    /// Threads of the bulk lane (evaluations, visibility, upserts, `/v1/embeddings`), which run
+    /// at the lowest OS priority so searches keep the cores (default 1).
+    pub bulk_threads: usize,
 }
 
 impl Default for InferenceSettings {
@@ -92,6 +95,7 @@ impl Default for InferenceSettings {
             max_batch_texts: 64,
             max_batch_tokens: 8_192,
             queue_capacity: 1_024,
+            bulk_threads: 1,
         }
     }
 }

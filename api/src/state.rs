@@ -473,7 +473,8 @@ impl SpaceEmbedder for QueueEmbedder<'_> {
             let owned: Vec<String> = chunk.iter().map(|t| t.to_string()).collect();
             let mut attempts = 0;
             let embedded = loop {
-                let answer = runtime.block_on(queue.embed(
+                let answer = runtime.block_on(queue.embed_in(
+                    crate::inference::Lane::Bulk,
                     owned.clone(),
                     TextKind::Document,
                     queue.max_seq_length(),

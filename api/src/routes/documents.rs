@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{blocking, check_len, ok_json, State};
-use crate::auth::WriteAccess;
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::error::{ApiError, BodyErrors, ErrorBody};
+use crate::inference::Lane;
 
 /// Registers upserts and deletes.
 pub fn config_documents(cfg: &mut web::ServiceConfig) {
@@ -25,6 +26,7 @@ pub fn config_documents(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/collections/{collection}/documents/{id}")
+            .route(web::get().to(get))
             .route(web::delete().to(delete))
             .default_service(web::to(super::system::method_not_allowed)),
     );
@@ -137,7 +139,12 @@ pub async fn upsert(
         let mut start = 0;
         for part in texts.chunks(chunk) {
             let embedded = model
-                .embed(part.to_vec(), TextKind::Document, model.max_seq_length())
+                .embed_in(
+                    Lane::Bulk,
+                    part.to_vec(),
+                    TextKind::Document,
+                    model.max_seq_length(),
+                )
                 .await?;
             for (j, e) in embedded.into_iter().enumerate() {
                 vectors[start + j].insert(space.clone(), e.vector);
@@ -169,6 +176,64 @@ pub async fn upsert(
             compacted: report.compacted,
             documents,
             generation,
+        })
+    })
+    .await?;
+    Ok(ok_json(&response, ""))
+}
+
+/// A stored document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentResponse {
+    /// Document id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Body text.
+    pub text: String,
+    /// Metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// The generation it was read from.
+    pub generation: u64,
+}
+
+/// Reads one document as stored.
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/documents/{id}",
+    tag = "documents",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "products"),
+        ("id" = String, Path, description = "Document id"),
+    ),
+    responses(
+        (status = 200, description = "The document", body = DocumentResponse),
+        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 404, description = "Unknown collection or document", body = ErrorBody),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    _access: ReadAccess,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, id) = path.into_inner();
+    let served = state.collection(&collection)?;
+    let response = blocking(move || {
+        let document = served.collection.document(&id)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "collection {:?} has no document {id:?}",
+                served.collection.name()
+            ))
+        })?;
+        Ok(DocumentResponse {
+            id: document.id,
+            title: document.title,
+            text: document.text,
+            metadata: document.metadata,
+            generation: served.collection.generation(),
         })
     })
     .await?;

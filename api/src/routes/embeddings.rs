@@ -16,6 +16,7 @@ use super::{check_len, ok_json, State};
 use crate::auth::ReadAccess;
 use crate::error::{ApiError, BodyErrors, ErrorBody};
 use crate::inference::InferenceQueue;
+use crate::inference::Lane;
 use crate::state::AppState;
 
 /// Registers the OpenAI-compatible routes.
@@ -250,7 +251,12 @@ pub async fn embeddings(
     let mut truncated = 0;
     for part in texts.chunks(chunk) {
         for embedded in model
-            .embed(part.to_vec(), TextKind::Plain, model.max_seq_length())
+            .embed_in(
+                Lane::Bulk,
+                part.to_vec(),
+                TextKind::Plain,
+                model.max_seq_length(),
+            )
             .await?
         {
             tokens += embedded.tokens;

@@ -24,6 +24,7 @@ use crate::ab::assign_variant;
 use crate::auth::ReadAccess;
 use crate::error::{ApiError, BodyErrors};
 use crate::inference::Embedded;
+use crate::inference::Lane;
 use crate::state::Served;
 
 /// Registers search, compare and visibility.
@@ -575,7 +576,8 @@ pub async fn embed_all(
     for part in queries.chunks(chunk) {
         out.extend(
             model
-                .embed(
+                .embed_in(
+                    Lane::Bulk,
                     part.to_vec(),
                     TextKind::Query,
                     state.settings.max_query_tokens,
