@@ -83,9 +83,13 @@ pub struct InferenceSettings {
     pub max_batch_tokens: usize,
     /// Requests waiting for each lane's thread before new ones get 503 (default 1,024).
     pub queue_capacity: usize,
-    /// Threads of the bulk lane (evaluations, visibility, upserts, `/v1/embeddings`), which run
-    /// at the lowest OS priority so searches keep the cores (default 1).
+    /// Threads of the bulk lane (evaluations, visibility, upserts, `/v1/embeddings`, and
+    /// queries longer than `interactive_query_bytes`), which run at the lowest OS priority so
+    /// searches keep the cores (default 1).
     pub bulk_threads: usize,
+    /// Search queries of at most this many bytes go to the interactive lane (default 512;
+    /// shoppers' queries are far shorter); longer ones to the bulk lane.
+    pub interactive_query_bytes: usize,
 }
 
 impl Default for InferenceSettings {
@@ -96,6 +100,7 @@ impl Default for InferenceSettings {
             max_batch_tokens: 8_192,
             queue_capacity: 1_024,
             bulk_threads: 1,
+            interactive_query_bytes: 512,
         }
     }
 }

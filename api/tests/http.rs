@@ -943,6 +943,18 @@ async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend)
             "{path} missing from the OpenAPI document"
         );
     }
+    // Found by schemathesis: the facets query parameter is a query parameter, and a facet value
+    // is any JSON scalar, not an object.
+    let facets = &paths["/v1/collections/{collection}/facets"]["get"]["parameters"];
+    let max_values = facets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "max_values")
+        .unwrap();
+    assert_eq!(max_values["in"], "query", "{max_values}");
+    let value = &body["components"]["schemas"]["FacetValueInfo"]["properties"]["value"];
+    assert!(value.get("type").is_none(), "{value}");
 }
 
 async fn a_new_generation_is_picked_up_without_restart(backend: Backend) {

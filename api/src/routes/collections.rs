@@ -159,6 +159,7 @@ pub async fn get(
 /// Query of the facets listing.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FacetsQuery {
     /// Most values listed per field (most frequent first), 1 to 1000. Default 50.
     #[param(minimum = 1, maximum = 1000, default = 50)]
@@ -169,7 +170,6 @@ pub struct FacetsQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FacetValueInfo {
     /// The value (string, number or boolean), usable in a search filter.
-    #[schema(value_type = Object)]
     pub value: serde_json::Value,
     /// Documents with it.
     pub count: usize,

@@ -126,16 +126,24 @@ fn check_query(query: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Embeds `query` for `space`.
+/// Embeds `query` for `space`: in the interactive lane when it is short (at most
+/// `interactive_query_bytes`, as shoppers' queries are), in the bulk lane otherwise, so a long
+/// query neither pads a batch of short ones nor delays them.
 async fn embed_query(
     served: &Served,
     space: &str,
     query: &str,
     max_tokens: usize,
+    settings: &crate::settings::InferenceSettings,
 ) -> Result<Embedded, ApiError> {
+    let lane = if query.len() <= settings.interactive_query_bytes {
+        Lane::Interactive
+    } else {
+        Lane::Bulk
+    };
     let mut out = served
         .model(space)?
-        .embed(vec![query.to_string()], TextKind::Query, max_tokens)
+        .embed_in(lane, vec![query.to_string()], TextKind::Query, max_tokens)
         .await?;
     Ok(out.remove(0))
 }
@@ -220,6 +228,7 @@ pub async fn search(
         &space,
         &body.query,
         state.settings.max_query_tokens,
+        &state.settings.inference,
     )
     .await?;
     let results = search_space(
@@ -363,8 +372,8 @@ pub async fn compare(
     let (from, to) = (&body.spaces[0], &body.spaces[1]);
     let limit = state.settings.max_query_tokens;
     let (a, b) = tokio::join!(
-        embed_query(&served, from, &body.query, limit),
-        embed_query(&served, to, &body.query, limit)
+        embed_query(&served, from, &body.query, limit, &state.settings.inference),
+        embed_query(&served, to, &body.query, limit, &state.settings.inference)
     );
     let (a, b) = (a?, b?);
     let (tokens, truncated) = (a.tokens, a.truncated || b.truncated);
