@@ -196,8 +196,19 @@ struct Base {
 
 /// Reads the collection's documents without opening the database of the generation a server
 /// may hold: its snapshot and the journal (a generation from before snapshots existed is read
-/// from its database, which then must not be in use).
+/// from its database, which then must not be in use). A server that checkpoints its journal
+/// between the two reads (a newer snapshot, older segments removed) makes it read again.
 fn read_base(store: &Store, manifest: &CollectionManifest) -> Result<Base> {
+    let mut attempts = 0;
+    loop {
+        match read_base_once(store, manifest) {
+            Err(IndexError::Superseded { .. }) if attempts < 3 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+fn read_base_once(store: &Store, manifest: &CollectionManifest) -> Result<Base> {
     let journal_dir = store.journal_dir(&manifest.name);
     let mut base = Base {
         documents: BTreeMap::new(),
@@ -395,8 +406,6 @@ pub fn build_collection(
         }
         Err(e) => return Err(e),
     };
-    let base = read_base(store, &manifest)?;
-    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
     let resumed = manifest
         .building
         .is_some_and(|b| store.generation_dir(collection, b).exists());
@@ -415,6 +424,10 @@ pub fn build_collection(
             next
         }
     };
+    // Read after the building marker is written: a server checkpoints its journal only while
+    // no build is marked (see `Collection::checkpoint_journal_if_due`).
+    let base = read_base(store, &manifest)?;
+    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
     let dir = store.generation_dir(collection, generation);
     std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
     let db = GenerationDb::open(&dir)?;

@@ -326,6 +326,15 @@ pub(crate) fn read_after(dir: &Path, after: u64) -> Result<JournalTail> {
     Ok(tail)
 }
 
+/// Segments a served generation lets pile up before it writes a fresh snapshot of itself and
+/// removes them (see `Collection`'s journal checkpoint): about 64 MiB of writes.
+pub const CHECKPOINT_SEGMENTS: usize = 4;
+
+/// How many segment files the journal in `dir` has.
+pub(crate) fn segment_count(dir: &Path) -> Result<usize> {
+    Ok(segments(dir)?.len())
+}
+
 /// Removes the segments (never the newest) whose records are all at or below `through`.
 /// Returns how many were removed.
 pub(crate) fn trim(dir: &Path, through: u64) -> Result<usize> {

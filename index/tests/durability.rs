@@ -354,3 +354,35 @@ fn a_collection_is_re_embedded_from_its_own_documents_without_a_corpus() {
         Err(attune_index::IndexError::UnknownCollection { .. })
     ));
 }
+
+#[test]
+fn a_collection_that_is_never_rebuilt_keeps_its_journal_bounded() {
+    let f = Fixture::new(10);
+    f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));
+    let served = f.store.open_collection("shop").unwrap();
+    let journal = f.tmp.path().join("store/collections/shop/journal");
+    let segments = || {
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count()
+    };
+    // About 1 MB per write: 80 writes fill five 16 MiB segments without a checkpoint.
+    let big = "slipper ".repeat(130_000);
+    for i in 0..80 {
+        write(&served, &format!("big-{i}"), &big);
+    }
+    assert!(segments() < 4, "{} segments", segments());
+    drop(served);
+    // The checkpoint's snapshot and the remaining records still give every document.
+    let report = f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));
+    assert_eq!((report.kept, report.documents), (80, 90));
+    let current = f.store.open_collection("shop").unwrap();
+    assert_eq!(current.len(), 90);
+}

@@ -160,6 +160,7 @@ pub struct Collection {
     dir: PathBuf,
     db: GenerationDb,
     journal_dir: PathBuf,
+    store: Store,
     /// The journal's writer, opened by the first write.
     journal: std::sync::Mutex<Option<Arc<Journal>>>,
     _lease: GenerationLease,
@@ -248,6 +249,7 @@ impl Collection {
             dir,
             db,
             journal_dir: store.journal_dir(&manifest.name),
+            store: store.clone(),
             journal: std::sync::Mutex::new(None),
             _lease: lease,
             hnsw: manifest.hnsw,
@@ -531,6 +533,7 @@ impl Collection {
         let seq = writer.append(&ops)?;
         let mut report = self.apply_upserts(&mut state, &prepared)?;
         self.applied(&mut state, seq)?;
+        self.checkpoint_journal_if_due(&state, &writer)?;
         drop(writer);
         drop(state);
         report.compacted = self.compact_if_needed()?;
@@ -550,6 +553,7 @@ impl Collection {
         let seq = writer.append(&[JournalOp::Delete { id: id.to_string() }])?;
         self.apply_delete(&mut state, id)?;
         self.applied(&mut state, seq)?;
+        self.checkpoint_journal_if_due(&state, &writer)?;
         drop(writer);
         drop(state);
         self.compact_if_needed()?;
@@ -568,6 +572,32 @@ impl Collection {
             self.compact_if_needed()?;
         }
         Ok(applied)
+    }
+
+    /// Once the journal holds [`journal::CHECKPOINT_SEGMENTS`] segments, writes this
+    /// generation's documents as its snapshot (at the journal position it has applied, which is
+    /// the writer's last: the caller holds both locks) and removes the segments it covers, so a
+    /// collection that takes writes but is never rebuilt keeps a bounded journal. A build marks
+    /// itself in the manifest before it reads the snapshot; one that read the older snapshot
+    /// just before the checkpoint reads again (see `build::read_base`).
+    fn checkpoint_journal_if_due(
+        &self,
+        state: &State,
+        writer: &journal::WriterState,
+    ) -> Result<()> {
+        if journal::segment_count(&self.journal_dir)? < journal::CHECKPOINT_SEGMENTS {
+            return Ok(());
+        }
+        // Only the current generation, and only while no build runs: a newer generation (or one
+        // being built) still needs the records after its own position.
+        let manifest = self.store.manifest(&self.name)?;
+        if manifest.current != Some(self.generation) || manifest.building.is_some() {
+            return Ok(());
+        }
+        debug_assert_eq!(state.applied, writer.last_seq());
+        write_snapshot(&self.dir, state.applied, &self.db.live_documents()?)?;
+        journal::trim(&self.journal_dir, state.applied)?;
+        Ok(())
     }
 
     fn journal(&self) -> Result<Arc<Journal>> {
