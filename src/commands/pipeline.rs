@@ -236,6 +236,7 @@ mod tests {
             // String settings: another value of the same kind.
             Value::String(s) => json!(match s.as_str() {
                 "refuse" => "drop".to_string(),
+                "merge" => "replace".to_string(),
                 "auto" => "f32".to_string(),
                 s if s.contains(':') => "3:17".to_string(),
                 s if s.contains(',') => s.split(',').take(2).collect::<Vec<_>>().join(","),
