@@ -364,6 +364,173 @@ pub fn build_collection(
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<BuildReport> {
     let started = Instant::now();
+    let requested = check_inputs(collection, spaces, settings)?;
+    let (mut manifest, generation, resumed) =
+        start_generation(store, collection, &source, settings)?;
+    // Read after the building marker is written: a server checkpoints its journal only while
+    // no build is marked (see `Collection::checkpoint_journal_if_due`).
+    let base = read_base(store, &manifest)?;
+    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
+    let dir = store.generation_dir(collection, generation);
+    std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+    let db = GenerationDb::open(&dir)?;
+
+    // Spaces of an interrupted build with another model (or no longer asked for) start over.
+    for (name, identity) in &db.spaces()? {
+        match requested.get(name) {
+            Some(wanted) if wanted.same_model(identity) => {}
+            Some(_) => db.clear_space(name)?,
+            None => db.drop_space(name)?,
+        }
+    }
+    db.set_spaces(&requested)?;
+
+    let previous = manifest.current;
+    let reusable = reusable_graphs(store, &manifest, &requested)?;
+    let hashes: Vec<[u8; 16]> = documents
+        .iter()
+        .map(|d| content_hash(&d.embedding_text()))
+        .collect();
+    let mut report = BuildReport {
+        collection: collection.to_string(),
+        generation,
+        previous_generation: previous,
+        resumed,
+        duplicate_ids: match source {
+            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
+            BuildSource::Collection => 0,
+        },
+        kept,
+        deleted: removed.len(),
+        removed,
+        ..BuildReport::default()
+    };
+    for (document, hash) in documents.iter().zip(&hashes) {
+        match base.documents.get(&document.id) {
+            None => report.added += 1,
+            Some(old) if old.hash == hex(hash) => report.unchanged += 1,
+            Some(_) => report.updated += 1,
+        }
+    }
+    let plan = plan(&db, &documents, &hashes, spaces, &reusable, &base)?;
+    progress(BuildEvent::Planned {
+        documents: documents.len(),
+        to_embed: plan.to_embed.len(),
+        resumed,
+        generation,
+    });
+
+    let embed_started = Instant::now();
+    for chunk in plan.reuse.chunks(4_096) {
+        let writes = chunk
+            .iter()
+            .map(|(index, vectors)| document_write(&documents, &hashes, *index, vectors))
+            .collect::<Vec<_>>();
+        db.write(&writes)?;
+    }
+    embed_documents(
+        &db,
+        &documents,
+        &hashes,
+        plan.to_embed,
+        spaces,
+        settings.batch_size,
+        &mut report,
+        progress,
+    )?;
+    report.embed_seconds = embed_started.elapsed().as_secs_f64();
+
+    // Documents of an interrupted build that the target no longer has.
+    let wanted: std::collections::HashSet<&str> = documents.iter().map(|d| d.id.as_str()).collect();
+    for (id, _) in db.live()? {
+        if !wanted.contains(id.as_str()) {
+            db.delete(&id)?;
+        }
+    }
+    // Writes acknowledged while this build ran: newer than its documents.
+    let journal_dir = store.journal_dir(collection);
+    let (replayed, seq) = replay_journal(&db, &journal_dir, base.seq, &requested, spaces)?;
+    report.replayed = replayed;
+    db.sweep()?;
+    report.documents = db.live()?.len();
+
+    let graph_started = Instant::now();
+    write_graphs(
+        &db,
+        &dir,
+        &requested,
+        reusable,
+        settings,
+        report.documents,
+        progress,
+    )?;
+    report.graph_seconds = graph_started.elapsed().as_secs_f64();
+    // Writes acknowledged while the graphs were built (searched exactly until compaction);
+    // any after this are applied by whoever opens the new generation.
+    let (late, seq) = replay_journal(&db, &journal_dir, seq, &requested, spaces)?;
+    report.replayed += late;
+    db.sweep()?;
+    let live = db.live_documents()?;
+    report.documents = live.len();
+    write_snapshot(&dir, seq, &live)?;
+    db.flush()?;
+    drop(db);
+
+    // The switch: one atomic manifest write.
+    manifest.previous = manifest.current;
+    manifest.current = Some(generation);
+    manifest.building = None;
+    manifest.hnsw = settings.hnsw;
+    manifest.spaces = requested;
+    manifest.documents = report.documents;
+    manifest.committed_unix = now_unix();
+    store.write_manifest(&manifest)?;
+    store.remove_stale_generations(&manifest)?;
+    journal::trim(&journal_dir, seq)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes the graph of each space: the current generation's, relabelled, where it still
+/// covers every document (see [`carry_over`]), otherwise built from the stored vectors.
+fn write_graphs(
+    db: &GenerationDb,
+    dir: &std::path::Path,
+    requested: &BTreeMap<String, ModelIdentity>,
+    mut reusable: BTreeMap<String, ReusableGraph>,
+    settings: &BuildSettings,
+    points: usize,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<()> {
+    let live_hashes: HashMap<String, String> = db
+        .live_documents()?
+        .into_iter()
+        .map(|d| (d.id, d.hash))
+        .collect();
+    for (name, identity) in requested {
+        progress(BuildEvent::Graph {
+            space: name.clone(),
+            points,
+        });
+        let carried = match reusable.remove(name) {
+            Some((graph, _)) => carry_over(graph, db, &live_hashes, &settings.hnsw)?,
+            None => None,
+        };
+        let graph = match carried {
+            Some(graph) => graph,
+            None => build_space_graph(db, name, identity, &settings.hnsw)?,
+        };
+        graph.write(&dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION)))?;
+    }
+    Ok(())
+}
+
+/// Checks the names and settings of a build; returns each space's model.
+fn check_inputs(
+    collection: &str,
+    spaces: &[SpaceSpec<'_>],
+    settings: &BuildSettings,
+) -> Result<BTreeMap<String, ModelIdentity>> {
     validate_name(collection)?;
     settings.hnsw.validate()?;
     if settings.batch_size == 0 {
@@ -377,7 +544,7 @@ pub fn build_collection(
         ));
     }
     let mut requested: BTreeMap<String, ModelIdentity> = BTreeMap::new();
-    for spec in spaces.iter() {
+    for spec in spaces {
         validate_name(&spec.name)?;
         if requested
             .insert(spec.name.clone(), spec.embedder.identity().clone())
@@ -389,7 +556,18 @@ pub fn build_collection(
             )));
         }
     }
+    Ok(requested)
+}
 
+/// The collection's manifest with the generation being built marked in it (an interrupted one
+/// is resumed): (manifest, generation, resumed). A new collection gets a manifest here, unless
+/// the source is the collection itself.
+fn start_generation(
+    store: &Store,
+    collection: &str,
+    source: &BuildSource<'_>,
+    settings: &BuildSettings,
+) -> Result<(CollectionManifest, u64, bool)> {
     let mut manifest = match store.manifest(collection) {
         Ok(manifest) => manifest,
         Err(IndexError::UnknownCollection { .. }) if !matches!(source, BuildSource::Collection) => {
@@ -424,84 +602,73 @@ pub fn build_collection(
             next
         }
     };
-    // Read after the building marker is written: a server checkpoints its journal only while
-    // no build is marked (see `Collection::checkpoint_journal_if_due`).
-    let base = read_base(store, &manifest)?;
-    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
-    let dir = store.generation_dir(collection, generation);
-    std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
-    let db = GenerationDb::open(&dir)?;
+    Ok((manifest, generation, resumed))
+}
 
-    // Spaces of an interrupted build with another model (or no longer asked for) start over.
-    let stored_spaces = db.spaces()?;
-    for (name, identity) in &stored_spaces {
-        match requested.get(name) {
-            Some(wanted) if wanted.same_model(identity) => {}
-            Some(_) => db.clear_space(name)?,
-            None => db.drop_space(name)?,
+/// A graph of the current generation whose vectors can be reused, and its slots by content
+/// hash.
+type ReusableGraph = (Graph, HashMap<[u8; 16], u32>);
+
+/// The current generation's graphs of the spaces whose model is unchanged.
+fn reusable_graphs(
+    store: &Store,
+    manifest: &CollectionManifest,
+    requested: &BTreeMap<String, ModelIdentity>,
+) -> Result<BTreeMap<String, ReusableGraph>> {
+    let mut reusable = BTreeMap::new();
+    let Some(current) = manifest.current else {
+        return Ok(reusable);
+    };
+    let current_dir = store.generation_dir(&manifest.name, current);
+    for (name, identity) in &manifest.spaces {
+        if !requested
+            .get(name)
+            .is_some_and(|wanted| wanted.same_model(identity))
+        {
+            continue;
         }
-    }
-    db.set_spaces(&requested)?;
-
-    // What the previous generation offers: vectors by content hash, per space with the same
-    // model.
-    let previous = manifest.current;
-    let mut reusable: BTreeMap<String, (Graph, HashMap<[u8; 16], u32>)> = BTreeMap::new();
-    if let Some(current) = previous {
-        let current_dir = store.generation_dir(collection, current);
-        for (name, identity) in &manifest.spaces {
-            if !requested
-                .get(name)
-                .is_some_and(|wanted| wanted.same_model(identity))
-            {
+        let path = current_dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION));
+        let graph = match Graph::read(&path) {
+            Ok(graph) => graph,
+            Err(e) => {
+                tracing::warn!("{e}; its vectors are not reused");
                 continue;
             }
-            let path = current_dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION));
-            let graph = match Graph::read(&path) {
-                Ok(graph) => graph,
-                Err(e) => {
-                    tracing::warn!("{e}; its vectors are not reused");
-                    continue;
-                }
-            };
-            if graph.identity() == identity.fingerprint {
-                let by_hash = (0..graph.len() as u32)
-                    .map(|slot| (*graph.hash(slot), slot))
-                    .collect();
-                reusable.insert(name.clone(), (graph, by_hash));
-            }
+        };
+        if graph.identity() == identity.fingerprint {
+            let by_hash = (0..graph.len() as u32)
+                .map(|slot| (*graph.hash(slot), slot))
+                .collect();
+            reusable.insert(name.clone(), (graph, by_hash));
         }
     }
+    Ok(reusable)
+}
 
-    // Plan: per document, which spaces need embedding; write what can be reused right away.
-    let hashes: Vec<[u8; 16]> = documents
-        .iter()
-        .map(|d| content_hash(&d.embedding_text()))
-        .collect();
-    let mut report = BuildReport {
-        collection: collection.to_string(),
-        generation,
-        previous_generation: previous,
-        resumed,
-        duplicate_ids: match source {
-            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
-            BuildSource::Collection => 0,
-        },
-        kept,
-        deleted: removed.len(),
-        removed,
-        ..BuildReport::default()
+/// What a build must do per document.
+struct Plan {
+    /// (document index, indices of the spaces to embed it in).
+    to_embed: Vec<(usize, Vec<usize>)>,
+    /// (document index, reused vectors): written before any embedding.
+    reuse: Vec<(usize, SpaceVectors)>,
+}
+
+/// Per document, which spaces need embedding and which vectors can be reused: from the
+/// generation being built (an interrupted build), the current generation's graphs, or the
+/// journal.
+fn plan(
+    db: &GenerationDb,
+    documents: &[Document],
+    hashes: &[[u8; 16]],
+    spaces: &[SpaceSpec<'_>],
+    reusable: &BTreeMap<String, ReusableGraph>,
+    base: &Base,
+) -> Result<Plan> {
+    let mut plan = Plan {
+        to_embed: Vec::new(),
+        reuse: Vec::new(),
     };
-    for (document, hash) in documents.iter().zip(&hashes) {
-        match base.documents.get(&document.id) {
-            None => report.added += 1,
-            Some(old) if old.hash == hex(hash) => report.unchanged += 1,
-            Some(_) => report.updated += 1,
-        }
-    }
-    let mut to_embed: Vec<(usize, Vec<usize>)> = Vec::new();
-    let mut reuse_batch: Vec<(usize, SpaceVectors)> = Vec::new();
-    for (index, (document, hash)) in documents.iter().zip(&hashes).enumerate() {
+    for (index, (document, hash)) in documents.iter().zip(hashes).enumerate() {
         let built = match db.node_of(&document.id)? {
             Some(node) => db.document(node)?.map(|doc| (node, doc)),
             None => None,
@@ -535,102 +702,15 @@ pub fn build_collection(
             .as_ref()
             .is_some_and(|(_, doc)| doc.same_as(document, hash));
         if !missing.is_empty() {
-            to_embed.push((index, missing));
+            plan.to_embed.push((index, missing));
             if !reused.is_empty() {
-                reuse_batch.push((index, reused));
+                plan.reuse.push((index, reused));
             }
         } else if !reused.is_empty() || !record_current {
-            reuse_batch.push((index, reused));
+            plan.reuse.push((index, reused));
         }
     }
-    progress(BuildEvent::Planned {
-        documents: documents.len(),
-        to_embed: to_embed.len(),
-        resumed,
-        generation,
-    });
-
-    let embed_started = Instant::now();
-    for chunk in reuse_batch.chunks(4_096) {
-        let writes = chunk
-            .iter()
-            .map(|(index, vectors)| document_write(&documents, &hashes, *index, vectors))
-            .collect::<Vec<_>>();
-        db.write(&writes)?;
-    }
-    embed_documents(
-        &db,
-        &documents,
-        &hashes,
-        to_embed,
-        spaces,
-        settings.batch_size,
-        &mut report,
-        progress,
-    )?;
-    report.embed_seconds = embed_started.elapsed().as_secs_f64();
-
-    // Documents of an interrupted build that the target no longer has.
-    let wanted: std::collections::HashSet<&str> = documents.iter().map(|d| d.id.as_str()).collect();
-    for (id, _) in db.live()? {
-        if !wanted.contains(id.as_str()) {
-            db.delete(&id)?;
-        }
-    }
-    // Writes acknowledged while this build ran: newer than its documents.
-    let journal_dir = store.journal_dir(collection);
-    let (replayed, seq) = replay_journal(&db, &journal_dir, base.seq, &requested, spaces)?;
-    report.replayed = replayed;
-    db.sweep()?;
-    report.documents = db.live()?.len();
-
-    let graph_started = Instant::now();
-    let live_hashes: HashMap<String, String> = db
-        .live_documents()?
-        .into_iter()
-        .map(|d| (d.id, d.hash))
-        .collect();
-    for (name, identity) in &requested {
-        progress(BuildEvent::Graph {
-            space: name.clone(),
-            points: report.documents,
-        });
-        let previous = reusable.remove(name).map(|(graph, _)| graph);
-        let carried = match previous {
-            Some(graph) => carry_over(graph, &db, &live_hashes, &settings.hnsw)?,
-            None => None,
-        };
-        let graph = match carried {
-            Some(graph) => graph,
-            None => build_space_graph(&db, name, identity, &settings.hnsw)?,
-        };
-        graph.write(&dir.join(format!("{name}.{}", keys::GRAPH_EXTENSION)))?;
-    }
-    report.graph_seconds = graph_started.elapsed().as_secs_f64();
-    // Writes acknowledged while the graphs were built (searched exactly until compaction);
-    // any after this are applied by whoever opens the new generation.
-    let (late, seq) = replay_journal(&db, &journal_dir, seq, &requested, spaces)?;
-    report.replayed += late;
-    db.sweep()?;
-    let live = db.live_documents()?;
-    report.documents = live.len();
-    write_snapshot(&dir, seq, &live)?;
-    db.flush()?;
-    drop(db);
-
-    // The switch: one atomic manifest write.
-    manifest.previous = manifest.current;
-    manifest.current = Some(generation);
-    manifest.building = None;
-    manifest.hnsw = settings.hnsw;
-    manifest.spaces = requested;
-    manifest.documents = report.documents;
-    manifest.committed_unix = now_unix();
-    store.write_manifest(&manifest)?;
-    store.remove_stale_generations(&manifest)?;
-    journal::trim(&journal_dir, seq)?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(plan)
 }
 
 /// Embeds the planned documents batch by batch (longest texts first, so batches pad little)
