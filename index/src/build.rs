@@ -256,12 +256,6 @@ fn target_documents(
     base: &Base,
     collection: &str,
 ) -> Result<(Vec<Document>, Vec<String>, usize)> {
-    let stored = |d: &StoredDocument| Document {
-        id: d.id.clone(),
-        title: d.title.clone(),
-        text: d.text.clone(),
-        metadata: d.metadata.clone(),
-    };
     match source {
         BuildSource::Collection => {
             if base.documents.is_empty() {
@@ -269,7 +263,14 @@ fn target_documents(
                     "collection {collection:?} has no documents to re-embed; build it from a corpus"
                 )));
             }
-            Ok((base.documents.values().map(stored).collect(), Vec::new(), 0))
+            Ok((
+                base.documents
+                    .values()
+                    .map(StoredDocument::to_document)
+                    .collect(),
+                Vec::new(),
+                0,
+            ))
         }
         BuildSource::Corpus { corpus, mode } => {
             let wanted: std::collections::HashSet<&str> =
@@ -282,7 +283,7 @@ fn target_documents(
             match mode {
                 BuildMode::Merge => {
                     let before = documents.len();
-                    documents.extend(others.map(stored));
+                    documents.extend(others.map(StoredDocument::to_document));
                     let kept = documents.len() - before;
                     Ok((documents, Vec::new(), kept))
                 }
@@ -293,7 +294,7 @@ fn target_documents(
 }
 
 /// Spaces being built, as the embedder of journaled writes that need their models.
-struct SpecEmbedder<'s, 'a>(&'s mut [SpaceSpec<'a>]);
+pub(crate) struct SpecEmbedder<'s, 'a>(pub(crate) &'s mut [SpaceSpec<'a>]);
 
 impl SpaceEmbedder for SpecEmbedder<'_, '_> {
     fn embed_documents(

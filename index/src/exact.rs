@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::build::{BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, SpaceSpec};
+use crate::build::{
+    BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, SpaceSpec, SpecEmbedder,
+};
 use crate::corpus::Document;
 use crate::distance::{dot, normalize};
 use crate::error::{IndexError, Result};
@@ -189,14 +191,12 @@ impl VectorStore for ExactStore {
                 journal.lock().expect("journal lock").len() as u64,
             ),
         };
-        let as_document = |d: &StoredDocument| Document {
-            id: d.id.clone(),
-            title: d.title.clone(),
-            text: d.text.clone(),
-            metadata: d.metadata.clone(),
-        };
         let (target, removed, kept): (Vec<Document>, Vec<String>, usize) = match source {
-            BuildSource::Collection => (old.values().map(as_document).collect(), Vec::new(), 0),
+            BuildSource::Collection => (
+                old.values().map(StoredDocument::to_document).collect(),
+                Vec::new(),
+                0,
+            ),
             BuildSource::Corpus { corpus, mode } => {
                 let mut target = corpus.documents.clone();
                 let listed: std::collections::HashSet<&str> =
@@ -208,7 +208,7 @@ impl VectorStore for ExactStore {
                 match mode {
                     BuildMode::Merge => {
                         let kept = others.len();
-                        target.extend(others.into_iter().map(as_document));
+                        target.extend(others.into_iter().map(StoredDocument::to_document));
                         (target, Vec::new(), kept)
                     }
                     BuildMode::Replace => {
@@ -377,26 +377,6 @@ fn apply_journal(
     }
     state.applied = covered;
     Ok(count)
-}
-
-/// Spaces being built, as the embedder of journaled writes that need their models.
-struct SpecEmbedder<'s, 'a>(&'s mut [SpaceSpec<'a>]);
-
-impl SpaceEmbedder for SpecEmbedder<'_, '_> {
-    fn embed_documents(
-        &mut self,
-        space: &str,
-        texts: &[&str],
-    ) -> std::result::Result<Vec<Vec<f32>>, String> {
-        let spec = self
-            .0
-            .iter_mut()
-            .find(|s| s.name == space)
-            .ok_or_else(|| format!("no space {space:?} in this build"))?;
-        spec.embedder
-            .embed_documents(texts)
-            .map_err(|e| e.to_string())
-    }
 }
 
 impl ExactCollection {

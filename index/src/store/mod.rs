@@ -104,6 +104,16 @@ impl StoredDocument {
         }
     }
 
+    /// The document as written (without its hash).
+    pub fn to_document(&self) -> Document {
+        Document {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            text: self.text.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
     pub(crate) fn same_as(&self, document: &Document, hash: &[u8; 16]) -> bool {
         self.hash == hex(hash)
             && self.title == document.title
