@@ -201,6 +201,17 @@ impl IndexError {
         }
     }
 
+    /// A write refused by generation `generation` of `collection` because journaled writes it
+    /// lacks need its models to be embedded first (whoever serves it catches up, then retries).
+    pub(crate) fn behind_journal(collection: &str, generation: u64) -> Self {
+        Self::Superseded {
+            what: format!(
+                "collection {collection:?} generation {generation} has journaled writes to \
+                 re-embed before it takes new ones"
+            ),
+        }
+    }
+
     /// True for errors caused by the caller's input rather than by the store.
     pub fn is_user_error(&self) -> bool {
         matches!(

@@ -617,13 +617,7 @@ impl Collection {
             self.apply_journal(state, None)?;
         }
         if state.applied < last {
-            return Err(IndexError::Superseded {
-                what: format!(
-                    "collection {:?} generation {} has journaled writes to re-embed before it \
-                     takes new ones",
-                    self.name, self.generation
-                ),
-            });
+            return Err(IndexError::behind_journal(&self.name, self.generation));
         }
         Ok(())
     }
