@@ -85,6 +85,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// 404: collection `collection` has no document `id`.
+    pub fn no_document(collection: &str, id: &str) -> Self {
+        Self::NotFound(format!("collection {collection:?} has no document {id:?}"))
+    }
+
     /// The HTTP status of this error: the one place statuses are decided.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -222,12 +222,10 @@ pub async fn get(
     let (collection, id) = path.into_inner();
     let served = state.collection(&collection)?;
     let response = blocking(move || {
-        let document = served.collection.document(&id)?.ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "collection {:?} has no document {id:?}",
-                served.collection.name()
-            ))
-        })?;
+        let document = served
+            .collection
+            .document(&id)?
+            .ok_or_else(|| ApiError::no_document(served.collection.name(), &id))?;
         Ok(DocumentResponse {
             id: document.id,
             title: document.title,
@@ -278,10 +276,7 @@ pub async fn delete(
         let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
         let served = state.collection(&collection)?;
         if !served.collection.delete(&id)? {
-            return Err(ApiError::NotFound(format!(
-                "collection {:?} has no document {id:?}",
-                served.collection.name()
-            )));
+            return Err(ApiError::no_document(served.collection.name(), &id));
         }
         let documents = served.collection.len();
         state.metrics.collection(

@@ -495,12 +495,7 @@ pub async fn visibility(
             for space in &spaces {
                 match served.collection.vector(space, &doc_id)? {
                     Some(vector) => vectors.insert(space.clone(), vector),
-                    None => {
-                        return Err(ApiError::NotFound(format!(
-                            "collection {:?} has no document {doc_id:?}",
-                            served.collection.name()
-                        )))
-                    }
+                    None => return Err(ApiError::no_document(served.collection.name(), &doc_id)),
                 };
             }
             Ok(vectors)
