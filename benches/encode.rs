@@ -69,7 +69,7 @@ fn kernels(c: &mut Criterion) {
         bench.iter(|| linear(&x, &w_qkv, &b_qkv, Epilogue::None).unwrap())
     });
     group.bench_function("attention", |bench| {
-        bench.iter(|| attention(&qkv, &lengths, heads, 0.176).unwrap())
+        bench.iter(|| attention(&qkv, &lengths, heads, 0.176, None).unwrap())
     });
     group.bench_function("feed_forward", |bench| {
         bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b).unwrap())

@@ -312,7 +312,10 @@ fn browser_ready() -> Option<PathBuf> {
             chromium.display()
         ),
         (false, false) => {
-            eprintln!("skipped: no Chromium or playwright-core (npm ci --prefix tests/browser)");
+            attune_model::fixtures::report_skipped(
+                "the_web_page_compares_filters_and_judges_in_headless_chromium",
+                "no Chromium or playwright-core (npm ci --prefix tests/browser)",
+            );
             None
         }
     }

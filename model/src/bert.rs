@@ -1,7 +1,8 @@
-//! BERT encoder shared by inference and training.
+//! The BERT-shaped encoder shared by inference and training: BERT, RoBERTa, XLM-RoBERTa,
+//! CamemBERT and MPNet ([`BertFlavor`] holds their differences).
 //!
-//! Tensor names follow Hugging Face's `BertModel` checkpoints (`embeddings.*`,
-//! `encoder.layer.N.*`), so sentence-transformers directories load unchanged. Unlike
+//! Tensor names follow Hugging Face's checkpoints (`embeddings.*`, `encoder.layer.N.*`), so
+//! sentence-transformers directories load unchanged. Unlike
 //! candle-transformers' `BertModel` (used in this crate's tests as the parity reference), the
 //! layers here are reachable for LoRA, and each forward pass takes a [`Mode`] that selects fused
 //! kernels (inference) or differentiable ones with dropout (training).
@@ -9,7 +10,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{BertConfig, HiddenAct};
+use crate::config::{BertConfig, BertFlavor, HiddenAct};
 use crate::family::{InputConventions, InputEmbeddingHook, TransformerModel};
 use crate::kernels::{self, Epilogue};
 use crate::layers::{attention_probs, matmul_in, Dropout, Embedding, LayerNorm, Linear, Mode};
@@ -42,8 +43,23 @@ impl LinearTarget {
         LinearTarget::Output,
     ];
 
-    /// The checkpoint name of this layer inside `encoder.layer.N.`.
+    /// The checkpoint name of this layer inside `encoder.layer.N.` of a BERT checkpoint.
     pub fn checkpoint_name(self) -> &'static str {
+        self.checkpoint_name_in(BertFlavor::Bert)
+    }
+
+    /// The checkpoint name of this layer inside `encoder.layer.N.` for `flavor`.
+    pub fn checkpoint_name_in(self, flavor: BertFlavor) -> &'static str {
+        if flavor == BertFlavor::Mpnet {
+            return match self {
+                LinearTarget::Query => "attention.attn.q",
+                LinearTarget::Key => "attention.attn.k",
+                LinearTarget::Value => "attention.attn.v",
+                LinearTarget::AttentionOutput => "attention.attn.o",
+                LinearTarget::Intermediate => "intermediate.dense",
+                LinearTarget::Output => "output.dense",
+            };
+        }
         match self {
             LinearTarget::Query => "attention.self.query",
             LinearTarget::Key => "attention.self.key",
@@ -59,7 +75,10 @@ impl LinearTarget {
 struct BertEmbeddings {
     word: Embedding,
     position: Embedding,
-    token_type: Embedding,
+    /// Absent in MPNet.
+    token_type: Option<Embedding>,
+    /// The position id of the first token.
+    position_offset: usize,
     layer_norm: LayerNorm,
     dropout: Dropout,
     hook: Option<InputEmbeddingHook>,
@@ -74,11 +93,15 @@ impl BertEmbeddings {
                 cfg.max_position_embeddings,
                 cfg.hidden_size,
             )?,
-            token_type: Embedding::load(
-                vb.pp("token_type_embeddings"),
-                cfg.type_vocab_size,
-                cfg.hidden_size,
-            )?,
+            token_type: match cfg.flavor {
+                BertFlavor::Mpnet => None,
+                BertFlavor::Bert | BertFlavor::Roberta => Some(Embedding::load(
+                    vb.pp("token_type_embeddings"),
+                    cfg.type_vocab_size,
+                    cfg.hidden_size,
+                )?),
+            },
+            position_offset: cfg.position_offset(),
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
             hook: None,
@@ -91,14 +114,19 @@ impl BertEmbeddings {
         token_type_ids: &Tensor,
         mode: Mode<'_>,
     ) -> Result<Tensor> {
-        let seq_len = input_ids.dim(1)?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        // Texts are right-padded, so real tokens take positions offset, offset + 1, ... as in
+        // Hugging Face; padding rows get positions too, but they are masked everywhere.
+        let offset = self.position_offset as u32;
+        let seq_len = input_ids.dim(1)? as u32;
+        let positions = Tensor::arange(offset, offset + seq_len, input_ids.device())?;
         let mut words = self.word.forward(input_ids)?;
         if let Some(hook) = &self.hook {
             words = hook(&words)?;
         }
-        let xs = (words + self.token_type.forward(token_type_ids)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
+        if let Some(token_type) = &self.token_type {
+            words = (words + token_type.forward(token_type_ids)?)?;
+        }
+        let xs = words.broadcast_add(&self.position.forward(&positions)?)?;
         let xs = self.layer_norm.forward(&xs, mode)?;
         self.dropout.forward(&xs, mode)
     }
@@ -126,18 +154,19 @@ struct BertLayer {
 impl BertLayer {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
-        let linear =
-            |target: LinearTarget, i, o| Linear::load(vb.pp(target.checkpoint_name()), i, o);
+        let linear = |target: LinearTarget, i, o| {
+            Linear::load(vb.pp(target.checkpoint_name_in(cfg.flavor)), i, o)
+        };
+        let attention_norm_name = match cfg.flavor {
+            BertFlavor::Mpnet => "attention.LayerNorm",
+            BertFlavor::Bert | BertFlavor::Roberta => "attention.output.LayerNorm",
+        };
         Ok(BertLayer {
             query: linear(LinearTarget::Query, h, h)?,
             key: linear(LinearTarget::Key, h, h)?,
             value: linear(LinearTarget::Value, h, h)?,
             attention_output: linear(LinearTarget::AttentionOutput, h, h)?,
-            attention_norm: LayerNorm::load(
-                vb.pp("attention.output.LayerNorm"),
-                h,
-                cfg.layer_norm_eps,
-            )?,
+            attention_norm: LayerNorm::load(vb.pp(attention_norm_name), h, cfg.layer_norm_eps)?,
             intermediate: linear(LinearTarget::Intermediate, h, cfg.intermediate_size)?,
             output: linear(LinearTarget::Output, cfg.intermediate_size, h)?,
             output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
@@ -209,7 +238,12 @@ impl BertLayer {
     }
 
     /// Inference on CPU with the fused kernels; `lengths[i]` real tokens start text `i`.
-    fn forward_fused(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    fn forward_fused(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        position_bias: Option<&kernels::PositionBias>,
+    ) -> Result<Tensor> {
         let bias = |l: &Linear| l.bias().expect("fusable() checked the biases").clone();
         let w_qkv = Tensor::cat(
             &[self.query.weight(), self.key.weight(), self.value.weight()],
@@ -218,7 +252,7 @@ impl BertLayer {
         let b_qkv = Tensor::cat(&[bias(&self.query), bias(&self.key), bias(&self.value)], 0)?;
         let qkv = kernels::linear(xs, &w_qkv, &b_qkv, Epilogue::None)?;
         let scale = 1.0 / (self.head_size as f32).sqrt();
-        let context = kernels::attention(&qkv, lengths, self.num_heads, scale)?;
+        let context = kernels::attention(&qkv, lengths, self.num_heads, scale, position_bias)?;
         let attended = kernels::linear(
             &context,
             self.attention_output.weight(),
@@ -239,13 +273,24 @@ impl BertLayer {
         self.output_norm.forward(&(out + xs)?, Mode::Inference)
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+    /// The differentiable path. `position_bias`: `(1, heads, seq, seq)`, added to the scaled
+    /// scores (MPNet).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        position_bias: Option<&Tensor>,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
         let q = self.split_heads(&(self.query.forward(xs)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(xs)?)?;
         let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = matmul_in(&q, &k.t()?, self.matmul_dtype)?;
+        let mut scores = matmul_in(&q, &k.t()?, self.matmul_dtype)?;
+        if let Some(bias) = position_bias {
+            scores = scores.broadcast_add(bias)?;
+        }
         let probs = attention_probs(&scores, mask_bias, self.attention_dropout, mode)?;
         let context = matmul_in(&probs, &v, self.matmul_dtype)?
             .transpose(1, 2)?
@@ -269,7 +314,31 @@ impl BertLayer {
 pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
+    /// MPNet's relative-position bias table `(buckets, heads)`.
+    relative_bias: Option<Embedding>,
     config: BertConfig,
+}
+
+/// MPNet's longest distance with its own bucket range (Hugging Face's `max_distance`).
+const RELATIVE_MAX_DISTANCE: i64 = 128;
+
+/// MPNet's bucket of the relative position `key − query` (Hugging Face's
+/// `relative_position_bucket`, with its float32 logarithm so boundaries fall alike): exact
+/// buckets for distances below `buckets / 4`, logarithmic ones up to 128, each sign in its half.
+pub fn relative_position_bucket(relative: i64, buckets: usize) -> usize {
+    let half = (buckets / 2) as i64;
+    let n = -relative;
+    let sign = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    let bucket = if n < max_exact {
+        n
+    } else {
+        let ratio = (n as f32 / max_exact as f32).ln()
+            / ((RELATIVE_MAX_DISTANCE as f64 / max_exact as f64).ln() as f32);
+        (max_exact + (ratio * (half - max_exact) as f32) as i64).min(half - 1)
+    };
+    (sign + bucket) as usize
 }
 
 impl BertModel {
@@ -279,9 +348,18 @@ impl BertModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
+        let relative_bias = match cfg.flavor {
+            BertFlavor::Mpnet => Some(Embedding::load(
+                vb.pp("encoder.relative_attention_bias"),
+                cfg.relative_attention_num_buckets,
+                cfg.num_attention_heads,
+            )?),
+            BertFlavor::Bert | BertFlavor::Roberta => None,
+        };
         Ok(BertModel {
             embeddings,
             layers,
+            relative_bias,
             config: cfg.clone(),
         })
     }
@@ -321,21 +399,67 @@ impl BertModel {
         let mask = attention_mask.to_dtype(DType::F32)?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
         let lengths = fused_lengths(&mask, &xs, mode)?;
-        // Built on first use: only layers that cannot take the fused kernels need it.
+        // Built on first use: only layers that cannot take the fused kernels need them.
         let mut mask_bias: Option<Tensor> = None;
+        let mut position_bias: Option<Option<Tensor>> = None;
+        let mut fused_position_bias: Option<Option<kernels::PositionBias>> = None;
         for layer in &self.layers {
             xs = match &lengths {
-                Some(lengths) if layer.fusable() => layer.forward_fused(&xs, lengths)?,
+                Some(lengths) if layer.fusable() => {
+                    if fused_position_bias.is_none() {
+                        fused_position_bias = Some(self.fused_position_bias(s)?);
+                    }
+                    let bias = fused_position_bias.as_ref().expect("just built").as_ref();
+                    layer.forward_fused(&xs, lengths, bias)?
+                }
                 _ => {
                     if mask_bias.is_none() {
                         mask_bias = Some(composite_mask_bias(&mask, b, s)?);
+                        position_bias = Some(self.position_bias(s, input_ids.device())?);
                     }
-                    let bias = mask_bias.as_ref().expect("just built");
-                    layer.forward(&xs, bias, mode)?
+                    let mask_bias = mask_bias.as_ref().expect("just built");
+                    let position_bias = position_bias.as_ref().expect("just built").as_ref();
+                    layer.forward(&xs, mask_bias, position_bias, mode)?
                 }
             };
         }
         Ok(xs)
+    }
+
+    /// The bucket of every (query, key) pair of a `seq`-token text, row-major.
+    fn bucket_ids(&self, seq: usize) -> Vec<u32> {
+        let buckets = self.config.relative_attention_num_buckets;
+        (0..seq as i64)
+            .flat_map(|q| (0..seq as i64).map(move |k| (q, k)))
+            .map(|(q, k)| relative_position_bucket(k - q, buckets) as u32)
+            .collect()
+    }
+
+    /// MPNet's position bias `(1, heads, seq, seq)` (differentiable in its table); `None` for
+    /// the other flavors.
+    fn position_bias(&self, seq: usize, device: &candle_core::Device) -> Result<Option<Tensor>> {
+        let Some(table) = &self.relative_bias else {
+            return Ok(None);
+        };
+        let ids = Tensor::from_vec(self.bucket_ids(seq), (seq, seq), device)?;
+        Ok(Some(table.forward(&ids)?.permute((2, 0, 1))?.unsqueeze(0)?))
+    }
+
+    /// MPNet's position bias laid out for the fused attention kernel.
+    fn fused_position_bias(&self, seq: usize) -> Result<Option<kernels::PositionBias>> {
+        let Some(table) = &self.relative_bias else {
+            return Ok(None);
+        };
+        let table = table.table().to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let heads = self.config.num_attention_heads;
+        let ids = self.bucket_ids(seq);
+        let mut values = vec![0f32; heads * seq * seq];
+        for (head, block) in values.chunks_exact_mut(seq * seq).enumerate() {
+            for (value, bucket) in block.iter_mut().zip(&ids) {
+                *value = table[*bucket as usize][head];
+            }
+        }
+        Ok(Some(kernels::PositionBias::new(values, heads, seq)))
     }
 }
 
@@ -364,8 +488,8 @@ impl TransformerModel for BertModel {
 
     fn conventions(&self) -> InputConventions {
         InputConventions {
-            token_type_ids: true,
-            position_offset: 0,
+            token_type_ids: self.embeddings.token_type.is_some(),
+            position_offset: self.config.position_offset(),
         }
     }
 
@@ -378,8 +502,10 @@ impl TransformerModel for BertModel {
     }
 
     fn linear_name(&self, layer: usize, target: LinearTarget) -> Option<String> {
-        (layer < self.layers.len())
-            .then(|| format!("encoder.layer.{layer}.{}", target.checkpoint_name()))
+        (layer < self.layers.len()).then(|| {
+            let name = target.checkpoint_name_in(self.config.flavor);
+            format!("encoder.layer.{layer}.{name}")
+        })
     }
 
     /// Per layer: the Q/K/V/output projections (`8·h²` per token), the feed-forward block
@@ -426,4 +552,62 @@ fn fused_lengths(mask: &Tensor, xs: &Tensor, mode: Mode<'_>) -> Result<Option<Ve
         lengths.push(len);
     }
     Ok(Some(lengths))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket;
+
+    /// Where Hugging Face's `MPNetEncoder.relative_position_bucket` (transformers 5.23, torch
+    /// 2.15) changes bucket over relative positions -600..=600, and the bucket from there on.
+    const TRANSFORMERS_BUCKET_STARTS: [(i64, usize); 31] = [
+        (-600, 15),
+        (-90, 14),
+        (-63, 13),
+        (-45, 12),
+        (-31, 11),
+        (-22, 10),
+        (-15, 9),
+        (-11, 8),
+        (-7, 7),
+        (-6, 6),
+        (-5, 5),
+        (-4, 4),
+        (-3, 3),
+        (-2, 2),
+        (-1, 1),
+        (0, 0),
+        (1, 17),
+        (2, 18),
+        (3, 19),
+        (4, 20),
+        (5, 21),
+        (6, 22),
+        (7, 23),
+        (8, 24),
+        (12, 25),
+        (16, 26),
+        (23, 27),
+        (32, 28),
+        (46, 29),
+        (64, 30),
+        (91, 31),
+    ];
+
+    #[test]
+    fn mpnet_buckets_match_transformers_at_every_boundary() {
+        for relative in -600i64..=600 {
+            let want = TRANSFORMERS_BUCKET_STARTS
+                .iter()
+                .rev()
+                .find(|(start, _)| *start <= relative)
+                .map(|(_, bucket)| *bucket)
+                .unwrap();
+            assert_eq!(
+                relative_position_bucket(relative, 32),
+                want,
+                "relative position {relative}"
+            );
+        }
+    }
 }

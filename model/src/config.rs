@@ -16,7 +16,45 @@ use crate::family::{
 };
 
 /// The model families attune implements, as `config.json`'s `model_type` spells them.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["bert", "camembert", "mpnet", "roberta", "xlm-roberta"];
+
+/// The BERT-shaped families: one encoder ([`crate::BertModel`]) with their differences in
+/// positions, segments, tensor names and attention bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BertFlavor {
+    /// BERT and BERT-shaped models: positions from 0, token types, `attention.self.*` names.
+    #[default]
+    Bert,
+    /// RoBERTa, XLM-RoBERTa and CamemBERT: positions start after the padding index, one token
+    /// type.
+    Roberta,
+    /// MPNet: RoBERTa's positions, no token types, `attention.attn.{q,k,v,o}` names and a
+    /// relative-position bias (bucketed, shared by every layer) added to the attention scores.
+    Mpnet,
+}
+
+impl BertFlavor {
+    /// The flavor of `model_type`, if it is one of the BERT-shaped families.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "bert" => Some(BertFlavor::Bert),
+            "roberta" | "xlm-roberta" | "camembert" => Some(BertFlavor::Roberta),
+            "mpnet" => Some(BertFlavor::Mpnet),
+            _ => None,
+        }
+    }
+
+    /// Where the checkpoint of a task model (e.g. `RobertaForMaskedLM`) keeps the encoder.
+    pub fn checkpoint_prefix(self) -> &'static str {
+        match self {
+            BertFlavor::Bert => "bert",
+            BertFlavor::Roberta => "roberta",
+            BertFlavor::Mpnet => "mpnet",
+        }
+    }
+}
 
 /// The transformer architecture of a model directory, parsed from `config.json`.
 #[derive(Debug, Clone)]
@@ -76,9 +114,12 @@ impl Architecture {
                     .collect()
             })
             .unwrap_or_default();
-        let is_bert = match model_type.as_deref() {
-            Some(t) => t == "bert",
-            None => architectures.iter().any(|a| a.starts_with("Bert")),
+        let flavor = match model_type.as_deref() {
+            Some(t) => BertFlavor::from_model_type(t),
+            None => architectures
+                .iter()
+                .any(|a| a.starts_with("Bert"))
+                .then_some(BertFlavor::Bert),
         };
         if let Some(family) = model_type.as_deref().and_then(registered_family) {
             let shape = family.read_config(path, &raw)?;
@@ -88,7 +129,7 @@ impl Architecture {
                 shape,
             });
         }
-        if !is_bert {
+        let Some(flavor) = flavor else {
             let found = model_type.unwrap_or_else(|| {
                 if architectures.is_empty() {
                     "(no model_type or architectures field)".to_string()
@@ -106,13 +147,14 @@ impl Architecture {
                     .collect::<Vec<_>>()
                     .join(", "),
             });
-        }
+        };
         // Parsed from the text (not the value) so errors carry a line and column.
-        let config: BertConfig =
+        let mut config: BertConfig =
             serde_json::from_str(text).map_err(|source| ModelError::InvalidJson {
                 path: path.to_path_buf(),
                 source,
             })?;
+        config.flavor = flavor;
         config.validate(path)?;
         Ok(Architecture::Bert(config))
     }
@@ -125,6 +167,18 @@ impl Architecture {
         }
     }
 
+    /// Where a task model's checkpoint (e.g. `BertForMaskedLM`) nests the encoder, and a tensor
+    /// name the bare encoder has: `("bert", "embeddings.word_embeddings.weight")` for BERT.
+    pub fn checkpoint_prefix(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Architecture::Bert(c) => Some((
+                c.flavor.checkpoint_prefix(),
+                "embeddings.word_embeddings.weight",
+            )),
+            Architecture::Registered { .. } => None,
+        }
+    }
+
     /// Loads the weights under `vb` as this architecture's [`TransformerModel`].
     pub fn load(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn TransformerModel>> {
         match self {
@@ -133,10 +187,11 @@ impl Architecture {
         }
     }
 
-    /// Most positions the model has embeddings for.
+    /// Most tokens one text can have: the position embeddings the model has, less those
+    /// before its first position (RoBERTa's 514 positions hold 512 tokens).
     pub fn max_position_embeddings(&self) -> usize {
         match self {
-            Architecture::Bert(c) => c.max_position_embeddings,
+            Architecture::Bert(c) => c.max_position_embeddings - c.position_offset(),
             Architecture::Registered { shape, .. } => shape.max_position_embeddings,
         }
     }
@@ -192,6 +247,12 @@ pub struct BertConfig {
     /// Only `absolute` position embeddings are implemented.
     #[serde(default = "default_position_embedding_type")]
     pub position_embedding_type: String,
+    /// MPNet's number of relative-position buckets (default 32; other flavors ignore it).
+    #[serde(default = "default_relative_buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Which BERT-shaped family this is (from `model_type`, not a field of `config.json`).
+    #[serde(skip)]
+    pub flavor: BertFlavor,
 }
 
 fn default_hidden_act() -> HiddenAct {
@@ -208,6 +269,9 @@ fn default_type_vocab() -> usize {
 }
 fn default_layer_norm_eps() -> f64 {
     1e-12
+}
+fn default_relative_buckets() -> usize {
+    32
 }
 fn default_position_embedding_type() -> String {
     "absolute".to_string()
@@ -227,6 +291,22 @@ impl BertConfig {
                     "`{}` is not supported; only `absolute` is",
                     self.position_embedding_type
                 ),
+            ));
+        }
+        if self.max_position_embeddings <= self.position_offset() + 1 {
+            return Err(field_err(
+                "max_position_embeddings",
+                format!(
+                    "{} leaves no room for a text: positions start at {} (pad_token_id + 1)",
+                    self.max_position_embeddings,
+                    self.position_offset()
+                ),
+            ));
+        }
+        if self.flavor == BertFlavor::Mpnet && self.relative_attention_num_buckets < 4 {
+            return Err(field_err(
+                "relative_attention_num_buckets",
+                format!("{} is below 4", self.relative_attention_num_buckets),
             ));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
@@ -250,6 +330,15 @@ impl BertConfig {
             }
         }
         Ok(())
+    }
+
+    /// The position id of a text's first token: 0 for BERT, `pad_token_id + 1` for RoBERTa
+    /// and MPNet (Hugging Face's `create_position_ids_from_input_ids`).
+    pub fn position_offset(&self) -> usize {
+        match self.flavor {
+            BertFlavor::Bert => 0,
+            BertFlavor::Roberta | BertFlavor::Mpnet => self.pad_token_id as usize + 1,
+        }
     }
 
     /// Width of one attention head.
@@ -282,7 +371,24 @@ pub struct PoolingConfig {
     /// The last token's embedding (not implemented; an error if set).
     #[serde(default)]
     pub pooling_mode_lasttoken: bool,
+    /// Whether prompt tokens are pooled too (default true; false is not implemented).
+    #[serde(default = "default_include_prompt")]
+    pub include_prompt: bool,
 }
+
+fn default_include_prompt() -> bool {
+    true
+}
+
+/// sentence-transformers 6.x's pooling mode names, in the legacy concatenation order.
+const POOLING_MODE_NAMES: [&str; 6] = [
+    "cls",
+    "max",
+    "mean",
+    "mean_sqrt_len_tokens",
+    "weightedmean",
+    "lasttoken",
+];
 
 /// One pooling operation, in the order they are concatenated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +414,45 @@ impl PoolingConfig {
             pooling_mode_mean_sqrt_len_tokens: mode == PoolingMode::MeanSqrtLen,
             pooling_mode_weightedmean_tokens: false,
             pooling_mode_lasttoken: false,
+            include_prompt: true,
         }
+    }
+
+    /// A config from sentence-transformers 6.x's mode names (`"mean"`, `["cls", "mean"]`).
+    /// Several modes must be listed in the legacy order (cls, max, mean, mean_sqrt_len_tokens),
+    /// the only order the legacy booleans can write back; the error says what is wrong.
+    pub fn from_mode_names(
+        dimension: usize,
+        names: &[String],
+    ) -> std::result::Result<Self, String> {
+        let mut config = PoolingConfig::single(PoolingMode::Mean, dimension);
+        config.pooling_mode_mean_tokens = false;
+        let mut last = None;
+        for name in names {
+            let Some(rank) = POOLING_MODE_NAMES.iter().position(|n| n == name) else {
+                return Err(format!(
+                    "unknown mode `{name}`; known: {}",
+                    POOLING_MODE_NAMES.join(", ")
+                ));
+            };
+            if last.is_some_and(|l| l >= rank) {
+                return Err(format!(
+                    "modes must be listed once each, in the order {}",
+                    POOLING_MODE_NAMES.join(", ")
+                ));
+            }
+            last = Some(rank);
+            let flag = match rank {
+                0 => &mut config.pooling_mode_cls_token,
+                1 => &mut config.pooling_mode_max_tokens,
+                2 => &mut config.pooling_mode_mean_tokens,
+                3 => &mut config.pooling_mode_mean_sqrt_len_tokens,
+                4 => &mut config.pooling_mode_weightedmean_tokens,
+                _ => &mut config.pooling_mode_lasttoken,
+            };
+            *flag = true;
+        }
+        Ok(config)
     }
 
     /// The modes that are on, in concatenation order; an error names an unsupported or empty
@@ -378,13 +522,16 @@ mod tests {
 
     #[test]
     fn unsupported_family_lists_the_supported_ones() {
-        let text = r#"{"model_type":"xlm-roberta","architectures":["XLMRobertaModel"]}"#;
+        let text = r#"{"model_type":"gpt2","architectures":["GPT2Model"]}"#;
         let err = Architecture::from_json(Path::new("m/config.json"), text)
             .unwrap_err()
             .to_string();
         assert!(err.contains("m/config.json"), "{err}");
-        assert!(err.contains("xlm-roberta"), "{err}");
-        assert!(err.contains("supported: bert"), "{err}");
+        assert!(err.contains("gpt2"), "{err}");
+        assert!(
+            err.contains("supported: bert, camembert, mpnet, roberta, xlm-roberta"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -404,6 +551,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("num_attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn sentence_transformers_6_mode_names_map_to_the_legacy_flags() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = PoolingConfig::from_mode_names(8, &names(&["cls", "mean"])).unwrap();
+        assert_eq!(
+            p.modes(Path::new("p")).unwrap(),
+            vec![PoolingMode::Cls, PoolingMode::Mean]
+        );
+        assert_eq!(
+            PoolingConfig::from_mode_names(8, &names(&["mean"])).unwrap(),
+            PoolingConfig::single(PoolingMode::Mean, 8)
+        );
+        let err = PoolingConfig::from_mode_names(8, &names(&["mean", "cls"])).unwrap_err();
+        assert!(err.contains("in the order"), "{err}");
+        let err = PoolingConfig::from_mode_names(8, &names(&["median"])).unwrap_err();
+        assert!(err.contains("unknown mode `median`"), "{err}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Encoder {
     model: Box<dyn TransformerModel>,
     tokenizer: TextTokenizer,
     pooling_modes: Vec<PoolingMode>,
+    /// Dense projections after pooling (frozen).
+    dense: Vec<crate::dense::DenseLayer>,
     normalize: bool,
     dimension: usize,
     pad_id: u32,
@@ -164,7 +166,8 @@ impl Encoder {
             .unwrap_or_else(|| prompt(&["document", "passage", "corpus"]));
         Ok(Encoder {
             pad_id: model.pad_token_id(),
-            dimension: dir.architecture.hidden_size() * dir.pooling_modes.len(),
+            dimension: dir.embedding_dimension(),
+            dense: dir.load_dense(device)?,
             model,
             tokenizer,
             pooling_modes: dir.pooling_modes.clone(),
@@ -279,13 +282,17 @@ impl Encoder {
         self.model.forward_flops(batch, seq)
     }
 
-    /// Runs one batch through the model, pooling and (if configured) normalization, giving
+    /// Runs one batch through the model, pooling, the Dense modules and (if configured)
+    /// normalization, giving
     /// `(batch, dimension)`. Texts are padded to the longest in the batch. In [`Mode::Train`]
     /// the result carries gradients.
     pub fn forward_batch(&self, items: &[&TokenizedText], mode: Mode<'_>) -> Result<Tensor> {
         let (ids, type_ids, mask) = self.batch_tensors(items)?;
         let hidden = self.model.forward(&ids, &type_ids, &mask, mode)?;
-        let pooled = pool(&hidden, &mask, &self.pooling_modes)?;
+        let mut pooled = pool(&hidden, &mask, &self.pooling_modes)?;
+        for dense in &self.dense {
+            pooled = dense.forward(&pooled)?;
+        }
         Ok(if self.normalize {
             l2_normalize(&pooled)?
         } else {

@@ -326,11 +326,45 @@ pub fn feed_forward(
         .apply_op3_no_bwd(&up.contiguous()?, &down.contiguous()?, &op)
 }
 
+/// An additive bias on the attention scores by (head, query, key), the same for every text of
+/// a batch (MPNet's relative positions): `(heads, seq, seq)` row-major, for texts of at most
+/// `seq` tokens.
+#[derive(Debug, Clone)]
+pub struct PositionBias {
+    values: std::sync::Arc<Vec<f32>>,
+    heads: usize,
+    seq: usize,
+}
+
+impl PositionBias {
+    /// Wraps `values`, `(heads, seq, seq)` row-major.
+    ///
+    /// # Panics
+    /// When `values` is not `heads · seq · seq` long.
+    pub fn new(values: Vec<f32>, heads: usize, seq: usize) -> Self {
+        assert_eq!(values.len(), heads * seq * seq, "position bias shape");
+        PositionBias {
+            values: std::sync::Arc::new(values),
+            heads,
+            seq,
+        }
+    }
+
+    /// Fills `scores` (`len × len`) with the bias of `head` for a text of `len` tokens.
+    fn fill(&self, head: usize, len: usize, scores: &mut [f32]) {
+        let block = &self.values[head * self.seq * self.seq..];
+        for (query, row) in scores.chunks_exact_mut(len).enumerate() {
+            row.copy_from_slice(&block[query * self.seq..query * self.seq + len]);
+        }
+    }
+}
+
 struct AttentionOp {
     lengths: Vec<usize>,
     heads: usize,
     head_size: usize,
     scale: f32,
+    position_bias: Option<PositionBias>,
 }
 
 struct SendPtr(*mut f32);
@@ -347,7 +381,15 @@ impl CustomOp1 for AttentionOp {
         let qkv = contiguous(storage, layout, "attention input")?;
         let (b, s, three_h) = layout.shape().dims3()?;
         let h = self.heads * self.head_size;
-        if three_h != 3 * h || self.lengths.len() != b || self.lengths.iter().any(|&l| l > s) {
+        let bias_fits = self
+            .position_bias
+            .as_ref()
+            .map_or(true, |p| p.heads == self.heads && p.seq >= s);
+        if three_h != 3 * h
+            || self.lengths.len() != b
+            || self.lengths.iter().any(|&l| l > s)
+            || !bias_fits
+        {
             candle_core::bail!(
                 "attention: qkv {:?} with {} lengths",
                 layout.shape(),
@@ -367,6 +409,10 @@ impl CustomOp1 for AttentionOp {
                     return;
                 }
                 scores.resize(l * l, 0.0);
+                let bias = self.position_bias.as_ref();
+                if let Some(bias) = bias {
+                    bias.fill(head, l, scores);
+                }
                 let base = text * s * three_h + head * d;
                 let (q, k, v) = (&qkv[base..], &qkv[base + h..], &qkv[base + 2 * h..]);
                 // SAFETY: rows of Q, K, V are 3h apart inside this text's block; scores is l×l;
@@ -379,14 +425,14 @@ impl CustomOp1 for AttentionOp {
                         scores.as_mut_ptr(),
                         1,
                         l as isize,
-                        false,
+                        bias.is_some(),
                         q.as_ptr(),
                         1,
                         three_h as isize,
                         k.as_ptr(),
                         three_h as isize,
                         1,
-                        0.0,
+                        1.0, // scores = bias + scale · q·kᵀ (the bias is read only when present)
                         self.scale,
                         false,
                         false,
@@ -427,14 +473,22 @@ impl CustomOp1 for AttentionOp {
 
 /// Multi-head self-attention over a fused projection `qkv` `(batch, seq, 3·hidden)` (Q, K, V
 /// side by side), where text `i` has `lengths[i]` real tokens followed by padding. Returns the
-/// context `(batch, seq, hidden)`; rows of padding positions are zero.
-pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize, scale: f32) -> Result<Tensor> {
+/// context `(batch, seq, hidden)`; rows of padding positions are zero. `position_bias`, when
+/// given, is added to the scaled scores before the softmax.
+pub fn attention(
+    qkv: &Tensor,
+    lengths: &[usize],
+    heads: usize,
+    scale: f32,
+    position_bias: Option<&PositionBias>,
+) -> Result<Tensor> {
     let three_h = qkv.dim(2)?;
     qkv.contiguous()?.apply_op1_no_bwd(&AttentionOp {
         lengths: lengths.to_vec(),
         heads,
         head_size: three_h / 3 / heads,
         scale,
+        position_bias: position_bias.cloned(),
     })
 }
 
@@ -553,12 +607,28 @@ mod tests {
 
     #[test]
     fn fused_attention_matches_masked_composite_attention_on_real_tokens() {
+        fused_attention_matches_composite(false);
+    }
+
+    #[test]
+    fn fused_attention_adds_the_position_bias_like_the_composite_path() {
+        fused_attention_matches_composite(true);
+    }
+
+    fn fused_attention_matches_composite(with_bias: bool) {
         let dev = Device::Cpu;
         let (b, s, heads, d) = (3, 9, 2, 4);
         let h = heads * d;
         let lengths = [9usize, 4, 1];
         let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
-        let got = attention(&qkv, &lengths, heads, 0.5)
+        // A bias table for longer texts than this batch's (the kernel reads its top-left part).
+        let bias_seq = s + 3;
+        let bias_values = Tensor::randn(0f32, 2.0, (heads, bias_seq, bias_seq), &dev).unwrap();
+        let bias = with_bias.then(|| {
+            let values = bias_values.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            PositionBias::new(values, heads, bias_seq)
+        });
+        let got = attention(&qkv, &lengths, heads, 0.5, bias.as_ref())
             .unwrap()
             .to_vec3::<f32>()
             .unwrap();
@@ -578,10 +648,20 @@ mod tests {
             .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { f32::MIN }))
             .collect();
         let mask = Tensor::from_vec(mask, (b, 1, 1, s), &dev).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.5)
+        let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.5)
             .unwrap()
             .broadcast_add(&mask)
             .unwrap();
+        if with_bias {
+            let top_left = bias_values
+                .narrow(1, 0, s)
+                .unwrap()
+                .narrow(2, 0, s)
+                .unwrap();
+            scores = scores
+                .broadcast_add(&top_left.unsqueeze(0).unwrap())
+                .unwrap();
+        }
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
         let want = probs
             .matmul(&v)

@@ -316,6 +316,11 @@ impl Embedding {
         })
     }
 
+    /// The `(count, dim)` table.
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+
     /// Looks up `ids` (any shape, integer dtype); the output adds a trailing `dim` axis.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();

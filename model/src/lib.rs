@@ -30,6 +30,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod dense;
 pub mod device;
 pub mod encoder;
 pub mod error;
@@ -44,7 +45,8 @@ pub mod train_kernels;
 
 pub use bert::{BertModel, LinearTarget};
 pub use candle_core::Device;
-pub use config::{Architecture, BertConfig, PoolingConfig, PoolingMode};
+pub use config::{Architecture, BertConfig, BertFlavor, PoolingConfig, PoolingMode};
+pub use dense::{DenseActivation, DenseConfig, DenseLayer};
 pub use device::{device_name, DeviceRequest, Precision};
 pub use encoder::{plan_batches, EmbedOutput, Encoder, EncoderSettings, TextKind};
 pub use error::{ModelError, Result};
@@ -53,5 +55,5 @@ pub use family::{
     TransformerModel,
 };
 pub use layers::{LoraAdapter, Mode, TrainContext};
-pub use model_dir::{ModelDir, WeightsFile};
+pub use model_dir::{DenseModule, ModelDir, WeightsFile};
 pub use tokenize::{TextTokenizer, TokenizedText};

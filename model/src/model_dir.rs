@@ -6,10 +6,16 @@
 //! DIR/config.json                       transformer hyper-parameters (in the Transformer module's path)
 //! DIR/tokenizer.json                    fast tokenizer (its own padding/truncation are overridden)
 //! DIR/model.safetensors | pytorch_model.bin
-//! DIR/sentence_bert_config.json         max_seq_length, do_lower_case
-//! DIR/1_Pooling/config.json             pooling modes
+//! DIR/sentence_bert_config.json         max_seq_length, do_lower_case (6.x: length in
+//!                                       tokenizer_config.json's model_max_length instead)
+//! DIR/1_Pooling/config.json             pooling modes (legacy booleans, or 6.x's pooling_mode)
+//! DIR/2_Dense/config.json, weights      optional projections after pooling
 //! DIR/config_sentence_transformers.json optional prompts ({"prompts": {"query": "query: "}})
 //! ```
+//!
+//! Both the classic module type paths (`sentence_transformers.models.Pooling`) and those of
+//! sentence-transformers 6.x (`sentence_transformers.sentence_transformer.modules.pooling.Pooling`)
+//! are read; directories are written in the classic layout, which 6.x loads unchanged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -23,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::config::{Architecture, PoolingConfig, PoolingMode};
+use crate::dense::{DenseActivation, DenseConfig, DenseLayer};
 use crate::error::{ModelError, Result};
 
 /// File names inside a model directory.
@@ -43,6 +50,8 @@ pub mod files {
     pub const POOLING_CONFIG: &str = "config.json";
     /// Prompts and library versions.
     pub const ST_CONFIG: &str = "config_sentence_transformers.json";
+    /// Tokenizer settings; sentence-transformers 6.x keeps `model_max_length` here.
+    pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 }
 
 /// Tokenizer files besides `tokenizer.json` that Hugging Face loaders read; a derived model
@@ -55,8 +64,55 @@ const TOKENIZER_COMPANIONS: [&str; 3] = [
 
 const TRANSFORMER_MODULE: &str = "sentence_transformers.models.Transformer";
 const POOLING_MODULE: &str = "sentence_transformers.models.Pooling";
+const DENSE_MODULE: &str = "sentence_transformers.models.Dense";
 const NORMALIZE_MODULE: &str = "sentence_transformers.models.Normalize";
-const SUPPORTED_MODULES: &str = "Transformer, Pooling, Normalize";
+const SUPPORTED_MODULES: &str = "Transformer, Pooling, Dense, Normalize";
+
+/// The modules attune implements, in the order a directory must list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ModuleKind {
+    Transformer,
+    Pooling,
+    Dense,
+    Normalize,
+}
+
+/// Module type paths as sentence-transformers writes them: classic (up to 5.x) and 6.x.
+const MODULE_TYPES: [(&str, ModuleKind); 8] = [
+    (TRANSFORMER_MODULE, ModuleKind::Transformer),
+    (
+        "sentence_transformers.base.modules.transformer.Transformer",
+        ModuleKind::Transformer,
+    ),
+    (POOLING_MODULE, ModuleKind::Pooling),
+    (
+        "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+        ModuleKind::Pooling,
+    ),
+    (DENSE_MODULE, ModuleKind::Dense),
+    (
+        "sentence_transformers.base.modules.dense.Dense",
+        ModuleKind::Dense,
+    ),
+    (NORMALIZE_MODULE, ModuleKind::Normalize),
+    (
+        "sentence_transformers.base.modules.normalize.Normalize",
+        ModuleKind::Normalize,
+    ),
+];
+
+/// A `Dense` module of a model directory (see [`crate::dense`]).
+#[derive(Debug, Clone)]
+pub struct DenseModule {
+    /// Its folder (`DIR/2_Dense`).
+    pub dir: PathBuf,
+    /// Its `config.json`.
+    pub config: DenseConfig,
+    /// Its activation, parsed from the config.
+    pub activation: DenseActivation,
+    /// Its weights (`linear.weight`, `linear.bias`).
+    pub weights: WeightsFile,
+}
 
 /// Where the weights are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +143,8 @@ pub struct ModelDir {
     pub pooling: PoolingConfig,
     /// Pooling modes in concatenation order (validated from `pooling`).
     pub pooling_modes: Vec<PoolingMode>,
+    /// Dense projections after pooling, in order (most models have none).
+    pub dense: Vec<DenseModule>,
     /// Whether the Normalize module follows pooling (unit-length output).
     pub normalize: bool,
     /// Longest input in tokens (special tokens included); longer inputs are truncated.
@@ -101,6 +159,11 @@ pub struct ModelDir {
     pub tokenizer_path: PathBuf,
     /// The transformer's `config.json`.
     pub config_path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizerConfig {
+    model_max_length: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +209,209 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
     })
 }
 
+/// Where `modules.json` puts each module.
+struct ModuleLayout {
+    transformer: PathBuf,
+    pooling: Option<PathBuf>,
+    dense: Vec<PathBuf>,
+    normalize: bool,
+}
+
+/// Reads `modules.json`: one Transformer, then at most one Pooling, any Dense modules and at
+/// most one Normalize, in that order, under classic or 6.x type paths.
+fn read_module_layout(root: &Path, modules_path: &Path) -> Result<ModuleLayout> {
+    let modules: Vec<ModuleEntry> = read_json(modules_path, "module list")?;
+    let order_error = |problem: String| ModelError::InvalidField {
+        path: modules_path.to_path_buf(),
+        field: "type".to_string(),
+        problem,
+    };
+    let mut layout = ModuleLayout {
+        transformer: PathBuf::new(),
+        pooling: None,
+        dense: Vec::new(),
+        normalize: false,
+    };
+    let mut last: Option<ModuleKind> = None;
+    for m in &modules {
+        let Some(kind) = MODULE_TYPES
+            .iter()
+            .find(|(name, _)| *name == m.kind)
+            .map(|(_, kind)| *kind)
+        else {
+            return Err(ModelError::UnsupportedModule {
+                path: modules_path.to_path_buf(),
+                module: m.kind.clone(),
+                supported: SUPPORTED_MODULES.to_string(),
+            });
+        };
+        let repeated = last == Some(kind) && kind != ModuleKind::Dense;
+        if last.is_some_and(|l| l > kind)
+            || repeated
+            || (last.is_none()) != (kind == ModuleKind::Transformer)
+        {
+            return Err(order_error(format!(
+                "`{}` is out of place: modules must be one Transformer, then Pooling, Dense \
+                 modules and Normalize, in that order",
+                m.kind
+            )));
+        }
+        let path = root.join(&m.path);
+        match kind {
+            ModuleKind::Transformer => layout.transformer = path,
+            ModuleKind::Pooling => layout.pooling = Some(path),
+            ModuleKind::Dense => layout.dense.push(path),
+            ModuleKind::Normalize => layout.normalize = true,
+        }
+        last = Some(kind);
+    }
+    if last.is_none() {
+        return Err(order_error(format!(
+            "no `{TRANSFORMER_MODULE}` module is listed"
+        )));
+    }
+    Ok(layout)
+}
+
+/// sentence-transformers 6.x's pooling config.
+#[derive(Debug, Deserialize)]
+struct PoolingConfigV6 {
+    embedding_dimension: usize,
+    pooling_mode: serde_json::Value,
+    #[serde(default = "default_true")]
+    include_prompt: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Reads `1_Pooling/config.json` in either layout: legacy `pooling_mode_*` booleans, or 6.x's
+/// `pooling_mode` (one name or a list, concatenated in list order).
+fn read_pooling_config(path: &Path) -> Result<PoolingConfig> {
+    let text = read_text(path, "pooling config")?;
+    let invalid_json = |source| ModelError::InvalidJson {
+        path: path.to_path_buf(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(invalid_json)?;
+    let field_error = |field: &str, problem: String| ModelError::InvalidField {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        problem,
+    };
+    let config = if value.get("pooling_mode").is_none() {
+        serde_json::from_str::<PoolingConfig>(&text).map_err(invalid_json)?
+    } else {
+        let v6: PoolingConfigV6 = serde_json::from_str(&text).map_err(invalid_json)?;
+        let names: Vec<String> = match &v6.pooling_mode {
+            serde_json::Value::String(name) => vec![name.clone()],
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| field_error("pooling_mode", "not a list of names".to_string()))?,
+            _ => {
+                return Err(field_error(
+                    "pooling_mode",
+                    "not a name or a list".to_string(),
+                ))
+            }
+        };
+        let mut config = PoolingConfig::from_mode_names(v6.embedding_dimension, &names)
+            .map_err(|problem| field_error("pooling_mode", problem))?;
+        config.include_prompt = v6.include_prompt;
+        config
+    };
+    if !config.include_prompt {
+        return Err(field_error(
+            "include_prompt",
+            "false (prompt tokens left out of pooling) is not supported".to_string(),
+        ));
+    }
+    Ok(config)
+}
+
+/// Reads each Dense module's config and finds its weights; `width` is the pooled embedding's.
+fn read_dense_modules(dirs: &[PathBuf], mut width: usize) -> Result<Vec<DenseModule>> {
+    let mut modules = Vec::new();
+    for dir in dirs {
+        let config_path = dir.join(files::CONFIG);
+        let config: DenseConfig = read_json(&config_path, "Dense module config")?;
+        let field_error = |field: &str, problem: String| ModelError::InvalidField {
+            path: config_path.clone(),
+            field: field.to_string(),
+            problem,
+        };
+        let activation =
+            DenseActivation::from_torch_path(&config.activation_function).ok_or_else(|| {
+                let supported: Vec<&str> = DenseActivation::ALL
+                    .iter()
+                    .map(|a| a.torch_path())
+                    .collect();
+                field_error(
+                    "activation_function",
+                    format!(
+                        "`{}` is not supported; supported: {}",
+                        config.activation_function,
+                        supported.join(", ")
+                    ),
+                )
+            })?;
+        if config.in_features != width {
+            return Err(field_error(
+                "in_features",
+                format!(
+                    "{} differs from its input's width {width}",
+                    config.in_features
+                ),
+            ));
+        }
+        width = config.out_features;
+        let weights = find_weights(dir)?;
+        modules.push(DenseModule {
+            dir: dir.clone(),
+            config,
+            activation,
+            weights,
+        });
+    }
+    Ok(modules)
+}
+
+/// Every tensor of a weights file by its stored name, on the CPU, in its stored dtype.
+fn read_tensors(weights: &WeightsFile) -> Result<HashMap<String, Tensor>> {
+    let wrap = |source| ModelError::InvalidWeights {
+        path: weights.path().to_path_buf(),
+        source,
+    };
+    match weights {
+        WeightsFile::Safetensors(p) => {
+            candle_core::safetensors::load(p, &Device::Cpu).map_err(wrap)
+        }
+        WeightsFile::PyTorch(p) => Ok(candle_core::pickle::read_all(p)
+            .map_err(wrap)?
+            .into_iter()
+            .collect()),
+    }
+}
+
+/// The weights file of a module folder: `model.safetensors`, else `pytorch_model.bin`.
+fn find_weights(dir: &Path) -> Result<WeightsFile> {
+    let safetensors = dir.join(files::SAFETENSORS);
+    let pytorch = dir.join(files::PYTORCH_BIN);
+    if safetensors.exists() {
+        Ok(WeightsFile::Safetensors(safetensors))
+    } else if pytorch.exists() {
+        Ok(WeightsFile::PyTorch(pytorch))
+    } else {
+        Err(ModelError::MissingFile {
+            path: safetensors,
+            what: format!("model weights (or {})", files::PYTORCH_BIN),
+        })
+    }
+}
+
 impl ModelDir {
     /// Opens and validates a model directory. Reads only the small JSON files; weights and the
     /// tokenizer are checked for presence here and parsed when loaded.
@@ -158,35 +424,19 @@ impl ModelDir {
             });
         }
         let modules_path = root.join(files::MODULES);
-        let (transformer_dir, pooling_dir, normalize) = if modules_path.exists() {
-            let modules: Vec<ModuleEntry> = read_json(&modules_path, "module list")?;
-            let mut transformer = None;
-            let mut pooling = None;
-            let mut normalize = false;
-            for m in &modules {
-                match m.kind.as_str() {
-                    TRANSFORMER_MODULE => transformer = Some(root.join(&m.path)),
-                    POOLING_MODULE => pooling = Some(root.join(&m.path)),
-                    NORMALIZE_MODULE => normalize = true,
-                    other => {
-                        return Err(ModelError::UnsupportedModule {
-                            path: modules_path,
-                            module: other.to_string(),
-                            supported: SUPPORTED_MODULES.to_string(),
-                        })
-                    }
-                }
-            }
-            let transformer = transformer.ok_or_else(|| ModelError::InvalidField {
-                path: modules_path.clone(),
-                field: "type".to_string(),
-                problem: format!("no `{TRANSFORMER_MODULE}` module is listed"),
-            })?;
-            (transformer, pooling, normalize)
+        let layout = if modules_path.exists() {
+            read_module_layout(&root, &modules_path)?
         } else {
             // A plain Hugging Face checkpoint: sentence-transformers wraps it with mean pooling.
-            (root.clone(), None, false)
+            ModuleLayout {
+                transformer: root.clone(),
+                pooling: None,
+                dense: Vec::new(),
+                normalize: false,
+            }
         };
+        let (transformer_dir, pooling_dir, normalize) =
+            (layout.transformer, layout.pooling, layout.normalize);
 
         let config_path = transformer_dir.join(files::CONFIG);
         let architecture = Architecture::from_json(
@@ -195,10 +445,7 @@ impl ModelDir {
         )?;
 
         let pooling = match &pooling_dir {
-            Some(dir) => {
-                let path = dir.join(files::POOLING_CONFIG);
-                read_json::<PoolingConfig>(&path, "pooling config")?
-            }
+            Some(dir) => read_pooling_config(&dir.join(files::POOLING_CONFIG))?,
             None => PoolingConfig::single(PoolingMode::Mean, architecture.hidden_size()),
         };
         let pooling_path = pooling_dir
@@ -228,7 +475,23 @@ impl ModelDir {
             }
         };
         let max_positions = architecture.max_position_embeddings();
-        let max_seq_length = sbert.max_seq_length.unwrap_or(max_positions);
+        // sentence-transformers 6.x keeps the length in the tokenizer's config (capped, as
+        // there, at the model's positions).
+        let tokenizer_limit = || -> Result<Option<usize>> {
+            let path = transformer_dir.join(files::TOKENIZER_CONFIG);
+            if !path.exists() {
+                return Ok(None);
+            }
+            let config: TokenizerConfig = read_json(&path, "tokenizer config")?;
+            Ok(config
+                .model_max_length
+                .filter(|n| *n >= 1.0)
+                .map(|n| n.min(max_positions as f64) as usize))
+        };
+        let max_seq_length = match sbert.max_seq_length {
+            Some(n) => n,
+            None => tokenizer_limit()?.unwrap_or(max_positions),
+        };
         if max_seq_length == 0 || max_seq_length > max_positions {
             return Err(ModelError::InvalidField {
                 path: sbert_path,
@@ -246,18 +509,11 @@ impl ModelDir {
             StConfig::default()
         };
 
-        let safetensors = transformer_dir.join(files::SAFETENSORS);
-        let pytorch = transformer_dir.join(files::PYTORCH_BIN);
-        let weights = if safetensors.exists() {
-            WeightsFile::Safetensors(safetensors)
-        } else if pytorch.exists() {
-            WeightsFile::PyTorch(pytorch)
-        } else {
-            return Err(ModelError::MissingFile {
-                path: safetensors,
-                what: format!("model weights (or {})", files::PYTORCH_BIN),
-            });
-        };
+        let weights = find_weights(&transformer_dir)?;
+        let dense = read_dense_modules(
+            &layout.dense,
+            pooling_modes.len() * pooling.word_embedding_dimension,
+        )?;
         let tokenizer_path = transformer_dir.join(files::TOKENIZER);
         if !tokenizer_path.exists() {
             return Err(ModelError::MissingFile {
@@ -271,6 +527,7 @@ impl ModelDir {
             architecture,
             pooling,
             pooling_modes,
+            dense,
             normalize,
             max_seq_length,
             do_lower_case: sbert.do_lower_case,
@@ -281,8 +538,17 @@ impl ModelDir {
         })
     }
 
+    /// The prefix (without its dot) under which the checkpoint nests the encoder, if it does
+    /// (`bert.` in a `BertForMaskedLM` checkpoint, `roberta.`, `mpnet.`); `has` tells whether
+    /// the checkpoint holds a tensor.
+    fn nested_prefix(&self, has: impl Fn(&str) -> bool) -> Option<&'static str> {
+        let (prefix, probe) = self.architecture.checkpoint_prefix()?;
+        (!has(probe) && has(&format!("{prefix}.{probe}"))).then_some(prefix)
+    }
+
     /// A variable builder over the weights, on `device` in `dtype`. Tensor names are those of the
-    /// checkpoint, with a leading `bert.` stripped where the checkpoint has one.
+    /// checkpoint, with a leading `bert.` (the family's prefix) stripped where the checkpoint
+    /// has one.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         let path = self.weights.path().to_path_buf();
         let wrap = |source| ModelError::InvalidWeights {
@@ -297,9 +563,10 @@ impl ModelDir {
             },
             WeightsFile::PyTorch(p) => VarBuilder::from_pth(p, dtype, device).map_err(wrap)?,
         };
-        let prefixed = !vb.contains_tensor("embeddings.word_embeddings.weight")
-            && vb.contains_tensor("bert.embeddings.word_embeddings.weight");
-        Ok(if prefixed { vb.pp("bert") } else { vb })
+        Ok(match self.nested_prefix(|name| vb.contains_tensor(name)) {
+            Some(prefix) => vb.pp(prefix),
+            None => vb,
+        })
     }
 
     /// A [`VarBuilder`] whose tensors are training variables (f32), and the [`VarMap`] that
@@ -317,22 +584,60 @@ impl ModelDir {
         Ok((varmap, vb))
     }
 
+    /// Width of the sentence embeddings: the last Dense module's output, else the pooled
+    /// width (hidden size × pooling modes).
+    pub fn embedding_dimension(&self) -> usize {
+        self.dense.last().map_or(
+            self.pooling.word_embedding_dimension * self.pooling_modes.len(),
+            |d| d.config.out_features,
+        )
+    }
+
+    /// Loads the Dense modules onto `device` (f32), checking their weights' shapes.
+    pub fn load_dense(&self, device: &Device) -> Result<Vec<DenseLayer>> {
+        self.dense
+            .iter()
+            .map(|module| {
+                let path = module.weights.path();
+                let invalid = |message: String| ModelError::InvalidWeights {
+                    path: path.to_path_buf(),
+                    source: candle_core::Error::Msg(message),
+                };
+                let tensors = read_tensors(&module.weights)?;
+                let (out_dim, in_dim) = (module.config.out_features, module.config.in_features);
+                let weight = tensors
+                    .get("linear.weight")
+                    .ok_or_else(|| invalid("no tensor `linear.weight`".to_string()))?;
+                if weight.dims() != [out_dim, in_dim] {
+                    return Err(invalid(format!(
+                        "`linear.weight` has shape {:?}, the config says ({out_dim}, {in_dim})",
+                        weight.dims()
+                    )));
+                }
+                let bias = match module.config.bias {
+                    true => Some(
+                        tensors
+                            .get("linear.bias")
+                            .filter(|b| b.dims() == [out_dim])
+                            .ok_or_else(|| {
+                                invalid(format!("no tensor `linear.bias` of shape ({out_dim})"))
+                            })?,
+                    ),
+                    false => None,
+                };
+                DenseLayer::new(weight, bias, module.activation, device).map_err(|source| {
+                    ModelError::InvalidWeights {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// Every tensor of the weights file by its stored name, on the CPU, in its stored dtype.
     fn read_all_tensors(&self) -> Result<HashMap<String, Tensor>> {
-        let path = self.weights.path();
-        let wrap = |source| ModelError::InvalidWeights {
-            path: path.to_path_buf(),
-            source,
-        };
-        match &self.weights {
-            WeightsFile::Safetensors(p) => {
-                candle_core::safetensors::load(p, &Device::Cpu).map_err(wrap)
-            }
-            WeightsFile::PyTorch(p) => Ok(candle_core::pickle::read_all(p)
-                .map_err(wrap)?
-                .into_iter()
-                .collect()),
-        }
+        read_tensors(&self.weights)
     }
 
     /// Writes a complete copy of this model directory at `dest` (see [`write_model_dir`]) with the
@@ -347,13 +652,11 @@ impl ModelDir {
         extra_files: &[(String, Vec<u8>)],
     ) -> Result<()> {
         let mut tensors = self.read_all_tensors()?;
-        let prefixed = !tensors.contains_key("embeddings.word_embeddings.weight")
-            && tensors.contains_key("bert.embeddings.word_embeddings.weight");
+        let prefix = self.nested_prefix(|name| tensors.contains_key(name));
         for (name, tensor) in updated {
-            let stored = if prefixed {
-                format!("bert.{name}")
-            } else {
-                name.clone()
+            let stored = match prefix {
+                Some(prefix) => format!("{prefix}.{name}"),
+                None => name.clone(),
             };
             let invalid = |message: String| ModelError::InvalidWeights {
                 path: self.weights.path().to_path_buf(),
@@ -399,6 +702,7 @@ impl ModelDir {
                 tokenizer: &tokenizer,
                 tensors: &tensors,
                 pooling: &self.pooling,
+                dense: &self.dense,
                 normalize: self.normalize,
                 sentence_bert: &SentenceBertConfig {
                     max_seq_length: Some(self.max_seq_length),
@@ -422,14 +726,19 @@ impl ModelDir {
         dest: &Path,
         extra_files: &[(String, Vec<u8>)],
     ) -> Result<()> {
-        let strip = |tensors: HashMap<String, Tensor>| -> HashMap<String, Tensor> {
-            tensors
+        let strip = |dir: &ModelDir| -> Result<HashMap<String, Tensor>> {
+            let tensors = dir.read_all_tensors()?;
+            let Some(prefix) = dir.nested_prefix(|name| tensors.contains_key(name)) else {
+                return Ok(tensors);
+            };
+            let prefix = format!("{prefix}.");
+            Ok(tensors
                 .into_iter()
-                .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
-                .collect()
+                .map(|(name, t)| (name.strip_prefix(&prefix).unwrap_or(&name).to_string(), t))
+                .collect())
         };
-        let base_tensors = strip(base.read_all_tensors()?);
-        let tuned_tensors = strip(tuned.read_all_tensors()?);
+        let base_tensors = strip(base)?;
+        let tuned_tensors = strip(tuned)?;
         let invalid = |message: String| ModelError::InvalidWeights {
             path: base.weights.path().to_path_buf(),
             source: candle_core::Error::Msg(message),
@@ -484,9 +793,16 @@ impl ModelDir {
     /// fingerprints produce equal vectors.
     pub fn fingerprint(&self) -> Result<String> {
         let mut hasher = Sha256::new();
-        for path in [self.weights.path(), &self.tokenizer_path, &self.config_path] {
+        let dense_files = self.dense.iter().map(|d| d.weights.path());
+        for path in [self.weights.path(), &self.tokenizer_path, &self.config_path]
+            .into_iter()
+            .chain(dense_files)
+        {
             let mut file = fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
             std::io::copy(&mut file, &mut hasher).map_err(|e| ModelError::io(path, e))?;
+        }
+        for dense in &self.dense {
+            hasher.update(serde_json::to_vec(&dense.config).expect("Dense config serializes"));
         }
         hasher.update(format!(
             "{:?}|{}|{}|{}",
@@ -556,7 +872,9 @@ pub struct ModelFiles<'a> {
     pub tensors: &'a HashMap<String, Tensor>,
     /// Pooling configuration.
     pub pooling: &'a PoolingConfig,
-    /// Whether a Normalize module follows pooling.
+    /// Dense modules after pooling, copied as they are (written as `2_Dense`, `3_Dense`, ...).
+    pub dense: &'a [DenseModule],
+    /// Whether a Normalize module follows pooling (and the Dense modules).
     pub normalize: bool,
     /// `sentence_bert_config.json`.
     pub sentence_bert: &'a SentenceBertConfig,
@@ -599,10 +917,26 @@ pub fn write_model_dir(dest: &Path, model: &ModelFiles<'_>) -> Result<()> {
         serde_json::json!({"idx": 0, "name": "0", "path": "", "type": TRANSFORMER_MODULE}),
         serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": POOLING_MODULE}),
     ];
-    if model.normalize {
+    for dense in model.dense {
+        let idx = modules.len();
+        let folder = format!("{idx}_Dense");
+        fs::create_dir_all(staging.join(&folder)).map_err(|e| ModelError::io(&staging, e))?;
+        write_json(
+            &format!("{folder}/{}", files::CONFIG),
+            &serde_json::to_value(&dense.config).expect("Dense config serializes"),
+        )?;
+        let source = dense.weights.path();
+        let file_name = source.file_name().expect("a weights file has a name");
+        let target = staging.join(&folder).join(file_name);
+        fs::copy(source, &target).map_err(|e| ModelError::io(source, e))?;
         modules.push(
-            serde_json::json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE_MODULE}),
+            serde_json::json!({"idx": idx, "name": idx.to_string(), "path": folder, "type": DENSE_MODULE}),
         );
+    }
+    if model.normalize {
+        let idx = modules.len();
+        modules.push(serde_json::json!({"idx": idx, "name": idx.to_string(),
+            "path": format!("{idx}_Normalize"), "type": NORMALIZE_MODULE}));
     }
     write_json(files::MODULES, &serde_json::Value::Array(modules))?;
     write_json(

@@ -92,9 +92,10 @@ impl TextTokenizer {
         self.max_seq_length * BYTES_PER_TOKEN
     }
 
-    /// Tokenizes `texts` (in parallel), each as `prefix + text` with surrounding whitespace
-    /// removed, lower-cased when the model asks for it (as sentence-transformers does). Texts
-    /// longer than [`TextTokenizer::max_text_bytes`] are cut to it first.
+    /// Tokenizes `texts` (in parallel), each as `prefix + text`, lower-cased when the model asks
+    /// for it, as sentence-transformers 6.x does: surrounding whitespace is kept (5.x stripped
+    /// it; WordPiece tokenizers ignore it either way, byte-level BPE and SentencePiece ones do
+    /// not). Texts longer than [`TextTokenizer::max_text_bytes`] are cut to it first.
     pub fn tokenize<S: AsRef<str>>(&self, texts: &[S], prefix: &str) -> Result<Vec<TokenizedText>> {
         let limit = self.max_text_bytes();
         let mut cut_texts = vec![false; texts.len()];
@@ -106,11 +107,10 @@ impl TextTokenizer {
                 let kept = cut_at_char_boundary(text, limit);
                 *cut = kept.len() < text.len();
                 let joined = format!("{prefix}{kept}");
-                let trimmed = joined.trim();
                 if self.do_lower_case {
-                    trimmed.to_lowercase()
+                    joined.to_lowercase()
                 } else {
-                    trimmed.to_string()
+                    joined
                 }
             })
             .collect();
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(out[0].ids, out[1].ids);
         assert_eq!(out[0].ids.len(), 16);
         assert!(out[0].truncated && out[1].truncated);
-        let whole = tokenizer.inner.encode(just_over.trim(), true).unwrap();
+        let whole = tokenizer.inner.encode(just_over.as_str(), true).unwrap();
         assert_eq!(out[1].ids, whole.get_ids());
     }
 

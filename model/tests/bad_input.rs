@@ -82,31 +82,31 @@ fn unsupported_architecture_lists_the_supported_ones() {
     let path = dir.join("config.json");
     let text = fs::read_to_string(&path)
         .unwrap()
-        .replace("\"bert\"", "\"mpnet\"")
-        .replace("BertModel", "MPNetModel");
+        .replace("\"bert\"", "\"t5\"")
+        .replace("BertModel", "T5Model");
     fs::write(&path, text).unwrap();
     let err = load_error(&dir);
     assert!(err.contains("config.json"), "{err}");
-    assert!(err.contains("unsupported architecture `mpnet`"), "{err}");
-    assert!(err.contains("supported: bert"), "{err}");
+    assert!(err.contains("unsupported architecture `t5`"), "{err}");
+    assert!(err.contains("supported: bert, camembert, mpnet"), "{err}");
 }
 
 #[test]
 fn unsupported_module_lists_the_supported_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fresh(tmp.path(), "dense");
+    let dir = fresh(tmp.path(), "cnn");
     let path = dir.join("modules.json");
     let mut modules: Vec<serde_json::Value> =
         serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    modules.push(serde_json::json!({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}));
+    modules.push(serde_json::json!({"idx": 3, "name": "3", "path": "3_CNN", "type": "sentence_transformers.models.CNN"}));
     fs::write(&path, serde_json::to_string(&modules).unwrap()).unwrap();
     let err = load_error(&dir);
     assert!(
-        err.contains("modules.json") && err.contains("sentence_transformers.models.Dense"),
+        err.contains("modules.json") && err.contains("sentence_transformers.models.CNN"),
         "{err}"
     );
     assert!(
-        err.contains("supported: Transformer, Pooling, Normalize"),
+        err.contains("supported: Transformer, Pooling, Dense, Normalize"),
         "{err}"
     );
 }

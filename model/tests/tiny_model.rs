@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{
-    Architecture, Encoder, EncoderSettings, ModelDir, PoolingMode, TextKind, TextTokenizer,
+    Architecture, BertFlavor, Encoder, EncoderSettings, ModelDir, PoolingMode, TextKind,
+    TextTokenizer,
 };
 use candle_core::{DType, Device, Tensor};
 
@@ -325,10 +326,25 @@ fn missing_weights_name_both_accepted_files() {
 
 #[test]
 fn fused_inference_kernels_agree_with_the_differentiable_training_path() {
+    fused_and_training_paths_agree(BertFlavor::Bert);
+}
+
+#[test]
+fn roberta_fused_and_training_paths_agree() {
+    fused_and_training_paths_agree(BertFlavor::Roberta);
+}
+
+#[test]
+fn mpnet_fused_and_training_paths_agree_with_its_position_bias() {
+    fused_and_training_paths_agree(BertFlavor::Mpnet);
+}
+
+fn fused_and_training_paths_agree(flavor: BertFlavor) {
     use attune_model::{BertModel, Mode, TrainContext};
     let tmp = tempfile::tempdir().unwrap();
     let spec = RandomBertSpec {
         dropout: 0.0,
+        flavor,
         ..RandomBertSpec::default()
     };
     let dir = model_dir(tmp.path(), "paths", &spec);

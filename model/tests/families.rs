@@ -1,0 +1,200 @@
+//! Parity with sentence-transformers for the model families beyond BERT, on tiny randomly
+//! initialised directories committed in `tests/fixtures/families/` (written, with their
+//! reference embeddings, by `scripts/make-family-fixtures.py`): XLM-RoBERTa (Unigram/Metaspace
+//! tokenizer), RoBERTa (byte-level BPE, CLS pooling) and a BERT with a `Dense` module. Each is
+//! checked in the classic layout and as sentence-transformers 6.2 saves it (its JSON files
+//! with the classic directory's weights and tokenizer). all-MiniLM-L6-v2 as 6.2 saves it is
+//! checked against the original directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use attune_model::{Encoder, EncoderSettings, ModelDir, TextKind};
+use candle_core::Device;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families")
+}
+
+struct Reference {
+    text: String,
+    embedding: Vec<f32>,
+}
+
+fn reference(family: &str) -> Vec<Reference> {
+    let path = fixtures().join(family).join("reference.jsonl");
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            Reference {
+                text: v["text"].as_str().unwrap().to_string(),
+                embedding: serde_json::from_value(v["embedding"].clone()).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn embed(dir: &Path, texts: &[&str], batch_size: usize) -> Vec<Vec<f32>> {
+    let model = ModelDir::open(dir).unwrap_or_else(|e| panic!("{e}"));
+    let settings = EncoderSettings {
+        batch_size,
+        ..EncoderSettings::default()
+    };
+    let encoder = Encoder::load(&model, &Device::Cpu, settings).unwrap();
+    encoder.embed(texts, TextKind::Plain).unwrap().embeddings
+}
+
+/// The worst cosine of `got` to `want`, and the text it belongs to.
+fn worst(texts: &[&str], got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, String) {
+    assert_eq!(got.len(), want.len());
+    texts
+        .iter()
+        .zip(got.iter().zip(want))
+        .map(|(text, (g, w))| {
+            assert_eq!(g.len(), w.len(), "dimension");
+            (cosine(g, w), text.to_string())
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap()
+}
+
+fn check_family(family: &str, dir: &Path) {
+    let reference = reference(family);
+    let texts: Vec<&str> = reference.iter().map(|r| r.text.as_str()).collect();
+    let want: Vec<Vec<f32>> = reference.iter().map(|r| r.embedding.clone()).collect();
+    for batch_size in [32, 1] {
+        let got = embed(dir, &texts, batch_size);
+        let (cos, text) = worst(&texts, &got, &want);
+        assert!(
+            cos >= 0.99999,
+            "{family} at {} (batch {batch_size}): cosine {cos} for {text:?}",
+            dir.display()
+        );
+    }
+}
+
+/// Copies every file under `from` into `to`, keeping relative paths.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A directory as sentence-transformers 6.2 saves `classic`: the JSON files it wrote
+/// (`st6_json`) with `classic`'s weights and tokenizer.
+fn st6_dir(tmp: &Path, classic: &Path, st6_json: &Path) -> PathBuf {
+    let dir = tmp.join("st6");
+    fs::create_dir_all(&dir).unwrap();
+    copy_tree(st6_json, &dir);
+    for name in [
+        "model.safetensors",
+        "tokenizer.json",
+        "2_Dense/model.safetensors",
+    ] {
+        if classic.join(name).exists() {
+            fs::copy(classic.join(name), dir.join(name)).unwrap();
+        }
+    }
+    dir
+}
+
+fn check_both_layouts(family: &str) {
+    let classic = fixtures().join(family);
+    check_family(family, &classic);
+    let tmp = tempfile::tempdir().unwrap();
+    let st6_json = fixtures().join(format!("{family}-st6"));
+    check_family(family, &st6_dir(tmp.path(), &classic, &st6_json));
+}
+
+#[test]
+fn xlm_roberta_matches_sentence_transformers_in_both_layouts() {
+    check_both_layouts("xlm-roberta");
+}
+
+#[test]
+fn roberta_with_byte_level_bpe_matches_sentence_transformers_in_both_layouts() {
+    check_both_layouts("roberta");
+}
+
+#[test]
+fn a_dense_module_matches_sentence_transformers_in_both_layouts() {
+    let model = ModelDir::open(fixtures().join("bert-dense")).unwrap();
+    assert_eq!(model.dense.len(), 1);
+    assert_eq!(model.embedding_dimension(), 16);
+    check_both_layouts("bert-dense");
+}
+
+#[test]
+fn sentence_transformers_6_layout_reads_its_length_from_the_tokenizer_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classic = fixtures().join("xlm-roberta");
+    let dir = st6_dir(tmp.path(), &classic, &fixtures().join("xlm-roberta-st6"));
+    let model = ModelDir::open(&dir).unwrap();
+    assert_eq!(
+        model.max_seq_length, 24,
+        "tokenizer_config.json's model_max_length"
+    );
+    assert!(model.normalize);
+    assert_eq!(
+        model.pooling_modes,
+        ModelDir::open(&classic).unwrap().pooling_modes
+    );
+}
+
+#[test]
+fn a_directory_attune_writes_keeps_the_dense_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = ModelDir::open(fixtures().join("bert-dense")).unwrap();
+    let written = tmp.path().join("copy");
+    source
+        .write_updated(&written, &Default::default(), &[])
+        .unwrap();
+    let modules = fs::read_to_string(written.join("modules.json")).unwrap();
+    assert!(
+        modules.contains("sentence_transformers.models.Dense"),
+        "{modules}"
+    );
+    check_family("bert-dense", &written);
+}
+
+#[test]
+fn minilm_as_sentence_transformers_6_saves_it_embeds_like_the_original() {
+    let original = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+    assert!(
+        original.join("model.safetensors").exists(),
+        "fetch the model first: scripts/fetch-model.sh"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let st6_json = fixtures().join("st6-all-MiniLM-L6-v2");
+    let st6 = st6_dir(tmp.path(), &original, &st6_json);
+    let texts: Vec<String> = reference("xlm-roberta")
+        .into_iter()
+        .map(|r| r.text)
+        .chain(std::iter::once(
+            "a long text about return policies ".repeat(60),
+        ))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let model = ModelDir::open(&st6).unwrap();
+    assert_eq!(model.max_seq_length, 256);
+    let want = embed(&original, &texts, 32);
+    let got = embed(&st6, &texts, 32);
+    let (cos, text) = worst(&texts, &got, &want);
+    assert!(cos >= 0.99999, "cosine {cos} for {text:?}");
+}
