@@ -62,6 +62,8 @@ enum Family {
     Bert,
     /// The tiny mixer (a family registered by the tests).
     Mixer,
+    /// XLM-RoBERTa (built in; the fixture's WordPiece vocabulary, XLM-R's layout and positions).
+    XlmRoberta,
 }
 
 impl Fixture {
@@ -79,6 +81,13 @@ impl Fixture {
             match backend.family {
                 Family::Bert => write_random_bert(&tmp.path().join(name), &spec).unwrap(),
                 Family::Mixer => write_random_tiny_mixer(&tmp.path().join(name), &spec).unwrap(),
+                Family::XlmRoberta => {
+                    let spec = RandomBertSpec {
+                        flavor: attune_model::BertFlavor::Roberta,
+                        ..spec
+                    };
+                    write_random_bert(&tmp.path().join(name), &spec).unwrap()
+                }
             };
         }
         let fixture = Self {
@@ -1314,6 +1323,11 @@ macro_rules! against_both_implementations {
                 #[actix_web::test]
                 async fn exact_store_mixer() {
                     super::$test(Backend { store: StoreKind::Exact, family: Family::Mixer }).await
+                }
+
+                #[actix_web::test]
+                async fn embedded_store_xlm_roberta() {
+                    super::$test(Backend { store: StoreKind::Embedded, family: Family::XlmRoberta }).await
                 }
             }
         )*

@@ -369,3 +369,52 @@ fn another_model_family_trains_full_and_with_lora() {
         "{err}"
     );
 }
+
+/// XLM-RoBERTa and MPNet (the BERT-shaped families with their own positions, names and, for
+/// MPNet, relative-position bias) train full, and with LoRA on their attention projections
+/// under GradCache and bf16 products; the tuned directory keeps the family.
+#[test]
+fn roberta_and_mpnet_train_full_and_with_lora_under_gradcache_and_bf16() {
+    use attune_model::{BertFlavor, Precision};
+    use attune_trainer::lora::{parse_targets, LoraSettings};
+    for flavor in [BertFlavor::Roberta, BertFlavor::Mpnet] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = RandomBertSpec {
+            flavor,
+            ..RandomBertSpec::default()
+        };
+        write_random_bert(&tmp.path().join("model"), &spec).unwrap();
+        write_synthetic_beir(&tmp.path().join("data"), &SyntheticSpec::default()).unwrap();
+
+        let summary = run(tmp.path(), "tuned", &settings());
+        let before = summary.before.as_ref().unwrap()["ndcg@10"];
+        let after = summary.after.as_ref().unwrap()["ndcg@10"];
+        assert!(
+            after > before + 0.01,
+            "{flavor:?} full: {before:.4} -> {after:.4}"
+        );
+        let base = ModelDir::open(tmp.path().join("model")).unwrap();
+        let tuned = ModelDir::open(tmp.path().join("tuned")).unwrap();
+        assert_eq!(tuned.architecture, base.architecture);
+
+        let lora = TrainSettings {
+            lora: Some(LoraSettings {
+                rank: 4,
+                alpha: 8.0,
+                targets: parse_targets("q,v").unwrap(),
+            }),
+            mini_batch: Some(4),
+            precision: Precision::Bf16,
+            ..settings()
+        };
+        let summary = run(tmp.path(), "lora", &lora);
+        let after = summary.after.as_ref().unwrap()["ndcg@10"];
+        assert!(after > before, "{flavor:?} LoRA: {before:.4} -> {after:.4}");
+        assert_eq!(
+            ModelDir::open(tmp.path().join("lora"))
+                .unwrap()
+                .architecture,
+            base.architecture
+        );
+    }
+}
