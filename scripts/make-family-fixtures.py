@@ -96,6 +96,43 @@ def byte_level_bpe_tokenizer():
     return tok
 
 
+def modernbert_bpe_tokenizer():
+    """ModernBERT style: byte-level BPE with BERT-style special tokens around the text."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TRAINING_CORPUS * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def modernbert(tok):
+    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+
+    config = ModernBertConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=64, local_attention=8,
+        pad_token_id=tok.token_to_id("[PAD]"), cls_token_id=tok.token_to_id("[CLS]"),
+        sep_token_id=tok.token_to_id("[SEP]"), bos_token_id=tok.token_to_id("[CLS]"),
+        eos_token_id=tok.token_to_id("[SEP]"),
+    )
+    model = ModernBertModel(config)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+    return model, hf_tok
+
+
 def wordpiece_tokenizer():
     """BERT style: WordPiece, lower-cased."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -157,7 +194,7 @@ def randomize(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm" in name and name.endswith("weight"):
+            if ("LayerNorm" in name or "norm" in name) and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
@@ -244,6 +281,7 @@ def main():
         "xlm-roberta": lambda: roberta_like("xlm-roberta", unigram_metaspace_tokenizer(), XLMRobertaTokenizerFast),
         "roberta": lambda: roberta_like("roberta", byte_level_bpe_tokenizer(), RobertaTokenizerFast),
         "bert-dense": lambda: bert_with_dense(wordpiece_tokenizer()),
+        "modernbert": lambda: modernbert(modernbert_bpe_tokenizer()),
     }
     for seed, (name, build) in enumerate(families.items()):
         model, hf_tok = build()

@@ -538,7 +538,11 @@ fn composite_mask_bias(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
 
 /// The real-token count of each text when the fused CPU kernels apply: an inference pass on
 /// the CPU in f32 over right-padded texts (each mask row is ones then zeros).
-fn fused_lengths(mask: &Tensor, xs: &Tensor, mode: Mode<'_>) -> Result<Option<Vec<usize>>> {
+pub(crate) fn fused_lengths(
+    mask: &Tensor,
+    xs: &Tensor,
+    mode: Mode<'_>,
+) -> Result<Option<Vec<usize>>> {
     if mode.is_train() || !xs.device().is_cpu() || xs.dtype() != DType::F32 {
         return Ok(None);
     }

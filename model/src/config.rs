@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::family::{
     registered_family, registered_model_types, FamilyConfig, ModelFamily, TransformerModel,
 };
+use crate::modernbert::{ModernBertConfig, ModernBertModel};
 
 /// The model families attune implements, as `config.json`'s `model_type` spells them.
 pub const SUPPORTED_MODEL_TYPES: &[&str] =
@@ -59,8 +60,11 @@ impl BertFlavor {
 /// The transformer architecture of a model directory, parsed from `config.json`.
 #[derive(Debug, Clone)]
 pub enum Architecture {
-    /// BERT and BERT-shaped models (MiniLM, bge-small/base, e5-small-v2, gte-small, ...).
+    /// BERT and BERT-shaped models (MiniLM, bge-small/base, e5-small-v2, gte-small, ...;
+    /// RoBERTa, XLM-RoBERTa, CamemBERT and MPNet as [`BertFlavor`]s).
     Bert(BertConfig),
+    /// ModernBERT (gte-modernbert, modernbert-embed, ...).
+    ModernBert(ModernBertConfig),
     /// A family added through [`crate::family::register_family`].
     Registered {
         /// The family.
@@ -76,6 +80,7 @@ impl PartialEq for Architecture {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Architecture::Bert(a), Architecture::Bert(b)) => a == b,
+            (Architecture::ModernBert(a), Architecture::ModernBert(b)) => a == b,
             (
                 Architecture::Registered {
                     family: fa,
@@ -114,6 +119,11 @@ impl Architecture {
                     .collect()
             })
             .unwrap_or_default();
+        if model_type.as_deref() == Some("modernbert") {
+            return Ok(Architecture::ModernBert(ModernBertConfig::from_json(
+                path, text,
+            )?));
+        }
         let flavor = match model_type.as_deref() {
             Some(t) => BertFlavor::from_model_type(t),
             None => architectures
@@ -163,6 +173,7 @@ impl Architecture {
     pub fn hidden_size(&self) -> usize {
         match self {
             Architecture::Bert(c) => c.hidden_size,
+            Architecture::ModernBert(c) => c.hidden_size,
             Architecture::Registered { shape, .. } => shape.hidden_size,
         }
     }
@@ -175,6 +186,7 @@ impl Architecture {
                 c.flavor.checkpoint_prefix(),
                 "embeddings.word_embeddings.weight",
             )),
+            Architecture::ModernBert(_) => Some(("model", "embeddings.tok_embeddings.weight")),
             Architecture::Registered { .. } => None,
         }
     }
@@ -183,6 +195,7 @@ impl Architecture {
     pub fn load(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn TransformerModel>> {
         match self {
             Architecture::Bert(cfg) => Ok(Box::new(BertModel::load(vb, cfg)?)),
+            Architecture::ModernBert(cfg) => Ok(Box::new(ModernBertModel::load(vb, cfg)?)),
             Architecture::Registered { family, config, .. } => family.load(vb, config),
         }
     }
@@ -192,6 +205,7 @@ impl Architecture {
     pub fn max_position_embeddings(&self) -> usize {
         match self {
             Architecture::Bert(c) => c.max_position_embeddings - c.position_offset(),
+            Architecture::ModernBert(c) => c.max_position_embeddings,
             Architecture::Registered { shape, .. } => shape.max_position_embeddings,
         }
     }

@@ -146,6 +146,18 @@ impl LayerNorm {
         })
     }
 
+    /// Loads `weight`, and `bias` when the checkpoint has one (a constant zero bias otherwise,
+    /// as ModernBERT's bias-free norms).
+    pub fn load_with_bias(vb: VarBuilder, size: usize, eps: f64, bias: bool) -> Result<Self> {
+        let weight = vb.get(size, "weight")?;
+        let bias = if bias {
+            vb.get(size, "bias")?
+        } else {
+            weight.zeros_like()?.detach()
+        };
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
     /// The fused kernel for inference; a composition of differentiable ops for training.
     pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         if mode.is_train() {
@@ -238,9 +250,19 @@ pub struct Linear {
 impl Linear {
     /// Loads `weight` `(out, in)` and `bias` `(out)`.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::load_with_bias(vb, in_dim, out_dim, true)
+    }
+
+    /// Loads `weight` `(out, in)`, and `bias` `(out)` when `bias` is set.
+    pub fn load_with_bias(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         Ok(Linear {
             weight: vb.get((out_dim, in_dim), "weight")?,
-            bias: Some(vb.get(out_dim, "bias")?),
+            bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
             lora: None,
             matmul_dtype: DType::F32,
         })

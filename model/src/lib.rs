@@ -39,6 +39,7 @@ pub mod fixtures;
 pub mod kernels;
 pub mod layers;
 pub mod model_dir;
+pub mod modernbert;
 pub mod pooling;
 pub mod tokenize;
 pub mod train_kernels;
@@ -56,4 +57,5 @@ pub use family::{
 };
 pub use layers::{LoraAdapter, Mode, TrainContext};
 pub use model_dir::{DenseModule, ModelDir, WeightsFile};
+pub use modernbert::{ModernBertConfig, ModernBertModel};
 pub use tokenize::{TextTokenizer, TokenizedText};

@@ -198,3 +198,79 @@ fn minilm_as_sentence_transformers_6_saves_it_embeds_like_the_original() {
     let (cos, text) = worst(&texts, &got, &want);
     assert!(cos >= 0.99999, "cosine {cos} for {text:?}");
 }
+
+#[test]
+fn modernbert_matches_sentence_transformers_in_both_layouts() {
+    check_both_layouts("modernbert");
+}
+
+/// Released ModernBERT checkpoints spell the layer pattern and rotary bases the old way
+/// (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`); transformers 5.x
+/// writes `layer_types` and `rope_parameters`. Both give the same model.
+#[test]
+fn modernbert_reads_the_released_config_spelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("released");
+    fs::create_dir_all(&dir).unwrap();
+    copy_tree(&fixtures().join("modernbert"), &dir);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let object = config.as_object_mut().unwrap();
+    object.remove("layer_types");
+    object.remove("rope_parameters");
+    object.insert("global_attn_every_n_layers".into(), 3.into());
+    object.insert("global_rope_theta".into(), 160000.0.into());
+    object.insert("local_rope_theta".into(), 10000.0.into());
+    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    check_family("modernbert", &dir);
+}
+
+/// ModernBERT's fused inference path (rotary in place, sliding windows as a bias) agrees with
+/// its differentiable training path.
+#[test]
+fn modernbert_fused_and_training_paths_agree() {
+    use attune_model::{Mode, TextTokenizer, TrainContext};
+    use candle_core::{DType, Tensor};
+    let model = ModelDir::open(fixtures().join("modernbert")).unwrap();
+    let transformer = model
+        .architecture
+        .load(model.var_builder(DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    let tokenizer = TextTokenizer::new(&model, None).unwrap();
+    let texts: Vec<String> = reference("modernbert")
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let toks = tokenizer.tokenize(&texts, "").unwrap();
+    let (n, seq) = (toks.len(), toks.iter().map(|t| t.ids.len()).max().unwrap());
+    let mut ids = vec![transformer.pad_token_id(); n * seq];
+    let mut mask = vec![0f32; n * seq];
+    for (row, t) in toks.iter().enumerate() {
+        ids[row * seq..row * seq + t.ids.len()].copy_from_slice(&t.ids);
+        mask[row * seq..row * seq + t.ids.len()].fill(1.0);
+    }
+    let ids = Tensor::from_vec(ids, (n, seq), &Device::Cpu).unwrap();
+    let mask_t = Tensor::from_vec(mask.clone(), (n, seq), &Device::Cpu).unwrap();
+    let types = ids.zeros_like().unwrap();
+    let ctx = TrainContext::new(0);
+    let run = |mode| {
+        transformer
+            .forward(&ids, &types, &mask_t, mode)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()
+    };
+    let (fused, train) = (run(Mode::Inference), run(Mode::Train(&ctx)));
+    for row in 0..n {
+        for pos in 0..seq {
+            if mask[row * seq + pos] == 1.0 {
+                let d = fused[row][pos]
+                    .iter()
+                    .zip(&train[row][pos])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-4, "text {row} token {pos}: {d}");
+            }
+        }
+    }
+}
