@@ -5,7 +5,8 @@
 #     RUNS   rounds; each round runs attune then sentence-transformers (default 3; medians reported)
 #     LIMIT  embed only the first LIMIT documents (default 0 = all 5,183)
 #   env: ATTUNE_SHARED_DIR (default ../shared), VENV (default ~/.cache/attune-baselines/venv, made by
-#        ../shared/baselines/setup.sh), THREADS (default: all cores), BATCH (default 32)
+#        ../shared/baselines/setup.sh), THREADS (default: all cores), BATCH (default 32),
+#        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request)
 #
 # Documents are `title + " " + text`, max 256 tokens, batch 32, fp32, CPU, same thread count for both.
 # Writes bench-results/encode-*.json and prints a markdown table of medians and ratios.
@@ -17,12 +18,13 @@ SHARED=${ATTUNE_SHARED_DIR:-$ROOT/../shared}
 VENV=${VENV:-$HOME/.cache/attune-baselines/venv}
 THREADS=${THREADS:-$(nproc)}
 BATCH=${BATCH:-32}
-MODEL=$ROOT/models/all-MiniLM-L6-v2
+MODEL_NAME=${MODEL_NAME:-all-MiniLM-L6-v2}
+MODEL=$ROOT/models/$MODEL_NAME
 OUT=$ROOT/bench-results
 mkdir -p "$OUT"
 
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run $SHARED/baselines/setup.sh first" >&2; exit 1; }
-"$ROOT/scripts/fetch-model.sh" "$MODEL"
+"$ROOT/scripts/fetch-model.sh" "$MODEL_NAME" "$MODEL"
 (cd "$ROOT" && cargo build --release --quiet)
 
 texts=$OUT/scifact_docs.jsonl
@@ -38,7 +40,7 @@ with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as o:
 PY
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-log=$OUT/encode-$stamp.jsonl
+log=$OUT/encode-$MODEL_NAME-$stamp.jsonl
 : > "$log"
 for run in $(seq 1 "$RUNS"); do
   echo "[bench-encode] round $run/$RUNS: attune" >&2
@@ -55,7 +57,7 @@ PY
       --threads "$THREADS" --max-seq-len 256 --sgemm 2>/dev/null | tail -1 >> "$log"
 done
 
-python3 - "$log" <<'PY'
+python3 - "$log" "$MODEL_NAME" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(tool, key):
@@ -63,7 +65,7 @@ def med(tool, key):
     return statistics.median(vals) if vals else float("nan")
 a, s = "attune", "sentence-transformers"
 n = sum(1 for r in rows if r["tool"] == a)
-print(f"| scifact corpus ({rows[0]['texts']} docs, {rows[0]['tokens']} tokens), median of {n} | attune | sentence-transformers | ratio |")
+print(f"| {sys.argv[2]}: scifact corpus ({rows[0]['texts']} docs, {rows[0]['tokens']} tokens), median of {n} | attune | sentence-transformers | ratio |")
 print("|---|---|---|---|")
 for key, label in [("texts_per_s", "docs/s"), ("tokens_per_s", "tokens/s"), ("gflops_per_s", "GFLOP/s (matrix products)")]:
     print(f"| {label} | {med(a, key):.1f} | {med(s, key):.1f} | {med(a, key) / med(s, key):.2f}x |")

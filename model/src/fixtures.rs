@@ -170,6 +170,7 @@ fn write_fixture_dir(
             sentence_bert: &SentenceBertConfig {
                 max_seq_length: Some(spec.max_seq_length),
                 do_lower_case: false,
+                transformer_task: None,
             },
             prompts: &BTreeMap::new(),
             extra_files: &[],

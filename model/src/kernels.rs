@@ -171,9 +171,12 @@ fn gemm_threads() -> Parallelism {
     }
 }
 
-/// Rows per GEMM block: a block's output (512 × 1536 f32 = 3 MiB at most for BERT-small
-/// shapes) stays in cache while the epilogue (and, in [`feed_forward`], the next GEMM) reads it.
-const BLOCK_ROWS: usize = 512;
+/// Rows per GEMM block. Blocks bound the intermediate of [`feed_forward`] (2048 × 3072 f32 =
+/// 24 MiB for base-sized models), but smaller ones cost more than their cache locality saves:
+/// the `gemm` crate re-packs the weight for every call, and a 512-row block of the down
+/// projection (768 × 3072) ran at 235 GFLOP/s against 394 for 4096 rows on a Sapphire Rapids
+/// host. 2048 rows made all-mpnet-base-v2 encode 27% faster there, all-MiniLM-L6-v2 no slower.
+const BLOCK_ROWS: usize = 2048;
 
 /// `dst ← epilogue(x · wᵀ + bias)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block
 /// by block.
@@ -582,8 +585,9 @@ mod tests {
     #[test]
     fn fused_feed_forward_matches_the_composite_block_across_row_blocks() {
         let dev = Device::Cpu;
-        // 2 × 300 rows: more than one BLOCK_ROWS block, the last one partial.
-        let xs = Tensor::randn(0f32, 1.0, (2, 300, 16), &dev).unwrap();
+        // 2 × 1100 rows: more than one BLOCK_ROWS block, the last one partial.
+        const { assert!(2 * 1100 > BLOCK_ROWS && 2 * 1100 < 2 * BLOCK_ROWS) };
+        let xs = Tensor::randn(0f32, 1.0, (2, 1100, 16), &dev).unwrap();
         let up = Tensor::randn(0f32, 0.3, (48, 16), &dev).unwrap();
         let up_b = Tensor::randn(0f32, 0.3, 48, &dev).unwrap();
         let down = Tensor::randn(0f32, 0.3, (16, 48), &dev).unwrap();

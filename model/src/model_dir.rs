@@ -182,12 +182,18 @@ pub struct SentenceBertConfig {
     /// Lower-case before tokenizing.
     #[serde(default)]
     pub do_lower_case: bool,
+    /// sentence-transformers 6.x: what the transformer computes; only `feature-extraction`
+    /// (token embeddings) makes sentence embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer_task: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct StConfig {
     #[serde(default)]
     prompts: BTreeMap<String, String>,
+    /// `SentenceTransformer`, or another kind of model (`SparseEncoder`, `CrossEncoder`).
+    model_type: Option<String>,
 }
 
 fn read_text(path: &Path, what: &str) -> Result<String> {
@@ -472,8 +478,20 @@ impl ModelDir {
             SentenceBertConfig {
                 max_seq_length: None,
                 do_lower_case: false,
+                transformer_task: None,
             }
         };
+        if let Some(task) = sbert.transformer_task.as_deref() {
+            if task != "feature-extraction" {
+                return Err(ModelError::InvalidField {
+                    path: sbert_path,
+                    field: "transformer_task".to_string(),
+                    problem: format!(
+                        "`{task}` does not make sentence embeddings; only `feature-extraction` does"
+                    ),
+                });
+            }
+        }
         let max_positions = architecture.max_position_embeddings();
         // sentence-transformers 6.x keeps the length in the tokenizer's config (capped, as
         // there, at the model's positions).
@@ -508,6 +526,18 @@ impl ModelDir {
         } else {
             StConfig::default()
         };
+        if let Some(kind) = st_config.model_type.as_deref() {
+            if kind != "SentenceTransformer" {
+                return Err(ModelError::InvalidField {
+                    path: st_config_path,
+                    field: "model_type".to_string(),
+                    problem: format!(
+                        "`{kind}` is not a sentence-embedding model; attune reads \
+                         `SentenceTransformer` directories"
+                    ),
+                });
+            }
+        }
 
         let weights = find_weights(&transformer_dir)?;
         let dense = read_dense_modules(
@@ -707,6 +737,7 @@ impl ModelDir {
                 sentence_bert: &SentenceBertConfig {
                     max_seq_length: Some(self.max_seq_length),
                     do_lower_case: self.do_lower_case,
+                    transformer_task: None,
                 },
                 prompts: &self.prompts,
                 extra_files: &extras,

@@ -274,3 +274,34 @@ fn modernbert_fused_and_training_paths_agree() {
         }
     }
 }
+
+/// A sparse encoder or cross-encoder directory is refused by name, not embedded as if it were a
+/// sentence-embedding model.
+#[test]
+fn other_kinds_of_sentence_transformers_models_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classic = fixtures().join("xlm-roberta");
+    let dir = st6_dir(tmp.path(), &classic, &fixtures().join("xlm-roberta-st6"));
+    let path = dir.join("config_sentence_transformers.json");
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(
+        &path,
+        text.replace("\"SentenceTransformer\"", "\"SparseEncoder\""),
+    )
+    .unwrap();
+    let err = ModelDir::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("config_sentence_transformers.json") && err.contains("SparseEncoder"),
+        "{err}"
+    );
+    fs::write(&path, text).unwrap();
+
+    let path = dir.join("sentence_bert_config.json");
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, text.replace("feature-extraction", "fill-mask")).unwrap();
+    let err = ModelDir::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("transformer_task") && err.contains("fill-mask"),
+        "{err}"
+    );
+}

@@ -136,6 +136,7 @@ fn looks_like_jsonl(first_line: &str) -> bool {
 
 /// Runs `attune embed`.
 pub fn run(args: EmbedArgs) -> Result<()> {
+    super::keep_freed_memory();
     if args.chunk_size == 0 {
         bail!("--chunk-size must be at least 1");
     }

@@ -307,6 +307,7 @@ fn run_file(args: &EvalArgs, run_path: &Path) -> Result<()> {
 
 /// Runs `attune eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    super::keep_freed_memory();
     if let Some(run_path) = &args.run {
         return run_file(&args, run_path);
     }

@@ -115,6 +115,7 @@ pub struct DropArgs {
 
 /// Runs `attune index ...`.
 pub fn run(command: IndexCommand) -> Result<()> {
+    super::keep_freed_memory();
     match command {
         IndexCommand::Build(args) => build(args),
         IndexCommand::Search(args) => search(args),

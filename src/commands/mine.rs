@@ -40,6 +40,7 @@ pub struct MineArgs {
 
 /// Runs `attune mine`.
 pub fn run(args: MineArgs) -> Result<()> {
+    super::keep_freed_memory();
     let started = Instant::now();
     let job = MineJob::prepare(
         MineJobInputs {
