@@ -7,7 +7,8 @@
 #     RUNS   rounds; each round trains with attune, then with sentence-transformers (default 3)
 #     STEPS  optimizer steps per run (default 10; the full recipe is 87)
 #   env: ATTUNE_SHARED_DIR (default ../shared), VENV (default ~/.cache/attune-baselines/venv, made by
-#        ../shared/baselines/setup.sh), THREADS (default: all cores)
+#        ../shared/baselines/setup.sh), THREADS (default: all cores),
+#        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request)
 #
 # examples/s = pairs trained / wall seconds of the training loop (first step included, for both);
 # peak memory is each process's peak RSS. Writes bench-results/train-*.jsonl and prints a markdown
@@ -19,18 +20,19 @@ STEPS=${2:-10}
 SHARED=${ATTUNE_SHARED_DIR:-$ROOT/../shared}
 VENV=${VENV:-$HOME/.cache/attune-baselines/venv}
 THREADS=${THREADS:-$(nproc)}
-MODEL=$ROOT/models/all-MiniLM-L6-v2
+MODEL_NAME=${MODEL_NAME:-all-MiniLM-L6-v2}
+MODEL=$ROOT/models/$MODEL_NAME
 DATA=$SHARED/data/scifact
 OUT=$ROOT/bench-results
 mkdir -p "$OUT"
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run $SHARED/baselines/setup.sh first" >&2; exit 1; }
-"$ROOT/scripts/fetch-model.sh" "$MODEL"
+"$ROOT/scripts/fetch-model.sh" "$MODEL_NAME" "$MODEL"
 (cd "$ROOT" && cargo build --release --quiet)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-log=$OUT/train-$stamp.jsonl
+log=$OUT/train-$MODEL_NAME-$stamp.jsonl
 : > "$log"
 for run in $(seq 1 "$RUNS"); do
   echo "[bench-train] round $run/$RUNS: attune ($STEPS steps)" >&2
@@ -66,7 +68,7 @@ PY
   tail -2 "$log" >&2
 done
 
-python3 - "$log" <<'PY'
+python3 - "$log" "$MODEL_NAME" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 a, s = "attune", "sentence-transformers"
@@ -75,7 +77,7 @@ def med(tool, key):
 n = sum(1 for r in rows if r["tool"] == a)
 ratios = [x["examples_per_s"] / y["examples_per_s"] for x, y in
           zip([r for r in rows if r["tool"] == a], [r for r in rows if r["tool"] == s])]
-print(f"| scifact recipe, {rows[0]['steps']} steps of 32 pairs, median of {n} rounds | attune | sentence-transformers | ratio |")
+print(f"| {sys.argv[2]}: scifact recipe, {rows[0]['steps']} steps of 32 pairs, median of {n} rounds | attune | sentence-transformers | ratio |")
 print("|---|---|---|---|")
 print(f"| examples/s | {med(a, 'examples_per_s'):.2f} | {med(s, 'examples_per_s'):.2f} | {med(a, 'examples_per_s') / med(s, 'examples_per_s'):.2f}x |")
 print(f"| real tokens/s | {med(a, 'real_tokens_per_s'):.0f} | {med(s, 'real_tokens_per_s'):.0f} | {med(a, 'real_tokens_per_s') / med(s, 'real_tokens_per_s'):.2f}x |")

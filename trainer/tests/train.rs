@@ -341,7 +341,7 @@ fn another_model_family_trains_full_and_with_lora() {
         }),
         ..settings()
     };
-    let summary = run(tmp.path(), "lora", &lora("q,ffn"));
+    let summary = run(tmp.path(), "lora", &lora("ffn,o"));
     let after = summary.after.as_ref().unwrap()["ndcg@10"];
     assert!(
         after > before,
