@@ -198,18 +198,6 @@ impl BertLayer {
             .contiguous()
     }
 
-    /// The feed-forward activation (differentiable candle ops).
-    fn activate(&self, xs: &Tensor) -> Result<Tensor> {
-        match self.activation {
-            HiddenAct::Gelu if crate::train_kernels::applies(xs) => {
-                crate::train_kernels::gelu_erf(xs)
-            }
-            HiddenAct::Gelu => xs.gelu_erf(),
-            HiddenAct::GeluNew => xs.gelu(),
-            HiddenAct::Relu => xs.relu(),
-        }
-    }
-
     fn linears_mut(&mut self) -> [&mut Linear; 6] {
         [
             &mut self.query,
@@ -267,7 +255,9 @@ impl BertLayer {
         let out = if self.activation == HiddenAct::Gelu {
             kernels::feed_forward(&xs, w1, &b1, w2, &b2)?
         } else {
-            let inner = self.activate(&kernels::linear(&xs, w1, &b1, Epilogue::None)?)?;
+            let inner = self
+                .activation
+                .apply(&kernels::linear(&xs, w1, &b1, Epilogue::None)?)?;
             kernels::linear(&inner, w2, &b2, Epilogue::None)?
         };
         self.output_norm.forward(&(out + xs)?, Mode::Inference)
@@ -300,7 +290,7 @@ impl BertLayer {
             .forward(&self.attention_output.forward(&context)?, mode)?;
         let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
 
-        let inner = self.activate(&self.intermediate.forward(&xs)?)?;
+        let inner = self.activation.apply(&self.intermediate.forward(&xs)?)?;
         let out = self
             .hidden_dropout
             .forward(&self.output.forward(&inner)?, mode)?;

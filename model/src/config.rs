@@ -224,6 +224,20 @@ pub enum HiddenAct {
     Relu,
 }
 
+impl HiddenAct {
+    /// Applies the activation (differentiable; exact GELU has a fused backward on the CPU).
+    pub fn apply(self, xs: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            HiddenAct::Gelu if crate::train_kernels::applies(xs) => {
+                crate::train_kernels::gelu_erf(xs)
+            }
+            HiddenAct::Gelu => xs.gelu_erf(),
+            HiddenAct::GeluNew => xs.gelu(),
+            HiddenAct::Relu => xs.relu(),
+        }
+    }
+}
+
 /// BERT hyper-parameters, as in Hugging Face's `config.json`. Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {

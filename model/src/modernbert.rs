@@ -351,23 +351,12 @@ impl ModernBertLayer {
                 .all(|l| l.lora().is_none() && l.matmul_dtype() == DType::F32)
     }
 
-    fn activate(&self, xs: &Tensor) -> Result<Tensor> {
-        match self.activation {
-            HiddenAct::Gelu if crate::train_kernels::applies(xs) => {
-                crate::train_kernels::gelu_erf(xs)
-            }
-            HiddenAct::Gelu => xs.gelu_erf(),
-            HiddenAct::GeluNew => xs.gelu(),
-            HiddenAct::Relu => xs.relu(),
-        }
-    }
-
     /// `Wo(act(input) · gate)` where `Wi(xs)` = `[input, gate]`.
     fn feed_forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         let up = self.wi.forward(xs)?;
         let ff = up.dim(D::Minus1)? / 2;
-        let gated =
-            (self.activate(&up.narrow(D::Minus1, 0, ff)?)? * up.narrow(D::Minus1, ff, ff)?)?;
+        let gated = (self.activation.apply(&up.narrow(D::Minus1, 0, ff)?)?
+            * up.narrow(D::Minus1, ff, ff)?)?;
         self.mlp_wo
             .forward(&self.mlp_dropout.forward(&gated, mode)?)
     }
@@ -437,8 +426,8 @@ impl ModernBertLayer {
         let xs = (xs + linear(&self.wo, &context)?)?;
         let up = linear(&self.wi, &self.mlp_norm.forward(&xs, Mode::Inference)?)?;
         let ff = up.dim(D::Minus1)? / 2;
-        let gated =
-            (self.activate(&up.narrow(D::Minus1, 0, ff)?)? * up.narrow(D::Minus1, ff, ff)?)?;
+        let gated = (self.activation.apply(&up.narrow(D::Minus1, 0, ff)?)?
+            * up.narrow(D::Minus1, ff, ff)?)?;
         xs + linear(&self.mlp_wo, &gated)?
     }
 }
