@@ -47,6 +47,23 @@ fn run(root: &Path, out: &str, settings: &TrainSettings) -> TrainSummary {
     .unwrap()
 }
 
+/// The error of training `root/model` on `root/data` with `settings` (which must fail).
+fn training_error(root: &Path, settings: &TrainSettings) -> String {
+    let model = ModelDir::open(root.join("model")).unwrap();
+    let data = TrainingData::load(&root.join("data"), "train").unwrap();
+    let inputs = TrainInputs {
+        model: &model,
+        data: &data,
+        held_out: None,
+        validation: None,
+        device: &Device::Cpu,
+    };
+    let out = TrainOutput::new(root.join("refused"));
+    train(&inputs, settings, &out, &mut |_| {})
+        .unwrap_err()
+        .to_string()
+}
+
 fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     write_random_bert(&tmp.path().join("model"), &RandomBertSpec::default()).unwrap();
@@ -348,26 +365,8 @@ fn another_model_family_trains_full_and_with_lora() {
         "LoRA on the mixer: {before:.4} -> {after:.4}"
     );
 
-    let model = ModelDir::open(tmp.path().join("model")).unwrap();
-    let data = TrainingData::load(&tmp.path().join("data"), "train").unwrap();
-    let inputs = TrainInputs {
-        model: &model,
-        data: &data,
-        held_out: None,
-        validation: None,
-        device: &Device::Cpu,
-    };
-    let err = train(
-        &inputs,
-        &lora("q"),
-        &TrainOutput::new(tmp.path().join("refused")),
-        &mut |_| {},
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("lora-targets") && err.to_string().contains("`q`"),
-        "{err}"
-    );
+    let err = training_error(tmp.path(), &lora("q"));
+    assert!(err.contains("lora-targets") && err.contains("`q`"), "{err}");
 }
 
 /// XLM-RoBERTa and MPNet (the BERT-shaped families with their own positions, names and, for
@@ -470,21 +469,6 @@ fn modernbert_trains_full_and_with_lora() {
     let after = summary.after.as_ref().unwrap()["ndcg@10"];
     assert!(after > before, "LoRA: {before:.4} -> {after:.4}");
 
-    let data = TrainingData::load(&tmp.path().join("data"), "train").unwrap();
-    let inputs = TrainInputs {
-        model: &base,
-        data: &data,
-        held_out: None,
-        validation: None,
-        device: &Device::Cpu,
-    };
-    let err = train(
-        &inputs,
-        &lora("v"),
-        &TrainOutput::new(tmp.path().join("refused")),
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = training_error(tmp.path(), &lora("v"));
     assert!(err.contains("lora-targets") && err.contains("`v`"), "{err}");
 }
