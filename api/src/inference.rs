@@ -234,6 +234,8 @@ struct Worker {
 
 impl Worker {
     fn run(self, receiver: Receiver<Job>) {
+        // This thread and the pool its kernels run in (the global one, or the bulk lane's).
+        attune_model::flush_denormals();
         while let Ok(first) = receiver.recv() {
             let mut jobs = vec![first];
             if self.settings.dynamic_batching {

@@ -265,7 +265,37 @@ impl BertLayer {
 
     /// The differentiable path. `position_bias`: `(1, heads, seq, seq)`, added to the scaled
     /// scores (MPNet).
+    ///
+    /// `lengths`: real tokens per right-padded text when the fused training attention applies
+    /// (f32 on the CPU); it runs unless the layer's products are narrowed.
     fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        position_bias: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let context = match lengths {
+            Some(lengths) if self.matmul_dtype == DType::F32 => {
+                self.fused_train_attention(xs, position_bias, lengths, mode)?
+            }
+            _ => self.composite_attention(xs, mask_bias, position_bias, mode)?,
+        };
+        let attended = self
+            .hidden_dropout
+            .forward(&self.attention_output.forward(&context)?, mode)?;
+        let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
+
+        let inner = self.activation.apply(&self.intermediate.forward(&xs)?)?;
+        let out = self
+            .hidden_dropout
+            .forward(&self.output.forward(&inner)?, mode)?;
+        self.output_norm.forward(&(out + xs)?, mode)
+    }
+
+    /// Attention composed of differentiable candle ops (any device, dtype and mask).
+    fn composite_attention(
         &self,
         xs: &Tensor,
         mask_bias: &Tensor,
@@ -282,19 +312,43 @@ impl BertLayer {
             scores = scores.broadcast_add(bias)?;
         }
         let probs = attention_probs(&scores, mask_bias, self.attention_dropout, mode)?;
-        let context = matmul_in(&probs, &v, self.matmul_dtype)?
+        matmul_in(&probs, &v, self.matmul_dtype)?
             .transpose(1, 2)?
-            .reshape((b, s, h))?;
-        let attended = self
-            .hidden_dropout
-            .forward(&self.attention_output.forward(&context)?, mode)?;
-        let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
+            .reshape((b, s, h))
+    }
 
-        let inner = self.activation.apply(&self.intermediate.forward(&xs)?)?;
-        let out = self
-            .hidden_dropout
-            .forward(&self.output.forward(&inner)?, mode)?;
-        self.output_norm.forward(&(out + xs)?, mode)
+    /// Training attention as one fused op over one `(batch, seq, 3·hidden)` projection (the
+    /// three layers' weights concatenated, or their outputs when adapters are attached).
+    /// `position_bias`: `(1, heads, seq, seq)`.
+    fn fused_train_attention(
+        &self,
+        xs: &Tensor,
+        position_bias: Option<&Tensor>,
+        lengths: &[usize],
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let qkv = match Linear::concatenated(&[&self.query, &self.key, &self.value])? {
+            Some(fused) => fused.forward(xs)?,
+            None => Tensor::cat(
+                &[
+                    self.query.forward(xs)?,
+                    self.key.forward(xs)?,
+                    self.value.forward(xs)?,
+                ],
+                2,
+            )?,
+        };
+        let scale = 1.0 / (self.head_size as f32).sqrt();
+        let dropout = self.attention_dropout.train_mask(mode);
+        let bias = position_bias.map(|b| b.squeeze(0)).transpose()?;
+        crate::train_attention::self_attention(
+            &qkv,
+            bias.as_ref(),
+            lengths,
+            self.num_heads,
+            scale,
+            dropout,
+        )
     }
 }
 
@@ -389,6 +443,7 @@ impl BertModel {
         let mask = attention_mask.to_dtype(DType::F32)?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
         let lengths = fused_lengths(&mask, &xs, mode)?;
+        let train_lengths = fused_train_lengths(&mask, &xs, mode)?;
         // Built on first use: only layers that cannot take the fused kernels need them.
         let mut mask_bias: Option<Tensor> = None;
         let mut position_bias: Option<Option<Tensor>> = None;
@@ -409,7 +464,13 @@ impl BertModel {
                     }
                     let mask_bias = mask_bias.as_ref().expect("just built");
                     let position_bias = position_bias.as_ref().expect("just built").as_ref();
-                    layer.forward(&xs, mask_bias, position_bias, mode)?
+                    layer.forward(
+                        &xs,
+                        mask_bias,
+                        position_bias,
+                        train_lengths.as_deref(),
+                        mode,
+                    )?
                 }
             };
         }
@@ -533,7 +594,29 @@ pub(crate) fn fused_lengths(
     xs: &Tensor,
     mode: Mode<'_>,
 ) -> Result<Option<Vec<usize>>> {
-    if mode.is_train() || !xs.device().is_cpu() || xs.dtype() != DType::F32 {
+    if mode.is_train() {
+        return Ok(None);
+    }
+    cpu_f32_lengths(mask, xs)
+}
+
+/// The real-token count of each text for the fused training attention: a training pass on the
+/// CPU in f32 over right-padded texts.
+pub(crate) fn fused_train_lengths(
+    mask: &Tensor,
+    xs: &Tensor,
+    mode: Mode<'_>,
+) -> Result<Option<Vec<usize>>> {
+    if !mode.is_train() || !crate::train_kernels::applies(xs) {
+        return Ok(None);
+    }
+    cpu_f32_lengths(mask, xs)
+}
+
+/// Real tokens per text on the CPU in f32 when every mask row is ones then zeros; `None`
+/// otherwise (the composite path handles any mask).
+fn cpu_f32_lengths(mask: &Tensor, xs: &Tensor) -> Result<Option<Vec<usize>>> {
+    if !xs.device().is_cpu() || xs.dtype() != DType::F32 {
         return Ok(None);
     }
     let rows = mask.to_vec2::<f32>()?;
@@ -541,7 +624,7 @@ pub(crate) fn fused_lengths(
     for row in rows {
         let len = row.iter().take_while(|m| **m != 0.0).count();
         if row[len..].iter().any(|m| *m != 0.0) {
-            return Ok(None); // not right-padded: the composite path handles any mask
+            return Ok(None);
         }
         lengths.push(len);
     }

@@ -173,6 +173,35 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// Flushes subnormal floats to zero (MXCSR's FTZ and DAZ bits) on the calling thread, on every
+/// thread of the current rayon pool (the matrix products') and on candle's element-wise worker
+/// pool; a no-op off x86-64.
+///
+/// Subnormals (|x| < 1.18e-38) cost a microcode assist of about a hundred cycles per operation
+/// in Intel's vector units. Training produces them (tiny attention probabilities and their
+/// gradients), and on a Sapphire Rapids host they made the gemm kernels run 5× slower
+/// (all-MiniLM-L6-v2, scifact recipe: 15 s → 3 s per step). Zeroing values below 1.2e-38 changes
+/// no embedding or gradient measurably. The bits are per thread and stay set: encoders call this
+/// when they load, inference threads when they start.
+pub fn flush_denormals() {
+    set_flush_denormals_on_this_thread();
+    rayon::broadcast(|_| set_flush_denormals_on_this_thread());
+    candle_core::utils::barrier_pool().execute(|_| set_flush_denormals_on_this_thread());
+}
+
+/// FTZ (bit 15) and DAZ (bit 6) of MXCSR on the calling thread.
+pub fn set_flush_denormals_on_this_thread() {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)] // _mm_getcsr/_mm_setcsr: std's only way to reach MXCSR
+    // SAFETY: SSE is part of x86-64; setting FTZ/DAZ only changes how subnormals round.
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        const FLUSH_TO_ZERO: u32 = 1 << 15;
+        const DENORMALS_ARE_ZERO: u32 = 1 << 6;
+        _mm_setcsr(_mm_getcsr() | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +272,26 @@ mod tests {
         ] {
             assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn flushing_zeroes_subnormal_results_on_every_pool_thread() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let tiny = std::hint::black_box(f32::MIN_POSITIVE);
+        let before: Vec<f32> = pool.broadcast(|_| std::hint::black_box(tiny) * 0.25);
+        assert!(
+            before.iter().all(|&x| x > 0.0),
+            "subnormals exist before: {before:?}"
+        );
+        pool.install(flush_denormals);
+        let after: Vec<f32> = pool.broadcast(|_| std::hint::black_box(tiny) * 0.25);
+        assert_eq!(after, vec![0.0; 2]);
+        // The normal range is untouched.
+        let normal: Vec<f32> = pool.broadcast(|_| std::hint::black_box(tiny) * 4.0);
+        assert_eq!(normal, vec![f32::MIN_POSITIVE * 4.0; 2]);
     }
 }

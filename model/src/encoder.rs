@@ -138,6 +138,10 @@ impl Encoder {
                 problem: "must be at least 1".to_string(),
             });
         }
+        if device.is_cpu() {
+            // Subnormals stall the CPU's vector units; see `flush_denormals`.
+            crate::device::flush_denormals();
+        }
         model.set_matmul_dtype(settings.precision.matmul_dtype(device));
         let tokenizer = TextTokenizer::new(dir, settings.max_seq_length)?;
         if settings.max_tokens_per_batch < tokenizer.max_seq_length() {

@@ -119,6 +119,14 @@ impl Dropout {
         self.p
     }
 
+    /// The mask of this pass for a fused op to apply: `None` outside training or when `p` is 0.
+    pub(crate) fn train_mask(&self, mode: Mode<'_>) -> Option<DropoutMask> {
+        match mode {
+            Mode::Train(ctx) if self.p > 0.0 => Some(ctx.next_mask(self.p)),
+            _ => None,
+        }
+    }
+
     /// Applies the dropout for this pass.
     pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         match mode {
@@ -266,6 +274,30 @@ impl Linear {
             lora: None,
             matmul_dtype: DType::F32,
         })
+    }
+
+    /// The layers as one whose output is theirs side by side (weights and biases concatenated,
+    /// differentiably): one product, and one input gradient, instead of one per layer. `None`
+    /// when any has an adapter, the biases are not all present, or the product dtypes differ.
+    pub fn concatenated(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let first = match parts.first() {
+            Some(first) => first,
+            None => return Ok(None),
+        };
+        let plain = parts
+            .iter()
+            .all(|l| l.lora.is_none() && l.bias.is_some() && l.matmul_dtype == first.matmul_dtype);
+        if !plain {
+            return Ok(None);
+        }
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+        Ok(Some(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: Some(Tensor::cat(&biases, 0)?),
+            lora: None,
+            matmul_dtype: first.matmul_dtype,
+        }))
     }
 
     /// The weight, `(out, in)`.

@@ -42,13 +42,16 @@ pub mod model_dir;
 pub mod modernbert;
 pub mod pooling;
 pub mod tokenize;
+mod train_attention;
 pub mod train_kernels;
 
 pub use bert::{BertModel, LinearTarget};
 pub use candle_core::Device;
 pub use config::{Architecture, BertConfig, BertFlavor, PoolingConfig, PoolingMode};
 pub use dense::{DenseActivation, DenseConfig, DenseLayer};
-pub use device::{device_name, DeviceRequest, Precision};
+pub use device::{
+    device_name, flush_denormals, set_flush_denormals_on_this_thread, DeviceRequest, Precision,
+};
 pub use encoder::{plan_batches, EmbedOutput, Encoder, EncoderSettings, TextKind};
 pub use error::{ModelError, Result};
 pub use family::{
