@@ -282,16 +282,15 @@ impl BertLayer {
             }
             _ => self.composite_attention(xs, mask_bias, position_bias, mode)?,
         };
-        let attended = self
-            .hidden_dropout
-            .forward(&self.attention_output.forward(&context)?, mode)?;
-        let xs = self.attention_norm.forward(&(attended + xs)?, mode)?;
+        let attended = self.attention_output.forward(&context)?;
+        let xs = self
+            .attention_norm
+            .forward(&self.hidden_dropout.forward_add(&attended, xs, mode)?, mode)?;
 
         let inner = self.activation.apply(&self.intermediate.forward(&xs)?)?;
-        let out = self
-            .hidden_dropout
-            .forward(&self.output.forward(&inner)?, mode)?;
-        self.output_norm.forward(&(out + xs)?, mode)
+        let out = self.output.forward(&inner)?;
+        self.output_norm
+            .forward(&self.hidden_dropout.forward_add(&out, &xs, mode)?, mode)
     }
 
     /// Attention composed of differentiable candle ops (any device, dtype and mask).

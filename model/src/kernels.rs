@@ -180,7 +180,14 @@ const BLOCK_ROWS: usize = 2048;
 
 /// `dst ← epilogue(x · wᵀ + bias)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block
 /// by block.
-fn linear_rows(x: &[f32], k: usize, w: &[f32], bias: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
+pub(crate) fn linear_rows(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    bias: &[f32],
+    epilogue: Epilogue,
+    dst: &mut [f32],
+) {
     let n = bias.len();
     for (xb, db) in x.chunks(BLOCK_ROWS * k).zip(dst.chunks_mut(BLOCK_ROWS * n)) {
         let m = xb.len() / k;

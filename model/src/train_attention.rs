@@ -200,12 +200,15 @@ impl SelfAttention {
         }
     }
 
-    /// Dropout factor of element `(i, j)` of a block's probabilities (1 without dropout).
-    #[inline]
-    fn keep(&self, d: Dims, b: Block, i: usize, j: usize) -> f32 {
-        let task = b.text * self.heads + b.head;
-        self.dropout
-            .map_or(1.0, |m| m.factor((task * d.seq + i) * d.seq + j))
+    /// Applies the dropout mask to a block's `len × len` matrix (probabilities or their
+    /// gradient); element `(i, j)` is element `((text·heads + head)·seq + i)·seq + j` of the mask.
+    fn drop_out(&self, d: Dims, b: Block, values: &mut [f32]) {
+        if let Some(mask) = &self.dropout {
+            let task = b.text * self.heads + b.head;
+            for (i, row) in values.chunks_exact_mut(b.len).enumerate() {
+                mask.apply((task * d.seq + i) * d.seq, row);
+            }
+        }
     }
 
     fn forward(&self, qkv: &[f32], bias: Option<&[f32]>, d: Dims) -> Vec<f32> {
@@ -237,13 +240,7 @@ impl SelfAttention {
     ) {
         let len = b.len;
         self.probabilities(qkv, bias, d, b, probs);
-        if self.dropout.is_some() {
-            for (i, row) in probs.chunks_exact_mut(len).enumerate() {
-                for (j, p) in row.iter_mut().enumerate() {
-                    *p *= self.keep(d, b, i, j);
-                }
-            }
-        }
+        self.drop_out(d, b, probs);
         let v = View::rows(qkv.as_ptr().add(b.base + 2 * d.hidden), 3 * d.hidden);
         let p = View::rows(probs.as_ptr(), len);
         let row0 = b.text * d.seq * d.hidden + b.head * d.head_size;
@@ -400,9 +397,8 @@ impl Backward {
         op.probabilities(qkv, bias, d, b, &mut s.probs);
         let dropped: &[f32] = if op.dropout.is_some() {
             s.dropped.clear();
-            let keep = |e: usize| op.keep(d, b, e / len, e % len);
-            s.dropped
-                .extend(s.probs.iter().enumerate().map(|(e, p)| p * keep(e)));
+            s.dropped.extend_from_slice(&s.probs);
+            op.drop_out(d, b, &mut s.dropped);
             &s.dropped
         } else {
             &s.probs
@@ -432,13 +428,8 @@ impl Backward {
             false,
         );
         // dS = P ∘ (dP − rowsum(P ∘ dP)), in place of dP.
-        let rows = s.grad.chunks_exact_mut(len).zip(s.probs.chunks_exact(len));
-        for (i, (dp, p)) in rows.enumerate() {
-            if op.dropout.is_some() {
-                for (j, x) in dp.iter_mut().enumerate() {
-                    *x *= op.keep(d, b, i, j);
-                }
-            }
+        op.drop_out(d, b, &mut s.grad);
+        for (dp, p) in s.grad.chunks_exact_mut(len).zip(s.probs.chunks_exact(len)) {
             let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
             for (x, p) in dp.iter_mut().zip(p) {
                 *x = p * (*x - dot);

@@ -128,9 +128,7 @@ impl CustomOp1 for AttentionProbs {
         out.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
             self.softmax_row(r, row);
             if let Some(mask) = &self.dropout {
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x *= mask.factor(r * width + j);
-                }
+                mask.apply(r * width, row);
             }
         });
         Ok(output(out, layout))
@@ -166,17 +164,21 @@ impl CustomOp2 for AttentionProbsBackward {
         out.par_chunks_mut(width)
             .zip(g.par_chunks(width))
             .enumerate()
-            .for_each(|(r, (y, g))| {
+            .for_each_init(Vec::new, |factors, (r, (y, g))| {
                 self.0.softmax_row(r, y);
-                let factor = |j: usize| self.0.dropout.map_or(1.0, |m| m.factor(r * width + j));
+                factors.clear();
+                factors.resize(width, 1f32);
+                if let Some(mask) = &self.0.dropout {
+                    mask.apply(r * width, factors);
+                }
                 let dot: f32 = y
                     .iter()
                     .zip(g)
-                    .enumerate()
-                    .map(|(j, (y, g))| y * g * factor(j))
+                    .zip(factors.iter())
+                    .map(|((y, g), f)| y * g * f)
                     .sum();
-                for (j, (y, g)) in y.iter_mut().zip(g).enumerate() {
-                    *y *= g * factor(j) - dot;
+                for ((y, g), f) in y.iter_mut().zip(g).zip(factors.iter()) {
+                    *y *= g * f - dot;
                 }
             });
         Ok(output(out, s_layout))
@@ -466,6 +468,150 @@ pub(crate) fn attention_probs(
     })
 }
 
+/// `(y, r) → dropout(y) + r`: the residual connection after a sublayer, in one pass and without
+/// a mask tensor (the backward pass recomputes the mask from its key).
+struct DropoutAdd(DropoutMask);
+
+impl CustomOp2 for DropoutAdd {
+    fn name(&self) -> &'static str {
+        "attune-train-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        y_layout: &Layout,
+        r: &CpuStorage,
+        r_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let r = contiguous(r, r_layout, "residual")?;
+        let mut out = contiguous(y, y_layout, "dropout input")?.to_vec();
+        if out.len() != r.len() {
+            candle_core::bail!(
+                "dropout add: {:?} and {:?}",
+                y_layout.shape(),
+                r_layout.shape()
+            );
+        }
+        out.par_chunks_mut(CHUNK)
+            .zip(r.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (y, r))| {
+                self.0.apply(c * CHUNK, y);
+                for (y, r) in y.iter_mut().zip(r) {
+                    *y += r;
+                }
+            });
+        Ok(output(out, y_layout))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = grad.contiguous()?.apply_op1_no_bwd(&MaskApply(self.0))?;
+        Ok((Some(dy), Some(grad.clone())))
+    }
+}
+
+/// `g → g · mask`.
+struct MaskApply(DropoutMask);
+
+impl CustomOp1 for MaskApply {
+    fn name(&self) -> &'static str {
+        "attune-train-mask-apply"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = contiguous(storage, layout, "dropout gradient")?.to_vec();
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, g)| self.0.apply(c * CHUNK, g));
+        Ok(output(out, layout))
+    }
+}
+
+/// `dropout(ys) + residual` with `mask` (f32, CPU; same shapes), with a fused backward.
+pub(crate) fn dropout_add(ys: &Tensor, residual: &Tensor, mask: DropoutMask) -> Result<Tensor> {
+    ys.contiguous()?
+        .apply_op2(&residual.contiguous()?, DropoutAdd(mask))
+}
+
+/// `(x, w, b) → x·wᵀ + b` over the last dimension of `x`, with a fused backward: one graph node
+/// where a transpose, a product and a bias add were three (each with its own gradient pass), the
+/// forward in the inference kernel's row blocks, and no weight or bias gradient computed for
+/// frozen tensors (LoRA).
+struct TrainLinear;
+
+impl CustomOp3 for TrainLinear {
+    fn name(&self) -> &'static str {
+        "attune-train-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(x, x_layout, "linear input")?;
+        let w = contiguous(w, w_layout, "linear weight")?;
+        let b = contiguous(b, b_layout, "linear bias")?;
+        let (n, k) = w_layout.shape().dims2()?;
+        let dims = x_layout.shape().dims();
+        if dims.last() != Some(&k) || b.len() != n {
+            candle_core::bail!(
+                "linear: input {dims:?}, weight ({n}, {k}), bias {}",
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; x.len() / k.max(1) * n];
+        crate::kernels::linear_rows(x, k, w, b, crate::kernels::Epilogue::None, &mut out);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(out), Shape::from_dims(&out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = w.dims2()?;
+        let rows = x.elem_count() / k.max(1);
+        let g = grad.contiguous()?.reshape((rows, n))?;
+        let dx = x
+            .track_op()
+            .then(|| g.matmul(w)?.reshape(x.shape()))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| g.t()?.matmul(&x.reshape((rows, k))?))
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| g.apply_op1_no_bwd(&ColumnSum { weighted: false }))
+            .transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// `xs · wᵀ + b` over the last dimension (f32, CPU) with a fused backward; `w`: `(n, k)`,
+/// `b`: `(n)`.
+pub fn linear(xs: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainLinear)
+}
+
 /// `x + bias` over the last dimension with a parallel bias gradient (f32, CPU).
 pub fn bias_add(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bias.dims() != [xs.dim(D::Minus1)?] {
@@ -575,6 +721,61 @@ mod tests {
             gb.get(bias.as_tensor()).unwrap(),
         );
         assert!(d <= 1e-3, "bias gradient differs by {d}");
+    }
+
+    #[test]
+    fn linear_matches_candle_with_weight_and_bias_gradients_and_skips_frozen_ones() {
+        let w = Var::from_tensor(&random(&[23, 19], 10)).unwrap();
+        let b = Var::from_tensor(&random(&[23], 11)).unwrap();
+        let composite = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            let rows = x.elem_count() / 19;
+            x.reshape((rows, 19))
+                .unwrap()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(b)
+                .unwrap()
+                .reshape((2, rows / 2, 23))
+                .unwrap()
+        };
+        // 700 rows: several row blocks of the parallel column sum.
+        let x = Var::from_tensor(&random(&[2, 350, 19], 12)).unwrap();
+        let c = random(&[2, 350, 23], 13);
+        let (fused, plain) = (linear(&x, &w, &b).unwrap(), composite(&x, &w, &b));
+        assert!(max_diff(&fused, &plain) <= 1e-4, "values differ");
+        let grads = |y: Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let (got, want) = (grads(fused), grads(plain));
+        for var in [&x, &w, &b] {
+            let d = max_diff(got.get(var).unwrap(), want.get(var).unwrap());
+            assert!(d <= 1e-3, "gradient differs by {d}");
+        }
+        // Frozen weight and bias (LoRA): only the input gets a gradient.
+        let (w, b) = (w.as_tensor().detach(), b.as_tensor().detach());
+        let got = grads(linear(x.as_tensor(), &w, &b).unwrap());
+        assert!(got.get(x.as_tensor()).is_some());
+        assert!(got.get(&w).is_none() && got.get(&b).is_none());
+    }
+
+    #[test]
+    fn dropout_add_matches_mask_times_input_plus_residual() {
+        let ctx = crate::layers::TrainContext::new(3);
+        let mask = ctx.next_mask(0.25);
+        let residual = Var::from_tensor(&random(&[3, 70, 300], 14)).unwrap();
+        // The mask as a tensor: 63,000 elements, several parallel chunks.
+        let mut factors = vec![1f32; 3 * 70 * 300];
+        mask.apply(0, &mut factors);
+        let factors = Tensor::from_vec(factors, (3, 70, 300), &candle_core::Device::Cpu).unwrap();
+        check(
+            &[3, 70, 300],
+            |y| dropout_add(y, &residual, mask).unwrap(),
+            |y| ((y * &factors).unwrap() + residual.as_tensor()).unwrap(),
+            1e-6,
+        );
+        let y = random(&[3, 70, 300], 15);
+        let c = random(&[3, 70, 300], 16);
+        let grads = dropout_add(&y, &residual, mask).unwrap();
+        let grads = (grads * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(grads.get(&residual).unwrap(), &c) == 0.0);
     }
 
     #[test]
