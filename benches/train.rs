@@ -1,11 +1,13 @@
 //! Criterion benchmarks of the training step's parts on an all-MiniLM-L6-v2-shaped random model
 //! (6 layers, 384 wide, 12 heads, feed-forward 1536): the forward passes and loss of a batch, the
-//! backward pass, and the AdamW update of all 22.6 million weights.
+//! backward pass, and the AdamW update of all 22.6 million weights; and the fused training kernels
+//! against candle's compositions of the same math at that shape (`train_kernels` group).
 //!
 //! `cargo bench --bench train`. The end-to-end comparison with sentence-transformers (examples/s
 //! with the scifact recipe) is `scripts/bench-train.sh`; see `benches/README.md`.
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::layers::Dropout;
 use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
 use attune_trainer::loss::{info_nce, LossSettings};
 use attune_trainer::optim::{AdamW, AdamWSettings};
@@ -84,5 +86,74 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step);
+/// Forward + backward of one layer's attention and of its up projection, 32 texts of 128 tokens
+/// (MiniLM's shape, dropout 0.1): the fused ops against candle's compositions.
+fn train_kernels(c: &mut Criterion) {
+    let (b, s, h, heads) = (32, 128, 384, 12);
+    let dev = Device::Cpu;
+    let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap()).unwrap();
+    let lengths = vec![s; b];
+    let scale = 1.0 / ((h / heads) as f32).sqrt();
+    let dropout = Dropout::new(0.1);
+    let mut group = c.benchmark_group("train_kernels");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((b * s) as u64));
+    group.bench_function("attention_fused_forward_backward", |bench| {
+        bench.iter(|| {
+            let ctx = TrainContext::new(1);
+            let out = attune_model::train_attention::attention(
+                &qkv,
+                None,
+                &lengths,
+                heads,
+                scale,
+                dropout,
+                Mode::Train(&ctx),
+            )
+            .unwrap();
+            out.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.bench_function("attention_candle_forward_backward", |bench| {
+        let split = |t: Tensor| {
+            t.reshape((b, s, heads, h / heads))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        bench.iter(|| {
+            let ctx = TrainContext::new(1);
+            let q = split((qkv.narrow(2, 0, h).unwrap() * scale as f64).unwrap());
+            let k = split(qkv.narrow(2, h, h).unwrap());
+            let v = split(qkv.narrow(2, 2 * h, h).unwrap());
+            let scores = q.matmul(&k.t().unwrap()).unwrap();
+            let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let probs = dropout.forward(&probs, Mode::Train(&ctx)).unwrap();
+            let out = probs.matmul(&v).unwrap().transpose(1, 2).unwrap();
+            out.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * s, h), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (4 * h, h), &dev).unwrap()).unwrap();
+    let bias =
+        Var::from_tensor(&Tensor::zeros(4 * h, candle_core::DType::F32, &dev).unwrap()).unwrap();
+    group.bench_function("linear_fused_forward_backward", |bench| {
+        bench.iter(|| {
+            let y = attune_model::train_kernels::linear(&x, &w, &bias).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.bench_function("linear_candle_forward_backward", |bench| {
+        bench.iter(|| {
+            let y = x.matmul(&w.t().unwrap()).unwrap();
+            let y = y.broadcast_add(&bias).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step, train_kernels);
 criterion_main!(benches);

@@ -338,15 +338,15 @@ impl BertLayer {
             )?,
         };
         let scale = 1.0 / (self.head_size as f32).sqrt();
-        let dropout = self.attention_dropout.train_mask(mode);
         let bias = position_bias.map(|b| b.squeeze(0)).transpose()?;
-        crate::train_attention::self_attention(
+        crate::train_attention::attention(
             &qkv,
             bias.as_ref(),
             lengths,
             self.num_heads,
             scale,
-            dropout,
+            self.attention_dropout,
+            mode,
         )
     }
 }

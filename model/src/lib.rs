@@ -42,7 +42,7 @@ pub mod model_dir;
 pub mod modernbert;
 pub mod pooling;
 pub mod tokenize;
-mod train_attention;
+pub mod train_attention;
 pub mod train_kernels;
 
 pub use bert::{BertModel, LinearTarget};

@@ -506,9 +506,24 @@ impl candle_core::CustomOp3 for Backward {
 
 /// Multi-head self-attention over a fused projection `qkv` `(batch, seq, 3·hidden)` (Q, K, V
 /// side by side; f32 on the CPU) of right-padded texts with `lengths` real tokens, with an
-/// optional additive position bias `(heads, seq, seq)`, dropout `dropout` on the probabilities
-/// and a fused backward pass (to `qkv` and the bias). Returns the context `(batch, seq,
-/// hidden)`, zero at padding rows. `scale` multiplies the scores `q·kᵀ`, not the bias.
+/// optional additive position bias `(heads, seq, seq)`, `dropout` on the probabilities (drawn
+/// from the pass's context when training) and a fused backward pass (to `qkv` and the bias).
+/// Returns the context `(batch, seq, hidden)`, zero at padding rows. `scale` multiplies the
+/// scores `q·kᵀ`, not the bias.
+pub fn attention(
+    qkv: &Tensor,
+    position_bias: Option<&Tensor>,
+    lengths: &[usize],
+    heads: usize,
+    scale: f32,
+    dropout: crate::layers::Dropout,
+    mode: crate::layers::Mode<'_>,
+) -> Result<Tensor> {
+    let mask = dropout.train_mask(mode);
+    self_attention(qkv, position_bias, lengths, heads, scale, mask)
+}
+
+/// [`attention`] with the dropout mask given.
 pub(crate) fn self_attention(
     qkv: &Tensor,
     position_bias: Option<&Tensor>,
