@@ -4,7 +4,8 @@
 # clip 1.0, scale 20, max 128 tokens, no-duplicate batches, seed 42), measured in the same run.
 #
 #   scripts/bench-train.sh [RUNS] [STEPS]
-#     RUNS   rounds; each round trains with attune, then with sentence-transformers (default 3)
+#     RUNS   rounds; each round trains with both tools, attune first in odd rounds and
+#            sentence-transformers first in even ones (default 3)
 #     STEPS  optimizer steps per run (default 10; the full recipe is 87)
 #   env: ATTUNE_SHARED_DIR (default ../shared), VENV (default ~/.cache/attune-baselines/venv, made by
 #        ../shared/baselines/setup.sh), THREADS (default: all cores),
@@ -34,7 +35,7 @@ trap 'rm -rf "$tmp"' EXIT
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 log=$OUT/train-$MODEL_NAME-$stamp.jsonl
 : > "$log"
-for run in $(seq 1 "$RUNS"); do
+run_attune() {
   echo "[bench-train] round $run/$RUNS: attune ($STEPS steps)" >&2
   rm -rf "$tmp/attune" "$tmp/attune.checkpoints"
   RAYON_NUM_THREADS=$THREADS "$ROOT/target/release/attune" train --model "$MODEL" --data "$DATA" \
@@ -53,6 +54,9 @@ print(json.dumps({"tool": "attune", "run": int(sys.argv[3]), "steps": len(steps)
                   "real_tokens_per_s": tokens / card["training_seconds"],
                   "median_step_s": statistics.median(durations), "peak_rss_mib": peak}))
 PY
+}
+
+run_st() {
   echo "[bench-train] round $run/$RUNS: sentence-transformers ($STEPS steps)" >&2
   rm -rf "$tmp/st"
   "$VENV/bin/python" "$SHARED/baselines/st_finetune.py" "$DATA" "$MODEL" "$tmp/st" --max-steps "$STEPS" \
@@ -65,6 +69,13 @@ print(json.dumps({"tool": "sentence-transformers", "run": int(sys.argv[2]), "ste
                   "real_tokens_per_s": t["real_tokens_per_s"], "median_step_s": t["median_step_seconds"],
                   "peak_rss_mib": t["peak_rss_mib"]}))
 PY
+}
+
+# The tools alternate which goes first: on a VM, the first of two processes pays for touching
+# memory the host has not backed recently (seconds to a minute in its first step), the second
+# reuses the pages the first just freed.
+for run in $(seq 1 "$RUNS"); do
+  if [ $((run % 2)) -eq 1 ]; then run_attune; run_st; else run_st; run_attune; fi
   tail -2 "$log" >&2
 done
 

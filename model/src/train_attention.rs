@@ -350,29 +350,45 @@ impl Backward {
                 },
             ),
             // Heads in parallel, texts in turn: each head's bias gradient has one writer.
-            Some(bias_values) => {
-                (0..op.heads)
-                    .into_par_iter()
-                    .for_each_init(Scratch::default, |s, head| {
-                        for text in 0..d.batch {
-                            let b = op.block(d, text, head);
-                            if b.len > 0 {
-                                unsafe {
-                                    self.block(qkv, Some(bias_values), g, d, b, s, out_ptr);
-                                    let d_bias = out_ptr.0.add(qkv.len() + head * d.seq * d.seq);
-                                    for (i, row) in s.grad.chunks_exact(b.len).enumerate() {
-                                        let dst = d_bias.add(i * d.seq);
-                                        for (j, x) in row.iter().enumerate() {
-                                            *dst.add(j) += x;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    })
-            }
+            Some(bias_values) => (0..op.heads)
+                .into_par_iter()
+                .for_each_init(Scratch::default, |s, head| unsafe {
+                    self.head_with_bias(qkv, bias_values, g, d, head, s, out_ptr)
+                }),
         }
         Ok(out)
+    }
+
+    /// Every text's block of `head`, and the head's bias gradient: `dS` summed over the texts.
+    ///
+    /// # Safety
+    /// As [`Self::block`]; `out` holds d qkv followed by d bias, and no other task writes this
+    /// head's columns or bias block.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn head_with_bias(
+        &self,
+        qkv: &[f32],
+        bias: &[f32],
+        g: &[f32],
+        d: Dims,
+        head: usize,
+        s: &mut Scratch,
+        out: SendPtr,
+    ) {
+        let d_bias = out.0.add(qkv.len() + head * d.seq * d.seq);
+        for text in 0..d.batch {
+            let b = self.op.block(d, text, head);
+            if b.len == 0 {
+                continue;
+            }
+            self.block(qkv, Some(bias), g, d, b, s, out);
+            for (i, row) in s.grad.chunks_exact(b.len).enumerate() {
+                let dst = std::slice::from_raw_parts_mut(d_bias.add(i * d.seq), b.len);
+                for (x, ds) in dst.iter_mut().zip(row) {
+                    *x += ds;
+                }
+            }
+        }
     }
 
     /// The gradient of one block into `out`; leaves `dS` in `s.grad`.
