@@ -503,12 +503,13 @@ pub fn attention(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, D};
 
-    /// Largest absolute element-wise difference of two same-shaped tensors.
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute element-wise difference of two same-shaped tensors (the model crate's
+    /// tests share it).
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

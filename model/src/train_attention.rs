@@ -566,6 +566,7 @@ mod tests {
     use candle_core::{DType, Device, Var, D};
 
     use super::*;
+    use crate::kernels::tests::max_abs_diff;
 
     /// The composite path's attention over `qkv`, as `BertLayer::forward` computes it.
     fn composite(
@@ -615,17 +616,6 @@ mod tests {
             .flat_map(|&l| (0..s).map(move |i| if i < l { 1.0 } else { 0.0 }))
             .collect();
         Tensor::from_vec(rows, (lengths.len(), s, 1), &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

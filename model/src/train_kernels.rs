@@ -639,6 +639,7 @@ pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -647,19 +648,6 @@ mod tests {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Values and the gradients of `Σ f(x)·c` (a fixed random `c`) agree with the composition.
@@ -674,9 +662,9 @@ mod tests {
         let objective = |y: Tensor| (y * &c).unwrap().sum_all().unwrap();
         let (a, b) = (fused(x.as_tensor()), composite(x.as_tensor()));
         assert!(
-            max_diff(&a, &b) <= tolerance,
+            max_abs_diff(&a, &b) <= tolerance,
             "values differ by {}",
-            max_diff(&a, &b)
+            max_abs_diff(&a, &b)
         );
         let ga = objective(a).backward().unwrap();
         let gb = objective(b).backward().unwrap();
@@ -685,9 +673,9 @@ mod tests {
             gb.get(x.as_tensor()).unwrap(),
         );
         assert!(
-            max_diff(ga, gb) <= tolerance,
+            max_abs_diff(ga, gb) <= tolerance,
             "gradients differ by {}",
-            max_diff(ga, gb)
+            max_abs_diff(ga, gb)
         );
     }
 
@@ -716,7 +704,7 @@ mod tests {
         let grad = |y: Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
         let ga = grad(bias_add(&x, &bias).unwrap());
         let gb = grad(x.broadcast_add(&bias).unwrap());
-        let d = max_diff(
+        let d = max_abs_diff(
             ga.get(bias.as_tensor()).unwrap(),
             gb.get(bias.as_tensor()).unwrap(),
         );
@@ -742,11 +730,11 @@ mod tests {
         let x = Var::from_tensor(&random(&[2, 350, 19], 12)).unwrap();
         let c = random(&[2, 350, 23], 13);
         let (fused, plain) = (linear(&x, &w, &b).unwrap(), composite(&x, &w, &b));
-        assert!(max_diff(&fused, &plain) <= 1e-4, "values differ");
+        assert!(max_abs_diff(&fused, &plain) <= 1e-4, "values differ");
         let grads = |y: Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
         let (got, want) = (grads(fused), grads(plain));
         for var in [&x, &w, &b] {
-            let d = max_diff(got.get(var).unwrap(), want.get(var).unwrap());
+            let d = max_abs_diff(got.get(var).unwrap(), want.get(var).unwrap());
             assert!(d <= 1e-3, "gradient differs by {d}");
         }
         // Frozen weight and bias (LoRA): only the input gets a gradient.
@@ -775,7 +763,7 @@ mod tests {
         let c = random(&[3, 70, 300], 16);
         let grads = dropout_add(&y, &residual, mask).unwrap();
         let grads = (grads * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(grads.get(&residual).unwrap(), &c) == 0.0);
+        assert!(max_abs_diff(grads.get(&residual).unwrap(), &c) == 0.0);
     }
 
     #[test]
@@ -826,7 +814,7 @@ mod tests {
         let ga = grads(layer_norm(&x, &w, &b, 1e-12).unwrap());
         let gb = grads(candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-12).unwrap());
         for v in [&w, &b] {
-            let d = max_diff(
+            let d = max_abs_diff(
                 ga.get(v.as_tensor()).unwrap(),
                 gb.get(v.as_tensor()).unwrap(),
             );
