@@ -681,14 +681,7 @@ mod tests {
             } else {
                 split(&qkv)
             };
-            let diff = (split(&fused) - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::kernels::tests::max_abs_diff(&split(&fused), &want);
             assert!(diff < 1e-6, "part {part}: {diff}");
         }
     }
