@@ -9,7 +9,7 @@
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::layers::Dropout;
 use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
-use attune_trainer::loss::{info_nce, LossSettings};
+use attune_trainer::loss::{info_nce, BatchTargets, LossSettings};
 use attune_trainer::optim::{AdamW, AdamWSettings};
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -59,7 +59,7 @@ fn train_step(c: &mut Criterion) {
         let d = encoder
             .forward_batch(&docs.iter().collect::<Vec<_>>(), Mode::Train(&ctx))
             .unwrap();
-        info_nce(&q, &d, &LossSettings::default()).unwrap()
+        info_nce(&q, &d, &BatchTargets::default(), &LossSettings::default()).unwrap()
     };
 
     let mut group = c.benchmark_group("train_step");

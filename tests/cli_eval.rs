@@ -278,6 +278,40 @@ fn corpus_embeddings_come_from_the_cache_the_second_time() {
     assert!(!stderr(&other).contains("from cache"));
 }
 
+/// A Matryoshka evaluation (`--dimension`) of a model whose whole vectors are cached cuts them
+/// instead of embedding again, and scores exactly as embedding truncated vectors does.
+#[test]
+fn a_truncated_evaluation_reuses_the_whole_vectors_and_scores_alike() {
+    let fx = Fixture::new();
+    let args = ["--model", fx.model_a.as_str(), "--data", fx.domain.as_str()];
+    let whole = fx.eval(&args);
+    assert_ok(&whole);
+    let mut truncated = args.to_vec();
+    truncated.extend(["--dimension", "8"]);
+    let cut = fx.eval(&truncated);
+    assert_ok(&cut);
+    assert!(stderr(&cut).contains("(from cache)"), "{}", stderr(&cut));
+    truncated.push("--no-cache");
+    let embedded = fx.eval(&truncated);
+    assert_ok(&embedded);
+    assert!(!stderr(&embedded).contains("from cache"));
+    assert_eq!(stdout(&cut), stdout(&embedded), "cut = embedded truncated");
+    assert_ne!(
+        stdout(&cut),
+        stdout(&whole),
+        "8 dimensions rank differently"
+    );
+    let wide = fx.eval(&[
+        "--model",
+        &fx.model_a,
+        "--data",
+        &fx.domain,
+        "--dimension",
+        "100000",
+    ]);
+    assert!(!wide.status.success() && stderr(&wide).contains("truncate_dim"));
+}
+
 #[test]
 fn require_gain_fails_with_exit_3_and_the_numbers() {
     let fx = Fixture::new();

@@ -92,6 +92,25 @@ impl Fixture {
         attune(&args)
     }
 
+    /// `index search` of "item7 v1 blue" in space `base` of `shop` answers 3 results.
+    fn search_top3_of_base(&self) {
+        let out = self.search(
+            "item7 v1 blue",
+            &[
+                "--collection",
+                "shop",
+                "--space",
+                "base",
+                "-k",
+                "3",
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["results"].as_array().unwrap().len(), 3, "{answer}");
+    }
+
     fn build(&self, corpus: &str, extra: &[&str]) -> serde_json::Value {
         let args = self.build_args(corpus, extra);
         let out = attune(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -292,21 +311,43 @@ fn a_space_built_with_max_seq_len_is_searched_at_that_length() {
         .unwrap()
         .spaces["base"];
     assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 12);
-    let out = f.search(
-        "item7 v1 blue",
-        &[
-            "--collection",
-            "shop",
-            "--space",
-            "base",
-            "-k",
-            "3",
-            "--json",
-        ],
+    f.search_top3_of_base();
+}
+
+/// A Matryoshka space: built at its first 8 dimensions, recorded in the identity, searched with
+/// queries truncated alike; a rebuild at the full width is another model, re-embedded whole.
+#[test]
+fn a_space_built_at_a_matryoshka_dimension_is_searched_at_it() {
+    let f = Fixture::new();
+    f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
+    let report = f.build("corpus.jsonl", &["--dimension", "8"]);
+    assert_eq!(report["embedded"]["base"], 40);
+    let identity = Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap()
+        .spaces["base"]
+        .clone();
+    assert_eq!(identity.dim, 8);
+    assert_eq!(identity.encoding.as_ref().unwrap().dimension, Some(8));
+    f.search_top3_of_base();
+    // The whole vector is another identity: a rebuild re-embeds every document into a new
+    // generation, so a space never mixes two widths.
+    let report = f.build("corpus.jsonl", &[]);
+    assert_eq!(report["embedded"]["base"], 40, "{report}");
+    let identity = &Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap()
+        .spaces["base"];
+    assert!(identity.dim > 8 && identity.encoding.as_ref().unwrap().dimension.is_none());
+    let wide = f.build_args("corpus.jsonl", &["--dimension", "100000"]);
+    let out = attune(&wide.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !out.status.success() && text(&out).contains("truncate_dim"),
+        "{}",
+        text(&out)
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer["results"].as_array().unwrap().len(), 3, "{answer}");
 }
 
 /// A store written before identities recorded their encoding (the identity JSON had no
@@ -366,19 +407,7 @@ fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
         std::fs::read_to_string(f.path("store/collections/shop/collection.json")).unwrap();
     assert!(!manifest.contains("encoding"), "{manifest}");
 
-    let out = f.search(
-        "item7 v1 blue",
-        &[
-            "--collection",
-            "shop",
-            "--space",
-            "base",
-            "-k",
-            "3",
-            "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    f.search_top3_of_base();
 
     // A rebuild with the same model at the same length embeds nothing and records the encoding.
     let report = f.build("corpus.jsonl", &["--max-seq-len", "12"]);

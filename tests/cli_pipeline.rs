@@ -88,6 +88,24 @@ fn trained() -> &'static Trained {
         assert!(out.status.success(), "{}", stderr(&out));
         let report = read_json(&work.join("report/pipeline.json"));
         assert_eq!(report["promoted"], true, "{report}");
+        // The report shows the recipe: the demo's queries share judged products, and they were
+        // kept out of each other's negatives (the trainer's default).
+        let recipe = &report["recipe"];
+        assert_eq!(
+            recipe["hyperparameters"]["mask_judged_positives"], true,
+            "{recipe}"
+        );
+        assert_eq!(
+            recipe["hyperparameters"]["grade_weighting"], "uniform",
+            "{recipe}"
+        );
+        assert!(
+            recipe["judged_negatives_masked"].as_u64().unwrap() > 0,
+            "{recipe}"
+        );
+        let markdown = std::fs::read_to_string(work.join("report/pipeline.md")).unwrap();
+        assert!(markdown.contains("## Training recipe"), "{markdown}");
+        assert!(markdown.contains("never its negatives"), "{markdown}");
         Trained {
             _dir: dir,
             data,

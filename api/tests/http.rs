@@ -1123,6 +1123,7 @@ async fn the_page_facets_and_published_reports_are_served(backend: Backend) {
         domain: None,
         general: None,
         gate: None,
+        recipe: None,
         promoted: true,
         serving_generation: Some(1),
         index: None,

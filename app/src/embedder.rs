@@ -3,8 +3,8 @@
 //! encoder a space was built with.
 //!
 //! An identity's fingerprint hashes the model directory's fingerprint (weights, tokenizer,
-//! config, pooling), the document and query prompts and the truncation length. Since identities
-//! record the last three explicitly ([`Encoding`]), a loader applies them instead of the model's
+//! config, pooling), the document and query prompts, the truncation length and (when set) the
+//! Matryoshka dimension. Since identities record those explicitly ([`Encoding`]), a loader applies them instead of the model's
 //! defaults, so a space built with `--max-seq-len 128` is served at 128 tokens. Identities written
 //! before that carry only the fingerprint; [`ModelEmbedder::for_identity`] recovers their encoding
 //! by trying the model's prompts at every truncation length it admits.
@@ -60,9 +60,22 @@ impl ModelEmbedder {
         device: &Device,
         max_seq_len: Option<usize>,
     ) -> Result<Self, EmbedderError> {
+        Self::load_at_dimension(path, device, max_seq_len, None)
+    }
+
+    /// [`ModelEmbedder::load`], keeping the first `dimension` dimensions of every vector
+    /// (Matryoshka; re-normalised). The dimension becomes part of the identity, so a space
+    /// never mixes vectors of two widths.
+    pub fn load_at_dimension(
+        path: &Path,
+        device: &Device,
+        max_seq_len: Option<usize>,
+        dimension: Option<usize>,
+    ) -> Result<Self, EmbedderError> {
         let dir = ModelDir::open(path)?;
         let settings = EncoderSettings {
             max_seq_length: max_seq_len,
+            truncate_dim: dimension,
             ..EncoderSettings::default()
         };
         let encoder = Encoder::load(&dir, device, settings)?;
@@ -107,6 +120,7 @@ impl ModelEmbedder {
             max_seq_length: Some(encoding.max_seq_len),
             query_prefix: Some(encoding.query_prompt.clone()),
             document_prefix: Some(encoding.document_prompt.clone()),
+            truncate_dim: encoding.dimension,
             ..EncoderSettings::default()
         };
         let encoder = Encoder::load(&dir, device, settings)?;
@@ -151,6 +165,7 @@ pub fn model_identity(
         max_seq_len: encoder.max_seq_length(),
         query_prompt: encoder.prefix(TextKind::Query).to_string(),
         document_prompt: encoder.prefix(TextKind::Document).to_string(),
+        dimension: encoder.settings().truncate_dim,
     };
     Ok(ModelIdentity {
         fingerprint: fingerprint(&dir.fingerprint()?, &encoding),
@@ -164,8 +179,9 @@ pub fn model_identity(
 }
 
 /// The identity fingerprint: 32 hex digits of SHA-256 over the directory fingerprint, the
-/// document prompt, the query prompt and the truncation length (that order and layout are what
-/// stores on disk hold; changing them orphans every built space).
+/// document prompt, the query prompt, the truncation length and, only when set, the Matryoshka
+/// dimension (that order and layout are what stores on disk hold; changing them orphans every
+/// built space).
 fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
     let mut hasher = Sha256::new();
     hasher.update(dir_fingerprint.as_bytes());
@@ -176,6 +192,9 @@ fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
     ] {
         hasher.update(b"\0");
         hasher.update(part.as_bytes());
+    }
+    if let Some(dimension) = encoding.dimension {
+        hasher.update(format!("\0dimension={dimension}").as_bytes());
     }
     let digest = hasher.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -194,6 +213,7 @@ fn default_encoding(dir: &ModelDir) -> Encoding {
         max_seq_len: dir.max_seq_length,
         query_prompt: prompt(&["query"]),
         document_prompt: prompt(&["document", "passage", "corpus"]),
+        dimension: None,
     }
 }
 
@@ -300,5 +320,38 @@ mod tests {
             assert!(matches!(err, EmbedderError::OtherModel { .. }), "{err}");
             assert!(err.to_string().contains(&identity.fingerprint), "{err}");
         }
+    }
+
+    #[test]
+    fn a_matryoshka_space_is_its_own_identity_and_serves_truncated_unit_vectors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = model(tmp.path(), 1);
+        let full = ModelEmbedder::load(&path, &Device::Cpu, None).unwrap();
+        let built = ModelEmbedder::load_at_dimension(&path, &Device::Cpu, None, Some(8)).unwrap();
+        let identity = built.identity().clone();
+        assert_eq!(identity.dim, 8);
+        assert_eq!(identity.encoding.as_ref().unwrap().dimension, Some(8));
+        assert!(!identity.same_model(full.identity()));
+        // Without a dimension the identity (and its fingerprint) is what it always was.
+        assert!(!serde_json::to_string(full.identity())
+            .unwrap()
+            .contains("dimension"));
+        let served = ModelEmbedder::for_identity(&path, &Device::Cpu, &identity).unwrap();
+        assert_eq!(served.identity(), &identity);
+        let text = "red running shoes";
+        let (short, long) = (
+            served.embed_query(text).unwrap(),
+            full.embed_query(text).unwrap(),
+        );
+        assert_eq!(short.len(), 8);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm(&short) - 1.0).abs() < 1e-5);
+        // The prefix of the full vector, re-normalised.
+        let prefix_norm = norm(&long[..8]);
+        for (a, b) in short.iter().zip(&long[..8]) {
+            assert!((a - b / prefix_norm).abs() < 1e-5, "{short:?} vs {long:?}");
+        }
+        let too_wide = ModelEmbedder::load_at_dimension(&path, &Device::Cpu, None, Some(10_000));
+        assert!(too_wide.unwrap_err().to_string().contains("truncate_dim"));
     }
 }

@@ -27,6 +27,9 @@ pub struct EvaluationSettings {
     pub batch_size: usize,
     /// Truncate texts to this many tokens (default: each model's max_seq_length, as served).
     pub max_seq_len: Option<usize>,
+    /// Matryoshka: evaluate every model at its first N dimensions, re-normalised (default: the
+    /// whole vector), as a space built with `--dimension N` serves them.
+    pub dimension: Option<usize>,
     /// Resamples of the bootstrap interval and of the randomization test. Default 10,000.
     pub resamples: usize,
     /// Seed of the resampling.
@@ -45,6 +48,7 @@ impl Default for EvaluationSettings {
             definitions: Definitions::default(),
             batch_size: EncoderSettings::default().batch_size,
             max_seq_len: None,
+            dimension: None,
             resamples: comparison.resamples,
             seed: comparison.seed,
             max_general_drop: GateSettings::default().max_general_drop,
@@ -209,6 +213,7 @@ impl LoadedModel {
         let encoder_settings = EncoderSettings {
             batch_size: settings.batch_size,
             max_seq_length: settings.max_seq_len,
+            truncate_dim: settings.dimension,
             ..EncoderSettings::default()
         };
         Ok(Self {

@@ -42,6 +42,11 @@ pub struct IndexSettings {
     /// each space's model identity, so queries are embedded at the same length.
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_seq_len: Option<usize>,
+    /// Matryoshka: index every space at its first N dimensions, re-normalised (default: the
+    /// model's whole vector). Recorded in each space's model identity, so queries are truncated
+    /// alike and a space never mixes two widths. Suits models trained with --matryoshka-dims.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
+    pub dimension: Option<usize>,
 }
 
 impl Default for IndexSettings {
@@ -54,6 +59,7 @@ impl Default for IndexSettings {
             ef_construction: build.hnsw.ef_construction,
             ef_search: build.hnsw.ef_search,
             max_seq_len: None,
+            dimension: None,
         }
     }
 }
@@ -143,12 +149,17 @@ impl IndexJob {
         };
         let mut embedders = Vec::new();
         for SpaceModel { space, model } in &inputs.spaces {
-            let embedder = ModelEmbedder::load(model, &inputs.device, settings.max_seq_len)
-                .map_err(|source| IndexJobError::Model {
-                    space: space.clone(),
-                    model: model.clone(),
-                    source: Box::new(source),
-                })?;
+            let embedder = ModelEmbedder::load_at_dimension(
+                model,
+                &inputs.device,
+                settings.max_seq_len,
+                settings.dimension,
+            )
+            .map_err(|source| IndexJobError::Model {
+                space: space.clone(),
+                model: model.clone(),
+                source: Box::new(source),
+            })?;
             embedders.push((space.clone(), embedder));
         }
         Ok(Self {

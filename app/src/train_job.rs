@@ -9,6 +9,7 @@ use attune_trainer::data::TrainingData;
 use attune_trainer::lora::{parse_targets, LoraSettings};
 use attune_trainer::loss::LossSettings;
 use attune_trainer::optim::AdamWSettings;
+use attune_trainer::targets::{GradeWeighting, GuideSettings, TargetSettings};
 use attune_trainer::train::{
     train, Event, LeakagePolicy, TrainInputs as EngineInputs, TrainOutput,
     TrainSettings as EngineSettings, TrainSummary,
@@ -67,6 +68,31 @@ pub struct TrainSettings {
     /// Add the document → query direction to the loss. Default false.
     #[cfg_attr(feature = "cli", arg(long))]
     pub symmetric: bool,
+    /// Keep every text judged relevant to a query (any of its positives in the training data)
+    /// out of its in-batch and hard negatives. Default true; false is sentence-transformers'
+    /// MNRL, which pushes such texts away.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL", default_value_t = TrainSettings::default().mask_judged_positives, action = clap::ArgAction::Set))]
+    pub mask_judged_positives: bool,
+    /// How relevance grades weigh pairs in the loss: uniform (default) or linear (grade / the
+    /// highest grade in the data). Pair weights from a pairs file's `weight` multiply in.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "HOW", default_value_t = TrainSettings::default().grade_weighting))]
+    pub grade_weighting: GradeWeighting,
+    /// GISTEmbed: a guide model (the base model, or --guide-model) embeds each batch once more,
+    /// and candidates it scores above the query's own positive minus --guide-margin are masked
+    /// as likely unjudged answers. Costs one inference pass per step. Default false.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub guide_filter: bool,
+    /// The guide model directory (default: the base model). Needs guide_filter.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub guide_model: Option<PathBuf>,
+    /// Cosine margin below the positive's guide score within which candidates are masked.
+    /// Default 0 (masked when the guide ranks them above the positive). Needs guide_filter.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "M", default_value_t = TrainSettings::default().guide_margin))]
+    pub guide_margin: f64,
+    /// Matryoshka: also train each of these leading dimensions (e.g. 384,256,128,64; each
+    /// prefix re-normalised, losses summed), so spaces can be served truncated. Default: off.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIMS", value_delimiter = ','))]
+    pub matryoshka_dims: Vec<usize>,
     /// Tokens per text while training (default: the model's max_seq_length).
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_seq_len: Option<usize>,
@@ -107,6 +133,12 @@ impl Default for TrainSettings {
             max_grad_norm: engine.max_grad_norm.unwrap_or(0.0),
             temperature: engine.loss.temperature,
             symmetric: engine.loss.symmetric,
+            mask_judged_positives: engine.targets.mask_judged_positives,
+            grade_weighting: engine.targets.grade_weighting,
+            matryoshka_dims: engine.loss.matryoshka_dims.clone(),
+            guide_filter: false,
+            guide_model: None,
+            guide_margin: 0.0,
             max_seq_len: engine.max_seq_length,
             seed: engine.seed,
             eval_every: engine.eval_every,
@@ -118,6 +150,23 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The guide filter's settings; guide options without guide_filter are refused.
+    fn guide(&self) -> Result<Option<GuideSettings>, TrainError> {
+        if !self.guide_filter {
+            if self.guide_model.is_some() || self.guide_margin != 0.0 {
+                return Err(TrainError::InvalidSetting {
+                    name: "guide-filter",
+                    problem: "guide_model and guide_margin need guide_filter".into(),
+                });
+            }
+            return Ok(None);
+        }
+        Ok(Some(GuideSettings {
+            model: self.guide_model.clone(),
+            margin: self.guide_margin,
+        }))
+    }
+
     /// The trainer's settings; LoRA options without a rank are refused.
     pub fn engine_settings(&self) -> Result<EngineSettings, TrainError> {
         let default = Self::default();
@@ -151,6 +200,12 @@ impl TrainSettings {
             loss: LossSettings {
                 temperature: self.temperature,
                 symmetric: self.symmetric,
+                matryoshka_dims: self.matryoshka_dims.clone(),
+            },
+            targets: TargetSettings {
+                mask_judged_positives: self.mask_judged_positives,
+                grade_weighting: self.grade_weighting,
+                guide: self.guide()?,
             },
             max_seq_length: self.max_seq_len,
             seed: self.seed,

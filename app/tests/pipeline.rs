@@ -15,6 +15,7 @@ use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{BertFlavor, Device};
 use attune_trainer::fixtures::{write_synthetic_beir, SyntheticSpec};
+use attune_trainer::targets::GradeWeighting;
 
 #[derive(Debug, Clone, Copy)]
 enum StoreKind {
@@ -204,4 +205,35 @@ fn embedded_store_xlm_roberta() {
 #[test]
 fn embedded_store_mpnet() {
     run(StoreKind::Embedded, Family::Mpnet);
+}
+
+/// The recipe options are pipeline keys, mapped onto the trainer's settings; a bad value names
+/// the key.
+#[test]
+fn recipe_options_are_pipeline_keys() {
+    let parse = |train: &str| {
+        let text = format!(
+            "work_dir = \"work\"\nbase_model = \"base\"\n\n[data]\npath = \"data\"\n\n[train]\n{train}\n\n\
+             [index]\nstore = \"store\"\ncollection = \"shop\"\n"
+        );
+        PipelineConfig::parse(Path::new("pipeline.toml"), &text)
+    };
+    let defaults = parse("").unwrap().train.engine_settings().unwrap();
+    assert!(defaults.targets.mask_judged_positives);
+    assert_eq!(defaults.targets.grade_weighting, GradeWeighting::Uniform);
+    let standard = parse("mask_judged_positives = false\ngrade_weighting = \"linear\"")
+        .unwrap()
+        .train
+        .engine_settings()
+        .unwrap();
+    assert!(!standard.targets.mask_judged_positives);
+    assert_eq!(standard.targets.grade_weighting, GradeWeighting::Linear);
+    assert_eq!(standard.to_json()["grade_weighting"], "linear");
+    let error = parse("grade_weighting = \"graded\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("grade_weighting") || error.contains("graded"),
+        "{error}"
+    );
 }

@@ -60,14 +60,60 @@ pub struct ModelEvaluation {
 }
 
 /// The cache key of a corpus under an encoder: model fingerprint, document prefix, sequence
-/// length, and the texts.
+/// length, the Matryoshka dimension when the encoder truncates, and the texts.
 pub fn corpus_cache_key(encoder: &Encoder, fingerprint: &str, texts: &[String]) -> CacheKey {
-    let tag = format!(
+    let mut tag = whole_vector_tag(encoder);
+    // Truncated (Matryoshka) vectors are another cache entry; whole ones keep their old key.
+    if let Some(dim) = encoder.settings().truncate_dim {
+        tag.push_str(&format!("|dimension={dim}"));
+    }
+    CacheKey::new(fingerprint, &tag, texts)
+}
+
+/// The settings part of a cache key for the encoder's whole (untruncated) vectors.
+fn whole_vector_tag(encoder: &Encoder) -> String {
+    format!(
         "document|prefix={:?}|max_seq_length={}",
         encoder.prefix(TextKind::Document),
         encoder.max_seq_length()
-    );
-    CacheKey::new(fingerprint, &tag, texts)
+    )
+}
+
+/// The cached corpus matrix of `encoder`: its own entry or, for a truncating (Matryoshka)
+/// encoder, the same model's whole vectors cut to its dimension (rows are re-normalised by the
+/// caller, which gives exactly the truncated encoder's vectors). So evaluating one model at
+/// several dimensions embeds the corpus once.
+fn load_cached(
+    cache: &EmbeddingCache,
+    encoder: &Encoder,
+    fingerprint: &str,
+    texts: &[String],
+) -> Result<Option<EmbeddingMatrix>> {
+    let fits = |m: &EmbeddingMatrix, dim: usize| m.rows == texts.len() && m.dim == dim;
+    let own = cache.load(&corpus_cache_key(encoder, fingerprint, texts))?;
+    if let Some(matrix) = own.filter(|m| fits(m, encoder.dimension())) {
+        return Ok(Some(matrix));
+    }
+    let Some(dim) = encoder.settings().truncate_dim else {
+        return Ok(None);
+    };
+    let whole = cache.load(&CacheKey::new(
+        fingerprint,
+        &whole_vector_tag(encoder),
+        texts,
+    ))?;
+    Ok(whole
+        .filter(|m| m.rows == texts.len() && m.dim >= dim)
+        .map(|m| EmbeddingMatrix {
+            rows: m.rows,
+            dim,
+            data: m
+                .data
+                .chunks_exact(m.dim)
+                .flat_map(|row| &row[..dim])
+                .copied()
+                .collect(),
+        }))
 }
 
 /// Scales each row to unit length (rows of zeros stay zero), so dot products are cosines.
@@ -100,9 +146,7 @@ pub fn evaluate_model(
 
     let start = Instant::now();
     let cached = match &settings.cache {
-        Some(cache) => cache
-            .load(&key)?
-            .filter(|m| m.rows == texts.len() && m.dim == encoder.dimension()),
+        Some(cache) => load_cached(cache, encoder, fingerprint, &texts)?,
         None => None,
     };
     let mut truncated_documents = 0;

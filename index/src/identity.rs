@@ -31,6 +31,10 @@ pub struct Encoding {
     pub query_prompt: String,
     /// Prepended to every document before tokenizing (may be empty).
     pub document_prompt: String,
+    /// Matryoshka: the leading dimensions kept, re-normalised (`None`: the model's whole
+    /// vector; absent in identities written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<usize>,
 }
 
 impl ModelIdentity {

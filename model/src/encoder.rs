@@ -33,6 +33,9 @@ pub struct EncoderSettings {
     /// The dtype of the transformer's matrix products (default [`Precision::Auto`]: bf16 on a
     /// CUDA GPU, f32 on the CPU).
     pub precision: Precision,
+    /// Matryoshka: keep only the first this many dimensions of each embedding, re-normalised
+    /// to unit length (default `None`: the model's whole vector). At most the model's dimension.
+    pub truncate_dim: Option<usize>,
 }
 
 impl Default for EncoderSettings {
@@ -44,6 +47,7 @@ impl Default for EncoderSettings {
             query_prefix: None,
             document_prefix: None,
             precision: Precision::Auto,
+            truncate_dim: None,
         }
     }
 }
@@ -168,9 +172,20 @@ impl Encoder {
             .document_prefix
             .clone()
             .unwrap_or_else(|| prompt(&["document", "passage", "corpus"]));
+        let full = dir.embedding_dimension();
+        let dimension = match settings.truncate_dim {
+            None => full,
+            Some(d) if (1..=full).contains(&d) => d,
+            Some(d) => {
+                return Err(ModelError::InvalidSetting {
+                    name: "truncate_dim",
+                    problem: format!("{d} is outside 1..={full}, the model's dimensions"),
+                })
+            }
+        };
         Ok(Encoder {
             pad_id: model.pad_token_id(),
-            dimension: dir.embedding_dimension(),
+            dimension,
             dense: dir.load_dense(device)?,
             model,
             tokenizer,
@@ -286,16 +301,19 @@ impl Encoder {
         self.model.forward_flops(batch, seq)
     }
 
-    /// Runs one batch through the model, pooling, the Dense modules and (if configured)
-    /// normalization, giving
-    /// `(batch, dimension)`. Texts are padded to the longest in the batch. In [`Mode::Train`]
-    /// the result carries gradients.
+    /// Runs one batch through the model, pooling, the Dense modules, truncation to
+    /// [`EncoderSettings::truncate_dim`] and (if configured, and always after truncation)
+    /// normalization, giving `(batch, dimension)`. Texts are padded to the longest in the batch.
+    /// In [`Mode::Train`] the result carries gradients.
     pub fn forward_batch(&self, items: &[&TokenizedText], mode: Mode<'_>) -> Result<Tensor> {
         let (ids, type_ids, mask) = self.batch_tensors(items)?;
         let hidden = self.model.forward(&ids, &type_ids, &mask, mode)?;
         let mut pooled = pool(&hidden, &mask, &self.pooling_modes)?;
         for dense in &self.dense {
             pooled = dense.forward(&pooled)?;
+        }
+        if let Some(dim) = self.settings.truncate_dim {
+            return Ok(l2_normalize(&pooled.narrow(1, 0, dim)?)?);
         }
         Ok(if self.normalize {
             l2_normalize(&pooled)?

@@ -61,6 +61,9 @@ pub struct EmbedArgs {
     /// max_seq_length from sentence_bert_config.json; at most max_position_embeddings).
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
+    /// Matryoshka: keep each embedding's first N dimensions, re-normalised (default: all).
+    #[arg(long, value_name = "N")]
+    pub dimension: Option<usize>,
     /// Text prepended to every input (e.g. "query: " for e5 models); overrides the model's prompt.
     #[arg(long, value_name = "S")]
     pub prefix: Option<String>,
@@ -154,6 +157,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         query_prefix: args.prefix.clone(),
         document_prefix: args.prefix.clone(),
         precision: args.precision,
+        truncate_dim: args.dimension,
     };
     let encoder = Encoder::load(&model, &device, settings)?;
 

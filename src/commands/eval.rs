@@ -106,6 +106,10 @@ pub struct EvalArgs {
     /// Truncate texts to this many tokens (default: each model's max_seq_length).
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
+    /// Matryoshka: evaluate at each model's first N dimensions, re-normalised (as a space built
+    /// with `attune index build --dimension N` serves them).
+    #[arg(long, value_name = "N")]
+    pub dimension: Option<usize>,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
@@ -132,6 +136,7 @@ impl EvalArgs {
             definitions: self.definitions.into(),
             batch_size: self.batch_size,
             max_seq_len: self.max_seq_len,
+            dimension: self.dimension,
             resamples: self.resamples,
             seed: self.seed,
             max_general_drop: self.max_general_drop,

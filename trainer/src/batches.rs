@@ -73,6 +73,8 @@ mod tests {
                 } else {
                     vec![]
                 },
+                grade: 1,
+                weight: 1.0,
                 location: Location {
                     path: path.clone(),
                     line: i + 1,

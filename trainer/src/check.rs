@@ -348,6 +348,8 @@ mod tests {
                     query: q.to_string(),
                     positive: p.to_string(),
                     negatives: n.iter().map(|s| s.to_string()).collect(),
+                    grade: 1,
+                    weight: 1.0,
                     location: Location {
                         path: path.clone(),
                         line: i + 1,

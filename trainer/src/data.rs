@@ -2,11 +2,14 @@
 //! a BEIR directory. Every pair remembers the file and line it came from, so checks and errors
 //! can point at it.
 //!
-//! - Pairs JSONL: `{"query": "...", "positive": "...", "negatives": ["...", ...]}` per line,
-//!   `negatives` optional; empty lines are skipped.
-//! - BEIR: every `qrels/<split>.tsv` row with score > 0 is a (query, document) pair; the
-//!   document text is `title + " " + text` ([`attune_eval::Document::embedding_text`]). Rows
-//!   naming an unknown query or document are skipped and reported.
+//! - Pairs JSONL: `{"query": "...", "positive": "...", "negatives": ["...", ...], "grade": 2,
+//!   "weight": 0.5}` per line; `negatives` (default none), `grade` (a positive integer, the
+//!   positive's relevance grade, default 1) and `weight` (a positive number, the pair's loss
+//!   weight, default 1) optional; empty lines are skipped.
+//! - BEIR: every `qrels/<split>.tsv` row with score > 0 is a (query, document) pair whose grade
+//!   is the score; the document text is `title + " " + text`
+//!   ([`attune_eval::Document::embedding_text`]). Rows naming an unknown query or document, or a
+//!   document without title and text (cranfield has one), are skipped and reported.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,8 +47,27 @@ pub struct TrainingPair {
     pub positive: String,
     /// Explicit hard negatives (may be empty).
     pub negatives: Vec<String>,
+    /// The positive's relevance grade (≥ 1; BEIR's qrels score, 1 when the source has none).
+    pub grade: u32,
+    /// The pair's loss weight (> 0, finite; default 1). Feedback-derived pairs carry their
+    /// evidence here; see [`crate::loss`] for how weights and grades enter the loss.
+    pub weight: f32,
     /// Where it came from.
     pub location: Location,
+}
+
+impl TrainingPair {
+    /// A pair with grade 1, weight 1 and no negatives.
+    pub fn new(query: impl Into<String>, positive: impl Into<String>, location: Location) -> Self {
+        Self {
+            query: query.into(),
+            positive: positive.into(),
+            negatives: Vec::new(),
+            grade: 1,
+            weight: 1.0,
+            location,
+        }
+    }
 }
 
 /// A pair source that was skipped while loading, and why.
@@ -142,10 +164,40 @@ impl TrainingData {
                     ))
                 }
             };
+            let grade = match object.get("grade") {
+                None | Some(serde_json::Value::Null) => 1,
+                Some(value) => match value.as_u64() {
+                    Some(g @ 1..=1000) => g as u32,
+                    _ => {
+                        return Err(TrainError::malformed(
+                            path,
+                            line_no,
+                            format!(
+                                "field \"grade\" must be an integer from 1 to 1000, found {value}"
+                            ),
+                        ))
+                    }
+                },
+            };
+            let weight = match object.get("weight") {
+                None | Some(serde_json::Value::Null) => 1.0,
+                Some(value) => match value.as_f64() {
+                    Some(w) if w > 0.0 && w.is_finite() && w <= f32::MAX as f64 => w as f32,
+                    _ => {
+                        return Err(TrainError::malformed(
+                            path,
+                            line_no,
+                            format!("field \"weight\" must be a positive number, found {value}"),
+                        ))
+                    }
+                },
+            };
             pairs.push(TrainingPair {
                 query: text("query")?,
                 positive: text("positive")?,
                 negatives,
+                grade,
+                weight,
                 location: Location {
                     path: shared.clone(),
                     line: line_no,
@@ -186,11 +238,13 @@ impl TrainingData {
                 query_text.get(row.query_id.as_str()),
                 documents.get(row.doc_id.as_str()),
             ) {
-                (Some(query), Some(document)) => pairs.push(TrainingPair {
-                    query: query.to_string(),
-                    positive: document.clone(),
-                    negatives: Vec::new(),
+                (Some(_), Some(document)) if document.trim().is_empty() => skipped.push(Skipped {
                     location,
+                    reason: format!("document `{}` has no title or text", row.doc_id),
+                }),
+                (Some(query), Some(document)) => pairs.push(TrainingPair {
+                    grade: u32::try_from(row.grade).unwrap_or(u32::MAX),
+                    ..TrainingPair::new(*query, document.clone(), location)
                 }),
                 (None, _) => skipped.push(Skipped {
                     location,
@@ -232,6 +286,7 @@ mod tests {
         let data = TrainingData::load(&path, "train").unwrap();
         assert_eq!(data.pairs.len(), 2);
         assert_eq!(data.pairs[1].negatives, vec!["n1", "n2"]);
+        assert_eq!((data.pairs[0].grade, data.pairs[0].weight), (1, 1.0));
         assert_eq!(data.pairs[1].location.line, 3);
         assert!(data.pairs[1]
             .location
@@ -257,6 +312,18 @@ mod tests {
                 "array of strings",
             ),
             ("not json\n", "not valid JSON"),
+            (
+                "{\"query\": \"q\", \"positive\": \"p\", \"grade\": 0}\n",
+                "\"grade\" must be an integer",
+            ),
+            (
+                "{\"query\": \"q\", \"positive\": \"p\", \"weight\": -1}\n",
+                "\"weight\" must be a positive number",
+            ),
+            (
+                "{\"query\": \"q\", \"positive\": \"p\", \"weight\": \"1\"}\n",
+                "\"weight\" must be a positive number",
+            ),
         ] {
             let path = write(
                 dir.path(),
@@ -278,7 +345,7 @@ mod tests {
         write(
             root,
             "corpus.jsonl",
-            "{\"_id\": \"d1\", \"title\": \"Title\", \"text\": \"body\"}\n{\"_id\": \"d2\", \"text\": \"other\"}\n",
+            "{\"_id\": \"d1\", \"title\": \"Title\", \"text\": \"body\"}\n{\"_id\": \"d2\", \"text\": \"other\"}\n{\"_id\": \"d3\", \"title\": \"\", \"text\": \" \"}\n",
         );
         write(
             root,
@@ -288,15 +355,17 @@ mod tests {
         write(
             root,
             "qrels/train.tsv",
-            "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq1\tmissing\t1\nq9\td1\t1\n",
+            "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t0\nq1\tmissing\t1\nq9\td1\t1\nq1\td3\t1\n",
         );
         let data = TrainingData::load(root, "train").unwrap();
         assert_eq!(data.pairs.len(), 1);
         assert_eq!(data.pairs[0].query, "question");
         assert_eq!(data.pairs[0].positive, "Title body");
+        assert_eq!(data.pairs[0].grade, 2);
         assert_eq!(data.pairs[0].location.line, 2);
-        assert_eq!(data.skipped.len(), 2);
+        assert_eq!(data.skipped.len(), 3);
         assert_eq!(data.skipped[0].location.line, 4);
         assert!(data.skipped[1].reason.contains("q9"));
+        assert!(data.skipped[2].reason.contains("`d3` has no title or text"));
     }
 }

@@ -26,8 +26,9 @@ use crate::checkpoint::{log_lines, Best, CheckpointStore, LogRecord, Progress, R
 use crate::data::{TrainingData, TrainingPair};
 use crate::error::{Result, TrainError};
 use crate::lora::{self, LoraSettings};
-use crate::loss::{info_nce, scalar, LossSettings};
+use crate::loss::{info_nce, scalar, BatchTargets, LossSettings};
 use crate::optim::{linear_schedule, AdamW, AdamWSettings};
+use crate::targets::{candidate_texts, GuideFilter, Judgments, TargetSettings};
 
 /// What to do with training queries that also appear in the held-out data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
@@ -90,6 +91,9 @@ pub struct TrainSettings {
     pub max_grad_norm: Option<f64>,
     /// Temperature and symmetry of the InfoNCE loss.
     pub loss: LossSettings,
+    /// Which candidates are negatives (judged positives masked by default) and how grades
+    /// weigh pairs.
+    pub targets: TargetSettings,
     /// Tokens per text while training (default `None`: the model's `max_seq_length`).
     /// Validation and the written model keep the model's own length.
     pub max_seq_length: Option<usize>,
@@ -123,6 +127,7 @@ impl Default for TrainSettings {
             warmup_ratio: 0.1,
             max_grad_norm: Some(1.0),
             loss: LossSettings::default(),
+            targets: TargetSettings::default(),
             max_seq_length: None,
             seed: 42,
             eval_every: None,
@@ -173,6 +178,13 @@ impl TrainSettings {
         if self.eval_every == Some(0) {
             return invalid("eval-every", "must be at least 1");
         }
+        let dims = &self.loss.matryoshka_dims;
+        if dims.contains(&0) || (1..dims.len()).any(|i| dims[..i].contains(&dims[i])) {
+            return invalid(
+                "matryoshka-dims",
+                "dimensions must be distinct and at least 1",
+            );
+        }
         if self.checkpoint_every == Some(0) {
             return invalid("checkpoint-every", "must be at least 1");
         }
@@ -197,6 +209,13 @@ impl TrainSettings {
             "max_grad_norm": self.max_grad_norm,
             "temperature": self.loss.temperature,
             "symmetric_loss": self.loss.symmetric,
+            "matryoshka_dims": self.loss.matryoshka_dims,
+            "mask_judged_positives": self.targets.mask_judged_positives,
+            "grade_weighting": self.targets.grade_weighting,
+            "guide": self.targets.guide.as_ref().map(|g| serde_json::json!({
+                "model": g.model.as_ref().map(|m| m.display().to_string()),
+                "margin": g.margin,
+            })),
             "max_seq_length": self.max_seq_length,
             "seed": self.seed,
             "eval_every": self.eval_every,
@@ -312,6 +331,14 @@ pub struct TrainSummary {
     pub out: PathBuf,
     /// Parameters the optimizer updated (all weights, or the LoRA adapters).
     pub trainable_parameters: usize,
+    /// (query, candidate) cells of the whole plan kept out of the negatives because the
+    /// candidate is judged relevant to the query (0 with the mask off).
+    pub judged_negatives_masked: usize,
+    /// Further cells the guide model masked in the steps of this session (`None` without a
+    /// guide).
+    pub guide_negatives_masked: Option<usize>,
+    /// Training queries with more than one judged positive.
+    pub queries_with_several_positives: usize,
 }
 
 /// Metrics logged at each validation.
@@ -552,17 +579,28 @@ fn validate(
         .collect())
 }
 
-/// The texts of a batch: its queries, then its candidates (the positives in query order, then
-/// every pair's hard negatives).
+/// One batch: its pairs and what the loss knows about them.
+pub struct Batch<'a> {
+    /// Every training pair.
+    pub pairs: &'a [TrainingPair],
+    /// The batch's pairs, as indices into `pairs`.
+    pub indices: &'a [usize],
+    /// Masked cells and weights ([`Judgments::batch_targets`]).
+    pub targets: &'a BatchTargets,
+}
+
+impl Batch<'_> {
+    /// Its queries and candidates ([`batch_texts`]).
+    fn texts(&self) -> (Vec<&str>, Vec<&str>) {
+        batch_texts(self.pairs, self.indices)
+    }
+}
+
+/// The texts of a batch: its queries, then its candidates ([`candidate_texts`], the layout
+/// [`Judgments::batch_targets`] indexes).
 fn batch_texts<'a>(pairs: &'a [TrainingPair], batch: &[usize]) -> (Vec<&'a str>, Vec<&'a str>) {
     let queries: Vec<&str> = batch.iter().map(|&i| pairs[i].query.as_str()).collect();
-    let mut candidates: Vec<&str> = batch.iter().map(|&i| pairs[i].positive.as_str()).collect();
-    candidates.extend(
-        batch
-            .iter()
-            .flat_map(|&i| pairs[i].negatives.iter().map(String::as_str)),
-    );
-    (queries, candidates)
+    (queries, candidate_texts(pairs, batch))
 }
 
 /// The loss of a batch (a scalar, detached), the real (unpadded) tokens it processed, and the
@@ -578,14 +616,13 @@ fn batch_texts<'a>(pairs: &'a [TrainingPair], batch: &[usize]) -> (Vec<&'a str>,
 /// of `n` texts. Without dropout the two paths give the same gradients.
 pub fn batch_gradients(
     encoder: &Encoder,
-    pairs: &[TrainingPair],
-    batch: &[usize],
+    batch: &Batch<'_>,
     seed: u64,
     loss_settings: &LossSettings,
     mini_batch: Option<usize>,
     vars: &[(String, Var)],
 ) -> Result<(Tensor, usize, GradStore)> {
-    let (queries, candidates) = batch_texts(pairs, batch);
+    let (queries, candidates) = batch.texts();
     let queries = encoder.tokenize(&queries, TextKind::Query)?;
     let candidates = encoder.tokenize(&candidates, TextKind::Document)?;
     let tokens = queries.iter().chain(&candidates).map(|t| t.ids.len()).sum();
@@ -593,7 +630,7 @@ pub fn batch_gradients(
         let ctx = TrainContext::new(seed);
         let q = encoder.forward_batch(&queries.iter().collect::<Vec<_>>(), Mode::Train(&ctx))?;
         let c = encoder.forward_batch(&candidates.iter().collect::<Vec<_>>(), Mode::Train(&ctx))?;
-        let loss = info_nce(&q, &c, loss_settings)?;
+        let loss = info_nce(&q, &c, batch.targets, loss_settings)?;
         let grads = loss.backward()?;
         return Ok((loss.detach(), tokens, grads));
     };
@@ -630,7 +667,7 @@ pub fn batch_gradients(
     }
     let q = Var::from_tensor(&Tensor::cat(&query_parts, 0)?)?;
     let c = Var::from_tensor(&Tensor::cat(&candidate_parts, 0)?)?;
-    let loss = info_nce(q.as_tensor(), c.as_tensor(), loss_settings)?;
+    let loss = info_nce(q.as_tensor(), c.as_tensor(), batch.targets, loss_settings)?;
     let embedding_grads = loss.backward()?;
     let missing = || TrainError::Candle(candle_core::Error::Msg("no embedding gradient".into()));
     let q_grad = embedding_grads
@@ -705,6 +742,21 @@ pub fn train(
         None => Vec::new(),
     };
     let eval_encoder = encoder.with_settings(inputs.model, EncoderSettings::default())?;
+    let guide = load_guide(inputs, settings)?;
+    if let Some(&dim) = settings
+        .loss
+        .matryoshka_dims
+        .iter()
+        .find(|&&d| d > encoder.dimension())
+    {
+        return Err(TrainError::InvalidSetting {
+            name: "matryoshka-dims",
+            problem: format!(
+                "{dim} is wider than the model's {} dimensions",
+                encoder.dimension()
+            ),
+        });
+    }
 
     let probe = |texts: &[&str]| -> Result<Vec<bool>> {
         Ok(encoder
@@ -727,6 +779,16 @@ pub fn train(
     }
 
     let plan = Plan::new(&pairs, settings);
+    let judgments = Judgments::from_pairs(&pairs);
+    let judged_negatives_masked = (0..plan.total_steps)
+        .map(|step| {
+            let batch = plan.batch(step).0;
+            judgments
+                .batch_targets(&pairs, batch, &settings.targets)
+                .excluded
+                .len()
+        })
+        .sum();
     let identity = RunIdentity {
         base_model: inputs.model.fingerprint()?,
         data: data_fingerprint(&pairs),
@@ -818,14 +880,30 @@ pub fn train(
     let session_elapsed_before = progress.elapsed_s;
     let mut paused_s = 0.0;
     let mut final_loss = None;
+    let mut guide_masked = 0;
     while progress.step < plan.total_steps {
         let step = progress.step;
         let (batch, epoch) = plan.batch(step);
         let lr = settings.optimizer.lr * linear_schedule(step, plan.warmup_steps, plan.total_steps);
+        let mut targets = judgments.batch_targets(&pairs, batch, &settings.targets);
+        if let Some(guide) = &guide {
+            let (queries, candidates) = batch_texts(&pairs, batch);
+            let judged: HashSet<(usize, usize)> = targets.excluded.iter().copied().collect();
+            let extra: Vec<(usize, usize)> = guide
+                .exclusions(&queries, &candidates)?
+                .into_iter()
+                .filter(|cell| !judged.contains(cell))
+                .collect();
+            guide_masked += extra.len();
+            targets.excluded.extend(extra);
+        }
         let (loss, tokens, grads) = batch_gradients(
             &encoder,
-            &pairs,
-            batch,
+            &Batch {
+                pairs: &pairs,
+                indices: batch,
+                targets: &targets,
+            },
             step_seed(settings.seed, step),
             &settings.loss,
             settings.mini_batch,
@@ -937,6 +1015,9 @@ pub fn train(
         best: progress.best,
         out: output.out.clone(),
         trainable_parameters,
+        judged_negatives_masked,
+        guide_negatives_masked: guide.is_some().then_some(guide_masked),
+        queries_with_several_positives: judgments.queries_with_several_positives(),
     };
     let card = training_card(inputs, settings, &report, &summary, &plan, written_step)?;
     let extra_files = vec![
@@ -973,6 +1054,36 @@ pub fn train(
     Ok(summary)
 }
 
+/// How a tuned model was trained: the part of its training card a report shows.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Recipe {
+    /// The loss in words (masking of judged positives and grade weighting included).
+    pub loss: String,
+    /// The settings that changed the weights ([`TrainSettings::to_json`]).
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// (query, candidate) cells kept out of the negatives as judged relevant.
+    #[serde(default)]
+    pub judged_negatives_masked: usize,
+}
+
+impl Recipe {
+    /// The recipe in `model_dir`'s training card; `None` when the directory has no card (a
+    /// model attune did not train).
+    pub fn read(model_dir: &Path) -> Result<Option<Self>> {
+        let path = model_dir.join(files::CARD_JSON);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TrainError::io(&path, e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::malformed(&path, e.line(), e.to_string()))
+    }
+}
+
 /// Files the trainer adds to the tuned model directory.
 pub mod files {
     /// The training card, machine-readable.
@@ -981,6 +1092,64 @@ pub mod files {
     pub const CARD_MARKDOWN: &str = "README.md";
     /// The training log (one JSON object per line).
     pub const LOG: &str = "training_log.jsonl";
+}
+
+/// The guide filter of `settings`, its model loaded for inference at the training length.
+fn load_guide(inputs: &TrainInputs<'_>, settings: &TrainSettings) -> Result<Option<GuideFilter>> {
+    let Some(guide) = &settings.targets.guide else {
+        return Ok(None);
+    };
+    if !(guide.margin.is_finite() && guide.margin >= 0.0) {
+        return Err(TrainError::InvalidSetting {
+            name: "guide-margin",
+            problem: format!("{}: must be a number ≥ 0", guide.margin),
+        });
+    }
+    let opened;
+    let dir = match &guide.model {
+        Some(path) => {
+            opened = ModelDir::open(path)?;
+            &opened
+        }
+        None => inputs.model,
+    };
+    let encoder_settings = EncoderSettings {
+        max_seq_length: settings.max_seq_length,
+        max_tokens_per_batch: EncoderSettings::default()
+            .max_tokens_per_batch
+            .max(settings.max_seq_length.unwrap_or(0)),
+        ..Default::default()
+    };
+    let encoder = Encoder::load(dir, inputs.device, encoder_settings)?;
+    Ok(Some(GuideFilter::new(encoder, guide.margin)))
+}
+
+/// The loss, in words, for the training card.
+fn loss_description(targets: &TargetSettings) -> String {
+    let mut text = "InfoNCE (multiple negatives ranking), cosine similarity / temperature, \
+                    in-batch and hard negatives"
+        .to_string();
+    if targets.mask_judged_positives {
+        text.push_str("; candidates judged relevant to a query are never its negatives");
+    }
+    if let Some(guide) = &targets.guide {
+        text.push_str(&format!(
+            "; candidates the guide model ({}) scores above the positive minus {} are masked \
+             (GISTEmbed)",
+            guide
+                .model
+                .as_ref()
+                .map_or("the base model".to_string(), |m| m.display().to_string()),
+            guide.margin
+        ));
+    }
+    if targets.grade_weighting != crate::targets::GradeWeighting::Uniform {
+        text.push_str(&format!(
+            "; pairs weighted by grade ({})",
+            targets.grade_weighting
+        ));
+    }
+    text
 }
 
 fn training_card(
@@ -1020,7 +1189,10 @@ fn training_card(
             })),
         },
         "hyperparameters": settings.to_json(),
-        "loss": "InfoNCE (multiple negatives ranking), cosine similarity / temperature, in-batch and hard negatives",
+        "loss": loss_description(&settings.targets),
+        "judged_negatives_masked": summary.judged_negatives_masked,
+        "guide_negatives_masked": summary.guide_negatives_masked,
+        "queries_with_several_positives": summary.queries_with_several_positives,
         "optimizer": "AdamW, no decay on biases and LayerNorm weights; linear warmup then linear decay; global gradient-norm clipping",
         "steps": summary.steps,
         "warmup_steps": plan.warmup_steps,
@@ -1113,6 +1285,8 @@ mod tests {
                 query: format!("q{i}"),
                 positive: format!("d{i}"),
                 negatives: Vec::new(),
+                grade: 1,
+                weight: 1.0,
                 location: Location {
                     path: path.clone(),
                     line: i + 1,

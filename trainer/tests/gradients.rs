@@ -4,7 +4,7 @@
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{Encoder, EncoderSettings, Mode, ModelDir, TextKind, TrainContext};
-use attune_trainer::loss::{info_nce, scalar, LossSettings};
+use attune_trainer::loss::{info_nce, scalar, BatchTargets, LossSettings};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -51,7 +51,7 @@ fn loss(encoder: &Encoder, seed: u64) -> Tensor {
         symmetric: true,
         ..Default::default()
     };
-    info_nce(&q, &c, &settings).unwrap()
+    info_nce(&q, &c, &BatchTargets::default(), &settings).unwrap()
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
@@ -192,7 +192,7 @@ fn check_finite_differences(encoder: &Encoder, vars: &[(String, Var)]) {
 #[test]
 fn grad_cache_gives_the_gradients_of_the_uncached_loss() {
     use attune_trainer::data::{Location, TrainingPair};
-    use attune_trainer::train::batch_gradients;
+    use attune_trainer::train::{batch_gradients, Batch};
     let (_tmp, encoder, varmap) = load(0.0);
     let location = Location {
         path: std::sync::Arc::new("pairs.jsonl".into()),
@@ -207,6 +207,8 @@ fn grad_cache_gives_the_gradients_of_the_uncached_loss() {
             } else {
                 vec![]
             },
+            grade: 1,
+            weight: 1.0,
             location: location.clone(),
         })
         .collect();
@@ -215,20 +217,21 @@ fn grad_cache_gives_the_gradients_of_the_uncached_loss() {
         symmetric: true,
         ..Default::default()
     };
-    let batch = [0, 1, 2, 3];
+    // Masked cells and unequal weights go through both paths alike.
+    let targets = BatchTargets {
+        weights: vec![1.0, 0.5, 2.0, 1.0],
+        excluded: vec![(0, 1), (2, 4)],
+    };
+    let batch = Batch {
+        pairs: &pairs,
+        indices: &[0, 1, 2, 3],
+        targets: &targets,
+    };
     let (loss, tokens, whole) =
-        batch_gradients(&encoder, &pairs, &batch, 7, &settings, None, &vars).unwrap();
+        batch_gradients(&encoder, &batch, 7, &settings, None, &vars).unwrap();
     for mini_batch in [1, 3, 5] {
-        let (cached_loss, cached_tokens, cached) = batch_gradients(
-            &encoder,
-            &pairs,
-            &batch,
-            7,
-            &settings,
-            Some(mini_batch),
-            &vars,
-        )
-        .unwrap();
+        let (cached_loss, cached_tokens, cached) =
+            batch_gradients(&encoder, &batch, 7, &settings, Some(mini_batch), &vars).unwrap();
         assert_eq!(tokens, cached_tokens);
         assert!((scalar(&loss).unwrap() - scalar(&cached_loss).unwrap()).abs() < 1e-6);
         let mut worst = 0f64;

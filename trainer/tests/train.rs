@@ -472,3 +472,101 @@ fn modernbert_trains_full_and_with_lora() {
     let err = training_error(tmp.path(), &lora("v"));
     assert!(err.contains("lora-targets") && err.contains("`v`"), "{err}");
 }
+
+#[test]
+fn matryoshka_trains_nested_dimensions_and_refuses_impossible_ones() {
+    let tmp = setup();
+    let matryoshka = TrainSettings {
+        max_steps: Some(20),
+        eval_every: None,
+        loss: attune_trainer::loss::LossSettings {
+            matryoshka_dims: vec![32, 16, 8],
+            ..Default::default()
+        },
+        ..settings()
+    };
+    let summary = run(tmp.path(), "matryoshka", &matryoshka);
+    assert!(summary.final_loss.unwrap().is_finite());
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("matryoshka/training_card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        card["hyperparameters"]["matryoshka_dims"],
+        serde_json::json!([32, 16, 8])
+    );
+    for (dims, needle) in [
+        (vec![64], "wider than the model's 32"),
+        (vec![16, 16], "distinct"),
+        (vec![0], "distinct and at least 1"),
+    ] {
+        let refused = TrainSettings {
+            loss: attune_trainer::loss::LossSettings {
+                matryoshka_dims: dims,
+                ..Default::default()
+            },
+            ..settings()
+        };
+        let error = training_error(tmp.path(), &refused);
+        assert!(
+            error.contains("matryoshka-dims") && error.contains(needle),
+            "{error}"
+        );
+    }
+    assert!(!tmp.path().join("refused").exists());
+}
+
+#[test]
+fn the_guide_masks_what_it_ranks_above_the_positive_and_training_records_it() {
+    use attune_model::{Encoder, EncoderSettings};
+    use attune_trainer::targets::{GuideFilter, GuideSettings, TargetSettings};
+    let tmp = setup();
+    let model = ModelDir::open(tmp.path().join("model")).unwrap();
+    let encoder = Encoder::load(&model, &Device::Cpu, EncoderSettings::default()).unwrap();
+    let guide = GuideFilter::new(encoder, 0.01);
+    let queries = ["red running shoes", "leather boots"];
+    // Candidate 2 repeats query 0's positive: the guide scores it exactly as the positive.
+    let candidates = [
+        "red trail runner shoe",
+        "brown leather boot",
+        "red trail runner shoe",
+    ];
+    let excluded = guide.exclusions(&queries, &candidates).unwrap();
+    assert!(excluded.contains(&(0, 2)), "{excluded:?}");
+    assert!(excluded.iter().all(|&(i, k)| i != k), "{excluded:?}");
+    // With margin 0, equal scores are not above the positive: the repeat stays a negative.
+    let model_again = Encoder::load(&model, &Device::Cpu, EncoderSettings::default()).unwrap();
+    let strict = GuideFilter::new(model_again, 0.0);
+    assert!(!strict
+        .exclusions(&queries, &candidates)
+        .unwrap()
+        .contains(&(0, 2)));
+
+    let guided = TrainSettings {
+        max_steps: Some(10),
+        eval_every: None,
+        targets: TargetSettings {
+            guide: Some(GuideSettings {
+                model: None,
+                margin: 0.05,
+            }),
+            ..Default::default()
+        },
+        ..settings()
+    };
+    let summary = run(tmp.path(), "guided", &guided);
+    assert!(summary.guide_negatives_masked.is_some());
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("guided/training_card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(card["hyperparameters"]["guide"]["margin"], 0.05);
+    assert!(
+        card["loss"].as_str().unwrap().contains("GISTEmbed"),
+        "{card}"
+    );
+    assert_eq!(
+        card["guide_negatives_masked"].as_u64(),
+        summary.guide_negatives_masked.map(|n| n as u64)
+    );
+}

@@ -278,7 +278,11 @@ impl PipelineConfig {
             Stage::Check => json!({"base": self.base_model, "data": self.data}),
             Stage::Mine => json!(self.mine),
             Stage::Train => json!({"train": self.train, "device": self.device}),
-            Stage::Eval => json!(self.gate),
+            // Evaluated at the served Matryoshka dimension, when the index has one.
+            Stage::Eval => match self.index.build.dimension {
+                None => json!(self.gate),
+                Some(dimension) => json!({"gate": self.gate, "dimension": dimension}),
+            },
             Stage::Index => json!({"index": self.index, "corpus": self.corpus()}),
             Stage::Report => json!(null),
         }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use attune_eval::report::Report;
 use attune_index::{BuildEvent, BuildReport, IndexError, VectorStore};
 use attune_trainer::check::CheckSettings;
-use attune_trainer::train::{Event, LeakagePolicy, TrainSummary};
+use attune_trainer::train::{Event, LeakagePolicy, Recipe, TrainSummary};
 use attune_trainer::TrainError;
 use serde::{Deserialize, Serialize};
 
@@ -485,10 +485,11 @@ impl Run<'_> {
             cache_dir: Some(attune_eval::cache::EmbeddingCache::default_dir()),
             device: self.device(Stage::Eval)?,
         };
-        // Evaluated at each model's own max_seq_length, as served: train.max_seq_len is a
-        // training setting.
+        // Evaluated as served: at each model's own max_seq_length (train.max_seq_len is a
+        // training setting) and at the index's Matryoshka dimension, if any.
         let defaults = EvaluationSettings::default();
         let settings = EvaluationSettings {
+            dimension: config.index.build.dimension,
             require_gain: gate.require_gain,
             max_general_drop: gate.max_general_drop.unwrap_or(defaults.max_general_drop),
             ..defaults
@@ -570,6 +571,8 @@ impl Run<'_> {
             domain: self.eval.as_ref().map(|e| e.domain.clone()),
             general: self.eval.as_ref().and_then(|e| e.general.clone()),
             gate: self.eval.as_ref().map(|e| e.gate.clone()),
+            recipe: Recipe::read(&self.work.tuned())
+                .map_err(|e| PipelineError::stage(Stage::Report, e))?,
             promoted: gate_failure.is_none() && self.index.is_some(),
             serving_generation: serving,
             index: self.index.clone(),

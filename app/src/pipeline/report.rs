@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use attune_eval::gate::GateOutcome;
 use attune_eval::report::{DatasetResult, Report};
+use attune_trainer::train::Recipe;
 use serde::{Deserialize, Serialize};
 
 /// The paired comparison of tuned vs base on one data set (nDCG@10).
@@ -209,6 +210,9 @@ pub struct PipelineReport {
     pub general: Option<DatasetSummary>,
     /// The gate's verdict.
     pub gate: Option<GateSummary>,
+    /// How the tuned model was trained (from its training card).
+    #[serde(default)]
+    pub recipe: Option<Recipe>,
     /// True when the tuned model was indexed and is served.
     pub promoted: bool,
     /// The generation served when the report was written.
@@ -252,6 +256,17 @@ impl PipelineReport {
                     "\nnDCG@10 delta {:+.4} (95% CI {:+.4}…{:+.4}, p = {:.4}; wins/ties/losses {}/{}/{})\n",
                     c.mean_delta, c.ci95[0], c.ci95[1], c.p_value, c.wins, c.ties, c.losses
                 ));
+            }
+            md.push('\n');
+        }
+        if let Some(recipe) = &self.recipe {
+            md.push_str(&format!(
+                "## Training recipe\n\n{}; {} steps; {} (query, candidate) cells kept out of \
+                 the negatives as judged relevant.\n\n| setting | value |\n|---|---|\n",
+                recipe.loss, recipe.steps, recipe.judged_negatives_masked
+            ));
+            for (name, value) in &recipe.hyperparameters {
+                md.push_str(&format!("| {name} | {value} |\n"));
             }
             md.push('\n');
         }
