@@ -6,7 +6,8 @@
 #   masked-graded  masked, and pairs weighted by grade (--grade-weighting linear)
 #   masked-guided  masked, and GISTEmbed's guide filter with the base model (--guide-filter)
 #   mined-masked   masked, on hard negatives mined with the base model (`[mine]`, defaults;
-#                  on scifact about 20 GiB of activations: run it alone)
+#                  on scifact about 10 GiB of activations: run it alone)
+#   mined-standard the same without the mask
 # Each run is `attune pipeline` (check, train, evaluate tuned vs base on the test split with the
 # gate, index when promoted, report) with all-MiniLM-L6-v2 in out/recipes/<set>/<recipe>/.
 #
@@ -36,6 +37,7 @@ recipe_keys() {
     masked-graded) printf 'mask_judged_positives = true\ngrade_weighting = "linear"\n' ;;
     masked-guided) printf 'mask_judged_positives = true\nguide_filter = true\n' ;;
     mined-masked) printf 'mask_judged_positives = true\n\n[mine]\n' ;;
+    mined-standard) printf 'mask_judged_positives = false\n\n[mine]\n' ;;
     *) echo "quality-recipes: unknown recipe $1" >&2; exit 2 ;;
   esac
 }
@@ -83,7 +85,7 @@ import json, sys
 out, sets = sys.argv[1], sys.argv[2:]
 print("| set | recipe | nDCG@10 base → tuned | Δ (95% CI) | W/T/L | recall@10 base → tuned | general nDCG@10 base → tuned | masked cells (judged / guide) | train stage s | verdict |")
 print("|---|---|---|---|---|---|---|---:|---:|---|")
-order = ["standard", "masked", "masked-graded", "masked-guided", "mined-masked"]
+order = ["standard", "masked", "masked-graded", "masked-guided", "mined-standard", "mined-masked"]
 import os
 for s in sets:
     for recipe in sorted(os.listdir(f"{out}/{s}"), key=order.index):

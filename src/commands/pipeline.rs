@@ -232,12 +232,15 @@ mod tests {
             // Exact in f32 and f64, so the value read back is the value written.
             Value::Number(n) if n.as_f64() == Some(0.25) => json!(0.5),
             Value::Number(_) => json!(0.25),
+            Value::Null if field.ends_with("_model") => json!("guide-model"),
             Value::Null => json!(24),
+            Value::Array(items) if items.is_empty() => json!([16, 8]),
             // String settings: another value of the same kind.
             Value::String(s) => json!(match s.as_str() {
                 "refuse" => "drop".to_string(),
                 "merge" => "replace".to_string(),
                 "auto" => "f32".to_string(),
+                "uniform" => "linear".to_string(),
                 s if s.contains(':') => "3:17".to_string(),
                 s if s.contains(',') => s.split(',').take(2).collect::<Vec<_>>().join(","),
                 other => panic!("field {field}: no probe value for {other:?}"),
@@ -268,7 +271,13 @@ mod tests {
             );
             let flag = format!("--{}", field.replace('_', "-"));
             let mut argv = vec![flag.clone()];
-            if !value.is_boolean() {
+            if value == Value::Bool(false) {
+                // A setting that defaults to true takes its value (`--flag false`).
+                argv.push("false".into());
+            } else if let Some(items) = value.as_array() {
+                let items: Vec<String> = items.iter().map(Value::to_string).collect();
+                argv.push(items.join(","));
+            } else if !value.is_boolean() {
                 argv.push(
                     value
                         .as_str()
