@@ -722,12 +722,8 @@ pub fn train(
     settings.validate()?;
     check_out_dir(&output.out)?;
     let encoder_settings = EncoderSettings {
-        max_seq_length: settings.max_seq_length,
-        max_tokens_per_batch: EncoderSettings::default()
-            .max_tokens_per_batch
-            .max(settings.max_seq_length.unwrap_or(0)),
         precision: settings.precision,
-        ..Default::default()
+        ..training_encoder_settings(settings)
     };
     // LoRA freezes the model's weights (plain tensors, no gradients) and trains adapters only.
     let (mut encoder, varmap) = match settings.lora {
@@ -780,15 +776,11 @@ pub fn train(
 
     let plan = Plan::new(&pairs, settings);
     let judgments = Judgments::from_pairs(&pairs);
-    let judged_negatives_masked = (0..plan.total_steps)
-        .map(|step| {
-            let batch = plan.batch(step).0;
-            judgments
-                .batch_targets(&pairs, batch, &settings.targets)
-                .excluded
-                .len()
-        })
-        .sum();
+    // Every step's targets, planned once: the card counts them, the loop uses them.
+    let planned_targets: Vec<BatchTargets> = (0..plan.total_steps)
+        .map(|step| judgments.batch_targets(&pairs, plan.batch(step).0, &settings.targets))
+        .collect();
+    let judged_negatives_masked = planned_targets.iter().map(|t| t.excluded.len()).sum();
     let identity = RunIdentity {
         base_model: inputs.model.fingerprint()?,
         data: data_fingerprint(&pairs),
@@ -885,7 +877,7 @@ pub fn train(
         let step = progress.step;
         let (batch, epoch) = plan.batch(step);
         let lr = settings.optimizer.lr * linear_schedule(step, plan.warmup_steps, plan.total_steps);
-        let mut targets = judgments.batch_targets(&pairs, batch, &settings.targets);
+        let mut targets = planned_targets[step].clone();
         if let Some(guide) = &guide {
             let (queries, candidates) = batch_texts(&pairs, batch);
             let judged: HashSet<(usize, usize)> = targets.excluded.iter().copied().collect();
@@ -1094,6 +1086,17 @@ pub mod files {
     pub const LOG: &str = "training_log.jsonl";
 }
 
+/// Encoder settings at the training length (every text of a batch fits one forward pass).
+fn training_encoder_settings(settings: &TrainSettings) -> EncoderSettings {
+    EncoderSettings {
+        max_seq_length: settings.max_seq_length,
+        max_tokens_per_batch: EncoderSettings::default()
+            .max_tokens_per_batch
+            .max(settings.max_seq_length.unwrap_or(0)),
+        ..Default::default()
+    }
+}
+
 /// The guide filter of `settings`, its model loaded for inference at the training length.
 fn load_guide(inputs: &TrainInputs<'_>, settings: &TrainSettings) -> Result<Option<GuideFilter>> {
     let Some(guide) = &settings.targets.guide else {
@@ -1113,14 +1116,7 @@ fn load_guide(inputs: &TrainInputs<'_>, settings: &TrainSettings) -> Result<Opti
         }
         None => inputs.model,
     };
-    let encoder_settings = EncoderSettings {
-        max_seq_length: settings.max_seq_length,
-        max_tokens_per_batch: EncoderSettings::default()
-            .max_tokens_per_batch
-            .max(settings.max_seq_length.unwrap_or(0)),
-        ..Default::default()
-    };
-    let encoder = Encoder::load(dir, inputs.device, encoder_settings)?;
+    let encoder = Encoder::load(dir, inputs.device, training_encoder_settings(settings))?;
     Ok(Some(GuideFilter::new(encoder, guide.margin)))
 }
 
