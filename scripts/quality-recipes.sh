@@ -5,6 +5,8 @@
 #   masked         judged positives of a query are never its negatives (the trainer's default)
 #   masked-graded  masked, and pairs weighted by grade (--grade-weighting linear)
 #   masked-guided  masked, and GISTEmbed's guide filter with the base model (--guide-filter)
+#   masked-grouped masked, and batches that bring up to 4 pairs of a query together
+#                  (--positives-per-query 4), so its judged answers meet and are masked
 #   mined-masked   masked, on hard negatives mined with the base model (`[mine]`, defaults;
 #                  on scifact about 10 GiB of activations: run it alone)
 #   mined-standard the same without the mask
@@ -36,6 +38,7 @@ recipe_keys() {
     masked) echo 'mask_judged_positives = true' ;;
     masked-graded) printf 'mask_judged_positives = true\ngrade_weighting = "linear"\n' ;;
     masked-guided) printf 'mask_judged_positives = true\nguide_filter = true\n' ;;
+    masked-grouped) printf 'mask_judged_positives = true\npositives_per_query = 4\n' ;;
     mined-masked) printf 'mask_judged_positives = true\n\n[mine]\n' ;;
     mined-standard) printf 'mask_judged_positives = false\n\n[mine]\n' ;;
     *) echo "quality-recipes: unknown recipe $1" >&2; exit 2 ;;
@@ -85,7 +88,7 @@ import json, sys
 out, sets = sys.argv[1], sys.argv[2:]
 print("| set | recipe | nDCG@10 base → tuned | Δ (95% CI) | W/T/L | recall@10 base → tuned | general nDCG@10 base → tuned | masked cells (judged / guide) | train stage s | verdict |")
 print("|---|---|---|---|---|---|---|---:|---:|---|")
-order = ["standard", "masked", "masked-graded", "masked-guided", "mined-standard", "mined-masked"]
+order = ["standard", "masked", "masked-graded", "masked-guided", "masked-grouped", "mined-standard", "mined-masked"]
 import os
 for s in sets:
     for recipe in sorted(os.listdir(f"{out}/{s}"), key=order.index):

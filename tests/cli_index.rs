@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use attune_index::{Filter, SearchRequest, Store};
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use attune_model::ModelDir;
 
 fn attune(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attune"))
@@ -294,6 +295,67 @@ fn bad_input_and_other_models_are_refused_with_clear_messages() {
         message.contains("the vectors given come from model"),
         "{message}"
     );
+}
+
+/// A prompt-tuned model (the base's weights plus a soft prompt) is another model to the index:
+/// its space is embedded with the prompt, its identity is the prompted directory's fingerprint,
+/// and queries embedded by the base model are refused for it.
+#[test]
+fn a_prompt_tuned_space_is_embedded_with_its_prompt_and_is_its_own_model() {
+    use attune_model::{soft_prompt, SoftPrompt};
+    let f = Fixture::new();
+    let base = ModelDir::open(f.path("model")).unwrap();
+    let vectors = candle_core::Tensor::randn(0f32, 1.0, (3, 32), &candle_core::Device::Cpu);
+    let prompt = SoftPrompt::new(vectors.unwrap()).unwrap();
+    base.write_updated(
+        &f.path("prompted"),
+        &Default::default(),
+        &[(soft_prompt::FILE.to_string(), prompt.to_bytes().unwrap())],
+    )
+    .unwrap();
+    let prompted = ModelDir::open(f.path("prompted")).unwrap();
+    f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
+    let tuned_space = format!("tuned={}", f.arg("prompted"));
+    let report = f.build("corpus.jsonl", &["--space", &tuned_space]);
+    assert_eq!(report["embedded"]["tuned"], 40, "{report}");
+    let manifest = Store::open(&f.path("store"))
+        .unwrap()
+        .manifest("shop")
+        .unwrap();
+    let (b, t) = (&manifest.spaces["base"], &manifest.spaces["tuned"]);
+    // The identity derives from the prompted directory's fingerprint, which the prompt changes.
+    assert_ne!(prompted.fingerprint().unwrap(), base.fingerprint().unwrap());
+    assert_ne!(t.fingerprint, b.fingerprint);
+    assert!(t.source.ends_with("prompted"), "{}", t.source);
+
+    let search = |space: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--collection",
+            "shop",
+            "--space",
+            space,
+            "-k",
+            "3",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        f.search("item7 v1 blue", &args)
+    };
+    let answer = |out: Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["score"].to_string())
+            .collect()
+    };
+    assert_ne!(answer(search("tuned", &[])), answer(search("base", &[])));
+    let base_arg = f.arg("model");
+    let out = search("tuned", &["--model", &base_arg]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("built with model"), "{}", text(&out));
 }
 
 /// A space built at a truncation length other than the model's default is searched at that

@@ -345,3 +345,72 @@ fn a_checkpoint_of_another_run_is_not_resumed() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("setting `lr` was"), "{}", text(&out));
 }
+
+/// `attune train --prompt-tokens`: the written directory holds the soft prompt beside the
+/// base's weights, `attune embed` applies it, and `attune eval --sweep-alphas` refuses the
+/// model with the reason before merging anything.
+#[test]
+fn prompt_tuning_writes_a_soft_prompt_that_embed_applies_and_the_sweep_refuses() {
+    let fx = Fixture::new();
+    let out = fx
+        .train_command(
+            "prompted",
+            &["--max-steps", "6", "--prompt-tokens", "4", "--lr", "5e-2"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("128 trainable parameters (the base's weights unchanged"),
+        "{}",
+        text(&out)
+    );
+    let dir = fx.path("prompted");
+    assert!(dir.join("soft_prompt.safetensors").exists());
+    assert_eq!(
+        max_abs_difference(&weights(&fx.path("model")), &weights(&dir)),
+        0.0
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("training_card.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["method"], "prompt");
+    assert_eq!(card["hyperparameters"]["prompt"]["tokens"], 4);
+
+    let input = fx.write("texts.txt", "red shoe\n");
+    let embedding = |model: &Path| -> Vec<f64> {
+        let out = attune(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            &input,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_value(line["embedding"].clone()).unwrap()
+    };
+    assert_ne!(embedding(&dir), embedding(&fx.path("model")));
+
+    let sweep = attune(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--baseline",
+        &fx.arg("model"),
+        "--data",
+        &fx.arg("data"),
+        "--general-data",
+        &fx.arg("data"),
+        "--sweep-alphas",
+        "0.5,1",
+        "--out",
+        &fx.arg("sweep"),
+    ]);
+    assert!(!sweep.status.success());
+    assert!(
+        text(&sweep).contains("a prompt-tuned model cannot be interpolated with its base"),
+        "{}",
+        text(&sweep)
+    );
+}

@@ -479,6 +479,8 @@ pub fn sweep_alphas(
         ModelDir::open(&baseline_input.path).map_err(model_error(&baseline_input.path))?;
     let tuned_dir =
         ModelDir::open(&inputs.candidate.path).map_err(model_error(&inputs.candidate.path))?;
+    ModelDir::check_interpolable(&base_dir, &tuned_dir)
+        .map_err(model_error(&inputs.candidate.path))?;
     let baseline = LoadedModel::load(baseline_input, settings, &inputs.device)?;
     let mut run = Run::new(inputs, settings, on_event)?;
     let work = std::env::temp_dir().join(format!("attune-sweep-{}", std::process::id()));

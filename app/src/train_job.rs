@@ -9,6 +9,7 @@ use attune_trainer::data::TrainingData;
 use attune_trainer::lora::{parse_targets, LoraSettings};
 use attune_trainer::loss::LossSettings;
 use attune_trainer::optim::AdamWSettings;
+use attune_trainer::prompt::PromptSettings;
 use attune_trainer::targets::{GradeWeighting, GuideSettings, TargetSettings};
 use attune_trainer::train::{
     train, Event, LeakagePolicy, TrainInputs as EngineInputs, TrainOutput,
@@ -50,6 +51,15 @@ pub struct TrainSettings {
     /// lora_rank when changed.
     #[cfg_attr(feature = "cli", arg(long, value_name = "LIST", default_value_t = TrainSettings::default().lora_targets))]
     pub lora_targets: String,
+    /// Prompt tuning: learn a soft prompt of N vectors placed after each text's first token,
+    /// every weight of the model frozen (the written directory adds soft_prompt.safetensors,
+    /// which only attune applies). Wants a far larger --lr than full fine-tuning (e.g. 1e-3).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
+    pub prompt_tokens: Option<usize>,
+    /// The text whose token embeddings the soft prompt starts from (cycled to prompt_tokens).
+    /// Needs prompt_tokens when changed.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "TEXT", default_value_t = TrainSettings::default().prompt_init))]
+    pub prompt_init: String,
     /// Peak learning rate. Default 2e-5.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainSettings::default().lr))]
     pub lr: f64,
@@ -73,6 +83,11 @@ pub struct TrainSettings {
     /// MNRL, which pushes such texts away.
     #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL", default_value_t = TrainSettings::default().mask_judged_positives, action = clap::ArgAction::Set))]
     pub mask_judged_positives: bool,
+    /// Pairs of one query drawn into the same batch, at most. Default 1 (every text of a batch
+    /// distinct). Above 1 a query's judged answers meet in one batch, kept out of each other's
+    /// negatives (needs mask_judged_positives).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N", default_value_t = TrainSettings::default().positives_per_query))]
+    pub positives_per_query: usize,
     /// How relevance grades weigh pairs in the loss: uniform (default) or linear (grade / the
     /// highest grade in the data). Pair weights from a pairs file's `weight` multiply in.
     #[cfg_attr(feature = "cli", arg(long, value_name = "HOW", default_value_t = TrainSettings::default().grade_weighting))]
@@ -127,6 +142,8 @@ impl Default for TrainSettings {
             lora_rank: None,
             lora_alpha: None,
             lora_targets: "q,k,v,o".into(),
+            prompt_tokens: None,
+            prompt_init: PromptSettings::DEFAULT_INIT.into(),
             lr: engine.optimizer.lr,
             warmup_ratio: engine.warmup_ratio,
             weight_decay: engine.optimizer.weight_decay,
@@ -135,6 +152,7 @@ impl Default for TrainSettings {
             symmetric: engine.loss.symmetric,
             mask_judged_positives: engine.targets.mask_judged_positives,
             grade_weighting: engine.targets.grade_weighting,
+            positives_per_query: engine.positives_per_query,
             matryoshka_dims: engine.loss.matryoshka_dims.clone(),
             guide_filter: false,
             guide_model: None,
@@ -185,6 +203,19 @@ impl TrainSettings {
             }
             None => None,
         };
+        let prompt = match self.prompt_tokens {
+            Some(tokens) => Some(PromptSettings {
+                tokens,
+                init_text: self.prompt_init.clone(),
+            }),
+            None if self.prompt_init != default.prompt_init => {
+                return Err(TrainError::InvalidSetting {
+                    name: "prompt-tokens",
+                    problem: "prompt_init needs prompt_tokens (the soft prompt's length)".into(),
+                })
+            }
+            None => None,
+        };
         Ok(EngineSettings {
             epochs: self.epochs,
             max_steps: self.max_steps,
@@ -207,6 +238,7 @@ impl TrainSettings {
                 grade_weighting: self.grade_weighting,
                 guide: self.guide()?,
             },
+            positives_per_query: self.positives_per_query,
             max_seq_length: self.max_seq_len,
             seed: self.seed,
             eval_every: self.eval_every,
@@ -214,6 +246,7 @@ impl TrainSettings {
             checkpoints_kept: 1,
             leakage: self.leakage,
             lora,
+            prompt,
             precision: self.precision,
         })
     }

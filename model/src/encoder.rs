@@ -13,6 +13,7 @@ use crate::family::TransformerModel;
 use crate::layers::Mode;
 use crate::model_dir::ModelDir;
 use crate::pooling::{l2_normalize, pool};
+use crate::soft_prompt::SoftPrompt;
 use crate::tokenize::{TextTokenizer, TokenizedText};
 
 /// Encoder settings. `Default` gives the documented defaults.
@@ -95,6 +96,8 @@ pub struct Encoder {
     document_prefix: String,
     settings: EncoderSettings,
     device: Device,
+    /// The soft prompt in force (see [`crate::soft_prompt`]), if any.
+    soft_prompt: Option<SoftPrompt>,
 }
 
 impl Encoder {
@@ -129,7 +132,8 @@ impl Encoder {
         Ok((Self::from_model(model, dir, device, settings)?, varmap))
     }
 
-    /// Wraps an already built model (e.g. one whose weights are training variables).
+    /// Wraps an already built model (e.g. one whose weights are training variables); the
+    /// directory's soft prompt, if it has one, is applied.
     pub fn from_model(
         mut model: Box<dyn TransformerModel>,
         dir: &ModelDir,
@@ -183,7 +187,7 @@ impl Encoder {
                 })
             }
         };
-        Ok(Encoder {
+        let mut encoder = Encoder {
             pad_id: model.pad_token_id(),
             dimension,
             dense: dir.load_dense(device)?,
@@ -195,13 +199,48 @@ impl Encoder {
             document_prefix,
             settings,
             device: device.clone(),
-        })
+            soft_prompt: None,
+        };
+        encoder.set_soft_prompt(dir.load_soft_prompt(device)?)?;
+        Ok(encoder)
     }
 
-    /// The same model (sharing its weights, so training updates are seen) with other settings,
-    /// e.g. a shorter maximum sequence length for training than for validation.
+    /// The same model (sharing its weights and soft prompt, so training updates are seen) with
+    /// other settings, e.g. a shorter maximum sequence length for training than for validation.
     pub fn with_settings(&self, dir: &ModelDir, settings: EncoderSettings) -> Result<Self> {
-        Self::from_model(self.model.clone_model(), dir, &self.device, settings)
+        let mut encoder = Self::from_model(self.model.clone_model(), dir, &self.device, settings)?;
+        encoder.set_soft_prompt(self.soft_prompt.clone())?;
+        Ok(encoder)
+    }
+
+    /// Applies `prompt` (or removes the soft prompt): its vectors go after every text's first
+    /// token, through the model's input-embedding hook, and stay out of pooling.
+    pub fn set_soft_prompt(&mut self, prompt: Option<SoftPrompt>) -> Result<()> {
+        let slots = prompt.as_ref().map_or(0, SoftPrompt::len);
+        let tokenizer = self
+            .tokenizer
+            .clone()
+            .with_prompt_slots(slots, self.pad_id)?;
+        if self.settings.max_tokens_per_batch < tokenizer.max_input_tokens() {
+            return Err(ModelError::InvalidSetting {
+                name: "max_tokens_per_batch",
+                problem: format!(
+                    "{} is below the longest input, {} tokens with the soft prompt",
+                    self.settings.max_tokens_per_batch,
+                    tokenizer.max_input_tokens()
+                ),
+            });
+        }
+        self.tokenizer = tokenizer;
+        self.model
+            .set_input_embedding_hook(prompt.as_ref().map(SoftPrompt::hook));
+        self.soft_prompt = prompt;
+        Ok(())
+    }
+
+    /// The soft prompt in force, if any.
+    pub fn soft_prompt(&self) -> Option<&SoftPrompt> {
+        self.soft_prompt.as_ref()
     }
 
     /// Length of every embedding.
@@ -214,7 +253,7 @@ impl Encoder {
         self.normalize
     }
 
-    /// Longest input in tokens.
+    /// Longest text in tokens, special tokens included (a soft prompt's vectors come on top).
     pub fn max_seq_length(&self) -> usize {
         self.tokenizer.max_seq_length()
     }
@@ -308,7 +347,7 @@ impl Encoder {
     pub fn forward_batch(&self, items: &[&TokenizedText], mode: Mode<'_>) -> Result<Tensor> {
         let (ids, type_ids, mask) = self.batch_tensors(items)?;
         let hidden = self.model.forward(&ids, &type_ids, &mask, mode)?;
-        let mut pooled = pool(&hidden, &mask, &self.pooling_modes)?;
+        let mut pooled = pool(&hidden, &self.pooling_mask(&mask)?, &self.pooling_modes)?;
         for dense in &self.dense {
             pooled = dense.forward(&pooled)?;
         }
@@ -320,6 +359,19 @@ impl Encoder {
         } else {
             pooled
         })
+    }
+
+    /// The attention mask without the soft prompt's positions (the pooled tokens are the text's).
+    fn pooling_mask(&self, mask: &Tensor) -> Result<Tensor> {
+        let Some(prompt) = &self.soft_prompt else {
+            return Ok(mask.clone());
+        };
+        let (rows, seq) = mask.dims2()?;
+        let first = crate::soft_prompt::FIRST_SLOT;
+        let mut keep = vec![1f32; seq];
+        keep[first..first + prompt.len()].fill(0.0);
+        let keep = Tensor::from_vec(keep, (1, seq), mask.device())?.broadcast_as((rows, seq))?;
+        Ok(mask.mul(&keep)?)
     }
 
     /// Padded `(input_ids, token_type_ids, attention_mask)` tensors for a batch.

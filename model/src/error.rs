@@ -106,6 +106,17 @@ pub enum ModelError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Base↔tuned interpolation of a prompt-tuned model: its transformer weights are the base's,
+    /// and a soft prompt has no counterpart in the base to interpolate with.
+    #[error(
+        "{path}: a prompt-tuned model cannot be interpolated with its base: its transformer \
+         weights are the base's and its soft prompt has no counterpart there (use the tuned \
+         model as it is, or tune with LoRA or full fine-tuning to merge)"
+    )]
+    PromptNotInterpolable {
+        /// The tuned model directory.
+        path: PathBuf,
+    },
     /// A tensor computation failed (a bug or an exhausted device, not bad input).
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

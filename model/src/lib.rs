@@ -41,6 +41,7 @@ pub mod layers;
 pub mod model_dir;
 pub mod modernbert;
 pub mod pooling;
+pub mod soft_prompt;
 pub mod tokenize;
 pub mod train_attention;
 pub mod train_kernels;
@@ -61,4 +62,5 @@ pub use family::{
 pub use layers::{LoraAdapter, Mode, TrainContext};
 pub use model_dir::{DenseModule, ModelDir, WeightsFile};
 pub use modernbert::{ModernBertConfig, ModernBertModel};
+pub use soft_prompt::SoftPrompt;
 pub use tokenize::{TextTokenizer, TokenizedText};

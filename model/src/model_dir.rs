@@ -11,6 +11,8 @@
 //! DIR/1_Pooling/config.json             pooling modes (legacy booleans, or 6.x's pooling_mode)
 //! DIR/2_Dense/config.json, weights      optional projections after pooling
 //! DIR/config_sentence_transformers.json optional prompts ({"prompts": {"query": "query: "}})
+//! DIR/soft_prompt.safetensors           optional learned soft prompt (attune's prompt tuning;
+//!                                       sentence-transformers does not read it)
 //! ```
 //!
 //! Both the classic module type paths (`sentence_transformers.models.Pooling`) and those of
@@ -31,6 +33,7 @@ use tokenizers::Tokenizer;
 use crate::config::{Architecture, PoolingConfig, PoolingMode};
 use crate::dense::{DenseActivation, DenseConfig, DenseLayer};
 use crate::error::{ModelError, Result};
+use crate::soft_prompt::SoftPrompt;
 
 /// File names inside a model directory.
 pub mod files {
@@ -159,6 +162,8 @@ pub struct ModelDir {
     pub tokenizer_path: PathBuf,
     /// The transformer's `config.json`.
     pub config_path: PathBuf,
+    /// A learned soft prompt ([`crate::soft_prompt::FILE`]), when the model was prompt-tuned.
+    pub soft_prompt: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,7 +558,6 @@ impl ModelDir {
         }
 
         Ok(ModelDir {
-            root,
             architecture,
             pooling,
             pooling_modes,
@@ -565,7 +569,25 @@ impl ModelDir {
             weights,
             tokenizer_path,
             config_path,
+            soft_prompt: Some(root.join(crate::soft_prompt::FILE)).filter(|p| p.is_file()),
+            root,
         })
+    }
+
+    /// The soft prompt on `device`, when the directory has one.
+    pub fn load_soft_prompt(&self, device: &Device) -> Result<Option<SoftPrompt>> {
+        self.soft_prompt
+            .as_deref()
+            .map(|path| SoftPrompt::read(path, self.architecture.hidden_size(), device))
+            .transpose()
+    }
+
+    /// The soft prompt file's bytes, when there is one.
+    fn soft_prompt_bytes(&self) -> Result<Option<Vec<u8>>> {
+        self.soft_prompt
+            .as_deref()
+            .map(|path| fs::read(path).map_err(|e| ModelError::io(path, e)))
+            .transpose()
     }
 
     /// The prefix (without its dot) under which the checkpoint nests the encoder, if it does
@@ -724,6 +746,12 @@ impl ModelDir {
                 ));
             }
         }
+        let replaces_prompt = extra_files
+            .iter()
+            .any(|(name, _)| name == crate::soft_prompt::FILE);
+        if let Some(bytes) = self.soft_prompt_bytes()?.filter(|_| !replaces_prompt) {
+            extras.push((crate::soft_prompt::FILE.to_string(), bytes));
+        }
         extras.extend(extra_files.iter().cloned());
         write_model_dir(
             dest,
@@ -749,7 +777,9 @@ impl ModelDir {
     /// (linear interpolation; `alpha` 0 gives the base weights, 1 the tuned ones). Every tensor
     /// of `tuned` must exist in `base` with the same shape; tensors that are not floating point
     /// (e.g. position-id buffers) must be equal and are kept. Everything else (tokenizer, config,
-    /// pooling) comes from `tuned`.
+    /// pooling, a soft prompt) comes from `tuned`. Refused when the two models' soft prompts
+    /// differ ([`ModelError::PromptNotInterpolable`]): a prompt-tuned model's weights are the
+    /// base's, and its prompt has no counterpart in the base to interpolate with.
     pub fn interpolate(
         base: &ModelDir,
         tuned: &ModelDir,
@@ -757,6 +787,7 @@ impl ModelDir {
         dest: &Path,
         extra_files: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        Self::check_interpolable(base, tuned)?;
         let strip = |dir: &ModelDir| -> Result<HashMap<String, Tensor>> {
             let tensors = dir.read_all_tensors()?;
             let Some(prefix) = dir.nested_prefix(|name| tensors.contains_key(name)) else {
@@ -811,6 +842,17 @@ impl ModelDir {
         tuned.write_updated(dest, &updated, extra_files)
     }
 
+    /// Refuses to interpolate `tuned` with `base` when their soft prompts differ (see
+    /// [`ModelDir::interpolate`]).
+    pub fn check_interpolable(base: &ModelDir, tuned: &ModelDir) -> Result<()> {
+        if base.soft_prompt_bytes()? != tuned.soft_prompt_bytes()? {
+            return Err(ModelError::PromptNotInterpolable {
+                path: tuned.root.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Loads `tokenizer.json` as it is on disk (see [`crate::TextTokenizer`] for the configured one).
     pub fn load_tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_file(&self.tokenizer_path).map_err(|e| ModelError::InvalidTokenizer {
@@ -831,6 +873,11 @@ impl ModelDir {
         {
             let mut file = fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
             std::io::copy(&mut file, &mut hasher).map_err(|e| ModelError::io(path, e))?;
+        }
+        if let Some(prompt) = self.soft_prompt_bytes()? {
+            // Directories without a prompt keep the fingerprints they always had.
+            hasher.update(b"soft_prompt");
+            hasher.update(prompt);
         }
         for dense in &self.dense {
             hasher.update(serde_json::to_vec(&dense.config).expect("Dense config serializes"));

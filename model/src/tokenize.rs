@@ -41,8 +41,17 @@ pub struct TokenizedText {
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// Longest text in tokens, special tokens included, prompt slots not.
     max_seq_length: usize,
+    /// The longest text asked for (`max_seq_length` before prompt slots cut it).
+    requested_length: usize,
     do_lower_case: bool,
+    /// The model's position embeddings (text and prompt slots share them).
+    max_positions: usize,
+    /// Placeholder tokens inserted after the first token for a soft prompt (0: none).
+    prompt_slots: usize,
+    /// The id the placeholders carry (their embeddings are replaced).
+    placeholder_id: u32,
 }
 
 impl TextTokenizer {
@@ -61,27 +70,66 @@ impl TextTokenizer {
         }
         let mut inner = dir.load_tokenizer()?;
         inner.with_padding(None);
-        inner
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: max_seq_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| ModelError::InvalidTokenizer {
+        truncate_at(&mut inner, max_seq_length).map_err(|message| {
+            ModelError::InvalidTokenizer {
                 path: dir.tokenizer_path.clone(),
-                message: e.to_string(),
-            })?;
+                message,
+            }
+        })?;
         Ok(TextTokenizer {
             inner,
             max_seq_length,
+            requested_length: max_seq_length,
             do_lower_case: dir.do_lower_case,
+            max_positions: limit,
+            prompt_slots: 0,
+            placeholder_id: 0,
         })
     }
 
-    /// Longest output in tokens.
+    /// This tokenizer with `slots` placeholder tokens (id `placeholder_id`) inserted after every
+    /// text's first token, for a soft prompt of that many vectors (see [`crate::soft_prompt`]);
+    /// 0 removes them. Texts keep `max_seq_length` tokens of their own where the model's
+    /// positions allow it, and are cut to make room for the slots where they do not.
+    pub fn with_prompt_slots(mut self, slots: usize, placeholder_id: u32) -> Result<Self> {
+        let text_length = self
+            .requested_length
+            .min(self.max_positions.saturating_sub(slots));
+        if text_length < 2 {
+            return Err(ModelError::InvalidSetting {
+                name: "prompt-tokens",
+                problem: format!(
+                    "{slots} prompt vectors leave no room for text in the model's {} positions",
+                    self.max_positions
+                ),
+            });
+        }
+        truncate_at(&mut self.inner, text_length).map_err(|message| {
+            ModelError::InvalidSetting {
+                name: "prompt-tokens",
+                problem: message,
+            }
+        })?;
+        self.max_seq_length = text_length;
+        self.prompt_slots = slots;
+        self.placeholder_id = placeholder_id;
+        Ok(self)
+    }
+
+    /// Longest text in tokens, special tokens included (a soft prompt's slots not: see
+    /// [`TextTokenizer::max_input_tokens`]).
     pub fn max_seq_length(&self) -> usize {
         self.max_seq_length
+    }
+
+    /// Longest output in tokens: the text and a soft prompt's slots.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_seq_length + self.prompt_slots
+    }
+
+    /// Placeholder tokens for a soft prompt after each text's first token (0: none).
+    pub fn prompt_slots(&self) -> usize {
+        self.prompt_slots
     }
 
     /// The most bytes of a text that are tokenized: [`BYTES_PER_TOKEN`] per token of
@@ -132,13 +180,43 @@ impl TextTokenizer {
         Ok(encodings
             .into_iter()
             .zip(cut_texts)
-            .map(|(e, cut)| TokenizedText {
-                truncated: cut || !e.get_overflowing().is_empty(),
-                ids: e.get_ids().to_vec(),
-                type_ids: e.get_type_ids().to_vec(),
+            .map(|(e, cut)| {
+                let mut text = TokenizedText {
+                    truncated: cut || !e.get_overflowing().is_empty(),
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                };
+                self.insert_prompt_slots(&mut text);
+                text
             })
             .collect())
     }
+
+    /// Inserts the soft prompt's placeholders at [`crate::soft_prompt::FIRST_SLOT`].
+    fn insert_prompt_slots(&self, text: &mut TokenizedText) {
+        if self.prompt_slots == 0 {
+            return;
+        }
+        let at = crate::soft_prompt::FIRST_SLOT.min(text.ids.len());
+        let slots = vec![self.placeholder_id; self.prompt_slots];
+        text.ids.splice(at..at, slots);
+        let type_id = text.type_ids.first().copied().unwrap_or(0);
+        let types = vec![type_id; self.prompt_slots];
+        text.type_ids.splice(at..at, types);
+    }
+}
+
+/// Sets `tokenizer` to cut texts (right side) to `max_length` tokens, special tokens included.
+fn truncate_at(tokenizer: &mut Tokenizer, max_length: usize) -> std::result::Result<(), String> {
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -168,6 +246,32 @@ mod tests {
         assert!(out[0].truncated && out[1].truncated);
         let whole = tokenizer.inner.encode(just_over.as_str(), true).unwrap();
         assert_eq!(out[1].ids, whole.get_ids());
+    }
+
+    #[test]
+    fn prompt_slots_follow_the_first_token_and_share_the_positions() {
+        let plain = tokenizer(16);
+        let text = "the red shoe fits well ".repeat(5);
+        let without = plain.tokenize(&[text.as_str(), "red"], "").unwrap();
+        let with = plain.clone().with_prompt_slots(3, 0).unwrap();
+        assert_eq!((with.max_seq_length(), with.max_input_tokens()), (16, 19));
+        let out = with.tokenize(&[text.as_str(), "red"], "").unwrap();
+        for (w, o) in without.iter().zip(&out) {
+            assert_eq!(o.ids[0], w.ids[0]);
+            assert_eq!(o.ids[1..4], [0, 0, 0]);
+            assert_eq!(o.ids[4..], w.ids[1..]);
+            assert_eq!(o.type_ids.len(), o.ids.len());
+        }
+        // RandomBertSpec has 64 positions: 60 slots leave a 4-token text, 63 leave too little.
+        let tight = plain.clone().with_prompt_slots(60, 0).unwrap();
+        assert_eq!(
+            tight.tokenize(&[text.as_str()], "").unwrap()[0].ids.len(),
+            64
+        );
+        let back = tight.with_prompt_slots(0, 0).unwrap();
+        assert_eq!(back.tokenize(&[text.as_str()], "").unwrap(), without[..1]);
+        let err = plain.with_prompt_slots(63, 0).err().unwrap();
+        assert!(err.to_string().contains("no room for text"), "{err}");
     }
 
     #[test]

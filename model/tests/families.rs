@@ -305,3 +305,102 @@ fn other_kinds_of_sentence_transformers_models_are_refused_by_name() {
         "{err}"
     );
 }
+
+/// Prompt tuning's soft prompt on every family: a directory with a prompt equal to the token
+/// embeddings of two words embeds a text exactly as the same model without a prompt embeds
+/// `[first token] word word text...` with the two words left out of pooling (written out here
+/// from the model's hidden states, its pooling and its Dense modules). The prompt changes the
+/// model's fingerprint, is carried into a directory written from it, and blocks interpolation.
+#[test]
+fn a_soft_prompt_acts_as_its_vectors_would_as_tokens_in_every_family() {
+    use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+    use attune_model::pooling::{l2_normalize, pool};
+    use attune_model::{soft_prompt, BertFlavor, Mode, SoftPrompt};
+    use candle_core::{DType, Tensor};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mpnet = tmp.path().join("mpnet");
+    let spec = RandomBertSpec {
+        flavor: BertFlavor::Mpnet,
+        ..RandomBertSpec::default()
+    };
+    write_random_bert(&mpnet, &spec).unwrap();
+    let mut dirs = vec![("mpnet".to_string(), mpnet)];
+    for family in ["bert-dense", "roberta", "xlm-roberta", "modernbert"] {
+        dirs.push((family.to_string(), fixtures().join(family)));
+    }
+    let texts = ["red running shoes", "a", "the return policy is 30 days"];
+    for (family, base_dir) in dirs {
+        let base = ModelDir::open(&base_dir).unwrap();
+        let plain = Encoder::load(&base, &Device::Cpu, EncoderSettings::default()).unwrap();
+        let words: Vec<u32> =
+            plain.tokenize(&["shoe size"], TextKind::Plain).unwrap()[0].ids[1..3].to_vec();
+        let table = base.var_builder(DType::F32, &Device::Cpu).unwrap();
+        let name = match family.as_str() {
+            "modernbert" => "embeddings.tok_embeddings.weight",
+            _ => "embeddings.word_embeddings.weight",
+        };
+        let table = table.get_unchecked(name).unwrap();
+        let ids = Tensor::new(words.as_slice(), &Device::Cpu).unwrap();
+        let prompt = SoftPrompt::new(table.index_select(&ids, 0).unwrap()).unwrap();
+
+        let tuned = tmp.path().join(format!("{family}-prompted"));
+        base.write_updated(
+            &tuned,
+            &Default::default(),
+            &[(soft_prompt::FILE.to_string(), prompt.to_bytes().unwrap())],
+        )
+        .unwrap();
+        let tuned = ModelDir::open(&tuned).unwrap();
+        assert_ne!(tuned.fingerprint().unwrap(), base.fingerprint().unwrap());
+        let encoder = Encoder::load(&tuned, &Device::Cpu, EncoderSettings::default()).unwrap();
+        assert_eq!(encoder.soft_prompt().map(SoftPrompt::len), Some(2));
+        let got = encoder.embed(&texts, TextKind::Plain).unwrap().embeddings;
+
+        for (text, got) in texts.iter().zip(&got) {
+            let mut ids = plain.tokenize(&[*text], TextKind::Plain).unwrap()[0]
+                .ids
+                .clone();
+            ids.splice(1..1, words.iter().copied());
+            let seq = ids.len();
+            let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let ones = Tensor::ones((1, seq), DType::F32, &Device::Cpu).unwrap();
+            let hidden = plain
+                .model()
+                .forward(&ids, &ids.zeros_like().unwrap(), &ones, Mode::Inference)
+                .unwrap();
+            let mut keep = vec![1f32; seq];
+            keep[1..3].fill(0.0);
+            let keep = Tensor::from_vec(keep, (1, seq), &Device::Cpu).unwrap();
+            let mut pooled = pool(&hidden, &keep, &base.pooling_modes).unwrap();
+            for dense in base.load_dense(&Device::Cpu).unwrap() {
+                pooled = dense.forward(&pooled).unwrap();
+            }
+            if base.normalize {
+                pooled = l2_normalize(&pooled).unwrap();
+            }
+            let want = pooled.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+            let cos = cosine(got, &want);
+            assert!(cos > 0.99999, "{family}, {text:?}: cosine {cos}");
+            let unprompted = &plain.embed(&[*text], TextKind::Plain).unwrap().embeddings[0];
+            assert!(
+                cosine(got, unprompted) < 0.9999,
+                "{family}: the prompt changed nothing"
+            );
+        }
+
+        let copy = tmp.path().join(format!("{family}-copy"));
+        tuned
+            .write_updated(&copy, &Default::default(), &[])
+            .unwrap();
+        let copy = ModelDir::open(&copy).unwrap();
+        assert_eq!(copy.fingerprint().unwrap(), tuned.fingerprint().unwrap());
+        let merged = tmp.path().join(format!("{family}-merged"));
+        let err = ModelDir::interpolate(&base, &tuned, 0.5, &merged, &[]).unwrap_err();
+        assert!(err.to_string().contains("prompt-tuned"), "{err}");
+        assert!(!merged.exists());
+    }
+}

@@ -90,9 +90,9 @@ impl PipelineObserver for Printer {
             print(event);
         }
     }
-    fn trained(&mut self, summary: &TrainSummary, lora: bool) {
+    fn trained(&mut self, summary: &TrainSummary) {
         self.train = None;
-        super::train::print_summary(summary, lora);
+        super::train::print_summary(summary);
     }
     fn eval_event(&mut self, event: EvalEvent<'_>) {
         self.eval
@@ -241,6 +241,7 @@ mod tests {
                 "merge" => "replace".to_string(),
                 "auto" => "f32".to_string(),
                 "uniform" => "linear".to_string(),
+                s if s.starts_with("Represent") => "search the catalog".to_string(),
                 s if s.contains(':') => "3:17".to_string(),
                 s if s.contains(',') => s.split(',').take(2).collect::<Vec<_>>().join(","),
                 other => panic!("field {field}: no probe value for {other:?}"),

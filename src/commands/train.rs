@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use attune_app::{TrainJob, TrainJobInputs, TrainSettings};
 use attune_model::DeviceRequest;
-use attune_trainer::train::{Event, TrainSummary};
+use attune_trainer::train::{Event, Method, TrainSummary};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -99,11 +99,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     let batch_size = job.settings().batch_size;
-    let lora = job.settings().lora.is_some();
     let summary = job
         .run(&mut print_events(batch_size))
         .with_context(|| format!("training on {}", args.data.display()))?;
-    print_summary(&summary, lora);
+    print_summary(&summary);
     Ok(())
 }
 
@@ -186,7 +185,7 @@ pub(crate) fn print_events(batch_size: usize) -> impl FnMut(Event<'_>) {
 }
 
 /// Prints what a finished run did.
-pub(crate) fn print_summary(summary: &TrainSummary, lora: bool) {
+pub(crate) fn print_summary(summary: &TrainSummary) {
     println!(
         "trained {} steps ({} pairs seen) in {:.1} s: {:.2} examples/s; final loss {}; {} \
          trainable parameters{}",
@@ -198,10 +197,9 @@ pub(crate) fn print_summary(summary: &TrainSummary, lora: bool) {
             .final_loss
             .map_or("-".to_string(), |l| format!("{l:.4}")),
         summary.trainable_parameters,
-        if lora {
-            " (LoRA adapters, merged into the written weights)"
-        } else {
-            ""
+        match summary.method {
+            Method::Full => String::new(),
+            method => format!(" ({})", method.writes()),
         }
     );
     if let (Some(before), Some(after)) = (&summary.before, &summary.after) {

@@ -60,6 +60,7 @@ pub mod lora;
 pub mod loss;
 pub mod mine;
 pub mod optim;
+pub mod prompt;
 pub mod targets;
 pub mod train;
 

@@ -233,7 +233,7 @@ impl Judgments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batches::no_duplicate_batches;
+    use crate::batches::{no_duplicate_batches, query_grouped_batches};
     use crate::data::Location;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -277,8 +277,9 @@ mod tests {
         assert!(judgments.queries_with_several_positives() >= 10);
         let settings = TargetSettings::default();
         let mut masked = 0;
-        for epoch in 0..5 {
-            for batch in no_duplicate_batches(&pairs, 6, 7, epoch) {
+        // One pair of a query per batch, and up to 3 (its answers meet: the mask fires most).
+        for (epoch, per_query) in (0..5).flat_map(|e| [(e, 1), (e, 3)]) {
+            for batch in query_grouped_batches(&pairs, 6, per_query, 7, epoch) {
                 let targets = judgments.batch_targets(&pairs, &batch, &settings);
                 let candidates = candidate_texts(&pairs, &batch);
                 for (row, &i) in batch.iter().enumerate() {

@@ -3,7 +3,7 @@
 //! model directory with its training card.
 //!
 //! Determinism: on the CPU a run is a function of (base model, data, settings). Batches come from
-//! [`no_duplicate_batches`] with `(seed, epoch)`, and each step's dropout generator is seeded
+//! [`query_grouped_batches`] (by default `no_duplicate_batches`) with `(seed, epoch)`, and each step's dropout generator is seeded
 //! with `(seed, step)`, so a run resumed from a checkpoint takes exactly the steps the
 //! uninterrupted run would have taken.
 
@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::batches::no_duplicate_batches;
+use crate::batches::query_grouped_batches;
 use crate::check::{check, CheckReport, CheckSettings, Finding, Severity};
 use crate::checkpoint::{log_lines, Best, CheckpointStore, LogRecord, Progress, RunIdentity};
 use crate::data::{TrainingData, TrainingPair};
@@ -28,6 +28,7 @@ use crate::error::{Result, TrainError};
 use crate::lora::{self, LoraSettings};
 use crate::loss::{info_nce, scalar, BatchTargets, LossSettings};
 use crate::optim::{linear_schedule, AdamW, AdamWSettings};
+use crate::prompt::{self, PromptSettings};
 use crate::targets::{candidate_texts, GuideFilter, Judgments, TargetSettings};
 
 /// What to do with training queries that also appear in the held-out data.
@@ -94,6 +95,11 @@ pub struct TrainSettings {
     /// Which candidates are negatives (judged positives masked by default) and how grades
     /// weigh pairs.
     pub targets: TargetSettings,
+    /// Pairs of one query drawn into the same batch, at most (default 1: every text of a batch
+    /// distinct, sentence-transformers' sampler). Above 1 a query's judged answers meet in one
+    /// batch, masked out of each other's negatives (needs `mask_judged_positives`); see
+    /// [`crate::batches::query_grouped_batches`].
+    pub positives_per_query: usize,
     /// Tokens per text while training (default `None`: the model's `max_seq_length`).
     /// Validation and the written model keep the model's own length.
     pub max_seq_length: Option<usize>,
@@ -111,6 +117,9 @@ pub struct TrainSettings {
     /// Train LoRA adapters instead of every weight (default `None`: full fine-tuning). The
     /// written model has the adapters merged in; they are also written on their own.
     pub lora: Option<LoraSettings>,
+    /// Prompt tuning: train a soft prompt instead of any weight (default `None`). The written
+    /// model is the base's weights with the prompt in its own file, which only attune applies.
+    pub prompt: Option<PromptSettings>,
     /// The dtype of the transformer's matrix products (default [`Precision::Auto`]: bf16 on a
     /// CUDA GPU, f32 on the CPU). Weights, optimizer state, gradients and the loss stay f32.
     pub precision: Precision,
@@ -128,6 +137,7 @@ impl Default for TrainSettings {
             max_grad_norm: Some(1.0),
             loss: LossSettings::default(),
             targets: TargetSettings::default(),
+            positives_per_query: 1,
             max_seq_length: None,
             seed: 42,
             eval_every: None,
@@ -135,6 +145,7 @@ impl Default for TrainSettings {
             checkpoints_kept: 1,
             leakage: LeakagePolicy::Refuse,
             lora: None,
+            prompt: None,
             precision: Precision::Auto,
         }
     }
@@ -150,6 +161,28 @@ impl TrainSettings {
         };
         if let Some(lora) = &self.lora {
             lora.validate()?;
+        }
+        if let Some(prompt) = &self.prompt {
+            prompt.validate()?;
+            if self.lora.is_some() {
+                return invalid(
+                    "prompt-tokens",
+                    "prompt tuning and LoRA are two methods; choose one",
+                );
+            }
+        }
+        if self.positives_per_query == 0 || self.positives_per_query > self.batch_size {
+            return invalid(
+                "positives-per-query",
+                "must be between 1 and the batch size",
+            );
+        }
+        if self.positives_per_query > 1 && !self.targets.mask_judged_positives {
+            return invalid(
+                "positives-per-query",
+                "above 1 needs mask_judged_positives: a query's other answers in the batch \
+                 would be its negatives",
+            );
         }
         if self.mini_batch == Some(0) {
             return invalid("mini-batch", "at least 1 text");
@@ -200,6 +233,7 @@ impl TrainSettings {
             "batch_size": self.batch_size,
             "mini_batch": self.mini_batch,
             "lora": self.lora,
+            "prompt": self.prompt,
             "lr": self.optimizer.lr,
             "beta1": self.optimizer.beta1,
             "beta2": self.optimizer.beta2,
@@ -211,6 +245,7 @@ impl TrainSettings {
             "symmetric_loss": self.loss.symmetric,
             "matryoshka_dims": self.loss.matryoshka_dims,
             "mask_judged_positives": self.targets.mask_judged_positives,
+            "positives_per_query": self.positives_per_query,
             "grade_weighting": self.targets.grade_weighting,
             "guide": self.targets.guide.as_ref().map(|g| serde_json::json!({
                 "model": g.model.as_ref().map(|m| m.display().to_string()),
@@ -329,8 +364,10 @@ pub struct TrainSummary {
     pub best: Option<Best>,
     /// The tuned model directory.
     pub out: PathBuf,
-    /// Parameters the optimizer updated (all weights, or the LoRA adapters).
+    /// Parameters the optimizer updated (all weights, the LoRA adapters, or the soft prompt).
     pub trainable_parameters: usize,
+    /// What was trained.
+    pub method: Method,
     /// (query, candidate) cells of the whole plan kept out of the negatives because the
     /// candidate is judged relevant to the query (0 with the mask off).
     pub judged_negatives_masked: usize,
@@ -339,6 +376,43 @@ pub struct TrainSummary {
     pub guide_negatives_masked: Option<usize>,
     /// Training queries with more than one judged positive.
     pub queries_with_several_positives: usize,
+}
+
+/// What a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Every weight.
+    Full,
+    /// LoRA adapters, merged into the written weights.
+    Lora,
+    /// A soft prompt, written on its own; the weights stay the base's.
+    Prompt,
+}
+
+impl Method {
+    /// The method `settings` choose.
+    pub fn of(settings: &TrainSettings) -> Self {
+        match (&settings.lora, &settings.prompt) {
+            (Some(_), _) => Method::Lora,
+            (None, Some(_)) => Method::Prompt,
+            (None, None) => Method::Full,
+        }
+    }
+
+    /// What the written directory holds, in words.
+    pub fn writes(self) -> &'static str {
+        match self {
+            Method::Full => "every weight updated",
+            Method::Lora => {
+                "LoRA adapters merged into the weights; adapter_model.safetensors beside them"
+            }
+            Method::Prompt => {
+                "the base's weights unchanged; the soft prompt in soft_prompt.safetensors, \
+                 which only attune applies"
+            }
+        }
+    }
 }
 
 /// Metrics logged at each validation.
@@ -364,7 +438,15 @@ struct Plan {
 
 impl Plan {
     fn new(pairs: &[TrainingPair], settings: &TrainSettings) -> Self {
-        let epoch = |e: usize| no_duplicate_batches(pairs, settings.batch_size, settings.seed, e);
+        let epoch = |e: usize| {
+            query_grouped_batches(
+                pairs,
+                settings.batch_size,
+                settings.positives_per_query,
+                settings.seed,
+                e,
+            )
+        };
         let mut epochs = Vec::new();
         let total_steps = match settings.max_steps {
             Some(max) => {
@@ -725,17 +807,19 @@ pub fn train(
         precision: settings.precision,
         ..training_encoder_settings(settings)
     };
-    // LoRA freezes the model's weights (plain tensors, no gradients) and trains adapters only.
-    let (mut encoder, varmap) = match settings.lora {
-        Some(_) => (
+    // LoRA and prompt tuning freeze the model's weights (plain tensors, no gradients) and train
+    // adapters or the prompt only.
+    let (mut encoder, varmap) = match settings.lora.is_some() || settings.prompt.is_some() {
+        true => (
             Encoder::load(inputs.model, inputs.device, encoder_settings)?,
             candle_nn::VarMap::new(),
         ),
-        None => Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?,
+        false => Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?,
     };
-    let adapter_vars = match &settings.lora {
-        Some(lora) => lora::attach(encoder.model_mut(), lora, settings.seed, inputs.device)?,
-        None => Vec::new(),
+    let adapter_vars = match (&settings.lora, &settings.prompt) {
+        (Some(lora), _) => lora::attach(encoder.model_mut(), lora, settings.seed, inputs.device)?,
+        (None, Some(prompt)) => prompt::attach(&mut encoder, prompt)?,
+        (None, None) => Vec::new(),
     };
     let eval_encoder = encoder.with_settings(inputs.model, EncoderSettings::default())?;
     let guide = load_guide(inputs, settings)?;
@@ -787,9 +871,9 @@ pub fn train(
         settings: settings.to_json(),
     };
     let store = CheckpointStore::new(&output.checkpoints);
-    let vars = match settings.lora {
-        Some(_) => adapter_vars,
-        None => named_vars(&varmap),
+    let vars = match settings.lora.is_some() || settings.prompt.is_some() {
+        true => adapter_vars,
+        false => named_vars(&varmap),
     };
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(vars.clone(), settings.optimizer.clone())?;
@@ -863,7 +947,10 @@ pub fn train(
 
     if let Some(validation) = inputs.validation {
         if progress.step == 0 && !progress.log.iter().any(|r| r.kind == "eval") {
-            let metrics = validate(&eval_encoder, validation, on_event)?;
+            // The reference is the base model as it is: a fresh soft prompt is not part of it.
+            let mut base_encoder = eval_encoder.with_settings(inputs.model, Default::default())?;
+            base_encoder.set_soft_prompt(inputs.model.load_soft_prompt(inputs.device)?)?;
+            let metrics = validate(&base_encoder, validation, on_event)?;
             record_eval(&mut progress, metrics, on_event)?;
         }
     }
@@ -1007,6 +1094,7 @@ pub fn train(
         best: progress.best,
         out: output.out.clone(),
         trainable_parameters,
+        method: Method::of(settings),
         judged_negatives_masked,
         guide_negatives_masked: guide.is_some().then_some(guide_masked),
         queries_with_several_positives: judgments.queries_with_several_positives(),
@@ -1026,8 +1114,8 @@ pub fn train(
             log_lines(&progress.log).into_bytes(),
         ),
     ];
-    let (weights, extra_files) = match &settings.lora {
-        Some(lora) => {
+    let (weights, extra_files) = match (&settings.lora, &settings.prompt) {
+        (Some(lora), _) => {
             let mut files = extra_files;
             files.extend(lora::adapter_files(lora, &weights)?);
             (
@@ -1035,7 +1123,12 @@ pub fn train(
                 files,
             )
         }
-        None => (weights, extra_files),
+        (None, Some(_)) => {
+            let mut files = extra_files;
+            files.push(prompt::prompt_file(&weights)?);
+            (HashMap::new(), files)
+        }
+        (None, None) => (weights, extra_files),
     };
     inputs
         .model
@@ -1121,7 +1214,8 @@ fn load_guide(inputs: &TrainInputs<'_>, settings: &TrainSettings) -> Result<Opti
 }
 
 /// The loss, in words, for the training card.
-fn loss_description(targets: &TargetSettings) -> String {
+fn loss_description(settings: &TrainSettings) -> String {
+    let targets = &settings.targets;
     let mut text = "InfoNCE (multiple negatives ranking), cosine similarity / temperature, \
                     in-batch and hard negatives"
         .to_string();
@@ -1143,6 +1237,12 @@ fn loss_description(targets: &TargetSettings) -> String {
         text.push_str(&format!(
             "; pairs weighted by grade ({})",
             targets.grade_weighting
+        ));
+    }
+    if settings.positives_per_query > 1 {
+        text.push_str(&format!(
+            "; batches bring up to {} pairs of a query together",
+            settings.positives_per_query
         ));
     }
     text
@@ -1185,7 +1285,7 @@ fn training_card(
             })),
         },
         "hyperparameters": settings.to_json(),
-        "loss": loss_description(&settings.targets),
+        "loss": loss_description(settings),
         "judged_negatives_masked": summary.judged_negatives_masked,
         "guide_negatives_masked": summary.guide_negatives_masked,
         "queries_with_several_positives": summary.queries_with_several_positives,
@@ -1195,6 +1295,8 @@ fn training_card(
         "written_step": written_step,
         "examples": summary.examples,
         "trainable_parameters": summary.trainable_parameters,
+        "method": summary.method,
+        "writes": summary.method.writes(),
         "training_seconds": summary.training_s,
         "examples_per_second": summary.examples_per_s,
         "final_loss": summary.final_loss,
@@ -1261,6 +1363,17 @@ fn card_markdown(card: &serde_json::Value) -> String {
             }
         }
         md.push('\n');
+    }
+    if let Some(tokens) = card["hyperparameters"]["prompt"]["tokens"].as_u64() {
+        md.push_str(&format!(
+            "## Soft prompt: only attune applies it\n\nThis model was prompt-tuned: its \
+             transformer weights are the base model's, and a learned soft prompt of {tokens} \
+             vectors (`{}`) goes after every text's first token. attune's encoder, index and \
+             server apply it. **sentence-transformers (and other loaders) do not read that \
+             file: they load this directory as the untuned base model.** It cannot be \
+             interpolated with its base.\n\n",
+            attune_model::soft_prompt::FILE
+        ));
     }
     md.push_str("## Hyperparameters\n\n```json\n");
     md.push_str(&serde_json::to_string_pretty(&card["hyperparameters"]).expect("JSON serializes"));

@@ -114,8 +114,8 @@ pub trait PipelineObserver {
     fn train_started(&mut self, batch_size: usize) {}
     /// Something happened while training.
     fn train_event(&mut self, event: Event<'_>) {}
-    /// Training finished (`lora`: adapters merged into the written weights).
-    fn trained(&mut self, summary: &TrainSummary, lora: bool) {}
+    /// Training finished.
+    fn trained(&mut self, summary: &TrainSummary) {}
     /// Something happened while evaluating.
     fn eval_event(&mut self, event: EvalEvent<'_>) {}
     /// The evaluation's report (written to `dir`).
@@ -449,13 +449,12 @@ impl Run<'_> {
         };
         let failed = |e: TrainError| PipelineError::stage(Stage::Train, e);
         let job = TrainJob::prepare(inputs, &config.train).map_err(failed)?;
-        let lora = job.settings().lora.is_some();
         self.observer.train_started(job.settings().batch_size);
         let observer = &mut self.observer;
         let summary = job
             .run(&mut |event| observer.train_event(event))
             .map_err(failed)?;
-        self.observer.trained(&summary, lora);
+        self.observer.trained(&summary);
         Ok(TrainRecord {
             model: self.work.tuned(),
             steps: summary.steps,
