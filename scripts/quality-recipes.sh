@@ -16,6 +16,8 @@
 #   scripts/quality-recipes.sh [SET ...]      default: cranfield haystack_icecat
 #     scifact runs sentence-transformers' recipe (3 epochs, 128 tokens) with each loss.
 #   env: ATTUNE_SHARED_DIR (default ../shared), RECIPES (default "standard masked masked-graded masked-guided"),
+#        SEEDS (default 42; each other seed runs in <recipe>-seed<N>/ with `seed = N`, and the
+#        table adds each recipe's mean over the seeds run),
 #        TABLE_ONLY=1 (print the table of the runs already made; run nothing)
 #
 # General set: scifact for cranfield, cranfield for the others. Prints a markdown table and
@@ -53,9 +55,12 @@ for set in "${SETS[@]}"; do
     extra_train=$'epochs = 3\nmax_seq_len = 128'
     extra_data='allow_leakage = true'
   fi
+  for seed in ${SEEDS:-42}; do
   for recipe in "${RECIPES[@]}"; do
     [ -n "${TABLE_ONLY:-}" ] && break
-    dir=$OUT/$set/$recipe
+    name=$recipe seed_key=""
+    [ "$seed" = 42 ] || { name=$recipe-seed$seed; seed_key="seed = $seed"; }
+    dir=$OUT/$set/$name
     mkdir -p "$dir"
     cat > "$dir/pipeline.toml" <<TOML
 # Written by scripts/quality-recipes.sh.
@@ -68,6 +73,7 @@ $extra_data
 
 [train]
 $extra_train
+$seed_key
 $(recipe_keys "$recipe")
 
 [gate]
@@ -75,11 +81,12 @@ general_data = "$SHARED/data/$general"
 
 [index]
 store = "$OUT/store"
-collection = "$set-$recipe"
+collection = "$set-$name"
 TOML
-    echo "[quality-recipes] $set / $recipe" >&2
+    echo "[quality-recipes] $set / $name" >&2
     /usr/bin/time -f "%e" -o "$dir/wall_s" "$ATTUNE" pipeline --config "$dir/pipeline.toml" > "$dir/pipeline.log" 2>&1 \
-      || { echo "[quality-recipes] $set / $recipe failed; see $dir/pipeline.log" >&2; exit 1; }
+      || { echo "[quality-recipes] $set / $name failed; see $dir/pipeline.log" >&2; exit 1; }
+  done
   done
 done
 
@@ -90,8 +97,11 @@ print("| set | recipe | nDCG@10 base → tuned | Δ (95% CI) | W/T/L | recall@10
 print("|---|---|---|---|---|---|---|---:|---:|---|")
 order = ["standard", "masked", "masked-graded", "masked-guided", "masked-grouped", "mined-standard", "mined-masked"]
 import os
+means = []
 for s in sets:
-    for recipe in sorted(os.listdir(f"{out}/{s}"), key=order.index):
+    runs = {}
+    key = lambda name: (order.index(name.split("-seed")[0]), name)
+    for recipe in sorted((d for d in os.listdir(f"{out}/{s}") if os.path.isdir(f"{out}/{s}/{d}")), key=key):
         try:
             r = json.load(open(f"{out}/{s}/{recipe}/work/report/pipeline.json"))
         except FileNotFoundError:
@@ -100,9 +110,17 @@ for s in sets:
         card = json.load(open(f"{out}/{s}/{recipe}/work/tuned/training_card.json"))
         masked = f"{card['judged_negatives_masked']} / {card.get('guide_negatives_masked') or '–'}"
         train_s = next(t["seconds"] for t in r["stages"] if t["stage"] == "train")
+        runs.setdefault(recipe.split("-seed")[0], []).append(d["tuned"]["ndcg@10"])
         print(f"| {s} | {recipe} | {d['base']['ndcg@10']:.4f} → {d['tuned']['ndcg@10']:.4f} | "
               f"{c['mean_delta']:+.4f} ({c['ci95'][0]:+.4f}…{c['ci95'][1]:+.4f}) | {c['wins']}/{c['ties']}/{c['losses']} | "
               f"{d['base']['recall@10']:.4f} → {d['tuned']['recall@10']:.4f} | "
               f"{g['base']['ndcg@10']:.4f} → {g['tuned']['ndcg@10']:.4f} | {masked} | {train_s:.0f} | "
               f"{'promoted' if r['promoted'] else 'refused'} |")
+    for recipe, values in runs.items():
+        if len(values) > 1:
+            means.append(f"| {s} | {recipe} | {len(values)} | {sum(values) / len(values):.4f} | "
+                         f"{min(values):.4f} … {max(values):.4f} |")
+if means:
+    print("\n| set | recipe | seeds | mean nDCG@10 | range |\n|---|---|---:|---:|---|")
+    print("\n".join(means))
 PY

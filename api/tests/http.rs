@@ -72,6 +72,17 @@ impl Fixture {
     }
 
     fn built_at(backend: Backend, n: usize, max_seq_len: Option<usize>) -> Self {
+        Self::with_models(backend, n, max_seq_len, |_| {})
+    }
+
+    /// A fixture whose models `prepare` may change (in its temporary directory) before the
+    /// collection is built.
+    fn with_models(
+        backend: Backend,
+        n: usize,
+        max_seq_len: Option<usize>,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         for (name, seed) in [("base-model", 1), ("tuned-model", 2)] {
             let spec = RandomBertSpec {
@@ -90,6 +101,7 @@ impl Fixture {
                 }
             };
         }
+        prepare(tmp.path());
         let fixture = Self {
             tmp,
             max_seq_len,
@@ -311,6 +323,62 @@ async fn spaces_built_with_max_seq_len_are_served_at_that_length(backend: Backen
         let top = body["results"][0]["score"].as_f64().unwrap();
         assert!(top > 0.999, "{body}");
     }
+}
+
+/// A prompt-tuned model's space is served with its soft prompt: a query equal to a document's
+/// text finds it at cosine 1 (the server embeds the query with the prompt the documents were
+/// built with).
+async fn a_prompt_tuned_space_is_served_with_its_prompt(backend: Backend) {
+    use attune_model::{soft_prompt, SoftPrompt};
+    let fixture = Fixture::with_models(backend, 30, None, |root| {
+        let tuned = ModelDir::open(root.join("tuned-model")).unwrap();
+        let values: Vec<f32> = (0..96).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5).collect();
+        let vectors = candle_core::Tensor::from_vec(values, (3, 32), &Device::Cpu).unwrap();
+        let prompt = SoftPrompt::new(vectors).unwrap();
+        let file = (soft_prompt::FILE.to_string(), prompt.to_bytes().unwrap());
+        tuned
+            .write_updated(&root.join("prompted"), &Default::default(), &[file])
+            .unwrap();
+        std::fs::remove_dir_all(root.join("tuned-model")).unwrap();
+        std::fs::rename(root.join("prompted"), root.join("tuned-model")).unwrap();
+    });
+    let prompted = encoder(&fixture.path("tuned-model"));
+    assert_eq!(prompted.soft_prompt().map(SoftPrompt::len), Some(3));
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    let (title, text) = doc_text(7, 0);
+    let query = format!("{title} {text}");
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": query, "k": 3, "space": "tuned"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["id"], "p7", "{body}");
+    assert!(
+        body["results"][0]["score"].as_f64().unwrap() > 0.999,
+        "{body}"
+    );
+    // Without the prompt the same query embeds elsewhere: the score above (> 0.9999) needed it.
+    let mut unprompted = encoder(&fixture.path("tuned-model"));
+    unprompted.set_soft_prompt(None).unwrap();
+    let with = &prompted
+        .embed(&[query.as_str()], TextKind::Plain)
+        .unwrap()
+        .embeddings[0];
+    let without = &unprompted
+        .embed(&[query.as_str()], TextKind::Plain)
+        .unwrap()
+        .embeddings[0];
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let dot: f32 = with.iter().zip(without).map(|(a, b)| a * b).sum();
+    let cosine = dot / (norm(with) * norm(without));
+    assert!(
+        cosine < 0.999,
+        "the prompt barely moves the query ({cosine})"
+    );
 }
 
 async fn concurrent_searches_match_sequential_ones(backend: Backend) {
@@ -1338,6 +1406,7 @@ macro_rules! against_both_implementations {
 against_both_implementations!(
     search_answers_and_rejects_bad_requests,
     spaces_built_with_max_seq_len_are_served_at_that_length,
+    a_prompt_tuned_space_is_served_with_its_prompt,
     concurrent_searches_match_sequential_ones,
     compare_shows_both_lists_and_rank_moves,
     evaluate_and_visibility_measure_relevance,

@@ -151,6 +151,8 @@ impl Encoder {
             crate::device::flush_denormals();
         }
         model.set_matmul_dtype(settings.precision.matmul_dtype(device));
+        // A soft prompt is the encoder's to install (with its tokenizer slots), not the model's.
+        model.set_input_embedding_hook(None);
         let tokenizer = TextTokenizer::new(dir, settings.max_seq_length)?;
         if settings.max_tokens_per_batch < tokenizer.max_seq_length() {
             return Err(ModelError::InvalidSetting {
@@ -216,6 +218,9 @@ impl Encoder {
     /// Applies `prompt` (or removes the soft prompt): its vectors go after every text's first
     /// token, through the model's input-embedding hook, and stay out of pooling.
     pub fn set_soft_prompt(&mut self, prompt: Option<SoftPrompt>) -> Result<()> {
+        if prompt.is_none() && self.soft_prompt.is_none() {
+            return Ok(());
+        }
         let slots = prompt.as_ref().map_or(0, SoftPrompt::len);
         let tokenizer = self
             .tokenizer
