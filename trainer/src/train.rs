@@ -3,9 +3,9 @@
 //! model directory with its training card.
 //!
 //! Determinism: on the CPU a run is a function of (base model, data, settings). Batches come from
-//! [`query_grouped_batches`] (by default `no_duplicate_batches`) with `(seed, epoch)`, and each step's dropout generator is seeded
-//! with `(seed, step)`, so a run resumed from a checkpoint takes exactly the steps the
-//! uninterrupted run would have taken.
+//! [`query_grouped_batches`] (by default `no_duplicate_batches`) with `(seed, epoch)`, and each
+//! step's dropout generator is seeded with `(seed, step)`, so a run resumed from a checkpoint
+//! takes exactly the steps the uninterrupted run would have taken.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -809,12 +809,13 @@ pub fn train(
     };
     // LoRA and prompt tuning freeze the model's weights (plain tensors, no gradients) and train
     // adapters or the prompt only.
-    let (mut encoder, varmap) = match settings.lora.is_some() || settings.prompt.is_some() {
-        true => (
+    let method = Method::of(settings);
+    let (mut encoder, varmap) = match method {
+        Method::Full => Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?,
+        Method::Lora | Method::Prompt => (
             Encoder::load(inputs.model, inputs.device, encoder_settings)?,
             candle_nn::VarMap::new(),
         ),
-        false => Encoder::load_trainable(inputs.model, inputs.device, encoder_settings)?,
     };
     let adapter_vars = match (&settings.lora, &settings.prompt) {
         (Some(lora), _) => lora::attach(encoder.model_mut(), lora, settings.seed, inputs.device)?,
@@ -871,9 +872,9 @@ pub fn train(
         settings: settings.to_json(),
     };
     let store = CheckpointStore::new(&output.checkpoints);
-    let vars = match settings.lora.is_some() || settings.prompt.is_some() {
-        true => adapter_vars,
-        false => named_vars(&varmap),
+    let vars = match method {
+        Method::Full => named_vars(&varmap),
+        Method::Lora | Method::Prompt => adapter_vars,
     };
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(vars.clone(), settings.optimizer.clone())?;
@@ -1094,7 +1095,7 @@ pub fn train(
         best: progress.best,
         out: output.out.clone(),
         trainable_parameters,
-        method: Method::of(settings),
+        method,
         judged_negatives_masked,
         guide_negatives_masked: guide.is_some().then_some(guide_masked),
         queries_with_several_positives: judgments.queries_with_several_positives(),
