@@ -93,23 +93,38 @@ impl Fixture {
         attune(&args)
     }
 
-    /// `index search` of "item7 v1 blue" in space `base` of `shop` answers 3 results.
-    fn search_top3_of_base(&self) {
-        let out = self.search(
-            "item7 v1 blue",
-            &[
-                "--collection",
-                "shop",
-                "--space",
-                "base",
-                "-k",
-                "3",
-                "--json",
-            ],
-        );
+    /// The `index search --json` command of "item7 v1 blue" in `space` of `shop`, top 3, with
+    /// `extra` flags.
+    fn search_top3_command(&self, space: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "--collection",
+            "shop",
+            "--space",
+            space,
+            "-k",
+            "3",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.search("item7 v1 blue", &args)
+    }
+
+    /// `index search` of "item7 v1 blue" in `space` of `shop` answers 3 results: their scores.
+    fn search_top3(&self, space: &str) -> Vec<f64> {
+        let out = self.search_top3_command(space, &[]);
         assert!(out.status.success(), "{}", text(&out));
         let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(answer["results"].as_array().unwrap().len(), 3, "{answer}");
+        let results = answer["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3, "{answer}");
+        results
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect()
+    }
+
+    /// `index search` of "item7 v1 blue" in space `base` of `shop` answers 3 results.
+    fn search_top3_of_base(&self) {
+        self.search_top3("base");
     }
 
     fn build(&self, corpus: &str, extra: &[&str]) -> serde_json::Value {
@@ -328,32 +343,9 @@ fn a_prompt_tuned_space_is_embedded_with_its_prompt_and_is_its_own_model() {
     assert_ne!(t.fingerprint, b.fingerprint);
     assert!(t.source.ends_with("prompted"), "{}", t.source);
 
-    let search = |space: &str, extra: &[&str]| {
-        let mut args = vec![
-            "--collection",
-            "shop",
-            "--space",
-            space,
-            "-k",
-            "3",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        f.search("item7 v1 blue", &args)
-    };
-    let answer = |out: Output| -> Vec<String> {
-        assert!(out.status.success(), "{}", text(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["score"].to_string())
-            .collect()
-    };
-    assert_ne!(answer(search("tuned", &[])), answer(search("base", &[])));
+    assert_ne!(f.search_top3("tuned"), f.search_top3("base"));
     let base_arg = f.arg("model");
-    let out = search("tuned", &["--model", &base_arg]);
+    let out = f.search_top3_command("tuned", &["--model", &base_arg]);
     assert!(!out.status.success());
     assert!(text(&out).contains("built with model"), "{}", text(&out));
 }
