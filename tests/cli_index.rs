@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use attune_index::{Filter, SearchRequest, Store};
+use attune_index::{Filter, LexicalRequest, SearchRequest, Store};
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::ModelDir;
 
@@ -522,6 +522,27 @@ fn check_served(store_dir: &Path, corpora: &[Vec<String>]) -> usize {
             "{id} is not searchable: {:?}",
             hits.iter().map(|h| (&h.id, h.score)).collect::<Vec<_>>()
         );
+    }
+    // The lexical space of the served generation holds exactly its live documents.
+    let every = collection
+        .lexical_search(&LexicalRequest {
+            text: "shoe",
+            k: ids.len() + 10,
+            filter: &Filter::default(),
+        })
+        .unwrap();
+    assert_eq!(every.len(), ids.len(), "lexical space vs live documents");
+    for id in &ids {
+        let title = collection.document(id).unwrap().unwrap().title;
+        let token = title.split(' ').next().unwrap();
+        let hits = collection
+            .lexical_search(&LexicalRequest {
+                text: token,
+                k: 1,
+                filter: &Filter::default(),
+            })
+            .unwrap();
+        assert_eq!(hits[0].id, *id, "lexical search of {token:?}");
     }
     matching[0]
 }

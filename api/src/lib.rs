@@ -126,15 +126,16 @@ async fn record_metrics(
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.call(req).await?;
     if let Some(state) = state {
-        let space = response
+        let (space, fusion) = response
             .response()
             .extensions()
             .get::<routes::SpaceLabel>()
-            .map(|s| s.0.clone())
+            .map(|s| (s.space.clone(), s.fusion))
             .unwrap_or_default();
         state.metrics.request(
             &endpoint,
             &space,
+            fusion,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );

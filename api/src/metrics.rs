@@ -29,19 +29,20 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "attune_http_requests_total",
-                "HTTP requests answered, by endpoint (route pattern), space and status code.",
+                "HTTP requests answered, by endpoint (route pattern), space, fusion of a hybrid space \
+                 (rrf, weighted, or empty) and status code.",
             ),
-            &["endpoint", "space", "status"],
+            &["endpoint", "space", "fusion", "status"],
         )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "attune_http_request_duration_seconds",
-                "Time from request to response, by endpoint and space.",
+                "Time from request to response, by endpoint, space and fusion of a hybrid space.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
-            &["endpoint", "space"],
+            &["endpoint", "space", "fusion"],
         )?;
         let batch_texts = HistogramVec::new(
             HistogramOpts::new(
@@ -90,13 +91,13 @@ impl Metrics {
         })
     }
 
-    /// Records one answered request.
-    pub fn request(&self, endpoint: &str, space: &str, status: u16, seconds: f64) {
+    /// Records one answered request (`fusion`: `rrf`, `weighted` or empty).
+    pub fn request(&self, endpoint: &str, space: &str, fusion: &str, status: u16, seconds: f64) {
         self.requests
-            .with_label_values(&[endpoint, space, &status.to_string()])
+            .with_label_values(&[endpoint, space, fusion, &status.to_string()])
             .inc();
         self.latency
-            .with_label_values(&[endpoint, space])
+            .with_label_values(&[endpoint, space, fusion])
             .observe(seconds);
     }
 
@@ -147,13 +148,29 @@ mod tests {
     #[test]
     fn render_has_help_type_and_samples() {
         let metrics = Metrics::new().unwrap();
-        metrics.request("/v1/collections/{collection}/search", "tuned", 200, 0.003);
+        metrics.request(
+            "/v1/collections/{collection}/search",
+            "tuned",
+            "",
+            200,
+            0.003,
+        );
+        metrics.request(
+            "/v1/collections/{collection}/search",
+            "hybrid:tuned",
+            "rrf",
+            200,
+            0.004,
+        );
         metrics.batch("m", 5);
         metrics.collection("shop", 12, 3);
         let text = metrics.render();
         assert!(text.contains("# TYPE attune_http_requests_total counter"));
         assert!(text.contains(
-            "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",space=\"tuned\",status=\"200\"} 1"
+            "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",fusion=\"\",space=\"tuned\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",fusion=\"rrf\",space=\"hybrid:tuned\",status=\"200\"} 1"
         ));
         assert!(text.contains("attune_embedding_batch_texts_sum{model=\"m\"} 5"));
         assert!(text.contains("attune_collection_documents{collection=\"shop\"} 12"));

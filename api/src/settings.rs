@@ -109,10 +109,13 @@ impl Default for InferenceSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbSettings {
-    /// The control variant's space (default `base`).
+    /// The control variant's space (default `base`; `lexical` and `hybrid:<space>` too).
     pub control: String,
-    /// The treatment variant's space (default `tuned`).
+    /// The treatment variant's space (default `tuned`; `lexical` and `hybrid:<space>` too).
     pub treatment: String,
+    /// How a hybrid variant fuses (`[ab.fusion]`: `method`, `k`, `weight`; defaults rrf, 60,
+    /// 0.5). Fixed for the test: `auto` searches take no `fusion` of their own.
+    pub fusion: attune_index::Fusion,
     /// Share of users served by the treatment, 0 to 1 (default 0.5).
     pub treatment_share: f64,
     /// Mixed into the user hash. By default each collection's A/B test draws a random salt when
@@ -126,6 +129,7 @@ impl Default for AbSettings {
         Self {
             control: "base".into(),
             treatment: "tuned".into(),
+            fusion: attune_index::Fusion::default(),
             treatment_share: 0.5,
             salt: None,
         }
@@ -173,6 +177,9 @@ impl ServeSettings {
         }
         if self.inference.max_batch_tokens < 2 {
             return invalid("inference.max_batch_tokens", "at least 2");
+        }
+        if let Err(e) = self.ab.fusion.validate() {
+            return invalid("ab.fusion", &e.to_string());
         }
         if !(0.0..=1.0).contains(&self.ab.treatment_share) {
             return invalid("ab.treatment_share", "between 0 and 1");

@@ -987,7 +987,7 @@ async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend)
     assert_eq!(status.as_u16(), 200);
     let text = body.as_str().unwrap();
     assert!(text.contains(
-        "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",space=\"base\",status=\"200\"} 1"
+        "attune_http_requests_total{endpoint=\"/v1/collections/{collection}/search\",fusion=\"\",space=\"base\",status=\"200\"} 1"
     ), "{text}");
     assert!(text.contains("attune_embedding_batch_texts_count"));
     assert!(text.contains("attune_collection_documents{collection=\"shop\"} 8"));
@@ -1366,6 +1366,270 @@ async fn repeated_spaces_and_long_queries_cost_what_honest_ones_do(backend: Back
     assert!(!serde_json::to_string(&logged[0]).unwrap().contains("alice"));
 }
 
+/// Ids of a search's results, in order.
+fn result_ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Reciprocal rank fusion of two ranked id lists (k = 60, ties by id), the `k` best.
+fn rrf(a: &[String], b: &[String], k: usize) -> Vec<String> {
+    let mut scores: std::collections::BTreeMap<&str, f64> = Default::default();
+    for list in [a, b] {
+        for (rank, id) in list.iter().enumerate() {
+            *scores.entry(id).or_default() += 1.0 / (60.0 + rank as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(&str, f64)> = scores.into_iter().collect();
+    fused.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(y.0)));
+    fused
+        .into_iter()
+        .take(k)
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+/// The lexical space and hybrid spaces answer search, compare, evaluate, visibility and live
+/// A/B; fusion parameters are checked; upserts and deletes reach the lexical and dense spaces
+/// alike; metrics name the fusion.
+async fn lexical_and_hybrid_spaces_answer_every_endpoint(backend: Backend) {
+    let fixture = Fixture::new(backend, 40);
+    let settings = ServeSettings {
+        ab: attune_api::settings::AbSettings {
+            control: "tuned".into(),
+            treatment: "hybrid:tuned".into(),
+            ..Default::default()
+        },
+        ..ServeSettings::default()
+    };
+    let service = test::init_service(app(fixture.state(settings))).await;
+    let uri = "/v1/collections/shop/search";
+    let search = |body: Value| {
+        let service = &service;
+        async move {
+            let (status, answer) = call(service, post(uri, body.clone())).await;
+            assert_eq!(status, StatusCode::OK, "{body} → {answer}");
+            answer
+        }
+    };
+
+    // BM25 finds the one title with "item7"; nothing is embedded.
+    let body = search(json!({"query": "item7", "k": 5, "space": "lexical"})).await;
+    assert_eq!(result_ids(&body)[0], "p7");
+    assert_eq!(
+        (body["space"].as_str(), body["query_tokens"].as_u64()),
+        (Some("lexical"), Some(0))
+    );
+    // Hybrid = RRF of the lexical and the tuned rankings (each part's top 100).
+    let lexical =
+        result_ids(&search(json!({"query": "red shoe 7", "k": 100, "space": "lexical"})).await);
+    let tuned =
+        result_ids(&search(json!({"query": "red shoe 7", "k": 100, "space": "tuned"})).await);
+    let hybrid = search(json!({"query": "red shoe 7", "k": 10, "space": "hybrid:tuned"})).await;
+    assert_eq!(result_ids(&hybrid), rrf(&lexical, &tuned, 10));
+    assert!(hybrid["query_tokens"].as_u64().unwrap() > 0);
+    // Weighted fusion at the extremes is one part's order.
+    let lexical_only = json!({"method": "weighted", "weight": 0.0});
+    let body =
+        search(json!({"query": "item7", "k": 3, "space": "hybrid:base", "fusion": lexical_only}))
+            .await;
+    assert_eq!(result_ids(&body)[0], "p7");
+    let dense_only = json!({"method": "weighted", "weight": 1.0});
+    let body = search(
+        json!({"query": "red shoe 7", "k": 5, "space": "hybrid:tuned", "fusion": dense_only}),
+    )
+    .await;
+    assert_eq!(result_ids(&body), tuned[..5]);
+    // Filters hold in both parts.
+    let body = search(
+        json!({"query": "shoe", "k": 40, "space": "hybrid:tuned", "filter": {"colour": "red"}}),
+    )
+    .await;
+    assert_eq!(result_ids(&body).len(), 10);
+    assert!(body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["metadata"]["colour"] == "red"));
+
+    for (request, status) in [
+        (json!({"query": "x", "space": "hybrid:nope"}), 404),
+        (
+            json!({"query": "x", "space": "hybrid:tuned", "fusion": {"method": "max"}}),
+            422,
+        ),
+        (
+            json!({"query": "x", "space": "hybrid:tuned", "fusion": {"weight": 2}}),
+            422,
+        ),
+        (
+            json!({"query": "x", "space": "hybrid:tuned", "fusion": {"k": 0}}),
+            422,
+        ),
+        (
+            json!({"query": "x", "space": "auto", "user": "u", "fusion": {"k": 10}}),
+            422,
+        ),
+    ] {
+        let (got, body) = call(&service, post(uri, request.clone())).await;
+        assert_eq!(got.as_u16(), status, "{request} → {body}");
+    }
+
+    // Upserts and deletes: the lexical and the dense spaces hold the same live documents.
+    let put = json!({"documents": [{"id": "new", "title": "purple boot ZX-900", "text": "a shoe",
+                                     "metadata": {"colour": "purple"}}]});
+    let (status, body) = call(
+        &service,
+        TestRequest::put()
+            .uri("/v1/collections/shop/documents")
+            .set_json(put),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for id in ["p3", "p8"] {
+        let (status, _) = call(
+            &service,
+            TestRequest::delete().uri(&format!("/v1/collections/shop/documents/{id}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let body = search(json!({"query": "zx-900", "k": 3, "space": "lexical"})).await;
+    assert_eq!(result_ids(&body)[0], "new");
+    let mut lexical =
+        result_ids(&search(json!({"query": "shoe", "k": 100, "space": "lexical"})).await);
+    let mut dense = result_ids(&search(json!({"query": "shoe", "k": 100, "space": "tuned"})).await);
+    lexical.sort();
+    dense.sort();
+    assert_eq!(lexical.len(), 39);
+    assert_eq!(lexical, dense);
+
+    // Compare, evaluate and visibility take them.
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/compare",
+            json!({"query": "item7", "spaces": ["tuned", "hybrid:tuned"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["lists"][1]["space"], "hybrid:tuned");
+    let evaluate = json!({"queries": [{"id": "q7", "text": "item7"}, {"id": "q9", "text": "item9 red"}],
+                          "qrels": [{"query_id": "q7", "doc_id": "p7", "score": 1},
+                                    {"query_id": "q9", "doc_id": "p9", "score": 1}],
+                          "spaces": ["tuned", "lexical", "hybrid:tuned"]});
+    let (status, body) = call(&service, post("/v1/collections/shop/evaluate", evaluate)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["spaces"][1]["space"], "lexical");
+    assert_eq!(body["spaces"][1]["metrics"]["mrr@10"], 1.0);
+    let visibility =
+        json!({"doc_id": "p7", "queries": ["item7", "item9"], "spaces": ["lexical", "tuned"]});
+    let (status, body) = call(
+        &service,
+        post("/v1/collections/shop/visibility", visibility),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["queries"][0]["spaces"]["lexical"]["rank"], 1);
+    assert!(
+        body["queries"][0]["spaces"]["lexical"]["score"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(body["queries"][1]["spaces"]["lexical"]["score"].is_null());
+    assert!(body["queries"][1]["spaces"]["tuned"]["score"].is_number());
+
+    // Live A/B with a hybrid treatment.
+    let mut variants = std::collections::BTreeSet::new();
+    for u in 0..16 {
+        let body =
+            search(json!({"query": "red shoe", "k": 5, "space": "auto", "user": format!("u{u}")}))
+                .await;
+        variants.insert(body["variant"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        variants.into_iter().collect::<Vec<_>>(),
+        ["hybrid:tuned", "tuned"]
+    );
+
+    // The page lists them; metrics name the fusion.
+    let (_, info) = call(&service, TestRequest::get().uri("/v1/collections/shop")).await;
+    assert_eq!(
+        info["searchable"],
+        json!(["base", "tuned", "lexical", "hybrid:base", "hybrid:tuned"])
+    );
+    let (_, metrics) = call(&service, TestRequest::get().uri("/metrics")).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"fusion="rrf",space="hybrid:tuned",status="200""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fusion="weighted",space="hybrid:base",status="200""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fusion="",space="lexical",status="200""#),
+        "{metrics}"
+    );
+}
+
+/// A collection built without a lexical space says so.
+async fn a_collection_without_a_lexical_space_refuses_lexical_searches(backend: Backend) {
+    let fixture = Fixture::new(backend, 10);
+    let corpus_path = fixture.path("corpus-0.jsonl");
+    let corpus = Corpus::read(&corpus_path).unwrap();
+    let mut base = ModelEmbedder::load(&fixture.path("base-model"), &Device::Cpu, None).unwrap();
+    let mut spaces = [SpaceSpec {
+        name: "base".into(),
+        embedder: &mut base as &mut dyn Embedder,
+    }];
+    let settings = BuildSettings {
+        lexical: None,
+        ..BuildSettings::default()
+    };
+    let source = BuildSource::Corpus {
+        corpus: &corpus,
+        mode: BuildMode::Merge,
+    };
+    fixture
+        .store()
+        .build("plain", source, &mut spaces, &settings, &mut |_| {})
+        .unwrap();
+    let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
+    for space in ["lexical", "hybrid:base"] {
+        let (status, body) = call(
+            &service,
+            post(
+                "/v1/collections/plain/search",
+                json!({"query": "item1", "space": space}),
+            ),
+        )
+        .await;
+        assert_eq!(status.as_u16(), 404, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(spaces: base)")
+                || body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("available: base"),
+            "{body}"
+        );
+    }
+    let (_, info) = call(&service, TestRequest::get().uri("/v1/collections/plain")).await;
+    assert_eq!(info["searchable"], json!(["base"]));
+    assert!(info["lexical"].is_null());
+}
+
 /// Runs each test against both implementations of each seam: the embedded and the exact store,
 /// BERT and the tiny mixer.
 macro_rules! against_both_implementations {
@@ -1420,4 +1684,6 @@ against_both_implementations!(
     the_page_facets_and_published_reports_are_served,
     acknowledged_writes_outlive_reindexes_and_switches,
     repeated_spaces_and_long_queries_cost_what_honest_ones_do,
+    lexical_and_hybrid_spaces_answer_every_endpoint,
+    a_collection_without_a_lexical_space_refuses_lexical_searches,
 );

@@ -224,7 +224,8 @@ async function loadCollections() {
 async function selectCollection(name) {
   state.collection = name;
   const info = state.collections.find((c) => c.name === name);
-  state.spaces = info ? info.spaces.map((s) => s.name) : [];
+  // Every space a search takes: vector spaces, then lexical and hybrid:<space>.
+  state.spaces = info ? (info.searchable || info.spaces.map((s) => s.name)) : [];
   const order = ["base", "tuned"].filter((s) => state.spaces.includes(s))
     .concat(state.spaces.filter((s) => s !== "base" && s !== "tuned"));
   for (const [id, index] of [["#space-from", 0], ["#space-to", 1]]) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use attune_index::{
     BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, Corpus, HnswParams, IndexError,
-    SpaceSpec, VectorStore,
+    LexicalSettings, SpaceSpec, VectorStore,
 };
 use attune_model::Device;
 use serde::{Deserialize, Serialize};
@@ -47,11 +47,34 @@ pub struct IndexSettings {
     /// alike and a space never mixes two widths. Suits models trained with --matryoshka-dims.
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub dimension: Option<usize>,
+    /// Build the collection's lexical space (BM25 over title, text and --lexical-fields, for
+    /// the `lexical` and `hybrid:<space>` spaces). Default true; `--no-lexical` builds none.
+    #[cfg_attr(feature = "cli", arg(long = "no-lexical", action = clap::ArgAction::SetFalse))]
+    pub lexical: bool,
+    /// Top-level metadata fields the lexical space indexes beside title and text (brand, model
+    /// number, SKU...), comma-separated. Default none.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_delimiter = ',', value_name = "FIELD,...")
+    )]
+    pub lexical_fields: Vec<String>,
+    /// Stemming language of the lexical space (english, german, french, ..., or none). Default
+    /// english.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().lexical_stemmer, value_name = "LANGUAGE"))]
+    pub lexical_stemmer: String,
+    /// Lowercase tokens in the lexical space. Default true; `--no-lexical-lowercase` keeps case.
+    #[cfg_attr(feature = "cli", arg(long = "no-lexical-lowercase", action = clap::ArgAction::SetFalse))]
+    pub lexical_lowercase: bool,
+    /// Fold accents to ASCII in the lexical space. Default true; `--no-lexical-ascii-folding`
+    /// keeps them.
+    #[cfg_attr(feature = "cli", arg(long = "no-lexical-ascii-folding", action = clap::ArgAction::SetFalse))]
+    pub lexical_ascii_folding: bool,
 }
 
 impl Default for IndexSettings {
     fn default() -> Self {
         let build = BuildSettings::default();
+        let lexical = LexicalSettings::default();
         Self {
             mode: BuildMode::Merge,
             batch_size: build.batch_size,
@@ -60,6 +83,11 @@ impl Default for IndexSettings {
             ef_search: build.hnsw.ef_search,
             max_seq_len: None,
             dimension: None,
+            lexical: true,
+            lexical_fields: lexical.fields,
+            lexical_stemmer: lexical.stemmer,
+            lexical_lowercase: lexical.lowercase,
+            lexical_ascii_folding: lexical.ascii_folding,
         }
     }
 }
@@ -74,6 +102,12 @@ impl IndexSettings {
                 ef_construction: self.ef_construction,
                 ef_search: self.ef_search,
             },
+            lexical: self.lexical.then(|| LexicalSettings {
+                fields: self.lexical_fields.clone(),
+                lowercase: self.lexical_lowercase,
+                ascii_folding: self.lexical_ascii_folding,
+                stemmer: self.lexical_stemmer.clone(),
+            }),
         }
     }
 }

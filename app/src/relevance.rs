@@ -10,7 +10,10 @@ use attune_eval::{
     evaluate as score, EvalError, Evaluation, MetricKind, MetricName, MetricsSettings, Qrels, Run,
     ScoredDoc,
 };
-use attune_index::{Filter, IndexError, ModelIdentity, SearchRequest, ServedCollection};
+use attune_index::{
+    retrieve, DenseQuery, Filter, Fusion, IndexError, ModelIdentity, Retrieval, RetrievalRequest,
+    SearchHit, ServedCollection,
+};
 use serde::Serialize;
 
 /// Why a relevance measurement failed.
@@ -114,15 +117,44 @@ pub fn movements(from: &[(&str, &str)], to: &[(&str, &str)]) -> (Vec<Movement>, 
     (out, overlap)
 }
 
-/// A space of a collection with queries embedded by its model.
+/// Queries for one space of a collection (dense, lexical or hybrid), embedded by the dense
+/// part's model where there is one.
 #[derive(Debug, Clone)]
-pub struct EmbeddedQueries<'a> {
+pub struct SpaceQueries<'a> {
     /// The space.
-    pub space: &'a str,
-    /// The model that embedded the queries (the space's).
-    pub model: &'a ModelIdentity,
-    /// One vector per query, in query order.
-    pub vectors: &'a [Vec<f32>],
+    pub retrieval: &'a Retrieval,
+    /// The query texts (the lexical part searches them).
+    pub texts: &'a [String],
+    /// The dense part's model and one vector per query, in query order; `None` for `lexical`.
+    pub embedded: Option<(&'a ModelIdentity, &'a [Vec<f32>])>,
+    /// How a hybrid space fuses.
+    pub fusion: &'a Fusion,
+}
+
+impl SpaceQueries<'_> {
+    /// The top `k` of query `i`, unfiltered.
+    fn search(
+        &self,
+        collection: &dyn ServedCollection,
+        i: usize,
+        k: usize,
+    ) -> Result<Vec<SearchHit>, RelevanceError> {
+        Ok(retrieve(
+            collection,
+            &RetrievalRequest {
+                retrieval: self.retrieval,
+                text: &self.texts[i],
+                dense: self.embedded.map(|(model, vectors)| DenseQuery {
+                    vector: &vectors[i],
+                    model,
+                }),
+                k,
+                ef: None,
+                filter: &Filter::default(),
+                fusion: self.fusion,
+            },
+        )?)
+    }
 }
 
 /// The document's place for one query in one space.
@@ -131,8 +163,9 @@ pub struct EmbeddedQueries<'a> {
 pub struct Placement {
     /// 1-based rank within the top k; absent (null) when it is not in the top k.
     pub rank: Option<usize>,
-    /// Cosine similarity of the query and the document, whether ranked or not.
-    pub score: f32,
+    /// Dense spaces: the cosine similarity of the query and the document, whether ranked or
+    /// not. Lexical and hybrid spaces: the space's score (BM25, fused) when ranked, else null.
+    pub score: Option<f32>,
 }
 
 /// A space's summary over the queries.
@@ -147,8 +180,8 @@ pub struct SpaceVisibility {
     pub visible_share: f64,
     /// Mean reciprocal rank (0 when absent).
     pub mean_reciprocal_rank: f64,
-    /// Mean cosine similarity of the queries and the document.
-    pub mean_score: f64,
+    /// Mean of the placements' scores (over those that have one; null when none has).
+    pub mean_score: Option<f64>,
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -162,34 +195,37 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// Where document `doc_id` (whose stored vector in the space is `doc_vector`) ranks in the top
-/// `k` of each query, with the similarity either way; and the space's summary.
+/// Where document `doc_id` ranks in the top `k` of each query, with its score (for a dense
+/// space, the cosine with `doc_vector`, its stored vector there, whether ranked or not); and the
+/// space's summary.
 pub fn visibility(
     collection: &dyn ServedCollection,
-    queries: &EmbeddedQueries<'_>,
+    queries: &SpaceQueries<'_>,
     doc_id: &str,
-    doc_vector: &[f32],
+    doc_vector: Option<&[f32]>,
     k: usize,
 ) -> Result<(Vec<Placement>, SpaceVisibility), RelevanceError> {
-    let mut placements = Vec::with_capacity(queries.vectors.len());
-    for vector in queries.vectors {
-        let hits = collection.search(&SearchRequest {
-            space: queries.space,
-            vector,
-            model: queries.model,
-            k,
-            ef: None,
-            filter: &Filter::default(),
-        })?;
+    let mut placements = Vec::with_capacity(queries.texts.len());
+    for i in 0..queries.texts.len() {
+        let hits = queries.search(collection, i, k)?;
+        let hit = hits.iter().position(|h| h.id == doc_id);
+        let score = match (queries.retrieval, queries.embedded, doc_vector) {
+            (Retrieval::Dense(_), Some((_, vectors)), Some(doc)) => Some(cosine(&vectors[i], doc)),
+            _ => hit.map(|rank| hits[rank].score),
+        };
         placements.push(Placement {
-            rank: hits.iter().position(|h| h.id == doc_id).map(|i| i + 1),
-            score: cosine(vector, doc_vector),
+            rank: hit.map(|i| i + 1),
+            score,
         });
     }
     let n = placements.len().max(1) as f64;
     let visible = placements.iter().filter(|p| p.rank.is_some()).count();
+    let scores: Vec<f64> = placements
+        .iter()
+        .filter_map(|p| p.score.map(f64::from))
+        .collect();
     let summary = SpaceVisibility {
-        space: queries.space.to_string(),
+        space: queries.retrieval.name(),
         visible,
         visible_share: visible as f64 / n,
         mean_reciprocal_rank: placements
@@ -197,7 +233,7 @@ pub fn visibility(
             .map(|p| p.rank.map_or(0.0, |r| 1.0 / r as f64))
             .sum::<f64>()
             / n,
-        mean_score: placements.iter().map(|p| f64::from(p.score)).sum::<f64>() / n,
+        mean_score: (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64),
     };
     Ok((placements, summary))
 }
@@ -269,12 +305,12 @@ pub struct IndexEvaluation {
     pub unknown_documents: usize,
 }
 
-/// Searches each space for every query (`query_ids[i]` embedded as `vectors[i]` of each
-/// space), scores the top `k` against `qrels` (nDCG, recall, MRR and MAP at `k`), and compares
-/// each later space with the first per query.
+/// Searches each space for every query (`query_ids[i]` is query `i` of each space's queries),
+/// scores the top `k` against `qrels` (nDCG, recall, MRR and MAP at `k`), and compares each
+/// later space with the first per query.
 pub fn evaluate_over_index(
     collection: &dyn ServedCollection,
-    spaces: &[EmbeddedQueries<'_>],
+    spaces: &[SpaceQueries<'_>],
     query_ids: &[String],
     qrels: &Qrels,
     k: usize,
@@ -286,15 +322,8 @@ pub fn evaluate_over_index(
     let mut evaluations: Vec<Evaluation> = Vec::new();
     for space in spaces {
         let mut run = Run::new();
-        for (query_id, vector) in query_ids.iter().zip(space.vectors) {
-            let hits = collection.search(&SearchRequest {
-                space: space.space,
-                vector,
-                model: space.model,
-                k,
-                ef: None,
-                filter: &Filter::default(),
-            })?;
+        for (i, query_id) in query_ids.iter().enumerate() {
+            let hits = space.search(collection, i, k)?;
             let ranked = hits
                 .into_iter()
                 .map(|h| ScoredDoc {
@@ -316,7 +345,7 @@ pub fn evaluate_over_index(
             unknown += 1;
         }
     }
-    let names: Vec<String> = spaces.iter().map(|s| s.space.to_string()).collect();
+    let names: Vec<String> = spaces.iter().map(|s| s.retrieval.name()).collect();
     Ok(IndexEvaluation {
         evaluated_queries: evaluations.first().map_or(0, |e| e.per_query.len()),
         spaces: space_metrics(&names, &evaluations, k),

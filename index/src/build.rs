@@ -24,6 +24,7 @@ use crate::graph::{Graph, HnswParams, DEAD_LABEL};
 use crate::identity::ModelIdentity;
 use crate::journal::{self, JournalOp, Replay, SpaceEmbedder};
 use crate::keys;
+use crate::lexical::{LexicalIndex, LexicalSettings, LEXICAL_SPACE};
 use crate::store::{
     build_space_graph, content_hash, hex, now_unix, read_snapshot, validate_name, write_snapshot,
     CollectionManifest, CompactionPolicy, DocumentWrite, GenerationDb, Store, StoredDocument,
@@ -50,12 +51,15 @@ pub struct SpaceSpec<'a> {
 }
 
 /// Settings of a re-index job.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildSettings {
     /// Documents embedded and committed together. Default 512.
     pub batch_size: usize,
     /// HNSW parameters of the new generation.
     pub hnsw: HnswParams,
+    /// The generation's lexical space (BM25 over title, text and the named metadata fields);
+    /// `None` builds none. Default: one with [`LexicalSettings::default`].
+    pub lexical: Option<LexicalSettings>,
 }
 
 impl Default for BuildSettings {
@@ -63,6 +67,7 @@ impl Default for BuildSettings {
         Self {
             batch_size: 512,
             hnsw: HnswParams::default(),
+            lexical: Some(LexicalSettings::default()),
         }
     }
 }
@@ -93,6 +98,11 @@ pub enum BuildEvent {
         space: String,
         /// Points in it.
         points: usize,
+    },
+    /// Building the lexical space.
+    Lexical {
+        /// Documents in it.
+        documents: usize,
     },
 }
 
@@ -131,6 +141,8 @@ pub struct BuildReport {
     pub embed_seconds: f64,
     /// Seconds building graphs.
     pub graph_seconds: f64,
+    /// Seconds spent building the lexical space (0 without one).
+    pub lexical_seconds: f64,
     /// Seconds in total.
     pub seconds: f64,
 }
@@ -475,6 +487,14 @@ pub fn build_collection(
     report.documents = live.len();
     write_snapshot(&dir, seq, &live)?;
     db.flush()?;
+    if let Some(settings) = &settings.lexical {
+        let lexical_started = Instant::now();
+        progress(BuildEvent::Lexical {
+            documents: live.len(),
+        });
+        build_lexical(&db, &dir, settings, &live)?;
+        report.lexical_seconds = lexical_started.elapsed().as_secs_f64();
+    }
     drop(db);
 
     // The switch: one atomic manifest write.
@@ -483,6 +503,7 @@ pub fn build_collection(
     manifest.building = None;
     manifest.hnsw = settings.hnsw;
     manifest.spaces = requested;
+    manifest.lexical = settings.lexical.clone();
     manifest.documents = report.documents;
     manifest.committed_unix = now_unix();
     store.write_manifest(&manifest)?;
@@ -490,6 +511,23 @@ pub fn build_collection(
     journal::trim(&journal_dir, seq)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Writes the generation's lexical index from its live documents, at the journal position the
+/// generation has applied (the position a collection checks when it opens it).
+pub(crate) fn build_lexical(
+    db: &GenerationDb,
+    dir: &std::path::Path,
+    settings: &LexicalSettings,
+    live: &[StoredDocument],
+) -> Result<LexicalIndex> {
+    let nodes: HashMap<String, u32> = db.live()?.into_iter().collect();
+    let index = LexicalIndex::create(Some(&dir.join(keys::LEXICAL_DIR)), settings)?;
+    let documents = live
+        .iter()
+        .filter_map(|document| Some((*nodes.get(&document.id)?, document)));
+    index.fill(documents, db.journal_seq()?)?;
+    Ok(index)
 }
 
 /// Writes the graph of each space: the current generation's, relabelled, where it still
@@ -527,13 +565,16 @@ fn write_graphs(
 }
 
 /// Checks the names and settings of a build; returns each space's model.
-fn check_inputs(
+pub(crate) fn check_inputs(
     collection: &str,
     spaces: &[SpaceSpec<'_>],
     settings: &BuildSettings,
 ) -> Result<BTreeMap<String, ModelIdentity>> {
     validate_name(collection)?;
     settings.hnsw.validate()?;
+    if let Some(lexical) = &settings.lexical {
+        lexical.validate()?;
+    }
     if settings.batch_size == 0 {
         return Err(IndexError::InvalidSetting(
             "batch size must be at least 1".into(),
@@ -547,6 +588,13 @@ fn check_inputs(
     let mut requested: BTreeMap<String, ModelIdentity> = BTreeMap::new();
     for spec in spaces {
         validate_name(&spec.name)?;
+        if spec.name == LEXICAL_SPACE {
+            return Err(IndexError::InvalidName {
+                name: spec.name.clone(),
+                reason:
+                    "\"lexical\" names a collection's BM25 space; give the dense space another name",
+            });
+        }
         if requested
             .insert(spec.name.clone(), spec.embedder.identity().clone())
             .is_some()
@@ -579,6 +627,7 @@ fn start_generation(
                 previous: None,
                 hnsw: settings.hnsw,
                 spaces: BTreeMap::new(),
+                lexical: None,
                 documents: 0,
                 committed_unix: 0,
             }

@@ -70,6 +70,14 @@ pub enum IndexError {
         /// Which vector.
         what: String,
     },
+    /// tantivy failed on a lexical index (reading, writing or searching it).
+    #[error("lexical index, {what}: {reason}")]
+    Lexical {
+        /// What was being done.
+        what: String,
+        /// tantivy's message.
+        reason: String,
+    },
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     InvalidSetting(String),

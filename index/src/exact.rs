@@ -19,6 +19,8 @@ use crate::filter::value_of_key;
 use crate::graph::HnswParams;
 use crate::identity::ModelIdentity;
 use crate::journal::{resolve, JournalOp, JournalRecord, Replay, SpaceEmbedder};
+use crate::lexical::{LexicalIndex, LexicalSettings};
+use crate::retrieval::LexicalRequest;
 use crate::store::{
     content_hash, hex, validate_name, CollectionStats, Facet, FacetValue, SearchHit, SearchRequest,
     SpaceStats, StoredDocument, UpsertDocument, UpsertReport,
@@ -66,6 +68,18 @@ pub struct ExactCollection {
     hnsw: HnswParams,
     journal: Journal,
     documents: RwLock<Documents>,
+    /// The lexical space's settings, if it has one.
+    lexical: Option<LexicalSettings>,
+    /// The lexical index in memory at a journal position, with the ids of its node numbers;
+    /// rebuilt when a search finds the documents moved on.
+    lexical_index: Mutex<Option<LexicalCache>>,
+}
+
+#[derive(Debug)]
+struct LexicalCache {
+    applied: u64,
+    index: LexicalIndex,
+    ids: Vec<String>,
 }
 
 impl ExactStore {
@@ -165,8 +179,7 @@ impl VectorStore for ExactStore {
         settings: &BuildSettings,
         progress: &mut dyn FnMut(BuildEvent),
     ) -> Result<BuildReport> {
-        validate_name(name)?;
-        settings.hnsw.validate()?;
+        crate::build::check_inputs(name, spaces, settings)?;
         let started = Instant::now();
         let (previous, journal) = {
             let mut collections = self.collections.lock().expect("store lock");
@@ -281,6 +294,8 @@ impl VectorStore for ExactStore {
             hnsw: settings.hnsw,
             journal,
             documents: RwLock::new(state),
+            lexical: settings.lexical.clone(),
+            lexical_index: Mutex::new(None),
         };
         collections.entry(name.to_string()).or_default().current = Some(Arc::new(collection));
         drop(collections);
@@ -304,6 +319,7 @@ impl VectorStore for ExactStore {
             },
             embed_seconds,
             graph_seconds: 0.0,
+            lexical_seconds: 0.0,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -530,6 +546,60 @@ impl ServedCollection for ExactCollection {
             .collect())
     }
 
+    fn lexical(&self) -> Option<LexicalSettings> {
+        self.lexical.clone()
+    }
+
+    fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
+        request.filter.validate()?;
+        if request.k == 0 {
+            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
+        }
+        let Some(settings) = &self.lexical else {
+            return Err(IndexError::UnknownSpace {
+                collection: self.name.clone(),
+                space: crate::LEXICAL_SPACE.into(),
+                available: self.spaces.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let guard = self.documents.read().expect("collection lock");
+        let mut cache = self.lexical_index.lock().expect("lexical lock");
+        if cache.as_ref().is_none_or(|c| c.applied != guard.applied) {
+            let index = LexicalIndex::create(None, settings)?;
+            let stored: Vec<&Stored> = guard.by_id.values().collect();
+            index.fill(
+                stored
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (i as u32, &s.document)),
+                guard.applied,
+            )?;
+            *cache = Some(LexicalCache {
+                applied: guard.applied,
+                index,
+                ids: guard.by_id.keys().cloned().collect(),
+            });
+        }
+        let cache = cache.as_ref().expect("built above");
+        let passes = |node: u32| {
+            let document = &guard.by_id[&cache.ids[node as usize]].document;
+            request.filter.matches(&document.metadata)
+        };
+        let nodes = cache.index.search(request.text, request.k, &passes)?;
+        Ok(nodes
+            .into_iter()
+            .map(|(node, score)| {
+                let document = &guard.by_id[&cache.ids[node as usize]].document;
+                SearchHit {
+                    id: document.id.clone(),
+                    score,
+                    title: document.title.clone(),
+                    metadata: document.metadata.clone(),
+                }
+            })
+            .collect())
+    }
+
     fn upsert(
         &self,
         documents: &[UpsertDocument],
@@ -616,6 +686,7 @@ impl ServedCollection for ExactCollection {
                 .collect(),
             disk_bytes: 0,
             database_bytes: 0,
+            lexical: self.lexical.clone(),
         })
     }
 }

@@ -16,6 +16,8 @@ pub const GENERATION_PREFIX: &str = "gen-";
 pub const DATABASE_DIR: &str = "db";
 /// Extension of graph files inside a generation directory: `<space>.graph`.
 pub const GRAPH_EXTENSION: &str = "graph";
+/// A generation's lexical space: a tantivy index directory (see [`crate::lexical`]).
+pub const LEXICAL_DIR: &str = "lexical.tantivy";
 
 /// Tree: node number (u32 big-endian) → document record (JSON).
 pub const TREE_DOCUMENTS: &str = "documents";

@@ -12,6 +12,8 @@
 //!   [`keys`]).
 //! - [`graph`]: HNSW graphs (hnsw_rs builds, a frozen copy searches and persists).
 //! - [`build`]: resumable, incremental re-index jobs that switch generations atomically.
+//! - [`lexical`]: a collection's lexical (BM25, tantivy) space; [`retrieval`]: spaces as
+//!   requests name them (dense, `lexical`, `hybrid:<dense>`) and their fusion.
 //! - [`corpus`], [`filter`]: input documents and metadata filters.
 //! - [`vector_store`]: the seam, [`VectorStore`] / [`ServedCollection`] / [`AbEventLog`],
 //!   implemented by [`Store`] and by [`ExactStore`] ([`exact`]: exact search in memory, the
@@ -74,7 +76,9 @@ pub mod graph;
 pub mod identity;
 pub mod journal;
 pub mod keys;
+pub mod lexical;
 mod reports;
+pub mod retrieval;
 pub mod store;
 pub mod vector_store;
 
@@ -90,6 +94,11 @@ pub use filter::{Filter, FilterClause};
 pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use identity::{Encoding, ModelIdentity};
 pub use journal::SpaceEmbedder;
+pub use lexical::{LexicalIndex, LexicalSettings, LEXICAL_SPACE};
+pub use retrieval::{
+    fuse, retrieve, DenseQuery, Fusion, FusionMethod, LexicalRequest, Retrieval, RetrievalRequest,
+    FUSION_DEPTH, HYBRID_PREFIX,
+};
 pub use store::{
     content_hash, Collection, CollectionManifest, CollectionStats, CompactionPolicy, Facet,
     FacetValue, SearchHit, SearchRequest, SpaceStats, Store, StoredDocument, UpsertDocument,

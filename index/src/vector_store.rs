@@ -24,6 +24,8 @@ use crate::error::Result;
 use crate::events::{EventLog, FeedbackRecord, ServedRequest};
 use crate::identity::ModelIdentity;
 use crate::journal::SpaceEmbedder;
+use crate::lexical::LexicalSettings;
+use crate::retrieval::LexicalRequest;
 use crate::store::{
     Collection, CollectionStats, Facet, SearchHit, SearchRequest, Store, StoredDocument,
     UpsertDocument, UpsertReport,
@@ -84,6 +86,12 @@ pub trait ServedCollection: Send + Sync + std::fmt::Debug {
     fn document(&self, id: &str) -> Result<Option<StoredDocument>>;
     /// The stored vector of `id` in `space` (unit length), if live.
     fn vector(&self, space: &str, id: &str) -> Result<Option<Vec<f32>>>;
+    /// The settings of the collection's lexical space; `None` when it has none (built without
+    /// one).
+    fn lexical(&self) -> Option<LexicalSettings>;
+    /// The `k` best documents of the lexical space (BM25) that pass the filter, best first;
+    /// [`crate::IndexError::UnknownSpace`] when the collection has no lexical space.
+    fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>>;
     /// The filterable metadata fields and their most frequent values (at most `max_values`
     /// each).
     fn facets(&self, max_values: usize) -> Vec<Facet>;
@@ -255,6 +263,12 @@ impl ServedCollection for Collection {
     }
     fn facets(&self, max_values: usize) -> Vec<Facet> {
         Collection::facets(self, max_values)
+    }
+    fn lexical(&self) -> Option<LexicalSettings> {
+        Collection::lexical(self)
+    }
+    fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
+        Collection::lexical_search(self, request)
     }
     fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
         Collection::search(self, request)

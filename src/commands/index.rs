@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use attune_app::{IndexInputs, IndexJob, IndexSettings, ModelEmbedder, SpaceModel};
-use attune_index::{BuildEvent, Corpus, Filter, SearchRequest, Store};
+use attune_index::{
+    retrieve, BuildEvent, Corpus, DenseQuery, Filter, Fusion, FusionMethod, Retrieval,
+    RetrievalRequest, Store,
+};
 use attune_model::DeviceRequest;
 use clap::{Args, Subcommand};
 
@@ -60,9 +63,19 @@ pub struct SearchArgs {
     /// Collection name.
     #[arg(long)]
     pub collection: String,
-    /// Vector space to search.
+    /// Space to search: a vector space (`base`, `tuned`, ...), `lexical` (BM25), or
+    /// `hybrid:<space>` (lexical fused with that vector space).
     #[arg(long, default_value = "tuned")]
     pub space: String,
+    /// How a hybrid space fuses: rrf (reciprocal rank fusion) or weighted (normalised scores).
+    #[arg(long, default_value = "rrf", value_parser = parse_fusion_method)]
+    pub fusion: FusionMethod,
+    /// Rank constant of rrf.
+    #[arg(long, default_value_t = Fusion::default().k, value_name = "K")]
+    pub fusion_k: f32,
+    /// Share of the vector space in weighted fusion (0 to 1).
+    #[arg(long, default_value_t = Fusion::default().weight, value_name = "W")]
+    pub fusion_weight: f32,
     /// The query text.
     #[arg(long)]
     pub query: String,
@@ -194,6 +207,9 @@ fn build(args: BuildArgs) -> Result<()> {
             bar.finish_and_clear();
             eprintln!("attune: building the HNSW graph of {space:?} ({points} points)");
         }
+        BuildEvent::Lexical { documents } => {
+            eprintln!("attune: building the lexical space ({documents} documents)");
+        }
     };
     let store = Store::open_or_create(&args.store)?;
     let report = job.run(&store, &mut progress)?;
@@ -207,7 +223,7 @@ fn build(args: BuildArgs) -> Result<()> {
             .map(|(space, n)| format!("{space} {n}"))
             .collect();
         println!(
-            "collection {:?} generation {} ({} documents): added {}, updated {}, unchanged {}, kept {}, deleted {}, written during the build {}; embedded {}; {:.1} s (embedding {:.1} s, graphs {:.1} s)",
+            "collection {:?} generation {} ({} documents): added {}, updated {}, unchanged {}, kept {}, deleted {}, written during the build {}; embedded {}; {:.1} s (embedding {:.1} s, graphs {:.1} s, lexical {:.1} s)",
             report.collection,
             report.generation,
             report.documents,
@@ -221,6 +237,7 @@ fn build(args: BuildArgs) -> Result<()> {
             started.elapsed().as_secs_f64(),
             report.embed_seconds,
             report.graph_seconds,
+            report.lexical_seconds,
         );
         print_removed(&report.removed);
     }
@@ -268,37 +285,52 @@ fn search(args: SearchArgs) -> Result<()> {
         bail!("-k must be between 1 and 1000, got {}", args.k);
     }
     let filter = Filter::parse_clauses(&args.filters)?;
-    let store = Store::open(&args.store)?;
-    let manifest = store.manifest(&args.collection)?;
-    let Some(space) = manifest.spaces.get(&args.space) else {
-        bail!(attune_index::IndexError::UnknownSpace {
-            collection: args.collection.clone(),
-            space: args.space.clone(),
-            available: manifest
-                .spaces
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+    let fusion = Fusion {
+        method: args.fusion,
+        k: args.fusion_k,
+        weight: args.fusion_weight,
     };
-    let model_path = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&space.source));
-    let embedder = ModelEmbedder::for_identity(&model_path, &args.device.open()?, space)
-        .with_context(|| format!("cannot load the query model {}", model_path.display()))?;
+    fusion.validate()?;
+    let store = Store::open(&args.store)?;
     let collection = store.open_collection(&args.collection)?;
+    let retrieval = Retrieval::parse(&args.space);
+    retrieval.check(&collection)?;
+    let embedder = match retrieval.dense_space() {
+        Some(space) => {
+            let identity = &collection.spaces()[space];
+            let model_path = args
+                .model
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&identity.source));
+            let embedder = ModelEmbedder::for_identity(&model_path, &args.device.open()?, identity)
+                .with_context(|| format!("cannot load the query model {}", model_path.display()))?;
+            Some(embedder)
+        }
+        None => None,
+    };
     let started = Instant::now();
-    let vector = embedder.embed_query(&args.query)?;
-    let hits = collection.search(&SearchRequest {
-        space: &args.space,
-        vector: &vector,
-        model: embedder.identity(),
-        k: args.k,
-        ef: args.ef,
-        filter: &filter,
-    })?;
+    let vector = match &embedder {
+        Some(embedder) => Some(embedder.embed_query(&args.query)?),
+        None => None,
+    };
+    let hits = retrieve(
+        &collection,
+        &RetrievalRequest {
+            retrieval: &retrieval,
+            text: &args.query,
+            dense: embedder
+                .as_ref()
+                .zip(vector.as_deref())
+                .map(|(e, vector)| DenseQuery {
+                    vector,
+                    model: e.identity(),
+                }),
+            k: args.k,
+            ef: args.ef,
+            filter: &filter,
+            fusion: &fusion,
+        },
+    )?;
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.json {
         println!(
@@ -402,4 +434,10 @@ fn drop_collection(args: DropArgs) -> Result<()> {
     store.drop_collection(&args.collection)?;
     println!("dropped collection {:?}", args.collection);
     Ok(())
+}
+
+/// Reads `rrf` or `weighted`.
+fn parse_fusion_method(text: &str) -> Result<FusionMethod, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?}: use rrf or weighted"))
 }

@@ -1,7 +1,7 @@
 //! `GET /v1/collections` and `GET /v1/collections/{collection}`: what is served.
 
 use actix_web::{web, HttpResponse};
-use attune_index::CollectionStats;
+use attune_index::{CollectionStats, LexicalSettings, Retrieval};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -72,12 +72,26 @@ pub struct CollectionInfo {
     pub hnsw: HnswInfo,
     /// Vector spaces.
     pub spaces: Vec<SpaceInfo>,
+    /// The lexical space (BM25 over title, text and these settings' metadata fields); null
+    /// when the collection was built without one.
+    #[schema(value_type = Option<Object>)]
+    pub lexical: Option<LexicalSettings>,
+    /// Every space a search takes: the vector spaces, then `lexical` and `hybrid:<space>`
+    /// when there is a lexical space.
+    pub searchable: Vec<String>,
     /// Bytes on disk of the served generation.
     pub disk_bytes: u64,
 }
 
 impl From<CollectionStats> for CollectionInfo {
     fn from(stats: CollectionStats) -> Self {
+        let searchable = Retrieval::all(
+            stats.spaces.iter().map(|s| s.name.clone()),
+            stats.lexical.is_some(),
+        )
+        .iter()
+        .map(Retrieval::name)
+        .collect();
         Self {
             name: stats.name,
             generation: stats.generation,
@@ -100,6 +114,8 @@ impl From<CollectionStats> for CollectionInfo {
                     delta: s.delta,
                 })
                 .collect(),
+            lexical: stats.lexical,
+            searchable,
             disk_bytes: stats.disk_bytes,
         }
     }

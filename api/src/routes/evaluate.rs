@@ -2,19 +2,23 @@
 //! per-query deltas and wins/ties/losses out (computed by `attune_app::relevance` over the
 //! served index).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use attune_app::relevance::{
-    evaluate_over_index, EmbeddedQueries, MetricComparison, QueryResult, SpaceMetrics,
+    evaluate_over_index, MetricComparison, QueryResult, SpaceMetrics, SpaceQueries,
 };
 use attune_eval::Qrels;
+use attune_index::{Fusion, Retrieval};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::search::embed_all;
-use super::{blocking, check_k, check_len, millis_since, ok_json, requested_spaces, State};
+use super::{
+    blocking, check_k, check_len, fusion_from, fusion_label, millis_since, ok_labelled,
+    requested_spaces, State,
+};
 use crate::auth::ReadAccess;
 use crate::error::{ApiError, BodyErrors};
 
@@ -69,8 +73,12 @@ pub struct EvaluateBody {
     #[serde(default = "default_k")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: usize,
-    /// Spaces to evaluate, baseline first (default: every space, control first).
+    /// Spaces to evaluate, baseline first, any search takes (`lexical`, `hybrid:tuned`, ...;
+    /// default: every vector space, control first).
     pub spaces: Option<Vec<String>>,
+    /// How a `hybrid:<space>` among them fuses (as in search).
+    #[schema(value_type = Option<Object>)]
+    pub fusion: Option<Fusion>,
 }
 
 /// The evaluation.
@@ -146,33 +154,41 @@ pub async fn evaluate(
         ));
     }
     let served = state.collection(&path.into_inner())?;
+    let fusion = fusion_from(body.fusion)?;
     let spaces = requested_spaces(&served, body.spaces.as_deref(), &state)?;
+    let retrievals: Vec<Retrieval> = spaces.iter().map(|s| Retrieval::parse(s)).collect();
     let texts: Vec<String> = body.queries.iter().map(|q| q.text.clone()).collect();
-    let mut vectors = Vec::new();
-    for space in &spaces {
-        let embedded = embed_all(&served, space, &texts, &state).await?;
-        vectors.push(embedded.into_iter().map(|e| e.vector).collect::<Vec<_>>());
+    // Queries embedded once per vector space (`tuned` and `hybrid:tuned` share them).
+    let mut vectors: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+    for dense in retrievals.iter().filter_map(Retrieval::dense_space) {
+        if !vectors.contains_key(dense) {
+            let embedded = embed_all(&served, dense, &texts, &state).await?;
+            let embedded = embedded.into_iter().map(|e| e.vector).collect();
+            vectors.insert(dense.to_string(), embedded);
+        }
     }
     let k = body.k;
     let query_ids: Vec<String> = body.queries.iter().map(|q| q.id.clone()).collect();
+    let label = fusion_label(&retrievals, &fusion);
     let evaluation = blocking(move || {
-        let models = spaces
+        let mut models = BTreeMap::new();
+        for space in vectors.keys() {
+            models.insert(space.clone(), served.model(space)?.identity().clone());
+        }
+        let queries: Vec<SpaceQueries<'_>> = retrievals
             .iter()
-            .map(|space| Ok(served.model(space)?.identity().clone()))
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        let embedded: Vec<EmbeddedQueries<'_>> = spaces
-            .iter()
-            .zip(&models)
-            .zip(&vectors)
-            .map(|((space, model), vectors)| EmbeddedQueries {
-                space,
-                model,
-                vectors,
+            .map(|retrieval| SpaceQueries {
+                retrieval,
+                texts: &texts,
+                embedded: retrieval
+                    .dense_space()
+                    .map(|space| (&models[space], vectors[space].as_slice())),
+                fusion: &fusion,
             })
             .collect();
         Ok::<_, ApiError>(evaluate_over_index(
             served.collection.as_ref(),
-            &embedded,
+            &queries,
             &query_ids,
             &qrels,
             k,
@@ -192,5 +208,5 @@ pub async fn evaluate(
         took_ms: millis_since(started),
         ..response
     };
-    Ok(ok_json(&response, ""))
+    Ok(ok_labelled(&response, &spaces.join(","), label))
 }

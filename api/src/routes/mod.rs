@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use attune_index::{Filter, FilterClause, SearchHit};
+use attune_index::{Filter, FilterClause, Fusion, FusionMethod, Retrieval, SearchHit};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -32,17 +32,65 @@ pub const MAX_K: usize = 1000;
 /// Largest HNSW candidate list a request may ask for.
 pub const MAX_EF: usize = 10_000;
 
-/// The space that served a response, read by the metrics middleware.
+/// The space(s) that served a response and the fusion a hybrid one used, read by the metrics
+/// middleware. Both come from validated requests (a collection's known spaces, a fusion
+/// method), never free-form text.
 #[derive(Debug, Clone)]
-pub struct SpaceLabel(pub String);
+pub struct SpaceLabel {
+    /// Space names, comma-separated (`tuned`, `lexical`, `hybrid:tuned`, `base,tuned`).
+    pub space: String,
+    /// `rrf` or `weighted` when a hybrid space answered, else empty.
+    pub fusion: &'static str,
+}
 
 /// A JSON 200 response labelled with the space(s) it used.
 pub fn ok_json<T: Serialize>(body: &T, space: &str) -> HttpResponse {
+    ok_labelled(body, space, None)
+}
+
+/// [`ok_json`] with the fusion method of a hybrid space among them.
+pub fn ok_labelled<T: Serialize>(
+    body: &T,
+    space: &str,
+    fusion: Option<FusionMethod>,
+) -> HttpResponse {
     let mut response = HttpResponse::Ok().json(body);
+    response.extensions_mut().insert(SpaceLabel {
+        space: space.to_string(),
+        fusion: fusion.map_or("", FusionMethod::name),
+    });
     response
-        .extensions_mut()
-        .insert(SpaceLabel(space.to_string()));
-    response
+}
+
+/// The fusion method to label a response with when any of `retrievals` is hybrid.
+pub fn fusion_label<'a>(
+    retrievals: impl IntoIterator<Item = &'a Retrieval>,
+    fusion: &Fusion,
+) -> Option<FusionMethod> {
+    retrievals
+        .into_iter()
+        .any(|r| matches!(r, Retrieval::Hybrid(_)))
+        .then_some(fusion.method)
+}
+
+/// The space `name` of a served collection: a vector space with a model, `lexical` when the
+/// collection has a lexical space, or `hybrid:<vector space>`; 404 naming what there is.
+pub fn retrieval(served: &crate::state::Served, name: &str) -> Result<Retrieval, ApiError> {
+    let retrieval = Retrieval::parse(name);
+    retrieval.check(served.collection.as_ref())?;
+    if let Some(dense) = retrieval.dense_space() {
+        served.model(dense)?;
+    }
+    Ok(retrieval)
+}
+
+/// The fusion parameters of a request (defaults when absent), checked.
+pub fn fusion_from(fusion: Option<Fusion>) -> Result<Fusion, ApiError> {
+    let fusion = fusion.unwrap_or_default();
+    fusion
+        .validate()
+        .map_err(|e| ApiError::invalid("fusion", e.to_string()))?;
+    Ok(fusion)
 }
 
 /// A search result.
@@ -50,7 +98,8 @@ pub fn ok_json<T: Serialize>(body: &T, space: &str) -> HttpResponse {
 pub struct Hit {
     /// Document id.
     pub id: String,
-    /// Cosine similarity to the query, -1 to 1.
+    /// The space's score: cosine similarity (-1 to 1) in a vector space, BM25 in `lexical`,
+    /// the fused score in `hybrid:<space>`.
     pub score: f32,
     /// Document title.
     pub title: String,
@@ -150,7 +199,7 @@ pub fn requested_spaces(
             let mut distinct: Vec<String> = Vec::new();
             for space in spaces {
                 if !distinct.contains(space) {
-                    served.model(space)?;
+                    retrieval(served, space)?;
                     distinct.push(space.clone());
                 }
             }

@@ -7,18 +7,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
-use attune_app::relevance::{
-    self, movements, EmbeddedQueries, Movement, Placement, SpaceVisibility,
-};
-use attune_index::{SearchRequest, ServedRequest};
+use attune_app::relevance::{self, movements, Movement, Placement, SpaceQueries, SpaceVisibility};
+use attune_index::{retrieve, DenseQuery, Fusion, Retrieval, RetrievalRequest, ServedRequest};
 use attune_model::TextKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{
-    blocking, check_ef, check_k, check_len, filter_from_json, millis_since, ok_json,
-    requested_spaces, Hit, State,
+    blocking, check_ef, check_k, check_len, filter_from_json, fusion_from, fusion_label,
+    millis_since, ok_labelled, requested_spaces, retrieval, Hit, State,
 };
 use crate::ab::assign_variant;
 use crate::auth::ReadAccess;
@@ -61,8 +59,9 @@ pub struct SearchBody {
     #[serde(default = "default_k")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: usize,
-    /// The space to search (`base`, `tuned`, ...), or `auto` for the live A/B test, which
-    /// needs `user`. Default: `tuned`, or the collection's only space.
+    /// The space to search: a vector space (`base`, `tuned`, ...), `lexical` (BM25),
+    /// `hybrid:<space>` (lexical fused with a vector space), or `auto` for the live A/B test,
+    /// which needs `user`. Default: `tuned`, or the collection's only vector space.
     pub space: Option<String>,
     /// Metadata filter: `{"field": value, "field2": [one, of, these]}`; all must hold.
     #[schema(value_type = Option<Object>)]
@@ -72,6 +71,11 @@ pub struct SearchBody {
     pub ef: Option<usize>,
     /// Stable user or session key: assigns the A/B variant when `space` is `auto`.
     pub user: Option<String>,
+    /// How a `hybrid:<space>` fuses: `{"method": "rrf" | "weighted", "k": 60, "weight": 0.5}`
+    /// (defaults shown; `k` is rrf's rank constant, `weight` the vector space's share in
+    /// weighted fusion). With `auto`, the A/B test's own fusion applies.
+    #[schema(value_type = Option<Object>)]
+    pub fusion: Option<Fusion>,
 }
 
 /// Search results.
@@ -83,7 +87,8 @@ pub struct SearchResponse {
     pub space: String,
     /// The generation that answered.
     pub generation: u64,
-    /// Tokens of the embedded query, special tokens included.
+    /// Tokens of the embedded query, special tokens included (0 in `lexical`, which embeds
+    /// nothing).
     pub query_tokens: usize,
     /// True when the query was cut to the token limit.
     pub truncated: bool,
@@ -99,16 +104,16 @@ pub struct SearchResponse {
 
 /// The space a request names, or the default: `tuned` when the collection has it, else its only
 /// space.
-fn resolve_space(served: &Served, space: Option<&str>) -> Result<String, ApiError> {
+fn resolve_space(served: &Served, space: Option<&str>) -> Result<Retrieval, ApiError> {
     if let Some(space) = space {
-        served.model(space)?;
-        return Ok(space.to_string());
+        return retrieval(served, space);
     }
     if served.models.contains_key("tuned") {
-        return Ok("tuned".into());
+        return Ok(Retrieval::Dense("tuned".into()));
     }
     if served.models.len() == 1 {
-        return Ok(served.models.keys().next().expect("one").clone());
+        let only = served.models.keys().next().expect("one").clone();
+        return Ok(Retrieval::Dense(only));
     }
     Err(ApiError::invalid(
         "space",
@@ -148,29 +153,84 @@ async fn embed_query(
     Ok(out.remove(0))
 }
 
-/// Top-k of `space` for a query vector, on the blocking pool.
-async fn search_space(
-    served: &Arc<Served>,
-    space: String,
-    vector: Vec<f32>,
+/// One space's answer to a query.
+struct Answer {
+    hits: Vec<Hit>,
+    /// The query as the dense part's model embedded it (`None` in `lexical`).
+    embedded: Option<Embedded>,
+}
+
+impl Answer {
+    fn tokens(&self) -> usize {
+        self.embedded.as_ref().map_or(0, |e| e.tokens)
+    }
+
+    fn truncated(&self) -> bool {
+        self.embedded.as_ref().is_some_and(|e| e.truncated)
+    }
+}
+
+/// What one search asks of a space besides the query.
+#[derive(Debug, Clone)]
+struct Ask {
     k: usize,
     ef: Option<usize>,
     filter: attune_index::Filter,
-) -> Result<Vec<Hit>, ApiError> {
-    let served = served.clone();
-    blocking(move || {
-        let model = served.model(&space)?.identity().clone();
-        let hits = served.collection.search(&SearchRequest {
-            space: &space,
-            vector: &vector,
-            model: &model,
-            k,
-            ef,
-            filter: &filter,
-        })?;
+    fusion: Fusion,
+}
+
+/// Top-k of `retrieval` for `query`: embedded on the dense part's inference thread, searched
+/// (and fused) on the blocking pool.
+async fn answer(
+    served: &Arc<Served>,
+    retrieval: &Retrieval,
+    query: &str,
+    ask: Ask,
+    state: &crate::state::AppState,
+) -> Result<Answer, ApiError> {
+    let embedded = match retrieval.dense_space() {
+        Some(space) => Some(
+            embed_query(
+                served,
+                space,
+                query,
+                state.settings.max_query_tokens,
+                &state.settings.inference,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let (served, retrieval) = (served.clone(), retrieval.clone());
+    let (text, vector) = (
+        query.to_string(),
+        embedded.as_ref().map(|e| e.vector.clone()),
+    );
+    let hits = blocking(move || {
+        let model = match retrieval.dense_space() {
+            Some(space) => Some(served.model(space)?.identity().clone()),
+            None => None,
+        };
+        let dense = model
+            .as_ref()
+            .zip(vector.as_deref())
+            .map(|(model, vector)| DenseQuery { vector, model });
+        let hits = retrieve(
+            served.collection.as_ref(),
+            &RetrievalRequest {
+                retrieval: &retrieval,
+                text: &text,
+                dense,
+                k: ask.k,
+                ef: ask.ef,
+                filter: &ask.filter,
+                fusion: &ask.fusion,
+            },
+        )?;
         Ok(hits.into_iter().map(Hit::from).collect())
     })
-    .await
+    .await?;
+    Ok(Answer { hits, embedded })
 }
 
 /// Searches one space of a collection.
@@ -200,8 +260,19 @@ pub async fn search(
     let name = path.into_inner();
     let served = state.collection(&name)?;
     let auto = body.space.as_deref() == Some("auto");
+    if auto && body.fusion.is_some() {
+        return Err(ApiError::invalid(
+            "fusion",
+            "space \"auto\" fuses as the A/B test is set up (ab.fusion); send no fusion",
+        ));
+    }
+    let fusion = if auto {
+        state.settings.ab.fusion
+    } else {
+        fusion_from(body.fusion)?
+    };
     let mut test_salt = String::new();
-    let space = if auto {
+    let retrieval = if auto {
         let Some(user) = body.user.as_deref().filter(|u| !u.is_empty()) else {
             return Err(ApiError::invalid(
                 "user",
@@ -212,34 +283,26 @@ pub async fn search(
         let salt = blocking(move || Ok(events.salt()?)).await?;
         test_salt.clone_from(&salt);
         let variant = assign_variant(&state.settings.ab, &salt, &name, user).to_string();
-        served.model(&variant).map_err(|_| {
+        retrieval(&served, &variant).map_err(|_| {
             ApiError::Invalid(format!(
                 "space \"auto\": the A/B variant {variant:?} is not a space of collection \
                  {name:?}; it needs spaces {:?} and {:?}",
                 state.settings.ab.control, state.settings.ab.treatment
             ))
-        })?;
-        variant
+        })?
     } else {
         resolve_space(&served, body.space.as_deref())?
     };
-    let embedded = embed_query(
-        &served,
-        &space,
-        &body.query,
-        state.settings.max_query_tokens,
-        &state.settings.inference,
-    )
-    .await?;
-    let results = search_space(
-        &served,
-        space.clone(),
-        embedded.vector,
-        body.k,
-        body.ef,
+    let space = retrieval.name();
+    let ask = Ask {
+        k: body.k,
+        ef: body.ef,
         filter,
-    )
-    .await?;
+        fusion,
+    };
+    let answer = answer(&served, &retrieval, &body.query, ask, &state).await?;
+    let (query_tokens, truncated) = (answer.tokens(), answer.truncated());
+    let results = answer.hits;
     let request_id = if auto {
         let record = ServedRequest::new(
             uuid::Uuid::new_v4().to_string(),
@@ -260,14 +323,18 @@ pub async fn search(
     let response = SearchResponse {
         results,
         generation: served.collection.generation(),
-        query_tokens: embedded.tokens,
-        truncated: embedded.truncated,
+        query_tokens,
+        truncated,
         took_ms: millis_since(started),
         variant: request_id.as_ref().map(|_| space.clone()),
         request_id,
         space: space.clone(),
     };
-    Ok(ok_json(&response, &space))
+    Ok(ok_labelled(
+        &response,
+        &space,
+        fusion_label([&retrieval], &fusion),
+    ))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -293,7 +360,8 @@ pub struct CompareBody {
     #[serde(default = "default_k")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: usize,
-    /// The two spaces, "from" then "to" (default `["base", "tuned"]`).
+    /// The two spaces, "from" then "to" (default `["base", "tuned"]`); any space search
+    /// takes (`lexical`, `hybrid:tuned`, ...).
     #[serde(default = "default_compare_spaces")]
     #[schema(min_items = 2, max_items = 2)]
     pub spaces: Vec<String>,
@@ -303,6 +371,9 @@ pub struct CompareBody {
     /// HNSW candidate list size.
     #[schema(minimum = 1, maximum = 10000)]
     pub ef: Option<usize>,
+    /// How a `hybrid:<space>` among them fuses (as in search).
+    #[schema(value_type = Option<Object>)]
+    pub fusion: Option<Fusion>,
 }
 
 /// One space's ranked list.
@@ -323,7 +394,7 @@ pub struct CompareResponse {
     pub overlap_at_k: f64,
     /// Every document of either list: second space's order, then those that left.
     pub movements: Vec<Movement>,
-    /// Tokens of the embedded query (first space's model).
+    /// Tokens of the embedded query (first embedding space's model; 0 when neither embeds).
     pub query_tokens: usize,
     /// True when the query was cut to the token limit.
     pub truncated: bool,
@@ -368,36 +439,39 @@ pub async fn compare(
         ));
     }
     let filter = filter_from_json(body.filter.as_ref())?;
+    let fusion = fusion_from(body.fusion)?;
     let served = state.collection(&path.into_inner())?;
-    let (from, to) = (&body.spaces[0], &body.spaces[1]);
-    let limit = state.settings.max_query_tokens;
+    let (from, to) = (
+        retrieval(&served, &body.spaces[0])?,
+        retrieval(&served, &body.spaces[1])?,
+    );
+    let ask = Ask {
+        k: body.k,
+        ef: body.ef,
+        filter,
+        fusion,
+    };
     let (a, b) = tokio::join!(
-        embed_query(&served, from, &body.query, limit, &state.settings.inference),
-        embed_query(&served, to, &body.query, limit, &state.settings.inference)
+        answer(&served, &from, &body.query, ask.clone(), &state),
+        answer(&served, &to, &body.query, ask, &state)
     );
     let (a, b) = (a?, b?);
-    let (tokens, truncated) = (a.tokens, a.truncated || b.truncated);
-    let (from_hits, to_hits) = tokio::join!(
-        search_space(
-            &served,
-            from.clone(),
-            a.vector,
-            body.k,
-            body.ef,
-            filter.clone()
-        ),
-        search_space(&served, to.clone(), b.vector, body.k, body.ef, filter)
-    );
-    let (from_hits, to_hits) = (from_hits?, to_hits?);
+    let tokens = if a.embedded.is_some() {
+        a.tokens()
+    } else {
+        b.tokens()
+    };
+    let truncated = a.truncated() || b.truncated();
+    let (from_hits, to_hits) = (a.hits, b.hits);
     let (movements, overlap_at_k) = movements(&id_titles(&from_hits), &id_titles(&to_hits));
     let response = CompareResponse {
         lists: vec![
             RankedList {
-                space: from.clone(),
+                space: from.name(),
                 results: from_hits,
             },
             RankedList {
-                space: to.clone(),
+                space: to.name(),
                 results: to_hits,
             },
         ],
@@ -407,7 +481,11 @@ pub async fn compare(
         truncated,
         took_ms: millis_since(started),
     };
-    Ok(ok_json(&response, &format!("{from},{to}")))
+    Ok(ok_labelled(
+        &response,
+        &format!("{from},{to}"),
+        fusion_label([&from, &to], &fusion),
+    ))
 }
 
 /// Where one document ranks for a list of queries.
@@ -424,8 +502,12 @@ pub struct VisibilityBody {
     #[serde(default = "default_k")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: usize,
-    /// Spaces to measure (default: every space, control and treatment first).
+    /// Spaces to measure, any search takes (default: every vector space, control and
+    /// treatment first).
     pub spaces: Option<Vec<String>>,
+    /// How a `hybrid:<space>` among them fuses (as in search).
+    #[schema(value_type = Option<Object>)]
+    pub fusion: Option<Fusion>,
 }
 
 /// One query's placements.
@@ -485,27 +567,36 @@ pub async fn visibility(
             "must not be empty",
         ));
     }
+    let fusion = fusion_from(body.fusion)?;
     let served = state.collection(&path.into_inner())?;
     let spaces = requested_spaces(&served, body.spaces.as_deref(), &state)?;
+    let retrievals: Vec<Retrieval> = spaces.iter().map(|s| Retrieval::parse(s)).collect();
     let doc_vectors = {
         let served = served.clone();
-        let (doc_id, spaces) = (body.doc_id.clone(), spaces.clone());
+        let (doc_id, retrievals) = (body.doc_id.clone(), retrievals.clone());
         blocking(move || {
+            if served.collection.document(&doc_id)?.is_none() {
+                return Err(ApiError::no_document(served.collection.name(), &doc_id));
+            }
             let mut vectors = BTreeMap::new();
-            for space in &spaces {
-                match served.collection.vector(space, &doc_id)? {
-                    Some(vector) => vectors.insert(space.clone(), vector),
-                    None => return Err(ApiError::no_document(served.collection.name(), &doc_id)),
-                };
+            for retrieval in &retrievals {
+                if let Retrieval::Dense(space) = retrieval {
+                    if let Some(vector) = served.collection.vector(space, &doc_id)? {
+                        vectors.insert(space.clone(), vector);
+                    }
+                }
             }
             Ok(vectors)
         })
         .await?
     };
+    // Queries embedded once per vector space (`tuned` and `hybrid:tuned` share them).
     let mut per_space: BTreeMap<String, Vec<Embedded>> = BTreeMap::new();
-    for space in &spaces {
-        let embedded = embed_all(&served, space, &body.queries, &state).await?;
-        per_space.insert(space.clone(), embedded);
+    for dense in retrievals.iter().filter_map(Retrieval::dense_space) {
+        if !per_space.contains_key(dense) {
+            let embedded = embed_all(&served, dense, &body.queries, &state).await?;
+            per_space.insert(dense.to_string(), embedded);
+        }
     }
     // A query is flagged when any space's model cut it.
     let mut truncated = vec![false; body.queries.len()];
@@ -517,29 +608,40 @@ pub async fn visibility(
     let k = body.k;
     let doc_id = body.doc_id.clone();
     let served_for_search = served.clone();
-    let spaces_for_search = spaces.clone();
-    let queries_count = body.queries.len();
+    let retrievals_for_search = retrievals.clone();
+    let texts = body.queries.clone();
     let (placements, summary) = blocking(move || {
-        let mut placements = vec![BTreeMap::new(); queries_count];
+        let mut placements = vec![BTreeMap::new(); texts.len()];
         let mut summary = Vec::new();
-        for space in &spaces_for_search {
-            let model = served_for_search.model(space)?.identity().clone();
-            let vectors: Vec<Vec<f32>> =
-                per_space[space].iter().map(|e| e.vector.clone()).collect();
-            let queries = EmbeddedQueries {
-                space,
-                model: &model,
-                vectors: &vectors,
+        for retrieval in &retrievals_for_search {
+            let dense = match retrieval.dense_space() {
+                Some(space) => {
+                    let model = served_for_search.model(space)?.identity().clone();
+                    let vectors: Vec<Vec<f32>> =
+                        per_space[space].iter().map(|e| e.vector.clone()).collect();
+                    Some((model, vectors))
+                }
+                None => None,
             };
+            let queries = SpaceQueries {
+                retrieval,
+                texts: &texts,
+                embedded: dense.as_ref().map(|(m, v)| (m, v.as_slice())),
+                fusion: &fusion,
+            };
+            let doc_vector = retrieval
+                .dense_space()
+                .and_then(|space| doc_vectors.get(space))
+                .map(Vec::as_slice);
             let (placed, visibility) = relevance::visibility(
                 served_for_search.collection.as_ref(),
                 &queries,
                 &doc_id,
-                &doc_vectors[space],
+                doc_vector,
                 k,
             )?;
             for (row, placement) in placements.iter_mut().zip(placed) {
-                row.insert(space.clone(), placement);
+                row.insert(retrieval.name(), placement);
             }
             summary.push(visibility);
         }
@@ -563,7 +665,11 @@ pub async fn visibility(
         summary,
         took_ms: millis_since(started),
     };
-    Ok(ok_json(&response, &spaces.join(",")))
+    Ok(ok_labelled(
+        &response,
+        &spaces.join(","),
+        fusion_label(&retrievals, &fusion),
+    ))
 }
 
 /// Embeds many queries for `space` in chunks of the inference batch size, so other requests'

@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub(crate) live: NodeSet,
     pub(crate) fields: FieldIndex,
     pub(crate) documents: usize,
+    /// The lexical space, when the generation has one.
+    pub(crate) lexical: Option<LexicalIndex>,
 }
 
 /// One filterable metadata field of a collection and its most frequent values.
@@ -128,6 +130,8 @@ pub struct CollectionStats {
     pub disk_bytes: u64,
     /// Bytes of sled's database alone.
     pub database_bytes: u64,
+    /// The lexical space's settings, when the collection has one.
+    pub lexical: Option<LexicalSettings>,
 }
 
 /// What an upsert did.
@@ -243,6 +247,10 @@ impl Collection {
         }
         let fields = db.load_fields()?;
         let applied = db.journal_seq()?;
+        let lexical = match &manifest.lexical {
+            Some(settings) => Some(open_lexical(&db, &dir, settings, applied)?),
+            None => None,
+        };
         let collection = Self {
             name: manifest.name.clone(),
             generation,
@@ -260,6 +268,7 @@ impl Collection {
                 live,
                 documents: live_nodes.len(),
                 fields,
+                lexical,
             }),
         };
         // Writes acknowledged since this generation last applied the journal (on another
@@ -380,6 +389,44 @@ impl Collection {
 
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
         let nodes = self.search_nodes(request)?;
+        self.hits(nodes)
+    }
+
+    /// The settings of the lexical space, if the generation has one.
+    pub fn lexical(&self) -> Option<LexicalSettings> {
+        let state = self.state.read().expect("collection lock");
+        state.lexical.as_ref().map(|l| l.settings().clone())
+    }
+
+    /// The `k` best live documents of the lexical space (BM25) that pass the filter.
+    pub fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
+        request.filter.validate()?;
+        if request.k == 0 {
+            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
+        }
+        let state = self.state.read().expect("collection lock");
+        let lexical = state
+            .lexical
+            .as_ref()
+            .ok_or_else(|| self.unknown_space(&state, crate::LEXICAL_SPACE))?;
+        let live = &state.live;
+        let nodes = if request.filter.is_empty() {
+            lexical.search(request.text, request.k, &|node| live.contains(node))?
+        } else {
+            let mut allowed = NodeSet::default();
+            for node in state.fields.matching(request.filter) {
+                if live.contains(node) {
+                    allowed.insert(node);
+                }
+            }
+            lexical.search(request.text, request.k, &|node| allowed.contains(node))?
+        };
+        drop(state);
+        self.hits(nodes)
+    }
+
+    /// Search hits of (node, score) pairs, in their order; nodes deleted meanwhile are skipped.
+    fn hits(&self, nodes: Vec<(u32, f32)>) -> Result<Vec<SearchHit>> {
         let mut hits = Vec::with_capacity(nodes.len());
         for (node, score) in nodes {
             if let Some(doc) = self.db.document(node)? {
@@ -649,11 +696,16 @@ impl Collection {
         Ok(count)
     }
 
-    /// Records journal position `seq` as applied and makes the generation durable.
+    /// Records journal position `seq` as applied and makes the generation durable; then
+    /// commits the lexical space at that position (derived data: rebuilt on open when a crash
+    /// comes between the two).
     fn applied(&self, state: &mut State, seq: u64) -> Result<()> {
         self.db.set_journal_seq(seq)?;
         self.db.flush()?;
         state.applied = seq;
+        if let Some(lexical) = &state.lexical {
+            lexical.commit(seq)?;
+        }
         Ok(())
     }
 
@@ -691,6 +743,14 @@ impl Collection {
         let outcomes = self.db.write(&filtered)?;
         let mut report = UpsertReport::default();
         for ((write, outcome), old) in filtered.iter().zip(outcomes).zip(old_metadata) {
+            if let Some(lexical) = &state.lexical {
+                let node = match outcome {
+                    WriteOutcome::Kept { node }
+                    | WriteOutcome::Added { node }
+                    | WriteOutcome::Replaced { node, .. } => node,
+                };
+                lexical.put(node, &StoredDocument::new(write.document, &write.hash))?;
+            }
             let new_node = match outcome {
                 WriteOutcome::Kept { node } => {
                     report.unchanged += 1;
@@ -730,6 +790,9 @@ impl Collection {
         let Some(node) = self.db.delete(id)? else {
             return Ok(false);
         };
+        if let Some(lexical) = &state.lexical {
+            lexical.remove(id)?;
+        }
         state.live.remove(node);
         state.documents = state.documents.saturating_sub(1);
         for space in state.spaces.values_mut() {
@@ -796,8 +859,35 @@ impl Collection {
                 .collect(),
             disk_bytes: dir_bytes(&self.dir)?,
             database_bytes: dir_bytes(&self.dir.join(keys::DATABASE_DIR))?,
+            lexical: state.lexical.as_ref().map(|l| l.settings().clone()),
         })
     }
+}
+
+/// The lexical index of a generation: the one on disk when it reflects journal position
+/// `applied`, else rebuilt from the stored documents (missing, unreadable, or behind after a
+/// crash between a write and its lexical commit).
+fn open_lexical(
+    db: &GenerationDb,
+    dir: &Path,
+    settings: &LexicalSettings,
+    applied: u64,
+) -> Result<LexicalIndex> {
+    let path = dir.join(keys::LEXICAL_DIR);
+    match LexicalIndex::open(&path, settings)? {
+        Some((index, Some(stamp))) if stamp == applied && index.settings() == settings => {
+            return Ok(index)
+        }
+        Some(_) => tracing::warn!(
+            "{}: not at journal position {applied}; rebuilding it from the stored documents",
+            path.display()
+        ),
+        None => tracing::warn!(
+            "{}: missing or unreadable; rebuilding it from the stored documents",
+            path.display()
+        ),
+    }
+    crate::build::build_lexical(db, dir, settings, &db.live_documents()?)
 }
 
 /// A validated upsert: the document, the hash of its embedded text, a unit vector per space.

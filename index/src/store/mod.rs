@@ -40,6 +40,8 @@ use crate::graph::{Graph, GraphPoint, HnswParams, DEAD_LABEL};
 use crate::identity::ModelIdentity;
 use crate::journal::{self, Journal, JournalOp, Replay, SpaceEmbedder};
 use crate::keys;
+use crate::lexical::{LexicalIndex, LexicalSettings};
+use crate::retrieval::LexicalRequest;
 
 mod collection;
 mod fields;
@@ -72,6 +74,9 @@ pub struct CollectionManifest {
     pub hnsw: HnswParams,
     /// Spaces of the current generation and their models.
     pub spaces: BTreeMap<String, ModelIdentity>,
+    /// The lexical space of the current generation, if it has one.
+    #[serde(default)]
+    pub lexical: Option<LexicalSettings>,
     /// Documents in the current generation when it was committed.
     pub documents: usize,
     /// When the current generation was committed (seconds since the Unix epoch).

@@ -1,0 +1,390 @@
+//! Spaces as requests name them: a dense space (`base`, `tuned`, ...), the lexical space
+//! (`lexical`) or a fusion of the lexical space with a dense one (`hybrid:tuned`); and the one
+//! function that answers any of them over a [`ServedCollection`], fusing where asked.
+//!
+//! **Fusion.** Each part retrieves its best `max(k, FUSION_DEPTH)` documents under the filter.
+//! Reciprocal rank fusion (`rrf`, the default) scores a document `Σ 1 / (k_rrf + rank)` over the
+//! parts it appears in (rank from 1; `k_rrf` default 60). Weighted fusion scales each part's
+//! scores to 0..1 over its candidates (min-max) and scores `weight · dense + (1 − weight) ·
+//! lexical` (a part a document is absent from gives 0; `weight` default 0.5). Ties go to the
+//! smaller id.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IndexError, Result};
+use crate::filter::Filter;
+use crate::identity::ModelIdentity;
+use crate::lexical::LEXICAL_SPACE;
+use crate::store::{SearchHit, SearchRequest};
+use crate::vector_store::ServedCollection;
+
+/// The prefix of a fused space's name: `hybrid:<dense space>`.
+pub const HYBRID_PREFIX: &str = "hybrid:";
+
+/// Candidates each part of a fusion contributes, at least (`k` when larger).
+pub const FUSION_DEPTH: usize = 100;
+
+/// A space as a request names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Retrieval {
+    /// A dense space of the collection.
+    Dense(String),
+    /// The collection's lexical (BM25) space.
+    Lexical,
+    /// The lexical space fused with the named dense space.
+    Hybrid(String),
+}
+
+impl Retrieval {
+    /// Reads a space name: `lexical`, `hybrid:<dense>`, or a dense space's name.
+    pub fn parse(name: &str) -> Self {
+        if name == LEXICAL_SPACE {
+            Self::Lexical
+        } else if let Some(dense) = name.strip_prefix(HYBRID_PREFIX) {
+            Self::Hybrid(dense.to_string())
+        } else {
+            Self::Dense(name.to_string())
+        }
+    }
+
+    /// The name, as [`Retrieval::parse`] reads it.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Dense(space) => space.clone(),
+            Self::Lexical => LEXICAL_SPACE.to_string(),
+            Self::Hybrid(space) => format!("{HYBRID_PREFIX}{space}"),
+        }
+    }
+
+    /// The dense space it searches, if any (whose model embeds the query).
+    pub fn dense_space(&self) -> Option<&str> {
+        match self {
+            Self::Dense(space) | Self::Hybrid(space) => Some(space),
+            Self::Lexical => None,
+        }
+    }
+
+    /// True when it searches the lexical space.
+    pub fn uses_lexical(&self) -> bool {
+        !matches!(self, Self::Dense(_))
+    }
+
+    /// The retrievals a collection with these dense spaces (and a lexical space or not) serves:
+    /// each dense space, then `lexical` and `hybrid:<each dense>`.
+    pub fn all(dense: impl IntoIterator<Item = String>, lexical: bool) -> Vec<Self> {
+        let dense: Vec<String> = dense.into_iter().collect();
+        let mut out: Vec<Self> = dense.iter().cloned().map(Self::Dense).collect();
+        if lexical {
+            out.push(Self::Lexical);
+            out.extend(dense.into_iter().map(Self::Hybrid));
+        }
+        out
+    }
+
+    /// Checks that `collection` serves it: the dense space exists, and the lexical space where
+    /// one is used. The error names what the collection has.
+    pub fn check(&self, collection: &dyn ServedCollection) -> Result<()> {
+        let spaces = collection.spaces();
+        let lexical = collection.lexical().is_some();
+        let unknown = |space: &str| IndexError::UnknownSpace {
+            collection: collection.name().to_string(),
+            space: space.to_string(),
+            available: Self::all(spaces.keys().cloned(), lexical)
+                .iter()
+                .map(Self::name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        if let Some(dense) = self.dense_space() {
+            if !spaces.contains_key(dense) {
+                return Err(unknown(&self.name()));
+            }
+        }
+        if self.uses_lexical() && !lexical {
+            return Err(unknown(&self.name()));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Retrieval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// How a hybrid space combines its parts (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    /// Reciprocal rank fusion.
+    #[default]
+    Rrf,
+    /// Min-max normalised scores, weighted.
+    Weighted,
+}
+
+impl FusionMethod {
+    /// The name (`rrf`, `weighted`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rrf => "rrf",
+            Self::Weighted => "weighted",
+        }
+    }
+}
+
+/// Fusion parameters of a hybrid space (see the module docs for the formulas).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fusion {
+    /// `rrf` (default) or `weighted`.
+    pub method: FusionMethod,
+    /// Rank constant of `rrf`, > 0. Default 60.
+    pub k: f32,
+    /// Share of the dense part in `weighted`, 0 to 1. Default 0.5.
+    pub weight: f32,
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Self {
+            method: FusionMethod::Rrf,
+            k: 60.0,
+            weight: 0.5,
+        }
+    }
+}
+
+impl Fusion {
+    /// Checks the ranges; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.k.is_finite() && self.k > 0.0) {
+            return Err(IndexError::InvalidSetting(format!(
+                "fusion.k must be a positive number, got {}",
+                self.k
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.weight) {
+            return Err(IndexError::InvalidSetting(format!(
+                "fusion.weight must be between 0 and 1, got {}",
+                self.weight
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A query vector of a dense space and the model that embedded it.
+#[derive(Debug, Clone, Copy)]
+pub struct DenseQuery<'a> {
+    /// The vector.
+    pub vector: &'a [f32],
+    /// The model that embedded it (the space's).
+    pub model: &'a ModelIdentity,
+}
+
+/// A search in any kind of space.
+#[derive(Debug, Clone)]
+pub struct RetrievalRequest<'a> {
+    /// What to search.
+    pub retrieval: &'a Retrieval,
+    /// The query text (the lexical part searches it).
+    pub text: &'a str,
+    /// The query embedded by the dense space's model; needed when `retrieval` has a dense part.
+    pub dense: Option<DenseQuery<'a>>,
+    /// Results wanted.
+    pub k: usize,
+    /// HNSW candidate list size of the dense part.
+    pub ef: Option<usize>,
+    /// Metadata filter (both parts).
+    pub filter: &'a Filter,
+    /// How a hybrid space fuses.
+    pub fusion: &'a Fusion,
+}
+
+/// A search of the lexical space.
+#[derive(Debug, Clone)]
+pub struct LexicalRequest<'a> {
+    /// The query text.
+    pub text: &'a str,
+    /// Results wanted.
+    pub k: usize,
+    /// Metadata filter.
+    pub filter: &'a Filter,
+}
+
+/// The `k` best documents of `request`'s space, best first. Scores: cosine similarity (dense),
+/// BM25 (lexical), the fused score (hybrid).
+pub fn retrieve(
+    collection: &dyn ServedCollection,
+    request: &RetrievalRequest<'_>,
+) -> Result<Vec<SearchHit>> {
+    request.retrieval.check(collection)?;
+    let depth = match request.retrieval {
+        Retrieval::Hybrid(_) => request.k.max(FUSION_DEPTH),
+        _ => request.k,
+    };
+    let dense = match request.retrieval.dense_space() {
+        Some(space) => {
+            let query = request.dense.ok_or_else(|| {
+                IndexError::InvalidSetting(format!(
+                    "searching {} needs the query embedded by its model",
+                    request.retrieval
+                ))
+            })?;
+            Some(collection.search(&SearchRequest {
+                space,
+                vector: query.vector,
+                model: query.model,
+                k: depth,
+                ef: request.ef,
+                filter: request.filter,
+            })?)
+        }
+        None => None,
+    };
+    let lexical = if request.retrieval.uses_lexical() {
+        Some(collection.lexical_search(&LexicalRequest {
+            text: request.text,
+            k: depth,
+            filter: request.filter,
+        })?)
+    } else {
+        None
+    };
+    Ok(match (dense, lexical) {
+        (Some(dense), Some(lexical)) => {
+            request.fusion.validate()?;
+            fuse(&dense, &lexical, request.fusion, request.k)
+        }
+        (Some(hits), None) | (None, Some(hits)) => hits,
+        (None, None) => unreachable!("every retrieval has a part"),
+    })
+}
+
+/// The fusion of a dense and a lexical ranking (see the module docs), `k` best.
+pub fn fuse(
+    dense: &[SearchHit],
+    lexical: &[SearchHit],
+    fusion: &Fusion,
+    k: usize,
+) -> Vec<SearchHit> {
+    let mut scores: HashMap<&str, (f32, &SearchHit)> = HashMap::new();
+    let parts = [(dense, fusion.weight), (lexical, 1.0 - fusion.weight)];
+    for (hits, weight) in parts {
+        let (low, high) = hits
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), hit| {
+                (l.min(hit.score), h.max(hit.score))
+            });
+        for (rank, hit) in hits.iter().enumerate() {
+            let part = match fusion.method {
+                FusionMethod::Rrf => 1.0 / (fusion.k + rank as f32 + 1.0),
+                FusionMethod::Weighted if high > low => weight * (hit.score - low) / (high - low),
+                FusionMethod::Weighted => weight,
+            };
+            scores.entry(&hit.id).or_insert((0.0, hit)).0 += part;
+        }
+    }
+    let mut fused: Vec<(f32, &SearchHit)> = scores.into_values().collect();
+    fused.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    fused
+        .into_iter()
+        .take(k)
+        .map(|(score, hit)| SearchHit {
+            score,
+            ..hit.clone()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(ids: &[(&str, f32)]) -> Vec<SearchHit> {
+        ids.iter()
+            .map(|(id, score)| SearchHit {
+                id: id.to_string(),
+                score: *score,
+                title: String::new(),
+                metadata: Default::default(),
+            })
+            .collect()
+    }
+
+    fn ids(hits: &[SearchHit]) -> Vec<&str> {
+        hits.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for name in ["tuned", "lexical", "hybrid:tuned", "hybrid:base"] {
+            assert_eq!(Retrieval::parse(name).name(), name);
+        }
+        assert_eq!(Retrieval::parse("hybrid:x").dense_space(), Some("x"));
+        assert!(!Retrieval::parse("base").uses_lexical());
+        let all: Vec<String> = Retrieval::all(["base".into(), "tuned".into()], true)
+            .iter()
+            .map(Retrieval::name)
+            .collect();
+        assert_eq!(
+            all,
+            ["base", "tuned", "lexical", "hybrid:base", "hybrid:tuned"]
+        );
+    }
+
+    #[test]
+    fn rrf_adds_reciprocal_ranks() {
+        let dense = hits(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
+        let lexical = hits(&[("c", 12.0), ("d", 9.0), ("a", 3.0)]);
+        let fused = fuse(&dense, &lexical, &Fusion::default(), 10);
+        // a: 1/61 + 1/63, c: 1/63 + 1/61 (tie, id order), b: 1/62, d: 1/62.
+        assert_eq!(ids(&fused), ["a", "c", "b", "d"]);
+        let expected = 1.0 / 61.0 + 1.0 / 63.0;
+        assert!((fused[0].score - expected).abs() < 1e-7);
+        assert_eq!(fuse(&dense, &lexical, &Fusion::default(), 2).len(), 2);
+    }
+
+    #[test]
+    fn weighted_fusion_normalises_each_part() {
+        let dense = hits(&[("a", 0.9), ("b", 0.5)]);
+        let lexical = hits(&[("b", 20.0), ("c", 10.0)]);
+        let lexical_heavy = Fusion {
+            method: FusionMethod::Weighted,
+            weight: 0.2,
+            ..Fusion::default()
+        };
+        let fused = fuse(&dense, &lexical, &lexical_heavy, 10);
+        // a: 0.2·1, b: 0.2·0 + 0.8·1, c: 0.8·0.
+        assert_eq!(ids(&fused), ["b", "a", "c"]);
+        assert!((fused[0].score - 0.8).abs() < 1e-6);
+        let dense_only = Fusion {
+            weight: 1.0,
+            ..lexical_heavy
+        };
+        assert_eq!(ids(&fuse(&dense, &lexical, &dense_only, 1)), ["a"]);
+    }
+
+    #[test]
+    fn fusion_settings_are_checked() {
+        assert!(Fusion::default().validate().is_ok());
+        let bad = Fusion {
+            weight: 1.5,
+            ..Fusion::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("fusion.weight"));
+        let bad = Fusion {
+            k: 0.0,
+            ..Fusion::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("fusion.k"));
+    }
+}
