@@ -54,6 +54,10 @@ $general
 [index]
 store = "store"
 collection = "demo"
+
+[index.build]
+# The lexical space also indexes what shoppers type: brand, model number, SKU.
+lexical_fields = ["brand", "model", "sku"]
 TOML
 
 # A server from an earlier run holds the store open; stop it before the pipeline touches it.

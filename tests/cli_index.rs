@@ -604,3 +604,66 @@ fn sigkill_at_random_moments_never_loses_the_served_generation() {
         "most kills must land mid-build: {outcomes:?}"
     );
 }
+
+/// The demo store's identifier queries (a product's model number or SKU, kept in metadata and
+/// indexed lexically) find that product at rank 1 in `lexical` and in `hybrid:base` (rrf, the
+/// default fusion); the vector space is measured beside them (`attune eval --collection`).
+#[test]
+fn identifier_queries_find_their_product_first_in_lexical_and_hybrid_spaces() {
+    let f = Fixture::new();
+    let data = f.arg("demo");
+    let out = attune(&[
+        "demo-data",
+        "--out",
+        &data,
+        "--products",
+        "120",
+        "--queries",
+        "60",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let build = f.build_args("demo", &["--lexical-fields", "brand,model,sku"]);
+    let out = attune(&build.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    let queries = f.path("demo").join("queries-identifiers.jsonl");
+    {
+        let fusion = "rrf";
+        let out = attune(&[
+            "eval",
+            "--store",
+            &f.arg("store"),
+            "--collection",
+            "shop",
+            "--data",
+            &data,
+            "--split",
+            "identifiers",
+            "--queries",
+            queries.to_str().unwrap(),
+            "--spaces",
+            "lexical,hybrid:base,base",
+            "--k",
+            "1",
+            "--fusion",
+            fusion,
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let evaluation = &answer["evaluations"][0];
+        assert_eq!(evaluation["evaluated_queries"], 100, "{answer}");
+        let found = |i: usize| {
+            evaluation["spaces"][i]["metrics"]["recall@1"]
+                .as_f64()
+                .unwrap()
+        };
+        assert_eq!(found(0), 1.0, "lexical, {fusion}: {answer}");
+        assert_eq!(found(1), 1.0, "hybrid:base, {fusion}: {answer}");
+        assert!(
+            found(2) < 0.5,
+            "the vector space cannot read identifiers: {answer}"
+        );
+    }
+}

@@ -106,6 +106,27 @@ fn trained() -> &'static Trained {
         let markdown = std::fs::read_to_string(work.join("report/pipeline.md")).unwrap();
         assert!(markdown.contains("## Training recipe"), "{markdown}");
         assert!(markdown.contains("never its negatives"), "{markdown}");
+        // The test split searched in the served collection, lexical and hybrid spaces too.
+        let search = &report["collection_search"];
+        let spaces: Vec<&str> = search["spaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[0].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            spaces,
+            ["base", "tuned", "lexical", "hybrid:base", "hybrid:tuned"],
+            "{search}"
+        );
+        assert!(
+            search["spaces"][2][1]["ndcg@10"].as_f64().unwrap() > 0.1,
+            "{search}"
+        );
+        assert!(
+            markdown.contains("## Searched in the served collection"),
+            "{markdown}"
+        );
         Trained {
             _dir: dir,
             data,

@@ -344,6 +344,9 @@ fn verify(base: &str, key: &str, ledger: &Ledger) -> (usize, usize, usize) {
         let url = format!("{base}/v1/collections/shop/documents/{id}");
         let (status, body) = send(&agent, "GET", &url, key, None).expect("the server answers");
         assert_eq!(status, 200, "acknowledged upsert {id} is missing: {body}");
+        // The lexical space has it too (its title holds the id's tokens).
+        let hits = lexical_ids(&agent, base, key, id);
+        assert_eq!(hits.first(), Some(id), "lexical space lacks {id}: {hits:?}");
         found += 1;
     }
     let mut absent = 0;
@@ -351,6 +354,8 @@ fn verify(base: &str, key: &str, ledger: &Ledger) -> (usize, usize, usize) {
         let url = format!("{base}/v1/collections/shop/documents/{id}");
         let (status, _) = send(&agent, "GET", &url, key, None).expect("the server answers");
         assert_eq!(status, 404, "acknowledged delete of {id} came back");
+        let hits = lexical_ids(&agent, base, key, id);
+        assert!(!hits.contains(id), "lexical space still finds deleted {id}");
         absent += 1;
     }
     let url = format!("{base}/v1/collections/shop/ab-report");
@@ -374,6 +379,20 @@ fn verify(base: &str, key: &str, ledger: &Ledger) -> (usize, usize, usize) {
         ledger.feedback_sent
     );
     (found, absent, events)
+}
+
+/// Ids of the lexical space's top 5 for `query`.
+fn lexical_ids(agent: &ureq::Agent, base: &str, key: &str, query: &str) -> Vec<String> {
+    let url = format!("{base}/v1/collections/shop/search");
+    let body = json!({"query": query, "space": "lexical", "k": 5});
+    let (status, answer) = send(agent, "POST", &url, key, Some(&body)).expect("the server answers");
+    assert_eq!(status, 200, "{answer}");
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn corpus(path: &Path) {

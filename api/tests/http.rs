@@ -1195,6 +1195,7 @@ async fn the_page_facets_and_published_reports_are_served(backend: Backend) {
         promoted: true,
         serving_generation: Some(1),
         index: None,
+        collection_search: None,
         verdict: "promoted".into(),
         stages: Vec::new(),
         finished_unix: 0,

@@ -15,6 +15,8 @@
 //!   with the gate, returning the typed report; the alpha sweep;
 //! - [`pipeline`]: the stages from data to a promoted model, their resumable markers and the
 //!   typed report (`pipeline.json`) that the server serves and the page reads;
+//! - [`collection_eval`]: judged queries evaluated by searching a built collection, in its
+//!   vector, lexical and hybrid spaces (`attune eval --collection`, the pipeline report);
 //! - [`relevance`]: rank moves between spaces, a document's visibility across queries, judged
 //!   queries evaluated over a served collection (the server's compare, visibility and evaluate).
 //!
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod check_job;
+pub mod collection_eval;
 pub mod embedder;
 pub mod eval_job;
 pub mod index_job;
@@ -38,6 +41,7 @@ pub mod relevance;
 pub mod train_job;
 
 pub use check_job::{run_check, CheckInputs, CheckOutcome};
+pub use collection_eval::{evaluate_collection, CollectionEvalError, CollectionEvalInputs};
 pub use embedder::{model_identity, EmbedderError, ModelEmbedder};
 pub use eval_job::{
     evaluate_models, sweep_alphas, DataInput, EvalEvent, EvalJobError, EvaluationInputs,

@@ -417,12 +417,19 @@ impl LexicalIndex {
                 .search(&query, &TopDocs::with_limit(limit))
                 .map_err(|e| tantivy_error("a lexical search", e))?;
             let mut hits = Vec::with_capacity(k);
+            // The node column of each segment, opened once per search.
+            let mut columns = vec![None; searcher.segment_readers().len()];
             for (score, address) in &top {
-                let column = searcher
-                    .segment_reader(address.segment_ord)
-                    .fast_fields()
-                    .u64("node")
-                    .map_err(|e| tantivy_error("the node column", e))?;
+                let slot = &mut columns[address.segment_ord as usize];
+                if slot.is_none() {
+                    let column = searcher
+                        .segment_reader(address.segment_ord)
+                        .fast_fields()
+                        .u64("node")
+                        .map_err(|e| tantivy_error("the node column", e))?;
+                    *slot = Some(column);
+                }
+                let column = slot.as_ref().expect("opened above");
                 if let Some(node) = column.first(address.doc_id) {
                     let node = node as u32;
                     if accept(node) {

@@ -2,14 +2,17 @@
 //! (`lexical`) or a fusion of the lexical space with a dense one (`hybrid:tuned`); and the one
 //! function that answers any of them over a [`ServedCollection`], fusing where asked.
 //!
-//! **Fusion.** Each part retrieves its best `max(k, FUSION_DEPTH)` documents under the filter.
+//! **Fusion.** Each part retrieves its best `max(k, FUSION_DEPTH)` documents under the filter;
+//! the dense part then scores the lexical candidates it did not retrieve from their stored
+//! vectors, so it ranks the whole union (at most twice the depth).
 //! Reciprocal rank fusion (`rrf`, the default) scores a document `Σ 1 / (k_rrf + rank)` over the
 //! parts it appears in (rank from 1; `k_rrf` default 60). Weighted fusion scales each part's
-//! scores to 0..1 over its candidates (min-max) and scores `weight · dense + (1 − weight) ·
+//! scores to 0..1 over its candidates (dense: min-max; lexical: BM25 over the best BM25, a
+//! non-match being 0) and scores `weight · dense + (1 − weight) ·
 //! lexical` (a part a document is absent from gives 0; `weight` default 0.5). Ties go to the
 //! smaller id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -218,106 +221,148 @@ pub struct LexicalRequest<'a> {
 
 /// The `k` best documents of `request`'s space, best first. Scores: cosine similarity (dense),
 /// BM25 (lexical), the fused score (hybrid).
-pub fn retrieve(
+pub fn retrieve<'a>(
     collection: &dyn ServedCollection,
-    request: &RetrievalRequest<'_>,
+    request: &RetrievalRequest<'a>,
 ) -> Result<Vec<SearchHit>> {
     request.retrieval.check(collection)?;
-    let depth = match request.retrieval {
-        Retrieval::Hybrid(_) => request.k.max(FUSION_DEPTH),
-        _ => request.k,
-    };
-    let dense = match request.retrieval.dense_space() {
-        Some(space) => {
-            let query = request.dense.ok_or_else(|| {
+    let dense_query = match request.retrieval.dense_space() {
+        Some(space) => Some((
+            space,
+            request.dense.ok_or_else(|| {
                 IndexError::InvalidSetting(format!(
                     "searching {} needs the query embedded by its model",
                     request.retrieval
                 ))
-            })?;
-            Some(collection.search(&SearchRequest {
-                space,
-                vector: query.vector,
-                model: query.model,
-                k: depth,
-                ef: request.ef,
-                filter: request.filter,
-            })?)
-        }
+            })?,
+        )),
         None => None,
     };
-    let lexical = if request.retrieval.uses_lexical() {
-        Some(collection.lexical_search(&LexicalRequest {
-            text: request.text,
-            k: depth,
-            filter: request.filter,
-        })?)
-    } else {
-        None
+    let dense_request = |space, query: DenseQuery<'a>, k| SearchRequest {
+        space,
+        vector: query.vector,
+        model: query.model,
+        k,
+        ef: request.ef,
+        filter: request.filter,
     };
-    Ok(match (dense, lexical) {
-        (Some(dense), Some(lexical)) => {
-            request.fusion.validate()?;
-            fuse(&dense, &lexical, request.fusion, request.k)
+    let lexical_request = |k| LexicalRequest {
+        text: request.text,
+        k,
+        filter: request.filter,
+    };
+    match (request.retrieval, dense_query) {
+        (Retrieval::Dense(_), Some((space, query))) => {
+            collection.search(&dense_request(space, query, request.k))
         }
-        (Some(hits), None) | (None, Some(hits)) => hits,
-        (None, None) => unreachable!("every retrieval has a part"),
-    })
+        (Retrieval::Lexical, _) => collection.lexical_search(&lexical_request(request.k)),
+        (Retrieval::Hybrid(_), Some((space, query))) => {
+            request.fusion.validate()?;
+            let depth = request.k.max(FUSION_DEPTH);
+            let dense = collection.search_ids(&dense_request(space, query, depth))?;
+            let lexical = collection.lexical_search_ids(&lexical_request(depth))?;
+            let dense = with_lexical_candidates(collection, space, query, dense, &lexical)?;
+            let fused = fuse(&dense, &lexical, request.fusion, request.k);
+            let mut hits = Vec::with_capacity(fused.len());
+            for (id, score) in fused {
+                // A document deleted since it was ranked is left out.
+                if let Some(document) = collection.document(&id)? {
+                    hits.push(SearchHit {
+                        id,
+                        score,
+                        title: document.title,
+                        metadata: document.metadata,
+                    });
+                }
+            }
+            Ok(hits)
+        }
+        (_, None) => unreachable!("a dense part has its query (checked above)"),
+    }
+}
+
+/// (id, score) pairs, best first.
+pub type Ranking = Vec<(String, f32)>;
+
+/// The dense ranking extended to every lexical candidate it lacks, scored exactly from the
+/// candidate's stored vector, best first: so the dense part ranks the whole candidate union,
+/// and a document only the lexical part found (an identifier the model cannot read) is not
+/// outranked by one only the dense part found.
+fn with_lexical_candidates(
+    collection: &dyn ServedCollection,
+    space: &str,
+    query: DenseQuery<'_>,
+    mut dense: Ranking,
+    lexical: &[(String, f32)],
+) -> Result<Ranking> {
+    let mut unit = query.vector.to_vec();
+    if !crate::distance::normalize(&mut unit) {
+        return Err(IndexError::InvalidVector {
+            what: "the query vector".into(),
+        });
+    }
+    let known: HashSet<&str> = dense.iter().map(|(id, _)| id.as_str()).collect();
+    let missing: Vec<&str> = lexical
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .filter(|id| !known.contains(id))
+        .collect();
+    let scored = collection.score_ids(space, &unit, &missing)?;
+    dense.extend(scored);
+    dense.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(dense)
 }
 
 /// The fusion of a dense and a lexical ranking (see the module docs), `k` best.
 pub fn fuse(
-    dense: &[SearchHit],
-    lexical: &[SearchHit],
+    dense: &[(String, f32)],
+    lexical: &[(String, f32)],
     fusion: &Fusion,
     k: usize,
-) -> Vec<SearchHit> {
-    let mut scores: HashMap<&str, (f32, &SearchHit)> = HashMap::new();
-    let parts = [(dense, fusion.weight), (lexical, 1.0 - fusion.weight)];
-    for (hits, weight) in parts {
-        let (low, high) = hits
+) -> Ranking {
+    let mut scores: HashMap<&str, f32> = HashMap::new();
+    // BM25 is 0 for a document that does not match: the lexical scale starts there.
+    let parts = [
+        (dense, fusion.weight, None),
+        (lexical, 1.0 - fusion.weight, Some(0.0)),
+    ];
+    for (ranking, weight, floor) in parts {
+        let (low, high) = ranking
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), hit| {
-                (l.min(hit.score), h.max(hit.score))
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), (_, score)| {
+                (l.min(*score), h.max(*score))
             });
-        for (rank, hit) in hits.iter().enumerate() {
+        let low = floor.unwrap_or(low);
+        for (rank, (id, score)) in ranking.iter().enumerate() {
             let part = match fusion.method {
                 FusionMethod::Rrf => 1.0 / (fusion.k + rank as f32 + 1.0),
-                FusionMethod::Weighted if high > low => weight * (hit.score - low) / (high - low),
+                FusionMethod::Weighted if high > low => weight * (score - low) / (high - low),
                 FusionMethod::Weighted => weight,
             };
-            scores.entry(&hit.id).or_insert((0.0, hit)).0 += part;
+            *scores.entry(id).or_insert(0.0) += part;
         }
     }
-    let mut fused: Vec<(f32, &SearchHit)> = scores.into_values().collect();
-    fused.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-    fused
+    let mut fused: Ranking = scores
         .into_iter()
-        .take(k)
-        .map(|(score, hit)| SearchHit {
-            score,
-            ..hit.clone()
-        })
-        .collect()
+        .map(|(id, s)| (id.to_string(), s))
+        .collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    fused.truncate(k);
+    fused
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hits(ids: &[(&str, f32)]) -> Vec<SearchHit> {
+    fn hits(ids: &[(&str, f32)]) -> Ranking {
         ids.iter()
-            .map(|(id, score)| SearchHit {
-                id: id.to_string(),
-                score: *score,
-                title: String::new(),
-                metadata: Default::default(),
-            })
+            .map(|(id, score)| (id.to_string(), *score))
             .collect()
     }
 
-    fn ids(hits: &[SearchHit]) -> Vec<&str> {
-        hits.iter().map(|h| h.id.as_str()).collect()
+    fn ids(ranking: &[(String, f32)]) -> Vec<&str> {
+        ranking.iter().map(|(id, _)| id.as_str()).collect()
     }
 
     #[test]
@@ -345,7 +390,7 @@ mod tests {
         // a: 1/61 + 1/63, c: 1/63 + 1/61 (tie, id order), b: 1/62, d: 1/62.
         assert_eq!(ids(&fused), ["a", "c", "b", "d"]);
         let expected = 1.0 / 61.0 + 1.0 / 63.0;
-        assert!((fused[0].score - expected).abs() < 1e-7);
+        assert!((fused[0].1 - expected).abs() < 1e-7);
         assert_eq!(fuse(&dense, &lexical, &Fusion::default(), 2).len(), 2);
     }
 
@@ -359,9 +404,13 @@ mod tests {
             ..Fusion::default()
         };
         let fused = fuse(&dense, &lexical, &lexical_heavy, 10);
-        // a: 0.2·1, b: 0.2·0 + 0.8·1, c: 0.8·0.
-        assert_eq!(ids(&fused), ["b", "a", "c"]);
-        assert!((fused[0].score - 0.8).abs() < 1e-6);
+        // a: 0.2·1, b: 0.2·0 + 0.8·1, c: 0.8·(10/20).
+        assert_eq!(ids(&fused), ["b", "c", "a"]);
+        assert!((fused[0].1 - 0.8).abs() < 1e-6);
+        assert!((fused[1].1 - 0.4).abs() < 1e-6);
+        // One lexical match alone gets the whole lexical share.
+        let only = fuse(&dense, &hits(&[("c", 3.0)]), &lexical_heavy, 10);
+        assert_eq!(ids(&only), ["c", "a", "b"]);
         let dense_only = Fusion {
             weight: 1.0,
             ..lexical_heavy

@@ -92,6 +92,35 @@ pub trait ServedCollection: Send + Sync + std::fmt::Debug {
     /// The `k` best documents of the lexical space (BM25) that pass the filter, best first;
     /// [`crate::IndexError::UnknownSpace`] when the collection has no lexical space.
     fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>>;
+    /// [`ServedCollection::search`] as (id, score) pairs, without reading the documents (what
+    /// fusion ranks before it reads the `k` it keeps).
+    fn search_ids(&self, request: &SearchRequest<'_>) -> Result<Vec<(String, f32)>> {
+        Ok(self
+            .search(request)?
+            .into_iter()
+            .map(|hit| (hit.id, hit.score))
+            .collect())
+    }
+    /// [`ServedCollection::lexical_search`] as (id, score) pairs, without reading the
+    /// documents.
+    fn lexical_search_ids(&self, request: &LexicalRequest<'_>) -> Result<Vec<(String, f32)>> {
+        Ok(self
+            .lexical_search(request)?
+            .into_iter()
+            .map(|hit| (hit.id, hit.score))
+            .collect())
+    }
+    /// The cosine similarity of `query` (unit length) with each live document of `ids` in
+    /// `space`, as (id, score); ids not live are left out.
+    fn score_ids(&self, space: &str, query: &[f32], ids: &[&str]) -> Result<Vec<(String, f32)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(vector) = self.vector(space, id)? {
+                out.push((id.to_string(), crate::distance::dot(query, &vector)));
+            }
+        }
+        Ok(out)
+    }
     /// The filterable metadata fields and their most frequent values (at most `max_values`
     /// each).
     fn facets(&self, max_values: usize) -> Vec<Facet>;
@@ -269,6 +298,17 @@ impl ServedCollection for Collection {
     }
     fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
         Collection::lexical_search(self, request)
+    }
+    fn score_ids(&self, space: &str, query: &[f32], ids: &[&str]) -> Result<Vec<(String, f32)>> {
+        Collection::score_ids(self, space, query, ids)
+    }
+    fn search_ids(&self, request: &SearchRequest<'_>) -> Result<Vec<(String, f32)>> {
+        let nodes = Collection::search_nodes(self, request)?;
+        Collection::ids_of(self, nodes)
+    }
+    fn lexical_search_ids(&self, request: &LexicalRequest<'_>) -> Result<Vec<(String, f32)>> {
+        let nodes = Collection::lexical_search_nodes(self, request)?;
+        Collection::ids_of(self, nodes)
     }
     fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
         Collection::search(self, request)

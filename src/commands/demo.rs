@@ -8,6 +8,12 @@
 //! relevant (2) when it has every property asked for, and partly relevant (1) when it misses
 //! exactly one of two or more. Train and test queries ask for different combinations; the train
 //! split lists only fully relevant products, at most [`TRAIN_POSITIVES_PER_QUERY`] per query.
+//!
+//! Each product also has a model number (`UR4821`: brand letters and digits) and an 8-digit
+//! SKU in its metadata, unique in the store, and not in its title or text (the embedded text
+//! is the same as before they existed). Identifier queries (a model number or SKU as a shopper
+//! types it) are in `queries-identifiers.jsonl`, judged in `qrels/identifiers.tsv`, apart from
+//! the shopper queries, so the figures of those stay comparable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -20,6 +26,10 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+/// Identifier queries written to `queries-identifiers.jsonl` (one product's model number or
+/// SKU each, judged in `qrels/identifiers.tsv`).
+pub const IDENTIFIER_QUERIES: usize = 100;
 
 /// Fully relevant products written to the train split per query (the rest stay unlisted, not
 /// negative).
@@ -83,6 +93,8 @@ pub struct DemoSummary {
     pub train_pairs: usize,
     /// Rows of qrels/test.tsv.
     pub test_judgments: usize,
+    /// Queries in queries-identifiers.jsonl (one judged product each).
+    pub identifier_queries: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -355,6 +367,10 @@ struct Product {
     features: Vec<&'static str>,
     sizes: Vec<Value>,
     price: u32,
+    /// Model number, unique in the store (`UR4821`).
+    model: String,
+    /// Stock-keeping unit, 8 digits, unique in the store.
+    sku: String,
 }
 
 impl Product {
@@ -433,6 +449,8 @@ impl Product {
             "sizes": self.sizes,
             "price": self.price,
             "returns": RETURNS[self.returns].0,
+            "model": self.model,
+            "sku": self.sku,
         })
     }
 }
@@ -502,6 +520,8 @@ fn random_product(rng: &mut StdRng, index: usize) -> Product {
         features,
         sizes,
         price,
+        model: String::new(),
+        sku: String::new(),
     }
 }
 
@@ -611,9 +631,13 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
         settings.test_share
     );
     let mut rng = StdRng::seed_from_u64(settings.seed);
-    let products: Vec<Product> = (0..settings.products)
+    let mut products: Vec<Product> = (0..settings.products)
         .map(|i| random_product(&mut rng, i))
         .collect();
+    // Identifiers from a generator of their own: the products and queries drawn from `rng`
+    // are those of stores written before identifiers existed.
+    let mut id_rng = StdRng::seed_from_u64(settings.seed ^ 0x1D5);
+    assign_identifiers(&mut id_rng, &mut products);
 
     // Every combination of one or two properties per category, plus sampled triples, kept when
     // one to twelve products answer it fully.
@@ -723,7 +747,56 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
     }
     write_file(&out.join("qrels/train.tsv"), &train)?;
     write_file(&out.join("qrels/test.tsv"), &test)?;
+    summary.identifier_queries = write_identifier_queries(out, &mut id_rng, &products)?;
     Ok(summary)
+}
+
+/// Gives every product a model number and a SKU, each unique in the store.
+fn assign_identifiers(rng: &mut StdRng, products: &mut [Product]) {
+    let mut taken = BTreeSet::new();
+    for product in products {
+        let letters: String = product
+            .brand
+            .chars()
+            .take(2)
+            .collect::<String>()
+            .to_uppercase();
+        product.model = loop {
+            let model = format!("{letters}{}", rng.random_range(1000..10_000));
+            if taken.insert(model.clone()) {
+                break model;
+            }
+        };
+        product.sku = loop {
+            let sku = rng.random_range(10_000_000..100_000_000u32).to_string();
+            if taken.insert(sku.clone()) {
+                break sku;
+            }
+        };
+    }
+}
+
+/// Writes `queries-identifiers.jsonl` and `qrels/identifiers.tsv`: for products drawn at
+/// random, a query that is its model number (as written or lowercased) or its SKU, judged
+/// relevant (2) for that product only. Returns the number of queries.
+fn write_identifier_queries(out: &Path, rng: &mut StdRng, products: &[Product]) -> Result<usize> {
+    let count = IDENTIFIER_QUERIES.min(products.len());
+    let chosen: Vec<&Product> = products.choose_multiple(rng, count).collect();
+    let (mut queries, mut qrels) = (String::new(), "query-id\tcorpus-id\tscore\n".to_string());
+    for (i, product) in chosen.iter().enumerate() {
+        let text = match rng.random_range(0..3) {
+            0 => product.model.clone(),
+            1 => product.model.to_lowercase(),
+            _ => product.sku.clone(),
+        };
+        let id = format!("id{:03}", i + 1);
+        queries.push_str(&json!({"_id": id, "text": text}).to_string());
+        queries.push('\n');
+        qrels.push_str(&format!("{id}\t{}\t2\n", product.id));
+    }
+    write_file(&out.join("queries-identifiers.jsonl"), &queries)?;
+    write_file(&out.join("qrels/identifiers.tsv"), &qrels)?;
+    Ok(count)
 }
 
 fn write_file(path: &Path, body: &str) -> Result<()> {
@@ -765,6 +838,8 @@ mod tests {
             "queries.jsonl",
             "qrels/train.tsv",
             "qrels/test.tsv",
+            "queries-identifiers.jsonl",
+            "qrels/identifiers.tsv",
         ] {
             assert_eq!(
                 fs::read(a.path().join(file)).unwrap(),
@@ -773,6 +848,7 @@ mod tests {
             );
         }
         assert_eq!(summary.products, 400);
+        assert_eq!(summary.identifier_queries, IDENTIFIER_QUERIES);
         assert_eq!(summary.train_queries + summary.test_queries, 600);
         assert!(
             summary.train_queries > 360 && summary.test_queries > 120,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use attune_app::eval_job::dataset_name;
+use attune_app::{evaluate_collection, CollectionEvalInputs};
 use attune_app::{
     evaluate_models, sweep_alphas, DataInput, EvalEvent, EvalJobError, EvaluationInputs,
     EvaluationSettings, ModelInput,
@@ -16,6 +17,7 @@ use attune_eval::evaluator::Timings;
 use attune_eval::gate::GateSettings;
 use attune_eval::report::{DatasetResult, ModelResult, Report};
 use attune_eval::{evaluate, Definitions};
+use attune_index::{Fusion, FusionMethod, Retrieval, Store};
 use attune_model::{DeviceRequest, EncoderSettings, ModelDir};
 use clap::{Args, ValueEnum};
 
@@ -45,7 +47,7 @@ impl From<DefinitionsArg> for Definitions {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The model to evaluate (the candidate, e.g. a tuned model directory).
-    #[arg(long, value_name = "DIR", required_unless_present = "run")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["run", "collection"])]
     pub model: Option<PathBuf>,
     /// BEIR directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv. Documents are embedded
     /// as `title + " " + text`.
@@ -127,6 +129,38 @@ pub struct EvalArgs {
     /// With --sweep-alphas: write the picked merged model here.
     #[arg(long, value_name = "DIR", requires = "sweep_alphas")]
     pub sweep_out: Option<PathBuf>,
+    /// Evaluate by searching this built collection (of --store) instead of embedding the
+    /// corpus: its vector spaces as served (HNSW), `lexical` (BM25) and `hybrid:<space>`.
+    /// Queries from --queries (default DATA/queries.jsonl), judgments from DATA/qrels/SPLIT.tsv;
+    /// one evaluation per cutoff of -k (each at that depth).
+    #[arg(long, requires_all = ["store", "data"], conflicts_with_all = ["model", "baseline", "run"])]
+    pub collection: Option<String>,
+    /// Store directory of --collection.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// With --collection: spaces, baseline first (default: every space it serves).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "SPACE,...",
+        requires = "collection"
+    )]
+    pub spaces: Vec<String>,
+    /// With --collection: the queries file (default DATA/queries.jsonl).
+    #[arg(long, value_name = "FILE", requires = "collection")]
+    pub queries: Option<PathBuf>,
+    /// With --collection: how hybrid spaces fuse (rrf or weighted).
+    #[arg(long, default_value = "rrf", value_parser = super::index::parse_fusion_method)]
+    pub fusion: FusionMethod,
+    /// With --collection: print JSON instead of a table.
+    #[arg(long, requires = "collection")]
+    pub json: bool,
+    /// With --collection: rank constant of rrf.
+    #[arg(long, default_value_t = Fusion::default().k, value_name = "K")]
+    pub fusion_k: f32,
+    /// With --collection: share of the vector space in weighted fusion (0 to 1).
+    #[arg(long, default_value_t = Fusion::default().weight, value_name = "W")]
+    pub fusion_weight: f32,
 }
 
 impl EvalArgs {
@@ -316,6 +350,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(run_path) = &args.run {
         return run_file(&args, run_path);
     }
+    if let Some(collection) = &args.collection {
+        return eval_collection(&args, collection);
+    }
     let (Some(model_path), Some(data_path)) = (&args.model, &args.data) else {
         bail!("--model and --data are required (or --run with --qrels)");
     };
@@ -409,6 +446,100 @@ fn sweep(args: &EvalArgs, inputs: &EvaluationInputs) -> Result<()> {
         let tuned = ModelDir::open(&inputs.candidate.path)?;
         ModelDir::interpolate(&base, &tuned, best.alpha, dest, &[])?;
         println!("merged model: {}", dest.display());
+    }
+    Ok(())
+}
+
+/// `attune eval --collection`: judged queries searched in a built collection, per space and
+/// cutoff; prints a markdown table (or JSON) and writes `collection-metrics.json` to --out.
+fn eval_collection(args: &EvalArgs, name: &str) -> Result<()> {
+    let (Some(store), Some(data)) = (&args.store, &args.data) else {
+        bail!("--collection needs --store and --data");
+    };
+    let fusion = Fusion {
+        method: args.fusion,
+        k: args.fusion_k,
+        weight: args.fusion_weight,
+    };
+    fusion.validate()?;
+    let store = Store::open(store)?;
+    let collection = store.open_collection(name)?;
+    let spaces: Vec<Retrieval> = if args.spaces.is_empty() {
+        Retrieval::all(
+            collection.spaces().into_keys(),
+            collection.lexical().is_some(),
+        )
+    } else {
+        args.spaces.iter().map(|s| Retrieval::parse(s)).collect()
+    };
+    let mut inputs = CollectionEvalInputs {
+        queries: args
+            .queries
+            .clone()
+            .unwrap_or_else(|| data.join("queries.jsonl")),
+        qrels: data.join("qrels").join(format!("{}.tsv", args.split)),
+        spaces,
+        fusion,
+        k: 10,
+        device: args.device.open()?,
+    };
+    let mut evaluations = Vec::new();
+    for &k in &args.k {
+        inputs.k = k;
+        evaluations.push(evaluate_collection(&collection, &inputs)?);
+    }
+    let body = serde_json::json!({
+        "collection": name,
+        "generation": collection.generation(),
+        "store": store.root(),
+        "searched": "the built collection: vector spaces through their HNSW graphs, lexical by \
+                     BM25 (tantivy), hybrid fused",
+        "fusion": fusion,
+        "evaluations": evaluations,
+    });
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(
+            out.join("collection-metrics.json"),
+            serde_json::to_vec_pretty(&body)?,
+        )?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&body)?);
+        return Ok(());
+    }
+    println!(
+        "Searched in collection {name:?} (generation {}) of {}: vector spaces through their \
+         HNSW graphs, lexical by BM25, hybrid fused by {} ({} judged queries).\n",
+        collection.generation(),
+        store.root().display(),
+        fusion.method.name(),
+        evaluations.first().map_or(0, |e| e.evaluated_queries)
+    );
+    let mut header = vec!["space".to_string()];
+    for evaluation in &evaluations {
+        for metric in evaluation
+            .spaces
+            .first()
+            .into_iter()
+            .flat_map(|s| s.metrics.keys())
+        {
+            header.push(metric.clone());
+        }
+    }
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for (i, space) in inputs.spaces.iter().enumerate() {
+        let mut row = vec![space.name()];
+        for evaluation in &evaluations {
+            row.extend(
+                evaluation.spaces[i]
+                    .metrics
+                    .values()
+                    .map(|v| format!("{v:.4}")),
+            );
+        }
+        println!("| {} |", row.join(" | "));
     }
     Ok(())
 }

@@ -437,7 +437,7 @@ fn drop_collection(args: DropArgs) -> Result<()> {
 }
 
 /// Reads `rrf` or `weighted`.
-fn parse_fusion_method(text: &str) -> Result<FusionMethod, String> {
+pub(crate) fn parse_fusion_method(text: &str) -> Result<FusionMethod, String> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
         .map_err(|_| format!("{text:?}: use rrf or weighted"))
 }

@@ -63,6 +63,9 @@ impl PipelineObserver for Printer {
     fn mine_warning(&mut self, warning: &str) {
         eprintln!("attune: warning: {warning}");
     }
+    fn report_warning(&mut self, warning: &str) {
+        eprintln!("attune: warning: {warning}");
+    }
     fn mining(&mut self, done: usize, total: usize) {
         let (bar, _) = self.mining.get_or_insert_with(|| {
             (

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use attune_eval::report::Report;
-use attune_index::{BuildEvent, BuildReport, IndexError, VectorStore};
+use attune_index::{BuildEvent, BuildReport, Fusion, IndexError, Retrieval, VectorStore};
 use attune_trainer::check::CheckSettings;
 use attune_trainer::train::{Event, LeakagePolicy, Recipe, TrainSummary};
 use attune_trainer::TrainError;
@@ -32,12 +32,13 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{DataConfig, GateConfig, IndexConfig, PipelineConfig, Stage};
 pub use report::{
-    ComparisonSummary, DatasetSummary, EvalSummary, GateCheckSummary, GateSummary, IndexSummary,
-    PipelineReport, StageTiming,
+    CollectionSearch, ComparisonSummary, DatasetSummary, EvalSummary, GateCheckSummary,
+    GateSummary, IndexSummary, PipelineReport, StageTiming,
 };
 pub use work::{Marker, Work};
 
 use crate::check_job::{run_check, CheckInputs, CheckOutcome};
+use crate::collection_eval::{evaluate_collection, CollectionEvalInputs};
 use crate::eval_job::{
     evaluate_models, DataInput, EvalEvent, EvalJobError, EvaluationInputs, EvaluationSettings,
     ModelInput,
@@ -106,6 +107,8 @@ pub trait PipelineObserver {
     fn checked(&mut self, data: &Path, outcome: &CheckOutcome) {}
     /// A warning about the data mined.
     fn mine_warning(&mut self, warning: &str) {}
+    /// The report could not search the served collection (a running server holds it).
+    fn report_warning(&mut self, warning: &str) {}
     /// Texts embedded so far of `total` while mining.
     fn mining(&mut self, done: usize, total: usize) {}
     /// Mining finished.
@@ -575,11 +578,71 @@ impl Run<'_> {
             promoted: gate_failure.is_none() && self.index.is_some(),
             serving_generation: serving,
             index: self.index.clone(),
+            collection_search: self.collection_search(serving)?,
             verdict,
             stages: self.timings.clone(),
             finished_unix: work::now_unix(),
         };
         Ok(report)
+    }
+
+    /// The test split searched in the served generation's vector, lexical and hybrid spaces;
+    /// `None` when nothing is served, the collection has no lexical space, or a running server
+    /// holds it (its `/evaluate` endpoint measures the same).
+    fn collection_search(
+        &mut self,
+        serving: Option<u64>,
+    ) -> Result<Option<CollectionSearch>, PipelineError> {
+        let config = self.config;
+        if serving.is_none() {
+            return Ok(None);
+        }
+        let failed =
+            |e: crate::collection_eval::CollectionEvalError| PipelineError::stage(Stage::Report, e);
+        let collection = match self.store()?.open_collection(&config.index.collection) {
+            Ok(collection) => collection,
+            // A running server holds the served generation: its `/evaluate` measures it.
+            Err(e @ IndexError::InUse { .. }) => {
+                let warning = format!("the report does not search the served collection: {e}");
+                self.observer.report_warning(&warning);
+                return Ok(None);
+            }
+            Err(e) => return Err(PipelineError::stage(Stage::Report, e)),
+        };
+        if collection.lexical().is_none() {
+            return Ok(None);
+        }
+        let (base, tuned) = (&config.index.base_space, &config.index.tuned_space);
+        let spaces = vec![
+            Retrieval::Dense(base.clone()),
+            Retrieval::Dense(tuned.clone()),
+            Retrieval::Lexical,
+            Retrieval::Hybrid(base.clone()),
+            Retrieval::Hybrid(tuned.clone()),
+        ];
+        let inputs = CollectionEvalInputs {
+            queries: config.data.path.join("queries.jsonl"),
+            qrels: config
+                .data
+                .path
+                .join("qrels")
+                .join(format!("{}.tsv", config.data.test_split)),
+            spaces,
+            fusion: Fusion::default(),
+            k: 10,
+            device: self.device(Stage::Report)?,
+        };
+        let evaluation = evaluate_collection(collection.as_ref(), &inputs).map_err(failed)?;
+        Ok(Some(CollectionSearch {
+            generation: collection.generation(),
+            queries: evaluation.evaluated_queries,
+            fusion: inputs.fusion.method.name().into(),
+            spaces: evaluation
+                .spaces
+                .into_iter()
+                .map(|s| (s.space, s.metrics))
+                .collect(),
+        }))
     }
 
     /// Writes `report` to the work directory and publishes it with the evaluation's files as

@@ -221,10 +221,28 @@ pub struct PipelineReport {
     pub index: Option<IndexSummary>,
     /// One sentence: promoted or not, and what serves.
     pub verdict: String,
+    /// The test split searched in the served collection, in its vector, lexical and hybrid
+    /// spaces (absent when nothing is served or it has no lexical space).
+    #[serde(default)]
+    pub collection_search: Option<CollectionSearch>,
     /// Each stage's time.
     pub stages: Vec<StageTiming>,
     /// When the report was written (seconds since the Unix epoch).
     pub finished_unix: u64,
+}
+
+/// The domain set's judged queries searched in the served collection (see
+/// [`crate::collection_eval`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionSearch {
+    /// The generation searched.
+    pub generation: u64,
+    /// Queries evaluated.
+    pub queries: usize,
+    /// How hybrid spaces fused (`rrf`, `weighted`).
+    pub fusion: String,
+    /// Per space (`base`, `tuned`, `lexical`, `hybrid:base`, `hybrid:tuned`): metric → mean.
+    pub spaces: Vec<(String, BTreeMap<String, f64>)>,
 }
 
 const HEADLINE: [&str; 5] = ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"];
@@ -255,6 +273,26 @@ impl PipelineReport {
                 md.push_str(&format!(
                     "\nnDCG@10 delta {:+.4} (95% CI {:+.4}…{:+.4}, p = {:.4}; wins/ties/losses {}/{}/{})\n",
                     c.mean_delta, c.ci95[0], c.ci95[1], c.p_value, c.wins, c.ties, c.losses
+                ));
+            }
+            md.push('\n');
+        }
+        if let Some(search) = &self.collection_search {
+            md.push_str(&format!(
+                "## Searched in the served collection (generation {}, {} queries)\n\n\
+                 Lexical and hybrid spaces can only be measured by searching the built \
+                 collection: vector spaces through their HNSW graphs, `lexical` by BM25, \
+                 `hybrid:<space>` fused by {} (the tables above embed the corpus and search it \
+                 exactly).\n\n| space | nDCG@10 | recall@10 |\n|---|---|---|\n",
+                search.generation, search.queries, search.fusion
+            ));
+            for (space, metrics) in &search.spaces {
+                let value =
+                    |name: &str| metrics.get(name).map_or("–".into(), |v| format!("{v:.4}"));
+                md.push_str(&format!(
+                    "| {space} | {} | {} |\n",
+                    value("ndcg@10"),
+                    value("recall@10")
                 ));
             }
             md.push('\n');

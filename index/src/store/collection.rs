@@ -400,6 +400,15 @@ impl Collection {
 
     /// The `k` best live documents of the lexical space (BM25) that pass the filter.
     pub fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
+        let nodes = self.lexical_search_nodes(request)?;
+        self.hits(nodes)
+    }
+
+    /// [`Collection::lexical_search`] returning node numbers and scores only.
+    pub(crate) fn lexical_search_nodes(
+        &self,
+        request: &LexicalRequest<'_>,
+    ) -> Result<Vec<(u32, f32)>> {
         request.filter.validate()?;
         if request.k == 0 {
             return Err(IndexError::InvalidSetting("k must be at least 1".into()));
@@ -410,19 +419,56 @@ impl Collection {
             .as_ref()
             .ok_or_else(|| self.unknown_space(&state, crate::LEXICAL_SPACE))?;
         let live = &state.live;
-        let nodes = if request.filter.is_empty() {
-            lexical.search(request.text, request.k, &|node| live.contains(node))?
-        } else {
-            let mut allowed = NodeSet::default();
-            for node in state.fields.matching(request.filter) {
-                if live.contains(node) {
-                    allowed.insert(node);
-                }
+        if request.filter.is_empty() {
+            return lexical.search(request.text, request.k, &|node| live.contains(node));
+        }
+        let mut allowed = NodeSet::default();
+        for node in state.fields.matching(request.filter) {
+            if live.contains(node) {
+                allowed.insert(node);
             }
-            lexical.search(request.text, request.k, &|node| allowed.contains(node))?
-        };
-        drop(state);
-        self.hits(nodes)
+        }
+        lexical.search(request.text, request.k, &|node| allowed.contains(node))
+    }
+
+    /// The cosine of `query` (unit length) with each live document of `ids` in `space`, from
+    /// the vectors held in memory (graph and delta).
+    pub fn score_ids(
+        &self,
+        space: &str,
+        query: &[f32],
+        ids: &[&str],
+    ) -> Result<Vec<(String, f32)>> {
+        let nodes: Vec<(&str, Option<u32>)> = ids
+            .iter()
+            .map(|id| Ok((*id, self.db.node_of(id)?)))
+            .collect::<Result<_>>()?;
+        let state = self.state.read().expect("collection lock");
+        let index = state
+            .spaces
+            .get(space)
+            .ok_or_else(|| self.unknown_space(&state, space))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, node) in nodes {
+            let Some(node) = node.filter(|&n| state.live.contains(n)) else {
+                continue;
+            };
+            if let Some(vector) = index.vector_of(node) {
+                out.push((id.to_string(), dot(query, vector)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// (id, score) of (node, score) pairs, in their order; nodes deleted meanwhile are skipped.
+    pub(crate) fn ids_of(&self, nodes: Vec<(u32, f32)>) -> Result<Vec<(String, f32)>> {
+        let mut out = Vec::with_capacity(nodes.len());
+        for (node, score) in nodes {
+            if let Some(id) = self.db.id_of(node)? {
+                out.push((id, score));
+            }
+        }
+        Ok(out)
     }
 
     /// Search hits of (node, score) pairs, in their order; nodes deleted meanwhile are skipped.

@@ -208,6 +208,27 @@ impl GenerationDb {
         }
     }
 
+    /// The id of the document at `node`, read without decoding the rest of the record.
+    pub(crate) fn id_of(&self, node: u32) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        match self
+            .documents
+            .get(node_key(node))
+            .map_err(|e| self.err(e))?
+        {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice::<IdOnly>(&bytes)
+                .map(|record| Some(record.id))
+                .map_err(|e| IndexError::CorruptRecord {
+                    what: format!("document at node {node}"),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
     /// The stored vector of `node` in `space` and the content hash it was embedded from.
     pub(crate) fn vector(&self, space: &str, node: u32) -> Result<Option<([u8; 16], Vec<f32>)>> {
         let tree = self.vectors(space)?;
