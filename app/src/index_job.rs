@@ -48,8 +48,8 @@ pub struct IndexSettings {
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub dimension: Option<usize>,
     /// Build the collection's lexical space (BM25 over title, text and --lexical-fields, for
-    /// the `lexical` and `hybrid:<space>` spaces). Default true; `--no-lexical` builds none.
-    #[cfg_attr(feature = "cli", arg(long = "no-lexical", action = clap::ArgAction::SetFalse))]
+    /// the `lexical` and `hybrid:<space>` spaces). Default true; `--lexical false` builds none.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set))]
     pub lexical: bool,
     /// Top-level metadata fields the lexical space indexes beside title and text (brand, model
     /// number, SKU...), comma-separated. Default none.
@@ -62,12 +62,11 @@ pub struct IndexSettings {
     /// english.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().lexical_stemmer, value_name = "LANGUAGE"))]
     pub lexical_stemmer: String,
-    /// Lowercase tokens in the lexical space. Default true; `--no-lexical-lowercase` keeps case.
-    #[cfg_attr(feature = "cli", arg(long = "no-lexical-lowercase", action = clap::ArgAction::SetFalse))]
+    /// Lowercase tokens in the lexical space. Default true.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set))]
     pub lexical_lowercase: bool,
-    /// Fold accents to ASCII in the lexical space. Default true; `--no-lexical-ascii-folding`
-    /// keeps them.
-    #[cfg_attr(feature = "cli", arg(long = "no-lexical-ascii-folding", action = clap::ArgAction::SetFalse))]
+    /// Fold accents to ASCII in the lexical space. Default true.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set))]
     pub lexical_ascii_folding: bool,
 }
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use attune_index::{
     build_collection, BuildMode, BuildReport, BuildSettings, BuildSource, CompactionPolicy, Corpus,
-    Document, Filter, IndexError, ModelIdentity, SearchHit, SearchRequest, SpaceSpec, Store,
-    UpsertDocument,
+    Document, Filter, IndexError, LexicalRequest, ModelIdentity, SearchHit, SearchRequest,
+    SpaceSpec, Store, UpsertDocument,
 };
 use serde_json::json;
 
@@ -655,4 +655,102 @@ fn facets_count_live_documents_per_metadata_value() {
         .unwrap()
         .count;
     assert_eq!(counted, before - 1);
+}
+
+/// Copies directory `from` to `to` (files only, one level of subdirectories deep is enough for
+/// a tantivy index, which is flat).
+fn copy_flat(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The lexical space is derived from the stored documents: after writes, it answers like the
+/// dense space; one that is missing, or behind the journal (a crash between a write's commit and
+/// its lexical commit, simulated by restoring an older copy), is rebuilt when the collection
+/// opens; and a filter applies to it as to the dense spaces.
+#[test]
+fn the_lexical_space_follows_writes_and_is_rebuilt_when_missing_or_behind() {
+    let s = setup(300);
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    build(&s, &mut base, &mut tuned, &BuildSettings::default()).unwrap();
+    let dir = s.store.root().join("collections/shop/gen-000001");
+    let lexical_dir = dir.join("lexical.tantivy");
+    let older = s._tmp.path().join("lexical-before-writes");
+    copy_flat(&lexical_dir, &older);
+    let lexical = |collection: &attune_index::store::Collection, text: &str, filter: &Filter| {
+        collection
+            .lexical_search(&LexicalRequest {
+                text,
+                k: 400,
+                filter,
+            })
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect::<Vec<_>>()
+    };
+    let models: BTreeMap<String, ModelIdentity> = [
+        ("base".into(), identity("base")),
+        ("tuned".into(), identity("tuned")),
+    ]
+    .into();
+    let upsert = UpsertDocument {
+        document: Document {
+            id: "fresh".into(),
+            title: "zebra sandal".into(),
+            text: "a striped sandal".into(),
+            metadata: json!({"category": "footwear"}).as_object().unwrap().clone(),
+        },
+        vectors: [
+            ("base".into(), word_vector("zebra sandal", 1)),
+            ("tuned".into(), word_vector("zebra sandal", 2)),
+        ]
+        .into(),
+    };
+    {
+        let collection = s.store.open_collection("shop").unwrap();
+        collection.upsert(&[upsert], &models).unwrap();
+        for id in ["p1", "p2", "p3"] {
+            assert!(collection.delete(id).unwrap());
+        }
+        assert_eq!(lexical(&collection, "zebra", &Filter::default()), ["fresh"]);
+        // Every live document holds "made of": both kinds of space return the same set.
+        let mut lexical_ids = lexical(&collection, "made of", &Filter::default());
+        lexical_ids.push("fresh".into());
+        lexical_ids.sort();
+        let mut dense_ids: Vec<String> = collection.ids().unwrap();
+        dense_ids.sort();
+        assert_eq!(lexical_ids, dense_ids);
+        let footwear = Filter::parse_clauses(&["category=footwear"]).unwrap();
+        let filtered = lexical(&collection, "made of", &footwear);
+        assert!(!filtered.is_empty() && filtered.len() < dense_ids.len() - 1);
+        for id in &filtered {
+            let doc = collection.document(id).unwrap().unwrap();
+            assert_eq!(doc.metadata["category"], "footwear", "{id}");
+        }
+    }
+    for damage in ["behind", "missing"] {
+        fs::remove_dir_all(&lexical_dir).unwrap();
+        if damage == "behind" {
+            copy_flat(&older, &lexical_dir);
+        }
+        let collection = s.store.open_collection("shop").unwrap();
+        assert_eq!(
+            lexical(&collection, "zebra", &Filter::default()),
+            ["fresh"],
+            "{damage}"
+        );
+        assert!(
+            lexical(&collection, "model2", &Filter::default()).is_empty(),
+            "{damage}"
+        );
+        assert_eq!(
+            lexical(&collection, "model7", &Filter::default())[0],
+            "p7",
+            "{damage}"
+        );
+    }
 }

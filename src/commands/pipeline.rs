@@ -237,6 +237,9 @@ mod tests {
             Value::Number(_) => json!(0.25),
             Value::Null if field.ends_with("_model") => json!("guide-model"),
             Value::Null => json!(24),
+            Value::Array(items) if items.is_empty() && field.ends_with("_fields") => {
+                json!(["brand", "sku"])
+            }
             Value::Array(items) if items.is_empty() => json!([16, 8]),
             // String settings: another value of the same kind.
             Value::String(s) => json!(match s.as_str() {
@@ -244,6 +247,7 @@ mod tests {
                 "merge" => "replace".to_string(),
                 "auto" => "f32".to_string(),
                 "uniform" => "linear".to_string(),
+                "english" => "german".to_string(),
                 s if s.starts_with("Represent") => "search the catalog".to_string(),
                 s if s.contains(':') => "3:17".to_string(),
                 s if s.contains(',') => s.split(',').take(2).collect::<Vec<_>>().join(","),
@@ -279,7 +283,10 @@ mod tests {
                 // A setting that defaults to true takes its value (`--flag false`).
                 argv.push("false".into());
             } else if let Some(items) = value.as_array() {
-                let items: Vec<String> = items.iter().map(Value::to_string).collect();
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|item| item.as_str().map_or(item.to_string(), str::to_string))
+                    .collect();
                 argv.push(items.join(","));
             } else if !value.is_boolean() {
                 argv.push(
