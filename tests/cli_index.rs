@@ -277,7 +277,7 @@ fn bad_input_and_other_models_are_refused_with_clear_messages() {
     );
     let out = search(&["--collection", "shop", "--space", "tuned"]);
     assert!(
-        text(&out).contains("has no space \"tuned\" (spaces: base)"),
+        text(&out).contains("has no space \"tuned\" (spaces: base, lexical, hybrid:base)"),
         "{}",
         text(&out)
     );

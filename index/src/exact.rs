@@ -504,10 +504,7 @@ impl ServedCollection for ExactCollection {
     }
 
     fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
-        request.filter.validate()?;
-        if request.k == 0 {
-            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
-        }
+        crate::vector_store::check_search(request.filter, request.k)?;
         self.check_model(request.space, request.model)?;
         let identity = self.space(request.space)?;
         if request.vector.len() != identity.dim {
@@ -551,10 +548,7 @@ impl ServedCollection for ExactCollection {
     }
 
     fn lexical_search(&self, request: &LexicalRequest<'_>) -> Result<Vec<SearchHit>> {
-        request.filter.validate()?;
-        if request.k == 0 {
-            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
-        }
+        crate::vector_store::check_search(request.filter, request.k)?;
         let Some(settings) = &self.lexical else {
             return Err(IndexError::UnknownSpace {
                 collection: self.name.clone(),

@@ -165,6 +165,18 @@ pub trait AbEventLog: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> Result<()>;
 }
 
+/// Checks a search's filter and `k` (at least 1). Every implementation checks searches of
+/// every kind of space with it.
+pub fn check_search(filter: &crate::filter::Filter, k: usize) -> Result<()> {
+    filter.validate()?;
+    if k == 0 {
+        return Err(crate::IndexError::InvalidSetting(
+            "k must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `vector` normalised to unit length as a vector of a space bound to `identity`; a vector of
 /// another dimension, or one that is zero or not finite, is refused naming `what` (e.g.
 /// `vector of document "p7" in space "tuned"`). Every implementation checks vectors with it.

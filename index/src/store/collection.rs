@@ -409,10 +409,7 @@ impl Collection {
         &self,
         request: &LexicalRequest<'_>,
     ) -> Result<Vec<(u32, f32)>> {
-        request.filter.validate()?;
-        if request.k == 0 {
-            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
-        }
+        crate::vector_store::check_search(request.filter, request.k)?;
         let state = self.state.read().expect("collection lock");
         let lexical = state
             .lexical
@@ -489,10 +486,7 @@ impl Collection {
 
     /// [`Collection::search`] returning node numbers and scores only.
     pub(crate) fn search_nodes(&self, request: &SearchRequest<'_>) -> Result<Vec<(u32, f32)>> {
-        request.filter.validate()?;
-        if request.k == 0 {
-            return Err(IndexError::InvalidSetting("k must be at least 1".into()));
-        }
+        crate::vector_store::check_search(request.filter, request.k)?;
         let state = self.state.read().expect("collection lock");
         let space = state
             .spaces
