@@ -349,7 +349,6 @@ impl Collection {
         Ok(self.db.live()?.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Top-k documents of a space for a query vector, best first.
     /// The filterable metadata fields of the live documents: per field, its values with how
     /// many documents have each, most frequent first (ties by value), at most `max_values` per
     /// field. Fields are sorted by name. Array fields count each element.
@@ -387,6 +386,7 @@ impl Collection {
             .collect()
     }
 
+    /// Top-k documents of a space for a query vector, best first.
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<SearchHit>> {
         let nodes = self.search_nodes(request)?;
         self.hits(nodes)
