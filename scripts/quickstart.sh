@@ -85,6 +85,7 @@ attune is serving the demo store (base and tuned side by side):
   API description  $url/openapi.json
   metrics          $url/metrics
   try the API      curl -s $url/v1/collections/demo/compare -H 'content-type: application/json' -d '{"query": "vegan sneakers with free returns", "k": 5}'
+  a model number   curl -s $url/v1/collections/demo/search -H 'content-type: application/json' -d '{"query": "UR3669", "space": "hybrid:tuned", "k": 3}'
 pipeline report: out/$DEMO_NAME/work/report/pipeline.md; tuned model: out/$DEMO_NAME/work/tuned
 stop the server: kill \$(cat out/$DEMO_NAME/serve.pid)
 EOT
