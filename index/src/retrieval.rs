@@ -220,12 +220,13 @@ pub struct LexicalRequest<'a> {
 }
 
 /// The `k` best documents of `request`'s space, best first. Scores: cosine similarity (dense),
-/// BM25 (lexical), the fused score (hybrid).
+/// BM25 (lexical), the fused score (hybrid). A space the collection lacks is the error of the
+/// part that lacks it; [`Retrieval::check`] names everything the collection serves, for
+/// callers that check a request once before searching.
 pub fn retrieve<'a>(
     collection: &dyn ServedCollection,
     request: &RetrievalRequest<'a>,
 ) -> Result<Vec<SearchHit>> {
-    request.retrieval.check(collection)?;
     let dense_query = match request.retrieval.dense_space() {
         Some(space) => Some((
             space,
