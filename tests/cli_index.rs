@@ -182,6 +182,10 @@ fn build_search_stats_rebuild_and_drop() {
         "{stats}"
     );
     assert!(stats.contains("bytes per document"), "{stats}");
+    assert!(
+        stats.contains("lexical: BM25 over title, text; stemmer english"),
+        "{stats}"
+    );
 
     // Unchanged: nothing embedded. Ten texts changed: exactly ten embedded.
     let report = f.build("corpus.jsonl", &[]);

@@ -415,6 +415,21 @@ fn stats(args: StatsArgs) -> Result<()> {
                             space.delta
                         );
                     }
+                    match &s.lexical {
+                        Some(lexical) => println!(
+                            "  lexical: BM25 over title, text{}; stemmer {}, lowercase {}, \
+                             ascii folding {}",
+                            lexical
+                                .fields
+                                .iter()
+                                .map(|f| format!(", {f}"))
+                                .collect::<String>(),
+                            lexical.stemmer,
+                            lexical.lowercase,
+                            lexical.ascii_folding
+                        ),
+                        None => println!("  lexical: none (built without one; a build adds it)"),
+                    }
                 }
             }
         }
