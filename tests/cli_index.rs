@@ -610,8 +610,8 @@ fn sigkill_at_random_moments_never_loses_the_served_generation() {
 }
 
 /// The demo store's identifier queries (a product's model number or SKU, kept in metadata and
-/// indexed lexically) find that product at rank 1 in `lexical` and in `hybrid:base` (rrf, the
-/// default fusion); the vector space is measured beside them (`attune eval --collection`).
+/// indexed lexically) find that product at rank 1 in `lexical` and in `hybrid:base` under
+/// either fusion; the vector space is measured beside them (`attune eval --collection`).
 #[test]
 fn identifier_queries_find_their_product_first_in_lexical_and_hybrid_spaces() {
     let f = Fixture::new();
@@ -630,8 +630,7 @@ fn identifier_queries_find_their_product_first_in_lexical_and_hybrid_spaces() {
     let out = attune(&build.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out));
     let queries = f.path("demo").join("queries-identifiers.jsonl");
-    {
-        let fusion = "rrf";
+    for fusion in ["rrf", "weighted"] {
         let out = attune(&[
             "eval",
             "--store",

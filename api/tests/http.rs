@@ -1377,16 +1377,24 @@ fn result_ids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Reciprocal rank fusion of two ranked id lists (k = 60, ties by id), the `k` best.
+/// Reciprocal rank fusion of two ranked id lists (k = 60; ties to the id both lists hold,
+/// then by id), the `k` best.
 fn rrf(a: &[String], b: &[String], k: usize) -> Vec<String> {
-    let mut scores: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut scores: std::collections::BTreeMap<&str, (f32, u8)> = Default::default();
     for list in [a, b] {
         for (rank, id) in list.iter().enumerate() {
-            *scores.entry(id).or_default() += 1.0 / (60.0 + rank as f64 + 1.0);
+            let entry = scores.entry(id).or_default();
+            entry.0 += 1.0 / (60.0 + rank as f32 + 1.0);
+            entry.1 += 1;
         }
     }
-    let mut fused: Vec<(&str, f64)> = scores.into_iter().collect();
-    fused.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(y.0)));
+    let mut fused: Vec<(&str, (f32, u8))> = scores.into_iter().collect();
+    fused.sort_by(|x, y| {
+        (y.1 .0)
+            .total_cmp(&x.1 .0)
+            .then(y.1 .1.cmp(&x.1 .1))
+            .then(x.0.cmp(y.0))
+    });
     fused
         .into_iter()
         .take(k)

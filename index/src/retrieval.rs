@@ -10,6 +10,8 @@
 //! scores to 0..1 over its candidates (dense: min-max; lexical: BM25 over the best BM25, a
 //! non-match being 0) and scores `weight · dense + (1 − weight) ·
 //! lexical` (a part a document is absent from gives 0; `weight` default 0.5). Ties go to the
+//! document both parts found (their agreement is evidence: under weighted fusion a lexical-only
+//! match such as an identifier otherwise ties with the vector space's favourite), then to the
 //! smaller id.
 
 use std::collections::{HashMap, HashSet};
@@ -321,7 +323,8 @@ pub fn fuse(
     fusion: &Fusion,
     k: usize,
 ) -> Ranking {
-    let mut scores: HashMap<&str, f32> = HashMap::new();
+    // Fused score and the number of parts that found the document.
+    let mut scores: HashMap<&str, (f32, u8)> = HashMap::new();
     // BM25 is 0 for a document that does not match: the lexical scale starts there.
     let parts = [
         (dense, fusion.weight, None),
@@ -340,16 +343,20 @@ pub fn fuse(
                 FusionMethod::Weighted if high > low => weight * (score - low) / (high - low),
                 FusionMethod::Weighted => weight,
             };
-            *scores.entry(id).or_insert(0.0) += part;
+            let entry = scores.entry(id).or_insert((0.0, 0));
+            entry.0 += part;
+            entry.1 += 1;
         }
     }
-    let mut fused: Ranking = scores
-        .into_iter()
-        .map(|(id, s)| (id.to_string(), s))
-        .collect();
-    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    fused.truncate(k);
+    let mut fused: Vec<(&str, (f32, u8))> = scores.into_iter().collect();
+    fused.sort_by(|(a, (sa, pa)), (b, (sb, pb))| {
+        sb.total_cmp(sa).then(pb.cmp(pa)).then_with(|| a.cmp(b))
+    });
     fused
+        .into_iter()
+        .take(k)
+        .map(|(id, (score, _))| (id.to_string(), score))
+        .collect()
 }
 
 #[cfg(test)]
@@ -409,6 +416,15 @@ mod tests {
         assert_eq!(ids(&fused), ["b", "c", "a"]);
         assert!((fused[0].1 - 0.8).abs() < 1e-6);
         assert!((fused[1].1 - 0.4).abs() < 1e-6);
+        // A tie goes to the document both parts found (b: 0.5·0 + 0.5·1; a: 0.5·1).
+        let even = Fusion {
+            weight: 0.5,
+            ..lexical_heavy
+        };
+        let dense_pair = hits(&[("a", 0.9), ("b", 0.1)]);
+        let tied = fuse(&dense_pair, &hits(&[("b", 5.0)]), &even, 2);
+        assert_eq!(ids(&tied), ["b", "a"]);
+        assert_eq!(tied[0].1, tied[1].1);
         // One lexical match alone gets the whole lexical share.
         let only = fuse(&dense, &hits(&[("c", 3.0)]), &lexical_heavy, 10);
         assert_eq!(ids(&only), ["c", "a", "b"]);
