@@ -182,8 +182,13 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_weights() {
         let latest = std::fs::read_dir(&checkpoints).ok().and_then(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter(|e| e.path().join("state.json").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
+                // A complete checkpoint: renamed into place (the hidden staging directory
+                // holds state.json a moment before its rename).
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .filter(|(name, path)| {
+                    name.starts_with("step-") && path.join("state.json").exists()
+                })
+                .map(|(name, _)| name)
                 .max()
         });
         if let Some(latest) = latest {
