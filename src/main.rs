@@ -37,6 +37,9 @@ enum Command {
     /// Interpolate a tuned model's weights with its base (alpha 1: tuned, 0: base) to trade
     /// domain gain for general capability.
     Merge(Box<commands::merge::MergeArgs>),
+    /// Learn from shoppers: export training pairs from the feedback log; simulate shoppers.
+    #[command(subcommand)]
+    Feedback(commands::feedback::FeedbackCommand),
     /// Inspect training data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(*args),
         Command::Train(args) => commands::train::run(*args),
         Command::Data(command) => commands::data::run(command),
+        Command::Feedback(command) => commands::feedback::run(command),
         Command::Mine(args) => commands::mine::run(*args),
         Command::Merge(args) => commands::merge::run(*args),
         Command::Index(command) => commands::index::run(command),

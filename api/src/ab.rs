@@ -130,6 +130,10 @@ pub struct AbReport {
     pub variants: Vec<VariantReport>,
     /// Treatment minus control; absent until both have requests.
     pub difference: Option<Difference>,
+    /// A/B requests whose results had an adjacent pair swapped to estimate position bias
+    /// (`[feedback] explore_share`): left out of the figures above, which compare the variants'
+    /// own rankings.
+    pub explored_requests: usize,
 }
 
 /// Wilson score interval of `successes` out of `trials`.
@@ -207,7 +211,13 @@ pub fn report(
             .push(record);
     }
     let mut variants: BTreeMap<&str, Outcomes> = BTreeMap::new();
-    for request in served {
+    let mut explored_requests = 0;
+    // Searches logged only for feedback are no A/B traffic.
+    for request in served.iter().filter(|r| r.ab) {
+        if request.swapped.is_some() {
+            explored_requests += 1;
+            continue;
+        }
         let outcomes = variants.entry(request.variant.as_str()).or_default();
         let events = by_request
             .get(request.request_id.as_str())
@@ -284,6 +294,7 @@ pub fn report(
         treatment_share: settings.treatment_share,
         variants: reports,
         difference,
+        explored_requests,
     }
 }
 
@@ -379,6 +390,20 @@ mod tests {
             rank,
             unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn explored_and_feedback_only_requests_stay_out_of_the_variants() {
+        let mut explored = served("2", "tuned");
+        explored.swapped = Some(1);
+        let mut logged_only = served("3", "tuned");
+        logged_only.ab = false;
+        let served = vec![served("1", "tuned"), explored, logged_only];
+        let feedback = vec![event("2", "b", "click", 1), event("3", "a", "click", 1)];
+        let report = report(&AbSettings::default(), &served, &feedback);
+        assert_eq!(report.explored_requests, 1);
+        let tuned = &report.variants[1];
+        assert_eq!((tuned.requests, tuned.clicks), (1, 0));
     }
 
     #[test]

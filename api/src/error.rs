@@ -177,6 +177,22 @@ impl From<attune_app::relevance::RelevanceError> for ApiError {
     }
 }
 
+impl From<attune_app::feedback::FeedbackError> for ApiError {
+    fn from(err: attune_app::feedback::FeedbackError) -> Self {
+        use attune_app::feedback::FeedbackError as E;
+        match err {
+            E::Store { source, .. } => (*source).into(),
+            E::UnknownCollection(_) | E::NoRequests { .. } | E::NoEvents { .. } => {
+                Self::NotFound(err.to_string())
+            }
+            E::Since { .. } | E::MinEvents | E::NothingPassed { .. } => {
+                Self::Invalid(err.to_string())
+            }
+            E::Write(_) | E::Io { .. } => Self::Internal(err.to_string()),
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(err: actix_web::error::BlockingError) -> Self {
         Self::Unavailable(format!("the blocking thread pool is gone: {err}"))

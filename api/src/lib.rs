@@ -29,6 +29,7 @@
 
 pub mod ab;
 pub mod auth;
+pub mod drift;
 pub mod error;
 pub mod inference;
 pub mod metrics;
@@ -59,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::reports::config_reports(cfg);
     routes::ui::config_ui(cfg);
     routes::ab::config_ab(cfg);
+    routes::drift::config_drift(cfg);
     routes::embeddings::config_embeddings(cfg);
     routes::system::config_system(cfg);
 }

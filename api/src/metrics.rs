@@ -2,7 +2,8 @@
 //! documents per collection. Rendered by `GET /metrics` in the text exposition format.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The server's metrics, in a registry of their own.
@@ -14,6 +15,7 @@ pub struct Metrics {
     batch_requests: HistogramVec,
     documents: IntGaugeVec,
     generation: IntGaugeVec,
+    drift: GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -74,6 +76,19 @@ impl Metrics {
             ),
             &["collection"],
         )?;
+        let drift = GaugeVec::new(
+            Opts::new(
+                "attune_query_drift",
+                "Query drift over the sliding window of served searches, per collection and \
+                 vector space: measure novel_share (queries whose nearest reference query is \
+                 below the similarity threshold), weak_top_share (top-1 score below its \
+                 threshold), unseen_word_share (words in no reference query), window_queries, and \
+                 retraining_recommended \
+                 (1 when a share is past its threshold).",
+            ),
+            &["collection", "space", "measure"],
+        )?;
+        registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(batch_texts.clone()))?;
@@ -88,7 +103,15 @@ impl Metrics {
             batch_requests,
             documents,
             generation,
+            drift,
         })
+    }
+
+    /// Sets one drift measure of a collection's space.
+    pub fn drift(&self, collection: &str, space: &str, measure: &str, value: f64) {
+        self.drift
+            .with_label_values(&[collection, space, measure])
+            .set(value);
     }
 
     /// Records one answered request (`fusion`: `rrf`, `weighted` or empty).
@@ -123,6 +146,15 @@ impl Metrics {
         self.generation
             .with_label_values(&[name])
             .set(generation as i64);
+    }
+
+    /// Drops the drift gauges of a collection's space.
+    pub fn forget_drift(&self, collection: &str, space: &str) {
+        for measure in crate::drift::MEASURES {
+            let _ = self
+                .drift
+                .remove_label_values(&[collection, space, measure]);
+        }
     }
 
     /// Drops a collection's gauges.

@@ -47,6 +47,8 @@ pub struct ServeSettings {
     pub inference: InferenceSettings,
     /// Live A/B tests (`space: "auto"`).
     pub ab: AbSettings,
+    /// The feedback log of plain searches, exploration, and drift (`[feedback]`).
+    pub feedback: FeedbackSettings,
 }
 
 impl Default for ServeSettings {
@@ -66,6 +68,7 @@ impl Default for ServeSettings {
             models: BTreeMap::new(),
             inference: InferenceSettings::default(),
             ab: AbSettings::default(),
+            feedback: FeedbackSettings::default(),
         }
     }
 }
@@ -136,6 +139,47 @@ impl Default for AbSettings {
     }
 }
 
+/// `[feedback]`: which searches are logged for feedback, how much of that traffic explores, and
+/// when a collection's queries have drifted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackSettings {
+    /// Collections whose every search is logged and returns a `request_id` for feedback
+    /// (`["*"]`: all; default none, when only `space: "auto"` searches are logged). The log
+    /// keeps what the A/B log keeps: a hashed user key, the query's first 1,000 bytes, the
+    /// result ids as shown.
+    pub log: Vec<String>,
+    /// Share of logged searches, 0 to 1, whose results at one random adjacent pair of ranks
+    /// (`r`, `r + 1`, `r < explore_ranks`) are swapped before the response, so that
+    /// `attune feedback export` can measure how much less shoppers look at lower ranks
+    /// (default 0: no exploration). The A/B report leaves these requests out of its figures.
+    pub explore_share: f64,
+    /// Swaps fall within the top this many ranks (default 10; at least 2).
+    pub explore_ranks: usize,
+    /// Query drift (`GET /v1/collections/{c}/drift`).
+    pub drift: DriftSettings,
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> Self {
+        Self {
+            log: Vec::new(),
+            explore_share: 0.0,
+            explore_ranks: 10,
+            drift: DriftSettings::default(),
+        }
+    }
+}
+
+impl FeedbackSettings {
+    /// Whether collection `name` logs every search.
+    pub fn logs(&self, name: &str) -> bool {
+        self.log.iter().any(|c| c == "*" || c == name)
+    }
+}
+
+pub use crate::drift::DriftSettings;
+
 impl ServeSettings {
     /// Reads a TOML file; unknown keys are errors that name the file.
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
@@ -202,6 +246,18 @@ impl ServeSettings {
         }
         if self.max_embedding_tokens == 0 {
             return invalid("max_embedding_tokens", "at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.feedback.explore_share) {
+            return invalid("feedback.explore_share", "between 0 and 1");
+        }
+        if self.feedback.explore_ranks < 2 {
+            return invalid("feedback.explore_ranks", "at least 2 (a pair of ranks)");
+        }
+        if let Err(message) = self.feedback.drift.validate() {
+            return Err(SettingsError::Invalid {
+                field: "feedback.drift",
+                message,
+            });
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use attune_index::{
 };
 use attune_model::{Device, DeviceRequest, TextKind};
 
+use crate::drift::DriftMonitor;
 use crate::error::{ApiError, StartError};
 use crate::inference::InferenceQueue;
 use crate::metrics::Metrics;
@@ -58,6 +59,9 @@ pub struct AppState {
     /// Per collection: writes hold it shared, a generation switch exclusively (see
     /// [`AppState::write_gate`]).
     gates: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    /// Drift monitors by (collection, space, model fingerprint): a promoted model starts a
+    /// monitor of its own, against its own training queries.
+    drift: Mutex<HashMap<(String, String, String), Arc<DriftMonitor>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,6 +108,7 @@ impl AppState {
             models: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
+            drift: Mutex::new(HashMap::new()),
         });
         state.refresh();
         Ok(state)
@@ -257,6 +262,15 @@ impl AppState {
             self.collections.write().expect("lock").remove(&name);
             self.events.lock().expect("lock").remove(&name);
             self.metrics.forget_collection(&name);
+            self.drift
+                .lock()
+                .expect("lock")
+                .retain(|(collection, space, _), _| {
+                    if *collection == name {
+                        self.metrics.forget_drift(collection, space);
+                    }
+                    *collection != name
+                });
         }
         for name in names {
             let current = match self.store.current_generation(&name) {
@@ -390,12 +404,7 @@ impl AppState {
         if let Some(queue) = self.models.lock().expect("lock").get(&identity.fingerprint) {
             return Ok(queue.clone());
         }
-        let path = self
-            .settings
-            .models
-            .get(space)
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(&identity.source));
+        let path = self.model_dir(space, identity);
         let embedder = ModelEmbedder::for_identity(&path, &self.device, identity).map_err(|e| {
             LoadError::Model(format!(
                 "space {space:?} of collection {collection:?}: model {}: {e} (set \
@@ -426,8 +435,95 @@ impl AppState {
         Ok(queue)
     }
 
-    /// Stops the inference threads of models no served collection uses any more.
+    /// The directory of `space`'s model: `models.<space>` of the settings, else the one the
+    /// space was built with.
+    fn model_dir(&self, space: &str, identity: &ModelIdentity) -> PathBuf {
+        self.settings
+            .models
+            .get(space)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&identity.source))
+    }
+
+    /// The drift monitor of `space` of `served` for the model serving it now, made on first
+    /// use. A new monitor whose model's training card lists its training queries comes with
+    /// them: the caller embeds them and hands the vectors to
+    /// [`DriftMonitor::set_reference_vectors`]. Reads a file; call off the async threads.
+    pub fn drift_monitor(
+        &self,
+        served: &Served,
+        space: &str,
+    ) -> Result<(Arc<DriftMonitor>, Option<Vec<String>>), ApiError> {
+        let identity = served.model(space)?.identity().clone();
+        let key = (
+            served.collection.name().to_string(),
+            space.to_string(),
+            identity.fingerprint.clone(),
+        );
+        if let Some(monitor) = self.drift.lock().expect("lock").get(&key) {
+            return Ok((monitor.clone(), None));
+        }
+        let settings = self.settings.feedback.drift.clone();
+        let dir = self.model_dir(space, &identity);
+        // A card that cannot be read leaves the first served queries as the reference.
+        let card = attune_app::train_job::reference_queries(&dir)
+            .unwrap_or_else(|e| {
+                tracing::warn!("drift reference of {}: {e}", dir.display());
+                None
+            })
+            .filter(|q| !q.is_empty())
+            .map(|mut q| {
+                q.truncate(settings.max_reference);
+                q
+            });
+        let monitor = Arc::new(DriftMonitor::new(settings, card.as_deref()));
+        let mut monitors = self.drift.lock().expect("lock");
+        if let Some(raced) = monitors.get(&key) {
+            return Ok((raced.clone(), None));
+        }
+        monitors.insert(key, monitor.clone());
+        Ok((monitor, card))
+    }
+
+    /// The drift monitors of the models that serve `served`'s vector spaces now.
+    pub fn drift_monitors(&self, served: &Served) -> Vec<(String, Option<Arc<DriftMonitor>>)> {
+        let monitors = self.drift.lock().expect("lock");
+        served
+            .models
+            .iter()
+            .map(|(space, queue)| {
+                let key = (
+                    served.collection.name().to_string(),
+                    space.clone(),
+                    queue.identity().fingerprint.clone(),
+                );
+                (space.clone(), monitors.get(&key).cloned())
+            })
+            .collect()
+    }
+
+    /// Stops the inference threads of models no served collection uses any more, and drops
+    /// the drift monitors of models that no longer serve their space.
     fn drop_unused_models(&self) {
+        let serving: std::collections::HashSet<(String, String, String)> = self
+            .collections
+            .read()
+            .expect("lock")
+            .iter()
+            .flat_map(|(name, served)| {
+                served.models.iter().map(move |(space, queue)| {
+                    (
+                        name.clone(),
+                        space.clone(),
+                        queue.identity().fingerprint.clone(),
+                    )
+                })
+            })
+            .collect();
+        self.drift
+            .lock()
+            .expect("lock")
+            .retain(|key, _| serving.contains(key));
         let used: std::collections::HashSet<String> = self
             .collections
             .read()

@@ -937,6 +937,131 @@ async fn live_ab_assigns_records_feedback_and_reports(backend: Backend) {
     assert_eq!(status.as_u16(), 422);
 }
 
+async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backend) {
+    let fixture = Fixture::new(backend, 20);
+    let mut settings = ServeSettings::default();
+    settings.feedback.log = vec!["shop".into()];
+    settings.feedback.explore_share = 1.0;
+    settings.feedback.explore_ranks = 3;
+    settings.feedback.drift.window = 10;
+    settings.feedback.drift.min_queries = 5;
+    let service = test::init_service(app(fixture.state(settings))).await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // compare is not logged: the base ranking as the model gives it.
+    let (_, compared) = call(
+        &service,
+        post(
+            "/v1/collections/shop/compare",
+            json!({"query": "red shoe", "k": 5}),
+        ),
+    )
+    .await;
+    let ranked = ids(&compared["lists"][0]);
+    let (status, body) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "red shoe", "k": 5, "space": "base"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["request_id"].is_string() && body.get("variant").is_none(),
+        "{body}"
+    );
+    // Every search explores: one adjacent pair within the top 3 swapped, the rest in place.
+    let shown = ids(&body);
+    let moved: Vec<usize> = (0..5).filter(|&i| shown[i] != ranked[i]).collect();
+    assert!(
+        moved == [0, 1] || moved == [1, 2],
+        "{ranked:?} vs {shown:?}"
+    );
+    assert_eq!(
+        (shown[moved[0]].clone(), shown[moved[1]].clone()),
+        (ranked[moved[1]].clone(), ranked[moved[0]].clone())
+    );
+    let feedback =
+        json!({"request_id": body["request_id"], "doc_id": shown[0], "event": "purchase"});
+    let (status, recorded) = call(&service, post("/v1/collections/shop/feedback", feedback)).await;
+    assert_eq!(status, StatusCode::OK, "{recorded}");
+    assert_eq!(recorded["rank"], 1);
+    // Pairs from the log while serving: the purchase is a positive of grade 3.
+    let (status, exported) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/feedback/pairs?min_events=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{exported}");
+    assert_eq!(exported["pairs"].as_array().unwrap().len(), 1, "{exported}");
+    assert_eq!(exported["pairs"][0]["grade"], 3);
+    assert_eq!(exported["pairs"][0]["source"], "feedback:shop");
+    assert_eq!(exported["report"]["explored_requests"], 1);
+    for (uri, code) in [
+        ("/v1/collections/shop/feedback/pairs?since=yesterday", 422),
+        ("/v1/collections/shop/feedback/pairs", 422),
+        (
+            "/v1/collections/shop/feedback/pairs?since=2999-01-01T00:00:00Z",
+            404,
+        ),
+        ("/v1/collections/nope/feedback/pairs", 404),
+    ] {
+        let (status, body) = call(&service, TestRequest::get().uri(uri)).await;
+        assert_eq!(status.as_u16(), code, "{uri}: {body}");
+    }
+    // Logged-only searches are no A/B traffic.
+    let (_, report) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/ab-report"),
+    )
+    .await;
+    let requests: u64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 0, "{report}");
+    // Drift: the first 10 searches of the base space are its reference, then the window fills.
+    for i in 0..13 {
+        let query = json!({"query": format!("red shoe {i}"), "space": "base"});
+        let (status, _) = call(&service, post("/v1/collections/shop/search", query)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, drift) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/drift"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{drift}");
+    let spaces = drift["spaces"].as_array().unwrap();
+    let base = spaces.iter().find(|s| s["space"] == "base").unwrap();
+    assert_eq!(base["reference"], "first_served", "{base}");
+    assert_eq!(
+        (
+            base["reference_ready"].clone(),
+            base["window_queries"].clone()
+        ),
+        (json!(true), json!(4)),
+        "{base}"
+    );
+    let tuned = spaces.iter().find(|s| s["space"] == "tuned").unwrap();
+    assert_eq!(tuned["window_queries"], 0, "{tuned}");
+    let (status, _) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/nope/drift"),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 404);
+}
+
 async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend) {
     let fixture = Fixture::new(backend, 8);
     let service = test::init_service(app(fixture.state(ServeSettings::default()))).await;
@@ -1004,7 +1129,9 @@ async fn operations_endpoints_report_health_metrics_and_schema(backend: Backend)
         "/v1/collections",
         "/v1/collections/{collection}",
         "/v1/collections/{collection}/feedback",
+        "/v1/collections/{collection}/feedback/pairs",
         "/v1/collections/{collection}/ab-report",
+        "/v1/collections/{collection}/drift",
         "/v1/embeddings",
         "/v1/models",
         "/healthz",
@@ -1688,6 +1815,7 @@ against_both_implementations!(
     collections_are_listed_with_their_spaces,
     openai_embeddings_match_the_encoder,
     live_ab_assigns_records_feedback_and_reports,
+    logged_searches_take_feedback_explore_and_measure_drift,
     operations_endpoints_report_health_metrics_and_schema,
     a_new_generation_is_picked_up_without_restart,
     the_page_facets_and_published_reports_are_served,

@@ -363,7 +363,38 @@ function renderResults(response) {
 
 // ---------------------------------------------------------------- report
 
+// Query drift per vector space (`GET /v1/collections/{c}/drift`): shares over the sliding
+// window of served searches, and whether they recommend retraining, with the evidence.
+async function loadDrift() {
+  const box = $("#drift-summary");
+  const badge = $("#drift-badge");
+  try {
+    const drift = await api("GET", `/v1/collections/${encodeURIComponent(state.collection)}/drift`);
+    badge.hidden = !drift.retraining_recommended;
+    const share = (v) => (typeof v === "number" ? `${(v * 100).toFixed(1)}%` : "–");
+    const rows = drift.spaces.map((s) => el("tr", { class: s.retraining_recommended ? "neg" : "" },
+      el("td", { text: s.space }),
+      el("td", { class: "num", text: String(s.window_queries) }),
+      el("td", { class: "num", text: share(s.novel_share) }),
+      el("td", { class: "num", text: share(s.weak_top_share) }),
+      el("td", { class: "num", text: share(s.unseen_word_share) }),
+      el("td", { text: `${s.reference === "training_card" ? "training queries" : "first served queries"} (${s.reference_queries}${s.reference_ready ? "" : ", not ready"})` }),
+      el("td", { text: s.retraining_recommended ? "retraining recommended" : "ok" })));
+    const evidence = drift.spaces.flatMap((s) => s.evidence.map((e) => el("li", { class: "neg", text: `${s.space}: ${e}` })));
+    box.replaceChildren(
+      el("h3", { text: "Query drift" }),
+      el("table", { class: "data" },
+        el("thead", {}, el("tr", {}, ...["space", "queries in window", "novel", "weak top-1", "unseen words", "reference", "status"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, ...rows)),
+      el("ul", {}, ...evidence));
+  } catch (error) {
+    badge.hidden = true;
+    box.replaceChildren(el("p", { text: `Drift unavailable: ${error.message}` }));
+  }
+}
+
 async function loadReport() {
+  loadDrift();
   const summaryBox = $("#report-summary");
   const frame = $("#report-frame");
   try {

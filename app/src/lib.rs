@@ -17,6 +17,8 @@
 //!   typed report (`pipeline.json`) that the server serves and the page reads;
 //! - [`collection_eval`]: judged queries evaluated by searching a built collection, in its
 //!   vector, lexical and hybrid spaces (`attune eval --collection`, the pipeline report);
+//! - [`feedback`]: training pairs from shoppers' clicks, add-to-carts and purchases, with
+//!   position-bias correction (`attune feedback export`, the pipeline's `[data] feedback`);
 //! - [`relevance`]: rank moves between spaces, a document's visibility across queries, judged
 //!   queries evaluated over a served collection (the server's compare, visibility and evaluate).
 //!
@@ -34,6 +36,7 @@ pub mod check_job;
 pub mod collection_eval;
 pub mod embedder;
 pub mod eval_job;
+pub mod feedback;
 pub mod index_job;
 pub mod mine_job;
 pub mod pipeline;

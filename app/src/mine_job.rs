@@ -3,7 +3,6 @@
 //! [`MineSettings`].
 
 use std::fmt;
-use std::io::Write;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -173,22 +172,7 @@ impl MineJob {
             on_progress,
         )?;
         let out = &self.inputs.out;
-        let io = |e: std::io::Error| TrainError::Io {
-            path: out.clone(),
-            source: e,
-        };
-        let tmp = out.with_extension("jsonl.tmp");
-        {
-            let file = std::fs::File::create(&tmp).map_err(io)?;
-            let mut writer = std::io::BufWriter::new(file);
-            for pair in &pairs {
-                serde_json::to_writer(&mut writer, pair).map_err(|e| io(e.into()))?;
-                writer.write_all(b"\n").map_err(io)?;
-            }
-            writer.flush().map_err(io)?;
-            writer.get_ref().sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, out).map_err(io)?;
+        attune_trainer::data::write_pairs(out, &pairs)?;
         Ok(MineOutcome {
             report,
             corpus: self.input.corpus.len(),

@@ -11,6 +11,8 @@ use attune_trainer::loss::LossSettings;
 use attune_trainer::optim::AdamWSettings;
 use attune_trainer::prompt::PromptSettings;
 use attune_trainer::targets::{GradeWeighting, GuideSettings, TargetSettings};
+/// The training queries a tuned model's card lists (the server's drift reference).
+pub use attune_trainer::train::reference_queries;
 use attune_trainer::train::{
     train, Event, LeakagePolicy, TrainInputs as EngineInputs, TrainOutput,
     TrainSettings as EngineSettings, TrainSummary,

@@ -175,6 +175,82 @@ fn run(store: StoreKind, family: Family) {
     let ndcg = |r: &PipelineReport| r.domain.as_ref().unwrap().tuned["ndcg@10"];
     assert!((ndcg(&rerun.report) - ndcg(report)).abs() < 1e-12);
     assert_eq!(store.current_generation("shop").unwrap(), Some(1));
+    drop((collection, store));
+
+    feedback_trains_alone_or_mixed(root, &open_store);
+}
+
+/// Shoppers' clicks on the served collection become the training data of a second pipeline:
+/// alone, then mixed with the judged pairs; the training card counts each source.
+fn feedback_trains_alone_or_mixed(
+    root: &Path,
+    open_store: &dyn Fn() -> Result<Arc<dyn VectorStore>, IndexError>,
+) {
+    let queries: std::collections::HashMap<String, String> =
+        std::fs::read_to_string(root.join("data/queries.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["_id"].as_str().unwrap().into(),
+                    v["text"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+    let qrels = std::fs::read_to_string(root.join("data/qrels/train.tsv")).unwrap();
+    let store = open_store().unwrap();
+    let log = store.open_events("shop").unwrap();
+    for (i, row) in qrels.lines().skip(1).take(20).enumerate() {
+        let cols: Vec<&str> = row.split('\t').collect();
+        // Two shoppers click the judged document at rank 2, below one they skip.
+        for user in ["u1", "u2"] {
+            let id = format!("r{i}-{user}");
+            let results = vec!["skipped-doc".to_string(), cols[1].to_string()];
+            let served = attune_index::ServedRequest::new(
+                id.clone(),
+                "base".into(),
+                "salt",
+                user,
+                &queries[cols[0]],
+                results,
+                1,
+            );
+            log.record_served(&served).unwrap();
+            log.record_feedback(&attune_index::FeedbackRecord {
+                request_id: id,
+                doc_id: cols[1].into(),
+                event: "click".into(),
+                rank: 2,
+                unix_ms: 2,
+            })
+            .unwrap();
+        }
+    }
+    log.flush().unwrap();
+    drop((log, store));
+    for (work, mix, judged) in [
+        ("work-feedback", "false", false),
+        ("work-mixed", "true", true),
+    ] {
+        let text = format!(
+            "work_dir = \"{work}\"\nbase_model = \"base\"\ndevice = \"cpu\"\n\n[data]\npath = \"data\"\n\
+             feedback = {{ collection = \"shop\" }}\nmix_judged = {mix}\n\n[train]\nmax_steps = 4\n\
+             batch_size = 8\n\n[index]\nstore = \"store\"\ncollection = \"shop\"\n"
+        );
+        let config = PipelineConfig::parse(&root.join("pipeline.toml"), &text).unwrap();
+        run_pipeline(&config, None, open_store, &mut Seen::default()).unwrap();
+        let card: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(work).join("tuned/training_card.json")).unwrap(),
+        )
+        .unwrap();
+        let sources = card["data"]["sources"].as_object().unwrap();
+        assert_eq!(sources["feedback:shop"], 20, "{sources:?}");
+        assert_eq!(sources.contains_key("judged:train"), judged, "{sources:?}");
+        // The skipped document is gone from the store: no negative text, never a positive.
+        let pairs = std::fs::read_to_string(root.join(work).join("feedback-pairs.jsonl")).unwrap();
+        assert!(!pairs.contains("skipped-doc"));
+    }
 }
 
 #[test]
@@ -236,4 +312,45 @@ fn recipe_options_are_pipeline_keys() {
         error.contains("grade_weighting") || error.contains("graded"),
         "{error}"
     );
+}
+
+/// `[data] feedback` is a training source of its own: it excludes `train_pairs`, `mix_judged`
+/// needs it, and a malformed `since` or a zero `min_events` is refused naming the key.
+#[test]
+fn feedback_keys_are_checked() {
+    let parse = |data: &str| {
+        let text = format!(
+            "work_dir = \"work\"\nbase_model = \"base\"\n\n[data]\npath = \"data\"\n{data}\n\n\
+             [index]\nstore = \"store\"\ncollection = \"shop\"\n"
+        );
+        PipelineConfig::parse(Path::new("pipeline.toml"), &text).map_err(|e| e.to_string())
+    };
+    let ok = parse("feedback = { collection = \"shop\", since = \"7d\", min_events = 3 }").unwrap();
+    let feedback = ok.data.feedback.unwrap();
+    assert_eq!(
+        (feedback.min_events, feedback.position_correction),
+        (3, true)
+    );
+    for (data, expected) in [
+        (
+            "feedback = { collection = \"shop\" }\ntrain_pairs = \"p.jsonl\"",
+            "two training sources",
+        ),
+        ("mix_judged = true", "mix_judged"),
+        (
+            "feedback = { collection = \"shop\", since = \"last week\" }",
+            "last week",
+        ),
+        (
+            "feedback = { collection = \"shop\", min_events = 0 }",
+            "min_events",
+        ),
+        (
+            "feedback = { collection = \"shop\", min_event = 2 }",
+            "min_event",
+        ),
+    ] {
+        let error = parse(data).unwrap_err();
+        assert!(error.contains(expected), "{data}: {error}");
+    }
 }

@@ -38,6 +38,19 @@ pub struct ServedRequest {
     pub results: Vec<String>,
     /// When it was served (milliseconds since the Unix epoch).
     pub unix_ms: u64,
+    /// True when the live A/B test assigned the variant (`space: "auto"`); false for searches
+    /// logged only for feedback. Records from before this field were all A/B requests.
+    #[serde(default = "served_by_ab_test")]
+    pub ab: bool,
+    /// Exploration: the 1-based rank `r` whose result was swapped with the one at `r + 1`
+    /// before the response (`results` lists them as shown). Such requests estimate position
+    /// bias; the A/B report keeps them apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<usize>,
+}
+
+fn served_by_ab_test() -> bool {
+    true
 }
 
 impl ServedRequest {
@@ -70,6 +83,8 @@ impl ServedRequest {
             query_bytes: query.len(),
             results,
             unix_ms,
+            ab: true,
+            swapped: None,
         }
     }
 }
@@ -109,6 +124,12 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl Store {
+    /// Whether collection `name` has an event log (a search was ever logged for it); reading
+    /// jobs check this instead of opening, which would create one.
+    pub fn has_events(&self, name: &str) -> bool {
+        validate_name(name).is_ok() && self.collection_dir(name).join(keys::EVENTS_DIR).is_dir()
+    }
+
     /// Opens (creating) the A/B event log of collection `name`.
     pub fn open_events(&self, name: &str) -> Result<EventLog> {
         validate_name(name)?;

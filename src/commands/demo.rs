@@ -8,6 +8,8 @@
 //! relevant (2) when it has every property asked for, and partly relevant (1) when it misses
 //! exactly one of two or more. Train and test queries ask for different combinations; the train
 //! split lists only fully relevant products, at most [`TRAIN_POSITIVES_PER_QUERY`] per query.
+//! `qrels/shoppers.tsv` holds every grade of the train queries: what simulated shoppers
+//! (`attune feedback simulate`) know when they decide to click, never training data.
 //!
 //! Each product also has a model number (`UR4821`: brand letters and digits) and an 8-digit
 //! SKU in its metadata, unique in the store, and not in its title or text (the embedded text
@@ -724,6 +726,7 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
     write_file(&out.join("queries.jsonl"), &query_lines)?;
     let header = "query-id\tcorpus-id\tscore\n";
     let (mut train, mut test) = (header.to_string(), header.to_string());
+    let mut shoppers = header.to_string();
     for (id, graded) in &judgments {
         if test_ids.contains(id) {
             summary.test_queries += 1;
@@ -733,6 +736,9 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
             }
         } else {
             summary.train_queries += 1;
+            for (doc, grade) in graded {
+                shoppers.push_str(&format!("{id}\t{doc}\t{grade}\n"));
+            }
             let mut full: Vec<&String> = graded
                 .iter()
                 .filter(|(_, g)| *g == 2)
@@ -747,6 +753,7 @@ pub fn write_demo(out: &Path, settings: &DemoSettings) -> Result<DemoSummary> {
     }
     write_file(&out.join("qrels/train.tsv"), &train)?;
     write_file(&out.join("qrels/test.tsv"), &test)?;
+    write_file(&out.join("qrels/shoppers.tsv"), &shoppers)?;
     summary.identifier_queries = write_identifier_queries(out, &mut id_rng, &products)?;
     Ok(summary)
 }
@@ -816,7 +823,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let summary = write_demo(&args.out, &settings)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     eprintln!(
-        "wrote {} (corpus.jsonl, queries.jsonl, qrels/train.tsv, qrels/test.tsv)",
+        "wrote {} (corpus.jsonl, queries.jsonl, qrels/train.tsv, qrels/test.tsv, \
+         qrels/shoppers.tsv, queries-identifiers.jsonl, qrels/identifiers.tsv)",
         args.out.display()
     );
     Ok(())
@@ -838,6 +846,7 @@ mod tests {
             "queries.jsonl",
             "qrels/train.tsv",
             "qrels/test.tsv",
+            "qrels/shoppers.tsv",
             "queries-identifiers.jsonl",
             "qrels/identifiers.tsv",
         ] {
@@ -878,6 +887,11 @@ mod tests {
                 .collect()
         };
         assert!(ids(&train).is_disjoint(&ids(&test)));
+        // The shoppers' judgments cover the train queries only, with every grade.
+        let shoppers = fs::read_to_string(a.path().join("qrels/shoppers.tsv")).unwrap();
+        assert!(ids(&shoppers).is_disjoint(&ids(&test)));
+        assert!(ids(&train).is_subset(&ids(&shoppers)));
+        assert!(shoppers.contains("\t1\n") && shoppers.contains("\t2\n"));
         // Sizing and return-policy wording is in the products and the queries.
         assert!(corpus.contains("runs small") && corpus.contains("final sale"));
         let queries = fs::read_to_string(a.path().join("queries.jsonl")).unwrap();

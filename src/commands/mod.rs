@@ -4,6 +4,7 @@ pub mod data;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod feedback;
 pub mod index;
 pub mod merge;
 pub mod mine;

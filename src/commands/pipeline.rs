@@ -63,6 +63,21 @@ impl PipelineObserver for Printer {
     fn mine_warning(&mut self, warning: &str) {
         eprintln!("attune: warning: {warning}");
     }
+    fn feedback_exported(&mut self, report: &attune_app::feedback::ExportReport) {
+        eprintln!(
+            "pipeline: check: {} feedback pairs for {} queries from {} logged searches ({} \
+             events, {} shopper sessions); position bias: {}",
+            report.pairs,
+            report.queries,
+            report.requests,
+            report.events,
+            report.sessions,
+            report
+                .propensities
+                .as_ref()
+                .map_or("not corrected", |p| p.method.as_str())
+        );
+    }
     fn report_warning(&mut self, warning: &str) {
         eprintln!("attune: warning: {warning}");
     }

@@ -153,6 +153,7 @@ mod tests {
         rows.iter()
             .enumerate()
             .map(|(i, (q, p))| TrainingPair {
+                source: None,
                 query: q.to_string(),
                 positive: p.to_string(),
                 negatives: if i % 3 == 0 {

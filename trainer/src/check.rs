@@ -345,6 +345,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (q, p, n))| TrainingPair {
+                    source: None,
                     query: q.to_string(),
                     positive: p.to_string(),
                     negatives: n.iter().map(|s| s.to_string()).collect(),

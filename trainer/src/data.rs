@@ -5,7 +5,8 @@
 //! - Pairs JSONL: `{"query": "...", "positive": "...", "negatives": ["...", ...], "grade": 2,
 //!   "weight": 0.5}` per line; `negatives` (default none), `grade` (a positive integer, the
 //!   positive's relevance grade, default 1) and `weight` (a positive number, the pair's loss
-//!   weight, default 1) optional; empty lines are skipped.
+//!   weight, default 1) and `source` (a name the training card counts pairs under, such as
+//!   `feedback:shop`) optional; empty lines are skipped.
 //! - BEIR: every `qrels/<split>.tsv` row with score > 0 is a (query, document) pair whose grade
 //!   is the score; the document text is `title + " " + text`
 //!   ([`attune_eval::Document::embedding_text`]). Rows naming an unknown query or document, or a
@@ -54,6 +55,9 @@ pub struct TrainingPair {
     pub weight: f32,
     /// Where it came from.
     pub location: Location,
+    /// The source it names (`"source"` in a pairs file, such as `feedback:shop`); counted in
+    /// the training card, where pairs without one count under the data path.
+    pub source: Option<String>,
 }
 
 impl TrainingPair {
@@ -66,8 +70,35 @@ impl TrainingPair {
             grade: 1,
             weight: 1.0,
             location,
+            source: None,
         }
     }
+}
+
+/// Writes pairs as a pairs JSONL file (one serialized `T` per line: mined pairs, pairs exported
+/// from feedback), atomically: a temporary file beside `path`, fsynced, renamed into place, so a
+/// failure leaves any earlier file as it was. `T` must serialize to the fields
+/// [`TrainingData::load_pairs`] reads.
+pub fn write_pairs<T: serde::Serialize>(path: &Path, pairs: &[T]) -> Result<()> {
+    use std::io::Write;
+    let io = |source: std::io::Error| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let file = File::create(&tmp).map_err(io)?;
+        let mut writer = std::io::BufWriter::new(file);
+        for pair in pairs {
+            serde_json::to_writer(&mut writer, pair).map_err(|e| io(e.into()))?;
+            writer.write_all(b"\n").map_err(io)?;
+        }
+        writer.flush().map_err(io)?;
+        writer.get_ref().sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// A pair source that was skipped while loading, and why.
@@ -192,7 +223,19 @@ impl TrainingData {
                     }
                 },
             };
+            let source = match object.get("source") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    return Err(TrainError::malformed(
+                        path,
+                        line_no,
+                        format!("field \"source\" must be a string, found {other}"),
+                    ))
+                }
+            };
             pairs.push(TrainingPair {
+                source,
                 query: text("query")?,
                 positive: text("positive")?,
                 negatives,
@@ -243,6 +286,7 @@ impl TrainingData {
                     reason: format!("document `{}` has no title or text", row.doc_id),
                 }),
                 (Some(query), Some(document)) => pairs.push(TrainingPair {
+                    source: None,
                     grade: u32::try_from(row.grade).unwrap_or(u32::MAX),
                     ..TrainingPair::new(*query, document.clone(), location)
                 }),
@@ -281,12 +325,14 @@ mod tests {
         let path = write(
             dir.path(),
             "pairs.jsonl",
-            "{\"query\": \"q1\", \"positive\": \"p1\"}\n\n{\"query\": \"q2\", \"positive\": \"p2\", \"negatives\": [\"n1\", \"n2\"]}\n",
+            "{\"query\": \"q1\", \"positive\": \"p1\"}\n\n{\"query\": \"q2\", \"positive\": \"p2\", \"negatives\": [\"n1\", \"n2\"], \"source\": \"feedback:shop\"}\n",
         );
         let data = TrainingData::load(&path, "train").unwrap();
         assert_eq!(data.pairs.len(), 2);
+        assert_eq!(data.pairs[1].source.as_deref(), Some("feedback:shop"));
         assert_eq!(data.pairs[1].negatives, vec!["n1", "n2"]);
         assert_eq!((data.pairs[0].grade, data.pairs[0].weight), (1, 1.0));
+        assert_eq!(data.pairs[0].source, None);
         assert_eq!(data.pairs[1].location.line, 3);
         assert!(data.pairs[1]
             .location
@@ -323,6 +369,10 @@ mod tests {
             (
                 "{\"query\": \"q\", \"positive\": \"p\", \"weight\": \"1\"}\n",
                 "\"weight\" must be a positive number",
+            ),
+            (
+                "{\"query\": \"q\", \"positive\": \"p\", \"source\": 7}\n",
+                "\"source\" must be a string",
             ),
         ] {
             let path = write(

@@ -1269,6 +1269,8 @@ fn training_card(
         "data": {
             "source": inputs.data.source.display().to_string(),
             "pairs_loaded": inputs.data.pairs.len(),
+            "sources": pair_sources(inputs.data),
+            "reference_queries": reference_queries_of(inputs.data),
             "pairs_trained": summary.pairs,
             "pairs_dropped_as_leakage": summary.dropped_leaked,
             "queries": report.counts.queries,
@@ -1309,6 +1311,51 @@ fn training_card(
     }))
 }
 
+/// Most training queries a card lists for the server's drift reference.
+pub const CARD_REFERENCE_QUERIES: usize = 2_000;
+
+/// Pairs per source: the `source` a pair names, else the data path.
+fn pair_sources(data: &TrainingData) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    let path = data.source.display().to_string();
+    for pair in &data.pairs {
+        *counts
+            .entry(pair.source.clone().unwrap_or_else(|| path.clone()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// The distinct training queries, in first-seen order, at most [`CARD_REFERENCE_QUERIES`].
+fn reference_queries_of(data: &TrainingData) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    data.pairs
+        .iter()
+        .map(|p| p.query.as_str())
+        .filter(|q| seen.insert(*q))
+        .take(CARD_REFERENCE_QUERIES)
+        .collect()
+}
+
+/// The training queries listed in `model_dir`'s training card (`data.reference_queries`), the
+/// reference the server measures query drift against; `None` without a card or the list.
+pub fn reference_queries(model_dir: &Path) -> Result<Option<Vec<String>>> {
+    let path = model_dir.join(files::CARD_JSON);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TrainError::io(&path, e)),
+    };
+    let card: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::malformed(&path, e.line(), e.to_string()))?;
+    Ok(card["data"]["reference_queries"].as_array().map(|queries| {
+        queries
+            .iter()
+            .filter_map(|q| q.as_str().map(str::to_string))
+            .collect()
+    }))
+}
+
 fn card_markdown(card: &serde_json::Value) -> String {
     let mut md = String::new();
     md.push_str("---\ntags:\n- sentence-transformers\n- sentence-similarity\n- attune\n---\n\n");
@@ -1320,6 +1367,13 @@ fn card_markdown(card: &serde_json::Value) -> String {
         card["data"]["pairs_trained"],
         card["attune_version"].as_str().unwrap_or("?"),
     ));
+    if let Some(sources) = card["data"]["sources"].as_object() {
+        let named: Vec<String> = sources
+            .iter()
+            .map(|(source, pairs)| format!("`{source}` ({pairs} pairs)"))
+            .collect();
+        md.push_str(&format!("Pairs by source: {}.\n\n", named.join(", ")));
+    }
     md.push_str(&format!(
         "{} steps ({} warmup) in {:.0} s, {:.2} examples/s on {}; final loss {}.\n\n",
         card["steps"],
@@ -1392,6 +1446,7 @@ mod tests {
         let path = Arc::new(PathBuf::from("p.jsonl"));
         (0..n)
             .map(|i| TrainingPair {
+                source: None,
                 query: format!("q{i}"),
                 positive: format!("d{i}"),
                 negatives: Vec::new(),

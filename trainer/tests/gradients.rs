@@ -200,6 +200,7 @@ fn grad_cache_gives_the_gradients_of_the_uncached_loss() {
     };
     let pairs: Vec<TrainingPair> = (0..4)
         .map(|i| TrainingPair {
+            source: None,
             query: QUERIES[i].into(),
             positive: POSITIVES[i].into(),
             negatives: if i < 2 {

@@ -119,6 +119,23 @@ fn training_improves_validation_and_writes_the_best_step() {
     assert_eq!(card["written_step"], best.0);
     assert_eq!(card["metrics_after"]["ndcg@10"], best.1);
     assert_eq!(card["hyperparameters"]["batch_size"], 8);
+    // Pairs are counted by source (here the data directory), and the distinct training queries
+    // are the server's drift reference.
+    let sources = card["data"]["sources"].as_object().unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(
+        sources.values().next().unwrap(),
+        &card["data"]["pairs_loaded"]
+    );
+    let reference = attune_trainer::train::reference_queries(&out)
+        .unwrap()
+        .unwrap();
+    let distinct: std::collections::HashSet<&String> = reference.iter().collect();
+    assert!(!reference.is_empty() && distinct.len() == reference.len());
+    assert_eq!(
+        card["data"]["reference_queries"].as_array().unwrap().len(),
+        reference.len()
+    );
     // The first step's learning rate is 0 (warmup), the peak is reached after the warmup.
     let first = records.iter().find(|r| r.kind == "train").unwrap();
     assert_eq!(first.lr, Some(0.0));

@@ -5,6 +5,7 @@
 pub mod ab;
 pub mod collections;
 pub mod documents;
+pub mod drift;
 pub mod embeddings;
 pub mod evaluate;
 pub mod reports;

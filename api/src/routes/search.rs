@@ -23,7 +23,9 @@ use crate::auth::ReadAccess;
 use crate::error::{ApiError, BodyErrors};
 use crate::inference::Embedded;
 use crate::inference::Lane;
+use crate::settings::FeedbackSettings;
 use crate::state::Served;
+use rand::Rng;
 
 /// Registers search, compare and visibility.
 pub fn config_search(cfg: &mut web::ServiceConfig) {
@@ -94,7 +96,8 @@ pub struct SearchResponse {
     pub truncated: bool,
     /// Server time in milliseconds (embedding and search).
     pub took_ms: f64,
-    /// With `space: "auto"`: the id to quote in feedback.
+    /// The id to quote in feedback: with `space: "auto"`, and for every search of a collection
+    /// the server's `[feedback] log` lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// With `space: "auto"`: the variant that served the user (same as `space`).
@@ -302,9 +305,18 @@ pub async fn search(
     };
     let answer = answer(&served, &retrieval, &body.query, ask, &state).await?;
     let (query_tokens, truncated) = (answer.tokens(), answer.truncated());
-    let results = answer.hits;
-    let request_id = if auto {
-        let record = ServedRequest::new(
+    if let (Some(dense), Some(embedded)) = (retrieval.dense_space(), &answer.embedded) {
+        // The top-1 cosine says how well the catalog answers; fused scores are no cosine.
+        let top = matches!(retrieval, Retrieval::Dense(_))
+            .then(|| answer.hits.first().map(|h| h.score))
+            .flatten();
+        observe_drift(&state, &served, dense, &body.query, &embedded.vector, top).await;
+    }
+    let mut results = answer.hits;
+    let logged = auto || state.settings.feedback.logs(&name);
+    let request_id = if logged {
+        let swapped = explore(&state.settings.feedback, &mut results);
+        let mut record = ServedRequest::new(
             uuid::Uuid::new_v4().to_string(),
             space.clone(),
             state.settings.ab.salt.as_deref().unwrap_or(&test_salt),
@@ -313,6 +325,12 @@ pub async fn search(
             results.iter().map(|h| h.id.clone()).collect(),
             unix_ms(),
         );
+        record.ab = auto;
+        record.swapped = swapped;
+        if body.user.as_deref().unwrap_or_default().is_empty() {
+            // No user key: the export counts the search as a shopper of its own.
+            record.user_hash.clear();
+        }
         let id = record.request_id.clone();
         let events = served.events.clone();
         blocking(move || Ok(events.record_served(&record)?)).await?;
@@ -326,7 +344,7 @@ pub async fn search(
         query_tokens,
         truncated,
         took_ms: millis_since(started),
-        variant: request_id.as_ref().map(|_| space.clone()),
+        variant: auto.then(|| space.clone()),
         request_id,
         space: space.clone(),
     };
@@ -335,6 +353,58 @@ pub async fn search(
         &space,
         fusion_label([&retrieval], &fusion),
     ))
+}
+
+/// Exploration: with probability `explore_share`, swaps the results at one random adjacent pair
+/// of ranks within the top `explore_ranks`; returns the upper rank (1-based) when it did.
+fn explore(settings: &FeedbackSettings, results: &mut [Hit]) -> Option<usize> {
+    let ranks = settings.explore_ranks.min(results.len());
+    if ranks < 2 || settings.explore_share <= 0.0 {
+        return None;
+    }
+    let mut rng = rand::rng();
+    if !rng.random_bool(settings.explore_share) {
+        return None;
+    }
+    let upper = rng.random_range(1..ranks);
+    results.swap(upper - 1, upper);
+    Some(upper)
+}
+
+/// Feeds a search to the drift monitor of its space and updates the gauges; the first search
+/// of a model whose training card lists its queries embeds them (bulk lane, in the background).
+/// Drift is a side measurement: a failure is logged, never the search's.
+async fn observe_drift(
+    state: &State,
+    served: &Arc<Served>,
+    space: &str,
+    query: &str,
+    vector: &[f32],
+    top: Option<f32>,
+) {
+    let (app, served_now, space_name) =
+        (state.get_ref().clone(), served.clone(), space.to_string());
+    let (query, vector) = (query.to_string(), vector.to_vec());
+    let observed = blocking(move || {
+        let (monitor, card) = app.drift_monitor(&served_now, &space_name)?;
+        monitor.observe(&query, &vector, top);
+        let name = served_now.collection.name();
+        for (measure, value) in crate::drift::MEASURES.iter().zip(monitor.gauges()) {
+            app.metrics.drift(name, &space_name, measure, value);
+        }
+        Ok((monitor, card))
+    })
+    .await;
+    let (monitor, card) = match observed {
+        Ok(observed) => observed,
+        Err(e) => {
+            tracing::warn!("drift of {:?}: {e}", served.collection.name());
+            return;
+        }
+    };
+    if let Some(queries) = card {
+        super::drift::embed_reference(state, served, space, monitor, queries);
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use attune_index::store::validate_name;
+
+use crate::feedback::ExportSettings;
 use attune_model::DeviceRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -116,6 +118,18 @@ pub struct DataConfig {
     /// (`{"query", "positive", "negatives"?}`); mining then mines for it.
     #[serde(default)]
     pub train_pairs: Option<PathBuf>,
+    /// Instead, train on what shoppers did: pairs exported from the feedback log of a
+    /// collection of `[index] store` (`{ collection = "shop", since = "30d", min_events = 2 }`;
+    /// the keys of `attune feedback export`). The export is part of the check stage, written to
+    /// the work directory; the judged test split stays the evaluation. The log is held by a
+    /// running server on that store: stop it, or export from the server
+    /// (`attune feedback export --url`) and name the file in `train_pairs`.
+    #[serde(default)]
+    pub feedback: Option<ExportSettings>,
+    /// With `feedback`: also train on the judged pairs of `train_split` (mixed, each pair naming
+    /// its source in the training card). Default false.
+    #[serde(default)]
+    pub mix_judged: bool,
 }
 
 fn default_train_split() -> String {
@@ -254,6 +268,23 @@ impl PipelineConfig {
         }
         if self.index.base_space == self.index.tuned_space {
             return Err("index.base_space and index.tuned_space must differ".into());
+        }
+        if self.data.feedback.is_some() && self.data.train_pairs.is_some() {
+            return Err(
+                "data.feedback and data.train_pairs are two training sources; give one".into(),
+            );
+        }
+        if self.data.mix_judged && self.data.feedback.is_none() {
+            return Err("data.mix_judged mixes judged pairs into data.feedback; set it".into());
+        }
+        if let Some(feedback) = &self.data.feedback {
+            if let Some(since) = &feedback.since {
+                crate::feedback::parse_since(since, 0)
+                    .map_err(|e| format!("data.feedback: {e}"))?;
+            }
+            if feedback.min_events == 0 {
+                return Err("data.feedback.min_events: must be at least 1".into());
+            }
         }
         if !self.gate.require_gain && self.gate.general_data.is_none() {
             return Err(

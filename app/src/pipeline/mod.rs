@@ -43,6 +43,9 @@ use crate::eval_job::{
     evaluate_models, DataInput, EvalEvent, EvalJobError, EvaluationInputs, EvaluationSettings,
     ModelInput,
 };
+use crate::feedback::{
+    export_from, write_pairs, ExportReport, ExportSettings, FeedbackError, FeedbackPair,
+};
 use crate::index_job::{IndexInputs, IndexJob, IndexJobError, SpaceModel};
 use crate::mine_job::{MineJob, MineJobInputs, MineOutcome, MineSettings};
 use crate::train_job::{TrainJob, TrainJobInputs};
@@ -107,6 +110,8 @@ pub trait PipelineObserver {
     fn checked(&mut self, data: &Path, outcome: &CheckOutcome) {}
     /// A warning about the data mined.
     fn mine_warning(&mut self, warning: &str) {}
+    /// Training pairs were exported from the feedback log.
+    fn feedback_exported(&mut self, report: &ExportReport) {}
     /// The report could not search the served collection (a running server holds it).
     fn report_warning(&mut self, warning: &str) {}
     /// Texts embedded so far of `total` while mining.
@@ -147,6 +152,9 @@ pub struct PipelineOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckRecord {
     data: PathBuf,
+    /// What the feedback export found, when the pipeline trains on feedback.
+    #[serde(default)]
+    feedback: Option<ExportReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,14 +371,52 @@ impl Run<'_> {
         if after_mining && config.mine.is_some() {
             return (self.work.mined(), split);
         }
+        if config.data.feedback.is_some() {
+            return (self.work.feedback_pairs(), split);
+        }
         match &config.data.train_pairs {
             Some(pairs) => (pairs.clone(), split),
             None => (config.data.path.clone(), split),
         }
     }
 
+    /// Exports the feedback pairs into the work directory (with the judged train pairs when
+    /// `mix_judged`).
+    fn export_feedback(
+        &mut self,
+        settings: &ExportSettings,
+    ) -> Result<ExportReport, PipelineError> {
+        let config = self.config;
+        let failed = |e: FeedbackError| PipelineError::stage(Stage::Check, e);
+        let store = (self.open_store)().map_err(|e| PipelineError::stage(Stage::Check, e))?;
+        let export = export_from(store.as_ref(), settings).map_err(failed)?;
+        drop(store);
+        let mut pairs = export.pairs;
+        if config.data.mix_judged {
+            let split = &config.data.train_split;
+            let judged = attune_trainer::data::TrainingData::load_beir(&config.data.path, split)
+                .map_err(|e| PipelineError::stage(Stage::Check, e))?;
+            let source = format!("judged:{split}");
+            pairs.extend(judged.pairs.into_iter().map(|p| FeedbackPair {
+                query: p.query,
+                positive: p.positive,
+                negatives: p.negatives,
+                grade: p.grade,
+                weight: f64::from(p.weight),
+                source: source.clone(),
+            }));
+        }
+        write_pairs(&self.work.feedback_pairs(), &pairs).map_err(failed)?;
+        self.observer.feedback_exported(&export.report);
+        Ok(export.report)
+    }
+
     fn check(&mut self) -> Result<CheckRecord, PipelineError> {
         let config = self.config;
+        let feedback = match &config.data.feedback {
+            Some(settings) => Some(self.export_feedback(settings)?),
+            None => None,
+        };
         let (data, split) = self.training_data(false);
         let inputs = CheckInputs {
             data,
@@ -392,6 +438,7 @@ impl Run<'_> {
         }
         Ok(CheckRecord {
             data: config.data.path.clone(),
+            feedback,
         })
     }
 

@@ -55,6 +55,11 @@ impl Work {
         self.dir.join("stages").join(format!("{stage}.json"))
     }
 
+    /// The pairs exported from the feedback log (with the judged ones, when mixed).
+    pub fn feedback_pairs(&self) -> PathBuf {
+        self.dir.join("feedback-pairs.jsonl")
+    }
+
     /// The mined pairs.
     pub fn mined(&self) -> PathBuf {
         self.dir.join("mined.jsonl")
