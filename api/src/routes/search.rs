@@ -316,25 +316,16 @@ pub async fn search(
     let logged = auto || state.settings.feedback.logs(&name);
     let request_id = if logged {
         let swapped = explore(&state.settings.feedback, &mut results);
-        let mut record = ServedRequest::new(
-            uuid::Uuid::new_v4().to_string(),
-            space.clone(),
-            state.settings.ab.salt.as_deref().unwrap_or(&test_salt),
-            body.user.as_deref().unwrap_or_default(),
-            &body.query,
-            results.iter().map(|h| h.id.clone()).collect(),
-            unix_ms(),
-        );
-        record.ab = auto;
-        record.swapped = swapped;
-        if body.user.as_deref().unwrap_or_default().is_empty() {
-            // No user key: the export counts the search as a shopper of its own.
-            record.user_hash.clear();
-        }
-        let id = record.request_id.clone();
-        let events = served.events.clone();
-        blocking(move || Ok(events.record_served(&record)?)).await?;
-        Some(id)
+        let logged = LoggedSearch {
+            variant: space.clone(),
+            ab: auto,
+            test_salt,
+            user: body.user.clone().unwrap_or_default(),
+            query: body.query.clone(),
+            shown: results.iter().map(|h| h.id.clone()).collect(),
+            swapped,
+        };
+        Some(log_search(&served, state.settings.ab.salt.clone(), logged).await?)
     } else {
         None
     };
@@ -353,6 +344,56 @@ pub async fn search(
         &space,
         fusion_label([&retrieval], &fusion),
     ))
+}
+
+/// A search to record in the feedback log.
+struct LoggedSearch {
+    variant: String,
+    /// Whether the A/B test assigned `variant`.
+    ab: bool,
+    /// The test's salt when the A/B test already read it, else empty.
+    test_salt: String,
+    user: String,
+    query: String,
+    /// Result ids as shown (after any exploration swap).
+    shown: Vec<String>,
+    swapped: Option<usize>,
+}
+
+/// Records `search` in the collection's log (on disk within the log's half-second background
+/// flush, at once with the next feedback, or at shutdown);
+/// returns its request id. The user key is hashed with the test's salt (`configured_salt`, else
+/// the log's own), never bare; a search without one is a shopper of its own.
+async fn log_search(
+    served: &Served,
+    configured_salt: Option<String>,
+    search: LoggedSearch,
+) -> Result<String, ApiError> {
+    let events = served.events.clone();
+    blocking(move || {
+        let salt = match (configured_salt, search.test_salt.is_empty()) {
+            (Some(salt), _) => salt,
+            (None, false) => search.test_salt,
+            (None, true) => events.salt()?,
+        };
+        let mut record = ServedRequest::new(
+            uuid::Uuid::new_v4().to_string(),
+            search.variant,
+            &salt,
+            &search.user,
+            &search.query,
+            search.shown,
+            unix_ms(),
+        );
+        record.ab = search.ab;
+        record.swapped = search.swapped;
+        if search.user.is_empty() {
+            record.user_hash.clear();
+        }
+        events.record_served(&record)?;
+        Ok(record.request_id)
+    })
+    .await
 }
 
 /// Exploration: with probability `explore_share`, swaps the results at one random adjacent pair
