@@ -82,6 +82,19 @@ pub struct MiningInput {
     pub queries: Vec<String>,
     /// Corpus rows judged relevant, per query; one output pair per entry.
     pub positives: Vec<Vec<usize>>,
+    /// Per query, parallel to `positives`: what each pair carries to its mined pair.
+    pub labels: Vec<Vec<PairLabel>>,
+}
+
+/// What a mined pair keeps of its input pair: the grade, the loss weight and the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairLabel {
+    /// Relevance grade (≥ 1).
+    pub grade: u32,
+    /// Loss weight (> 0).
+    pub weight: f32,
+    /// The source the input pair named, if any.
+    pub source: Option<String>,
 }
 
 impl MiningInput {
@@ -102,15 +115,27 @@ impl MiningInput {
             let Some(judged) = dataset.qrels.get(&query.id) else {
                 continue;
             };
-            let mut positives: Vec<usize> = judged
+            let mut positives: Vec<(usize, u32)> = judged
                 .iter()
                 .filter(|(_, grade)| **grade > 0)
-                .filter_map(|(doc, _)| row.get(doc.as_str()).copied())
+                .filter_map(|(doc, grade)| Some((*row.get(doc.as_str())?, *grade as u32)))
                 .collect();
             positives.sort_unstable();
             if !positives.is_empty() {
                 input.queries.push(query.text.clone());
-                input.positives.push(positives);
+                input.labels.push(
+                    positives
+                        .iter()
+                        .map(|&(_, grade)| PairLabel {
+                            grade,
+                            weight: 1.0,
+                            source: None,
+                        })
+                        .collect(),
+                );
+                input
+                    .positives
+                    .push(positives.into_iter().map(|(r, _)| r).collect());
             }
         }
         input
@@ -139,10 +164,17 @@ impl MiningInput {
             let q = *query_row.entry(pair.query.clone()).or_insert_with(|| {
                 input.queries.push(pair.query.clone());
                 input.positives.push(Vec::new());
+                input.labels.push(Vec::new());
                 input.queries.len() - 1
             });
+            // A repeated (query, positive) keeps the first pair's label.
             if !input.positives[q].contains(&positive) {
                 input.positives[q].push(positive);
+                input.labels[q].push(PairLabel {
+                    grade: pair.grade,
+                    weight: pair.weight,
+                    source: pair.source.clone(),
+                });
             }
         }
         input
@@ -158,6 +190,13 @@ pub struct MinedPair {
     pub positive: String,
     /// Mined negatives, best-ranked first.
     pub negatives: Vec<String>,
+    /// The input pair's grade (the qrels score for a BEIR directory).
+    pub grade: u32,
+    /// The input pair's loss weight.
+    pub weight: f32,
+    /// The input pair's source, when it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What mining did.
@@ -251,7 +290,7 @@ pub fn mine(
             .skip(settings.ranks.start)
             .map(|h| (h.doc as usize, h.score))
             .collect();
-        for &positive in &input.positives[q] {
+        for (&positive, label) in input.positives[q].iter().zip(&input.labels[q]) {
             let positive_score = dot(queries.row(q), corpus.row(positive));
             let (rows, judged_skips, margin_skips) =
                 select_negatives(&window, &judged, positive_score, settings);
@@ -263,6 +302,9 @@ pub fn mine(
                 query: input.queries[q].clone(),
                 positive: input.corpus[positive].clone(),
                 negatives: rows.iter().map(|&r| input.corpus[r].clone()).collect(),
+                grade: label.grade,
+                weight: label.weight,
+                source: label.source.clone(),
             });
         }
     }
@@ -296,6 +338,47 @@ mod tests {
         };
         let (rows, _, _) = select_negatives(&candidates, &judged, 0.9, &loose);
         assert_eq!(rows, vec![7, 9, 4, 5]);
+    }
+
+    #[test]
+    fn pairs_keep_their_grade_weight_and_source_through_mining() {
+        use crate::data::TrainingPair;
+        let location = crate::data::Location {
+            path: std::sync::Arc::new(std::path::PathBuf::from("pairs.jsonl")),
+            line: 1,
+        };
+        let mut bought = TrainingPair::new("red boots", "boot A", location.clone());
+        (bought.grade, bought.weight) = (3, 2.5);
+        bought.source = Some("feedback:shop".into());
+        let data = TrainingData {
+            source: "pairs.jsonl".into(),
+            pairs: vec![
+                bought,
+                TrainingPair::new("red boots", "boot B", location.clone()),
+                // A repeat keeps the first pair's label.
+                TrainingPair::new("red boots", "boot A", location),
+            ],
+            skipped: Vec::new(),
+        };
+        let input = MiningInput::from_pairs(&data);
+        assert_eq!(input.positives, vec![vec![0, 1]]);
+        let labels = &input.labels[0];
+        assert_eq!(
+            (
+                labels[0].grade,
+                labels[0].weight,
+                labels[0].source.as_deref()
+            ),
+            (3, 2.5, Some("feedback:shop"))
+        );
+        assert_eq!(
+            (
+                labels[1].grade,
+                labels[1].weight,
+                labels[1].source.as_deref()
+            ),
+            (1, 1.0, None)
+        );
     }
 
     #[test]
