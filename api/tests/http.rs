@@ -945,7 +945,8 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
     settings.feedback.explore_ranks = 3;
     settings.feedback.drift.window = 10;
     settings.feedback.drift.min_queries = 5;
-    let service = test::init_service(app(fixture.state(settings))).await;
+    let state = fixture.state(settings);
+    let service = test::init_service(app(state.clone())).await;
     let ids = |body: &Value| -> Vec<String> {
         body["results"]
             .as_array()
@@ -1016,6 +1017,38 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
         let (status, body) = call(&service, TestRequest::get().uri(uri)).await;
         assert_eq!(status.as_u16(), code, "{uri}: {body}");
     }
+    // A user key is hashed with the log's salt, never bare; a search without one has no hash.
+    let (_, with_user) = call(
+        &service,
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "red", "space": "base", "user": "alice"}),
+        ),
+    )
+    .await;
+    let events = state.collection("shop").unwrap().events.clone();
+    let logged = events.all_served().unwrap();
+    let find = |id: &Value| {
+        logged
+            .iter()
+            .find(|r| r.request_id == id.as_str().unwrap())
+            .unwrap()
+    };
+    let salt = events.salt().unwrap();
+    let expected = attune_index::ServedRequest::new(
+        String::new(),
+        String::new(),
+        &salt,
+        "alice",
+        "",
+        vec![],
+        0,
+    );
+    let unsalted =
+        attune_index::ServedRequest::new(String::new(), String::new(), "", "alice", "", vec![], 0);
+    assert_eq!(find(&with_user["request_id"]).user_hash, expected.user_hash);
+    assert_ne!(expected.user_hash, unsalted.user_hash);
+    assert_eq!(find(&body["request_id"]).user_hash, "");
     // Logged-only searches are no A/B traffic.
     let (_, report) = call(
         &service,
@@ -1029,7 +1062,8 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
         .map(|r| r["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(requests, 0, "{report}");
-    // Drift: the first 10 searches of the base space are its reference, then the window fills.
+    // Drift: the first 10 searches of the base space (2 so far) are its reference, then the
+    // window fills.
     for i in 0..13 {
         let query = json!({"query": format!("red shoe {i}"), "space": "base"});
         let (status, _) = call(&service, post("/v1/collections/shop/search", query)).await;
@@ -1049,7 +1083,7 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
             base["reference_ready"].clone(),
             base["window_queries"].clone()
         ),
-        (json!(true), json!(4)),
+        (json!(true), json!(5)),
         "{base}"
     );
     let tuned = spaces.iter().find(|s| s["space"] == "tuned").unwrap();
