@@ -1,10 +1,10 @@
 //! Query drift per collection and vector space: how far the queries served lately have moved from
 //! a reference set, and when that says "retrain".
 //!
-//! The reference is the queries the served model was trained on (`data.reference_queries` of
-//! the `training_card.json` in its directory), or, for a model attune did not train, the first
-//! `window` queries the space serves. Over a sliding window of the latest `window` searches, three
-//! shares are measured:
+//! The reference is the queries the served model was trained and validated on
+//! (`data.reference_queries` of the `training_card.json` in its directory), or, for a model attune
+//! did not train, the first `window` queries the space serves. Over a sliding window of the
+//! latest `window` searches, three shares are measured:
 //! - `novel_share`: queries whose nearest reference query (cosine of the model's own vectors) is
 //!   below `novel_similarity`: wording or intent the model was not tuned for;
 //! - `weak_top_share`: queries whose best result scores below `weak_top_score` (vector searches

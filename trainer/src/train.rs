@@ -1270,7 +1270,7 @@ fn training_card(
             "source": inputs.data.source.display().to_string(),
             "pairs_loaded": inputs.data.pairs.len(),
             "sources": pair_sources(inputs.data),
-            "reference_queries": reference_queries_of(inputs.data),
+            "reference_queries": reference_queries_of(inputs.data, inputs.validation),
             "pairs_trained": summary.pairs,
             "pairs_dropped_as_leakage": summary.dropped_leaked,
             "queries": report.counts.queries,
@@ -1326,19 +1326,26 @@ fn pair_sources(data: &TrainingData) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The distinct training queries, in first-seen order, at most [`CARD_REFERENCE_QUERIES`].
-fn reference_queries_of(data: &TrainingData) -> Vec<&str> {
-    let mut seen = std::collections::HashSet::new();
+/// The distinct queries the model was trained on, then those it was validated on, in
+/// first-seen order, at most [`CARD_REFERENCE_QUERIES`].
+fn reference_queries_of<'a>(
+    data: &'a TrainingData,
+    validation: Option<&'a BeirDataset>,
+) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    let validated = validation.into_iter().flat_map(|v| &v.queries);
     data.pairs
         .iter()
         .map(|p| p.query.as_str())
+        .chain(validated.map(|q| q.text.as_str()))
         .filter(|q| seen.insert(*q))
         .take(CARD_REFERENCE_QUERIES)
         .collect()
 }
 
-/// The training queries listed in `model_dir`'s training card (`data.reference_queries`), the
-/// reference the server measures query drift against; `None` without a card or the list.
+/// The training (and validation) queries listed in `model_dir`'s training card
+/// (`data.reference_queries`), the reference the server measures query drift against; `None`
+/// without a card or the list.
 pub fn reference_queries(model_dir: &Path) -> Result<Option<Vec<String>>> {
     let path = model_dir.join(files::CARD_JSON);
     let text = match std::fs::read_to_string(&path) {
