@@ -947,14 +947,6 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
     settings.feedback.drift.min_queries = 5;
     let state = fixture.state(settings);
     let service = test::init_service(app(state.clone())).await;
-    let ids = |body: &Value| -> Vec<String> {
-        body["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["id"].as_str().unwrap().to_string())
-            .collect()
-    };
     // compare is not logged: the base ranking as the model gives it.
     let (_, compared) = call(
         &service,
@@ -964,7 +956,7 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
         ),
     )
     .await;
-    let ranked = ids(&compared["lists"][0]);
+    let ranked = result_ids(&compared["lists"][0]);
     let (status, body) = call(
         &service,
         post(
@@ -979,7 +971,7 @@ async fn logged_searches_take_feedback_explore_and_measure_drift(backend: Backen
         "{body}"
     );
     // Every search explores: one adjacent pair within the top 3 swapped, the rest in place.
-    let shown = ids(&body);
+    let shown = result_ids(&body);
     let moved: Vec<usize> = (0..5).filter(|&i| shown[i] != ranked[i]).collect();
     assert!(
         moved == [0, 1] || moved == [1, 2],

@@ -87,19 +87,24 @@ fn run_export(args: ExportArgs) -> Result<()> {
 
 /// The export of a running server.
 fn export_from_server(url: &str, key: Option<&str>, settings: &ExportSettings) -> Result<Export> {
-    let mut url = format!(
-        "{}/v1/collections/{}/feedback/pairs?min_events={}&position_correction={}&max_negatives={}",
+    let url = format!(
+        "{}/v1/collections/{}/feedback/pairs",
         url.trim_end_matches('/'),
-        settings.collection,
-        settings.min_events,
-        settings.position_correction,
-        settings.max_negatives
+        settings.collection
     );
+    let mut request = ureq::get(&url)
+        .query("min_events", settings.min_events.to_string())
+        .query(
+            "position_correction",
+            settings.position_correction.to_string(),
+        )
+        .query("max_negatives", settings.max_negatives.to_string())
+        .config()
+        .http_status_as_error(false)
+        .build();
     if let Some(since) = &settings.since {
-        url.push_str("&since=");
-        url.push_str(&percent_encode(since));
+        request = request.query("since", since);
     }
-    let mut request = ureq::get(&url).config().http_status_as_error(false).build();
     if let Some(key) = key {
         request = request.header("x-api-key", key);
     }
@@ -117,19 +122,6 @@ fn export_from_server(url: &str, key: Option<&str>, settings: &ExportSettings) -
         report: serde_json::from_value(body["report"].clone())?,
         pairs: serde_json::from_value(body["pairs"].clone())?,
     })
-}
-
-/// Percent-encodes a query-string value (`+` and `:` of RFC 3339 times included).
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Arguments of `attune feedback simulate`.
