@@ -113,6 +113,12 @@ try {
   check(/promoted/.test(verdict), `the report's verdict is shown (${verdict.slice(0, 80)}…)`);
   const plots = await page.frameLocator("#report-frame").locator("svg").count();
   check(plots > 0, `the report's plots render (${plots} SVG)`);
+  // Query drift per vector space, from GET /v1/collections/{c}/drift: every space is listed,
+  // with its reference and window (compare, used above, is not counted as served traffic).
+  await page.waitForSelector("#drift-summary table", { timeout: 15000 });
+  const driftRows = await page.locator("#drift-summary tbody tr").allTextContents();
+  check(driftRows.some((r) => r.startsWith("base")) && driftRows.some((r) => r.startsWith("tuned")),
+    `the report tab shows query drift per space (${driftRows.join(" | ")})`);
 
   check(pageErrors.length === 0, `no script errors (${pageErrors.join("; ")})`);
   check(external.length === 0, `no request leaves the server (${external.join(", ")})`);
