@@ -152,7 +152,8 @@ pub struct FeedbackSettings {
     /// Share of logged searches, 0 to 1, whose results at one random adjacent pair of ranks
     /// (`r`, `r + 1`, `r < explore_ranks`) are swapped before the response, so that
     /// `attune feedback export` can measure how much less shoppers look at lower ranks
-    /// (default 0: no exploration). The A/B report leaves these requests out of its figures.
+    /// (default 0: no exploration). Swapped results keep their own scores, so the two are out of
+    /// score order. The A/B report leaves these requests out of its figures.
     pub explore_share: f64,
     /// Swaps fall within the top this many ranks (default 10; at least 2).
     pub explore_ranks: usize,
