@@ -143,7 +143,8 @@ fn serve(store: &Path, config: &str) -> (Server, String) {
     (server, base)
 }
 
-fn request(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+/// GET `url`, or POST `body` to it; the status and the JSON answer.
+fn request(url: &str, body: Option<&Value>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -152,7 +153,6 @@ fn request(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
         Some(body) => agent.post(url).send_json(body).unwrap(),
         None => agent.get(url).call().unwrap(),
     };
-    let _ = method;
     (
         response.status().as_u16(),
         response.body_mut().read_json().unwrap_or(Value::Null),
@@ -180,7 +180,7 @@ fn simulate(base: &str, split: &str, sessions: usize, seed: u64) -> Value {
 }
 
 fn drift(base: &str) -> Value {
-    let (status, body) = request("GET", &format!("{base}/v1/collections/demo/drift"), None);
+    let (status, body) = request(&format!("{base}/v1/collections/demo/drift"), None);
     assert_eq!(status, 200, "{body}");
     body["spaces"][0].clone()
 }
@@ -244,7 +244,6 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
         );
         // Feedback on a request the log does not have.
         let (status, body) = request(
-            "POST",
             &format!("{base}/v1/collections/demo/feedback"),
             Some(&json!({"request_id": "no-such-request", "doc_id": "p0001", "event": "click"})),
         );
@@ -258,7 +257,6 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
         );
         // Plain searches return a request id, not an A/B variant.
         let (status, body) = request(
-            "POST",
             &format!("{base}/v1/collections/demo/search"),
             Some(&json!({"query": "boots", "k": 3})),
         );
@@ -297,11 +295,7 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
         // The A/B report counts none of these searches as A/B traffic.
-        let (_, report) = request(
-            "GET",
-            &format!("{base}/v1/collections/demo/ab-report"),
-            None,
-        );
+        let (_, report) = request(&format!("{base}/v1/collections/demo/ab-report"), None);
         assert_eq!(report["variants"][0]["requests"], 0, "{report}");
         // A graceful stop writes the searches no feedback has flushed yet (a kill would lose
         // those, and the swap counts with them).
