@@ -6,32 +6,15 @@
 //!
 //! Needs the model (`scripts/fetch-model.sh`, or `ATTUNE_MODEL_DIR`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("ATTUNE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{}: no model; run scripts/fetch-model.sh (or set ATTUNE_MODEL_DIR)",
-        dir.display()
-    );
-    dir
-}
-
-fn attune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attune"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::*;
 
 fn ok(out: Output) -> String {
     assert!(
@@ -98,24 +81,6 @@ fn built() -> &'static Built {
         }
         Built { dir }
     })
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Serves `store` with the settings `config` (TOML text); returns the server and its URL.

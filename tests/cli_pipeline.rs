@@ -8,32 +8,15 @@
 //! them it is skipped, unless `ATTUNE_REQUIRE_BROWSER=1` (set by `.ci/run`) makes that a failure.
 //! `ATTUNE_SCREENSHOT=PATH` keeps its screenshot.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("ATTUNE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{}: no model; run scripts/fetch-model.sh (or set ATTUNE_MODEL_DIR)",
-        dir.display()
-    );
-    dir
-}
-
-fn attune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attune"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::*;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -168,22 +151,8 @@ fn promoted_store(dir: &Path) -> PathBuf {
     config
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(store: &Path) -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_attune"))
         .args(["serve", "--device", "cpu", "--bind"])
         .arg(format!("127.0.0.1:{port}"))

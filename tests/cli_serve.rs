@@ -2,13 +2,15 @@
 //! `attune index build` with a tiny random model; search, the API key, metrics, and a re-index
 //! by a second process picked up while the server keeps answering.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use serde_json::{json, Value};
+
+mod common;
+use common::{free_port, Server};
 
 fn corpus(path: &Path, n: usize, version: usize) {
     let lines: Vec<String> = (0..n)
@@ -48,16 +50,6 @@ fn build(store: &Path, corpus: &Path, model: &Path) {
     );
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `attune serve` on a free loopback port with API key "sesame" and waits until it serves
 /// generation `generation` of "shop". Returns the server and its base URL.
 fn start_server(store: &Path, config: &Path, generation: u64) -> (Server, String) {
@@ -88,14 +80,6 @@ fn start_server(store: &Path, config: &Path, generation: u64) -> (Server, String
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn get(url: &str) -> (u16, Value) {
