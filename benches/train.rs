@@ -105,6 +105,7 @@ fn train_kernels(c: &mut Criterion) {
                 &qkv,
                 None,
                 &lengths,
+                attune_model::train_attention::Rows::Padded,
                 heads,
                 scale,
                 dropout,
@@ -149,6 +150,26 @@ fn train_kernels(c: &mut Criterion) {
         bench.iter(|| {
             let y = x.matmul(&w.t().unwrap()).unwrap();
             let y = y.broadcast_add(&bias).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    // The feed-forward contraction (1,536 → 384) after GELU: one op keeping only its input,
+    // against GELU and the linear op as two nodes.
+    let expanded =
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * s, 4 * h), &dev).unwrap()).unwrap();
+    let w_down = Var::from_tensor(&Tensor::randn(0f32, 0.05, (h, 4 * h), &dev).unwrap()).unwrap();
+    let b_down =
+        Var::from_tensor(&Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap()).unwrap();
+    group.bench_function("gelu_linear_fused_forward_backward", |bench| {
+        bench.iter(|| {
+            let y = attune_model::train_kernels::gelu_linear(&expanded, &w_down, &b_down).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.bench_function("gelu_then_linear_forward_backward", |bench| {
+        bench.iter(|| {
+            let active = attune_model::train_kernels::gelu_erf(&expanded).unwrap();
+            let y = attune_model::train_kernels::linear(&active, &w_down, &b_down).unwrap();
             y.sum_all().unwrap().backward().unwrap()
         })
     });

@@ -7,13 +7,14 @@
 //! layers here are reachable for LoRA, and each forward pass takes a [`Mode`] that selects fused
 //! kernels (inference) or differentiable ones with dropout (training).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::{BertConfig, BertFlavor, HiddenAct};
 use crate::family::{InputConventions, InputEmbeddingHook, TransformerModel};
 use crate::kernels::{self, Epilogue};
 use crate::layers::{attention_probs, matmul_in, Dropout, Embedding, LayerNorm, Linear, Mode};
+use crate::train_attention;
 
 /// Which linear layer of a transformer block (the LoRA targets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -263,32 +264,53 @@ impl BertLayer {
         self.output_norm.forward(&(out + xs)?, Mode::Inference)
     }
 
-    /// The differentiable path. `position_bias`: `(1, heads, seq, seq)`, added to the scaled
-    /// scores (MPNet).
-    ///
-    /// `lengths`: real tokens per right-padded text when the fused training attention applies
-    /// (f32 on the CPU); it runs unless the layer's products are narrowed.
+    /// The differentiable path over rows laid out as `rows` says. `position_bias`:
+    /// `(1, heads, seq, seq)`, added to the scaled scores (MPNet).
     fn forward(
         &self,
         xs: &Tensor,
-        mask_bias: &Tensor,
+        rows: TrainRows<'_>,
         position_bias: Option<&Tensor>,
-        lengths: Option<&[usize]>,
         mode: Mode<'_>,
     ) -> Result<Tensor> {
-        let context = match lengths {
-            Some(lengths) if self.matmul_dtype == DType::F32 => {
-                self.fused_train_attention(xs, position_bias, lengths, mode)?
+        let context = match rows {
+            TrainRows::Padded {
+                lengths: Some(lengths),
+                ..
+            } if self.matmul_dtype == DType::F32 => self.fused_train_attention(
+                xs,
+                position_bias,
+                lengths,
+                train_attention::Rows::Padded,
+                mode,
+            )?,
+            TrainRows::Padded { mask_bias, .. } => {
+                self.composite_attention(xs, mask_bias, position_bias, mode)?
             }
-            _ => self.composite_attention(xs, mask_bias, position_bias, mode)?,
+            TrainRows::Packed { lengths, seq } => self.fused_train_attention(
+                xs,
+                position_bias,
+                lengths,
+                train_attention::Rows::Packed { seq },
+                mode,
+            )?,
         };
         let attended = self.attention_output.forward(&context)?;
         let xs = self
             .attention_norm
             .forward(&self.hidden_dropout.forward_add(&attended, xs, mode)?, mode)?;
 
-        let inner = self.activation.apply(&self.intermediate.forward(&xs)?)?;
-        let out = self.output.forward(&inner)?;
+        let expanded = self.intermediate.forward(&xs)?;
+        let fused = match self.activation {
+            HiddenAct::Gelu if mode.is_train() => {
+                self.output.forward_after_gelu_train(&expanded)?
+            }
+            _ => None,
+        };
+        let out = match fused {
+            Some(out) => out,
+            None => self.output.forward(&self.activation.apply(&expanded)?)?,
+        };
         self.output_norm
             .forward(&self.hidden_dropout.forward_add(&out, &xs, mode)?, mode)
     }
@@ -316,14 +338,15 @@ impl BertLayer {
             .reshape((b, s, h))
     }
 
-    /// Training attention as one fused op over one `(batch, seq, 3·hidden)` projection (the
-    /// three layers' weights concatenated, or their outputs when adapters are attached).
-    /// `position_bias`: `(1, heads, seq, seq)`.
+    /// Training attention as one fused op over one projection `(…, 3·hidden)` (the three
+    /// layers' weights concatenated, or their outputs when adapters are attached), rows laid
+    /// out as `rows` says. `position_bias`: `(1, heads, seq, seq)`.
     fn fused_train_attention(
         &self,
         xs: &Tensor,
         position_bias: Option<&Tensor>,
         lengths: &[usize],
+        rows: train_attention::Rows,
         mode: Mode<'_>,
     ) -> Result<Tensor> {
         let qkv = match Linear::concatenated(&[&self.query, &self.key, &self.value])? {
@@ -334,15 +357,16 @@ impl BertLayer {
                     self.key.forward(xs)?,
                     self.value.forward(xs)?,
                 ],
-                2,
+                D::Minus1,
             )?,
         };
         let scale = 1.0 / (self.head_size as f32).sqrt();
         let bias = position_bias.map(|b| b.squeeze(0)).transpose()?;
-        crate::train_attention::attention(
+        train_attention::attention(
             &qkv,
             bias.as_ref(),
             lengths,
+            rows,
             self.num_heads,
             scale,
             self.attention_dropout,
@@ -443,6 +467,11 @@ impl BertModel {
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
         let lengths = fused_lengths(&mask, &xs, mode)?;
         let train_lengths = fused_train_lengths(&mask, &xs, mode)?;
+        if let Some(lengths) = &train_lengths {
+            if self.layers.iter().all(|l| l.matmul_dtype == DType::F32) {
+                return self.forward_packed(&xs, lengths, mode);
+            }
+        }
         // Built on first use: only layers that cannot take the fused kernels need them.
         let mut mask_bias: Option<Tensor> = None;
         let mut position_bias: Option<Option<Tensor>> = None;
@@ -463,17 +492,31 @@ impl BertModel {
                     }
                     let mask_bias = mask_bias.as_ref().expect("just built");
                     let position_bias = position_bias.as_ref().expect("just built").as_ref();
-                    layer.forward(
-                        &xs,
+                    let rows = TrainRows::Padded {
                         mask_bias,
-                        position_bias,
-                        train_lengths.as_deref(),
-                        mode,
-                    )?
+                        lengths: train_lengths.as_deref(),
+                    };
+                    layer.forward(&xs, rows, position_bias, mode)?
                 }
             };
         }
         Ok(xs)
+    }
+
+    /// The training pass over packed rows: the embeddings `(batch, seq, hidden)` of right-padded
+    /// texts with `lengths` real tokens go through the layers as `(Σ lengths, hidden)` — the
+    /// padding costs no products, no element-wise passes and no memory — and come back
+    /// right-padded, zero at padding rows.
+    fn forward_packed(&self, xs: &Tensor, lengths: &[usize], mode: Mode<'_>) -> Result<Tensor> {
+        let (b, s, h) = xs.dims3()?;
+        let packing = Packing::new(lengths, s, xs.device())?;
+        let position_bias = self.position_bias(s, xs.device())?;
+        let mut rows = packing.pack(xs)?;
+        for layer in &self.layers {
+            let layout = TrainRows::Packed { lengths, seq: s };
+            rows = layer.forward(&rows, layout, position_bias.as_ref(), mode)?;
+        }
+        packing.unpack(&rows, (b, s, h))
     }
 
     /// The bucket of every (query, key) pair of a `seq`-token text, row-major.
@@ -582,6 +625,71 @@ impl TransformerModel for BertModel {
 
 /// Additive mask for the composite path: 0 where attended, the most negative float where
 /// padded (as transformers does), shaped `(batch, 1, 1, seq)`.
+/// How a training layer's rows are laid out.
+#[derive(Clone, Copy)]
+enum TrainRows<'a> {
+    /// `(batch, seq, hidden)`, right-padded: the composite attention masks with `mask_bias`
+    /// `(batch, 1, 1, seq)`; the fused one takes `lengths` when it applies.
+    Padded {
+        mask_bias: &'a Tensor,
+        lengths: Option<&'a [usize]>,
+    },
+    /// `(Σ lengths, hidden)`: the real tokens of each text, one text after another (fused
+    /// attention only); `seq` is the padded length.
+    Packed { lengths: &'a [usize], seq: usize },
+}
+
+/// Moves rows between the right-padded `(batch, seq, ·)` layout and the packed one (see
+/// [`TrainRows::Packed`]), differentiably.
+struct Packing {
+    /// Padded row (`text · seq + position`) of each packed row.
+    real_rows: Tensor,
+    /// Packed row of each padded row; padding rows point one past the last (a zero row).
+    padded_rows: Tensor,
+    real: usize,
+}
+
+impl Packing {
+    fn new(lengths: &[usize], seq: usize, device: &candle_core::Device) -> Result<Self> {
+        let mut real_rows = Vec::with_capacity(lengths.iter().sum());
+        let mut padded_rows = Vec::with_capacity(lengths.len() * seq);
+        for (text, &len) in lengths.iter().enumerate() {
+            for position in 0..seq {
+                if position < len {
+                    padded_rows.push(real_rows.len() as u32);
+                    real_rows.push((text * seq + position) as u32);
+                } else {
+                    padded_rows.push(u32::MAX);
+                }
+            }
+        }
+        let real = real_rows.len();
+        for row in padded_rows.iter_mut().filter(|r| **r == u32::MAX) {
+            *row = real as u32;
+        }
+        Ok(Packing {
+            real_rows: Tensor::new(real_rows, device)?,
+            padded_rows: Tensor::new(padded_rows, device)?,
+            real,
+        })
+    }
+
+    /// `(batch, seq, width)` → `(Σ lengths, width)`.
+    fn pack(&self, xs: &Tensor) -> Result<Tensor> {
+        let width = xs.dim(D::Minus1)?;
+        xs.reshape(((), width))?.index_select(&self.real_rows, 0)
+    }
+
+    /// `(Σ lengths, width)` → `shape` `(batch, seq, width)`, zero at padding rows.
+    fn unpack(&self, rows: &Tensor, shape: (usize, usize, usize)) -> Result<Tensor> {
+        let zero = Tensor::zeros((1, shape.2), rows.dtype(), rows.device())?;
+        debug_assert_eq!(rows.dim(0)?, self.real);
+        Tensor::cat(&[rows, &zero], 0)?
+            .index_select(&self.padded_rows, 0)?
+            .reshape(shape)
+    }
+}
+
 fn composite_mask_bias(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
     ((mask.ones_like()? - mask)? * f32::MIN as f64)?.reshape((b, 1, 1, s))
 }

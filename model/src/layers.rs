@@ -376,6 +376,28 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The layer applied to `GELU(xs)` (exact GELU) as one training op, where it applies: a
+    /// layer with a bias and no adapter, products in f32, on the CPU. `None` elsewhere (apply
+    /// the activation, then the layer).
+    pub(crate) fn forward_after_gelu_train(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        match &self.bias {
+            Some(bias)
+                if self.lora.is_none()
+                    && self.matmul_dtype == DType::F32
+                    && crate::train_kernels::applies(xs) =>
+            {
+                Ok(Some(crate::train_kernels::gelu_linear(
+                    xs,
+                    &self.weight,
+                    bias,
+                )?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dims = xs.dims().to_vec();

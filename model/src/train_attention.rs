@@ -12,6 +12,10 @@
 //!
 //! Dropout masks are indexed like the composite path's `(batch, heads, seq, seq)` probabilities,
 //! so both paths draw the same mask from the same key; the tests hold the op to that path.
+//!
+//! The rows come in one of two layouts ([`Rows`]): right-padded `(batch, seq, ·)`, or packed
+//! `(Σ lengths, ·)` — the real tokens of each text one after another, so that the layers
+//! around attention (projections, layer norms, feed-forward) skip the padding too.
 
 use std::sync::Arc;
 
@@ -22,12 +26,30 @@ use rayon::prelude::*;
 use crate::kernels::{contiguous, softmax_in_place};
 use crate::layers::DropoutMask;
 
-/// The forward op: `qkv` `(batch, seq, 3·hidden)` (and, as [`CustomOp2`], a position bias
-/// `(heads, seq, seq)`) → context `(batch, seq, hidden)`.
+/// How the texts' rows lie in `qkv` and in the context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// `(batch, seq, ·)`: each text right-padded to the longest.
+    Padded,
+    /// `(Σ lengths, ·)`: the real tokens of each text, texts one after another. `seq` is the
+    /// padded length the position bias `(heads, seq, seq)` and the dropout masks are laid out
+    /// for (at least the longest text).
+    Packed {
+        /// Padded length, in tokens.
+        seq: usize,
+    },
+}
+
+/// The forward op: `qkv` `(batch, seq, 3·hidden)` or packed `(Σ lengths, 3·hidden)` (and, as
+/// [`CustomOp2`], a position bias `(heads, seq, seq)`) → context `(batch, seq, hidden)` or
+/// `(Σ lengths, hidden)`.
 #[derive(Clone)]
 struct SelfAttention {
-    /// Real tokens of each text (right-padded); padding rows of the context are zero.
+    /// Real tokens of each text; padding rows of a padded context are zero.
     lengths: Arc<Vec<usize>>,
+    /// First row of each text in `qkv`, for packed rows (empty for padded ones).
+    starts: Arc<Vec<usize>>,
+    rows: Rows,
     heads: usize,
     /// Applied to the scores `q·kᵀ` (not to the bias).
     scale: f32,
@@ -102,6 +124,8 @@ unsafe fn product(
 struct Dims {
     batch: usize,
     seq: usize,
+    /// Rows of `qkv` (and of the context).
+    rows: usize,
     hidden: usize,
     head_size: usize,
 }
@@ -118,12 +142,23 @@ struct Block {
 
 impl SelfAttention {
     fn dims(&self, layout: &Layout) -> Result<Dims> {
-        let (batch, seq, three_h) = layout.shape().dims3()?;
+        let (batch, seq, rows, three_h) = match self.rows {
+            Rows::Padded => {
+                let (batch, seq, three_h) = layout.shape().dims3()?;
+                (batch, seq, batch * seq, three_h)
+            }
+            Rows::Packed { seq } => {
+                let (rows, three_h) = layout.shape().dims2()?;
+                (self.lengths.len(), seq, rows, three_h)
+            }
+        };
         let hidden = three_h / 3;
+        let packed_rows = self.lengths.iter().sum::<usize>();
         if three_h % 3 != 0
             || hidden % self.heads != 0
             || self.lengths.len() != batch
             || self.lengths.iter().any(|&l| l > seq)
+            || (matches!(self.rows, Rows::Packed { .. }) && rows != packed_rows)
         {
             candle_core::bail!(
                 "training attention: qkv {:?}, {} heads, {} lengths",
@@ -135,6 +170,7 @@ impl SelfAttention {
         Ok(Dims {
             batch,
             seq,
+            rows,
             hidden,
             head_size: hidden / self.heads,
         })
@@ -153,20 +189,35 @@ impl SelfAttention {
         Ok(())
     }
 
+    /// The row of `qkv` (and of the context) where `text` starts.
+    fn first_row(&self, d: Dims, text: usize) -> usize {
+        match self.rows {
+            Rows::Padded => text * d.seq,
+            Rows::Packed { .. } => self.starts[text],
+        }
+    }
+
+    /// The shape of the context.
+    fn out_shape(&self, d: Dims) -> Shape {
+        match self.rows {
+            Rows::Padded => Shape::from_dims(&[d.batch, d.seq, d.hidden]),
+            Rows::Packed { .. } => Shape::from_dims(&[d.rows, d.hidden]),
+        }
+    }
+
     fn block(&self, d: Dims, text: usize, head: usize) -> Block {
         Block {
             text,
             head,
             len: self.lengths[text],
-            base: text * d.seq * 3 * d.hidden + head * d.head_size,
+            base: self.first_row(d, text) * 3 * d.hidden + head * d.head_size,
         }
     }
 
     /// `probs ← softmax(bias + scale · q·kᵀ)` of one block (`len × len`), before dropout.
     ///
     /// # Safety
-    /// `qkv` holds the whole `(batch, seq, 3·hidden)` input, `bias` the whole `(heads, seq,
-    /// seq)` one.
+    /// `qkv` holds the whole input (every row), `bias` the whole `(heads, seq, seq)` one.
     unsafe fn probabilities(
         &self,
         qkv: &[f32],
@@ -212,7 +263,7 @@ impl SelfAttention {
     }
 
     fn forward(&self, qkv: &[f32], bias: Option<&[f32]>, d: Dims) -> Vec<f32> {
-        let mut out = vec![0f32; d.batch * d.seq * d.hidden];
+        let mut out = vec![0f32; d.rows * d.hidden];
         let out_ptr = SendPtr(out.as_mut_ptr());
         (0..d.batch * self.heads)
             .into_par_iter()
@@ -243,7 +294,7 @@ impl SelfAttention {
         self.drop_out(d, b, probs);
         let v = View::rows(qkv.as_ptr().add(b.base + 2 * d.hidden), 3 * d.hidden);
         let p = View::rows(probs.as_ptr(), len);
-        let row0 = b.text * d.seq * d.hidden + b.head * d.head_size;
+        let row0 = self.first_row(d, b.text) * d.hidden + b.head * d.head_size;
         let dst = View::rows(out.0.add(row0), d.hidden);
         product((len, d.head_size, len), dst, p, v, 1.0, false);
     }
@@ -258,8 +309,7 @@ impl CustomOp1 for SelfAttention {
         let qkv = contiguous(storage, layout, "training attention")?;
         let d = self.dims(layout)?;
         let out = self.forward(qkv, None, d);
-        let shape = Shape::from_dims(&[d.batch, d.seq, d.hidden]);
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(out), self.out_shape(d)))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -285,8 +335,7 @@ impl CustomOp2 for SelfAttention {
         let d = self.dims(qkv_layout)?;
         self.check_bias(d, bias_layout)?;
         let out = self.forward(qkv, Some(bias_values), d);
-        let shape = Shape::from_dims(&[d.batch, d.seq, d.hidden]);
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(out), self.out_shape(d)))
     }
 
     fn bwd(
@@ -328,7 +377,7 @@ impl Backward {
     /// `d qkv` (and `d bias` after it, flat, when there is a bias).
     fn run(&self, qkv: &[f32], bias: Option<&[f32]>, g: &[f32], d: Dims) -> Result<Vec<f32>> {
         let op = &self.op;
-        if g.len() != d.batch * d.seq * d.hidden {
+        if g.len() != d.rows * d.hidden {
             candle_core::bail!(
                 "training attention backward: gradient of {} values",
                 g.len()
@@ -421,7 +470,7 @@ impl Backward {
         };
         let at = |offset: usize| qkv.as_ptr().add(b.base + offset);
         let out_at = |offset: usize| out.0.add(b.base + offset) as *const f32;
-        let d_out = View::rows(g.as_ptr().add(b.text * d.seq * h + b.head * hs), h);
+        let d_out = View::rows(g.as_ptr().add(op.first_row(d, b.text) * h + b.head * hs), h);
         // dV = (P∘M)ᵀ · dO
         let p_t = View::transposed(dropped.as_ptr(), len);
         product(
@@ -520,23 +569,26 @@ impl candle_core::CustomOp3 for Backward {
     }
 }
 
-/// Multi-head self-attention over a fused projection `qkv` `(batch, seq, 3·hidden)` (Q, K, V
-/// side by side; f32 on the CPU) of right-padded texts with `lengths` real tokens, with an
-/// optional additive position bias `(heads, seq, seq)`, `dropout` on the probabilities (drawn
-/// from the pass's context when training) and a fused backward pass (to `qkv` and the bias).
-/// Returns the context `(batch, seq, hidden)`, zero at padding rows. `scale` multiplies the
-/// scores `q·kᵀ`, not the bias.
+/// Multi-head self-attention over a fused projection `qkv` (Q, K, V side by side; f32 on the
+/// CPU) of texts with `lengths` real tokens laid out as `rows` says (`(batch, seq, 3·hidden)`
+/// right-padded, or `(Σ lengths, 3·hidden)` packed), with an optional additive position bias
+/// `(heads, seq, seq)`, `dropout` on the probabilities (drawn from the pass's context when
+/// training) and a fused backward pass (to `qkv` and the bias). Returns the context in the same
+/// layout, `hidden` wide (zero at padding rows). `scale` multiplies the scores `q·kᵀ`, not the
+/// bias.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &Tensor,
     position_bias: Option<&Tensor>,
     lengths: &[usize],
+    rows: Rows,
     heads: usize,
     scale: f32,
     dropout: crate::layers::Dropout,
     mode: crate::layers::Mode<'_>,
 ) -> Result<Tensor> {
     let mask = dropout.train_mask(mode);
-    self_attention(qkv, position_bias, lengths, heads, scale, mask)
+    self_attention(qkv, position_bias, lengths, rows, heads, scale, mask)
 }
 
 /// [`attention`] with the dropout mask given.
@@ -544,12 +596,26 @@ pub(crate) fn self_attention(
     qkv: &Tensor,
     position_bias: Option<&Tensor>,
     lengths: &[usize],
+    rows: Rows,
     heads: usize,
     scale: f32,
     dropout: Option<DropoutMask>,
 ) -> Result<Tensor> {
+    let starts = match rows {
+        Rows::Padded => Vec::new(),
+        Rows::Packed { .. } => lengths
+            .iter()
+            .scan(0, |next, &len| {
+                let start = *next;
+                *next += len;
+                Some(start)
+            })
+            .collect(),
+    };
     let op = SelfAttention {
         lengths: Arc::new(lengths.to_vec()),
+        starts: Arc::new(starts),
+        rows,
         heads,
         scale,
         dropout,
@@ -635,9 +701,16 @@ mod tests {
             for dropout in [None, Some(DropoutMask::new(0x5eed, 0.3))] {
                 let case = format!("bias {with_bias}, dropout {}", dropout.is_some());
                 let bias_arg = with_bias.then_some(bias.as_tensor());
-                let fused =
-                    self_attention(qkv.as_tensor(), bias_arg, &lengths, heads, scale, dropout)
-                        .unwrap();
+                let fused = self_attention(
+                    qkv.as_tensor(),
+                    bias_arg,
+                    &lengths,
+                    Rows::Padded,
+                    heads,
+                    scale,
+                    dropout,
+                )
+                .unwrap();
                 let want = composite(qkv.as_tensor(), bias_arg, &lengths, heads, scale, dropout)
                     .broadcast_mul(&rows)
                     .unwrap();
@@ -669,13 +742,97 @@ mod tests {
         }
     }
 
+    /// The rows of each text's real tokens, one text after another (the packed layout).
+    fn real_row_ids(lengths: &[usize], s: usize) -> Tensor {
+        let ids: Vec<u32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(t, &l)| (0..l).map(move |i| (t * s + i) as u32))
+            .collect();
+        Tensor::new(ids, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn packed_rows_give_the_padded_rows_values_and_gradients() {
+        let dev = Device::Cpu;
+        let (heads, s, h) = (2, 7, 8);
+        let lengths = [7, 3, 0, 5];
+        let b = lengths.len();
+        let ids = real_row_ids(&lengths, s);
+        let qkv =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap()).unwrap();
+        let bias =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (heads, s, s), &dev).unwrap()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (b * s, h), &dev).unwrap();
+        let packed_weights = weights.index_select(&ids, 0).unwrap();
+        for dropout in [None, Some(DropoutMask::new(11, 0.25))] {
+            let padded = self_attention(
+                qkv.as_tensor(),
+                Some(bias.as_tensor()),
+                &lengths,
+                Rows::Padded,
+                heads,
+                0.5,
+                dropout,
+            )
+            .unwrap()
+            .reshape((b * s, h))
+            .unwrap();
+            let packed_qkv = qkv
+                .as_tensor()
+                .reshape((b * s, 3 * h))
+                .unwrap()
+                .index_select(&ids, 0)
+                .unwrap();
+            let packed = self_attention(
+                &packed_qkv,
+                Some(bias.as_tensor()),
+                &lengths,
+                Rows::Packed { seq: s },
+                heads,
+                0.5,
+                dropout,
+            )
+            .unwrap();
+            assert_eq!(packed.dims(), [15, h]);
+            let want = padded.index_select(&ids, 0).unwrap();
+            assert!(max_abs_diff(&packed, &want) < 1e-6, "values");
+            let grads = |loss: Tensor| loss.sum_all().unwrap().backward().unwrap();
+            let got = grads((&packed * &packed_weights).unwrap());
+            let want = grads((&want * &packed_weights).unwrap());
+            for var in [qkv.as_tensor(), bias.as_tensor()] {
+                let diff = max_abs_diff(got.get(var).unwrap(), want.get(var).unwrap());
+                assert!(diff < 1e-5, "gradients: {diff}");
+            }
+        }
+        let short = Tensor::zeros((14, 3 * h), DType::F32, &dev).unwrap();
+        let refused = self_attention(
+            &short,
+            None,
+            &lengths,
+            Rows::Packed { seq: s },
+            heads,
+            1.0,
+            None,
+        );
+        assert!(refused.is_err(), "rows must add up to the lengths");
+    }
+
     #[test]
     fn dropout_drops_probabilities_not_whole_rows() {
         let dev = Device::Cpu;
         let qkv = Tensor::randn(0f32, 1.0, (1, 16, 3 * 8), &dev).unwrap();
-        let plain = self_attention(&qkv, None, &[16], 2, 0.5, None).unwrap();
-        let dropped =
-            self_attention(&qkv, None, &[16], 2, 0.5, Some(DropoutMask::new(7, 0.5))).unwrap();
+        let plain = self_attention(&qkv, None, &[16], Rows::Padded, 2, 0.5, None).unwrap();
+        let dropped = self_attention(
+            &qkv,
+            None,
+            &[16],
+            Rows::Padded,
+            2,
+            0.5,
+            Some(DropoutMask::new(7, 0.5)),
+        )
+        .unwrap();
         let differs = (plain - &dropped).unwrap().abs().unwrap().gt(1e-6).unwrap();
         let share = differs
             .to_dtype(DType::F32)
@@ -691,10 +848,10 @@ mod tests {
     #[test]
     fn mismatched_lengths_are_refused() {
         let qkv = Tensor::zeros((2, 4, 12), DType::F32, &Device::Cpu).unwrap();
-        assert!(self_attention(&qkv, None, &[4], 2, 1.0, None).is_err());
-        assert!(self_attention(&qkv, None, &[4, 5], 2, 1.0, None).is_err());
-        assert!(self_attention(&qkv, None, &[4, 4], 3, 1.0, None).is_err());
+        assert!(self_attention(&qkv, None, &[4], Rows::Padded, 2, 1.0, None).is_err());
+        assert!(self_attention(&qkv, None, &[4, 5], Rows::Padded, 2, 1.0, None).is_err());
+        assert!(self_attention(&qkv, None, &[4, 4], Rows::Padded, 3, 1.0, None).is_err());
         let bias = Tensor::zeros((2, 4, 5), DType::F32, &Device::Cpu).unwrap();
-        assert!(self_attention(&qkv, Some(&bias), &[4, 4], 2, 1.0, None).is_err());
+        assert!(self_attention(&qkv, Some(&bias), &[4, 4], Rows::Padded, 2, 1.0, None).is_err());
     }
 }

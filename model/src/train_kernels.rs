@@ -605,11 +605,77 @@ impl CustomOp3 for TrainLinear {
     }
 }
 
+/// `(h, w, b) → GELU(h)·wᵀ + b` (exact GELU) as one graph node: the feed-forward contraction
+/// of a transformer layer, applied to the expansion's output `h`. Only `h` is kept for the
+/// backward pass: the activation `GELU(h)`, as wide as `h`, exists during this op's forward
+/// pass alone and is recomputed for the weight gradient. A separate GELU node kept both, and
+/// cost a gradient sum (a zeroed tensor and an add) of that width and a pass of its own.
+struct TrainGeluLinear;
+
+impl CustomOp3 for TrainGeluLinear {
+    fn name(&self) -> &'static str {
+        "attune-train-gelu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        h: &CpuStorage,
+        h_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (activation, layout) = Gelu.cpu_fwd(h, h_layout)?;
+        let layout = Layout::contiguous(layout);
+        TrainLinear.cpu_fwd(&activation, &layout, w, w_layout, b, b_layout)
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = w.dims2()?;
+        let rows = h.elem_count() / k.max(1);
+        let g = grad.contiguous()?.reshape((rows, n))?;
+        let dh = h
+            .track_op()
+            .then(|| {
+                let d_activation = g.matmul(w)?.reshape(h.shape())?;
+                h.apply_op2_no_bwd(&d_activation, &GeluBackward)
+            })
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| {
+                let activation = h.apply_op1_no_bwd(&Gelu)?.reshape((rows, k))?;
+                g.t()?.matmul(&activation)
+            })
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| g.apply_op1_no_bwd(&ColumnSum { weighted: false }))
+            .transpose()?;
+        Ok((dh, dw, db))
+    }
+}
+
 /// `xs · wᵀ + b` over the last dimension (f32, CPU) with a fused backward; `w`: `(n, k)`,
 /// `b`: `(n)`.
 pub fn linear(xs: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainLinear)
+}
+
+/// `GELU(hs) · wᵀ + b` (exact GELU) over the last dimension (f32, CPU) as one op with a fused
+/// backward that keeps only `hs`; `w`: `(n, k)`, `b`: `(n)`.
+pub fn gelu_linear(hs: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    hs.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainGeluLinear)
 }
 
 /// `x + bias` over the last dimension with a parallel bias gradient (f32, CPU).
@@ -742,6 +808,38 @@ mod tests {
         let got = grads(linear(x.as_tensor(), &w, &b).unwrap());
         assert!(got.get(x.as_tensor()).is_some());
         assert!(got.get(&w).is_none() && got.get(&b).is_none());
+    }
+
+    #[test]
+    fn gelu_linear_matches_gelu_then_linear_in_values_and_gradients() {
+        let w = Var::from_tensor(&random(&[17, 31], 20)).unwrap();
+        let b = Var::from_tensor(&random(&[17], 21)).unwrap();
+        let x = Var::from_tensor(&random(&[3, 90, 31], 22)).unwrap();
+        let c = random(&[3, 90, 17], 23);
+        let fused = gelu_linear(&x, &w, &b).unwrap();
+        let plain = x
+            .gelu_erf()
+            .unwrap()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_abs_diff(&fused, &plain) <= 1e-4, "values differ");
+        let grads = |y: Tensor| (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let (got, want) = (grads(fused), grads(plain));
+        for var in [&x, &w, &b] {
+            let want = want.get(var).unwrap();
+            let size = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(size > 0.1, "the test exercises real gradients");
+            let d = max_abs_diff(got.get(var).unwrap(), want);
+            assert!(d <= 1e-4 * size.max(1.0), "gradient differs by {d}");
+        }
     }
 
     #[test]
