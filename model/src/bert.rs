@@ -623,8 +623,6 @@ impl TransformerModel for BertModel {
     }
 }
 
-/// Additive mask for the composite path: 0 where attended, the most negative float where
-/// padded (as transformers does), shaped `(batch, 1, 1, seq)`.
 /// How a training layer's rows are laid out.
 #[derive(Clone, Copy)]
 enum TrainRows<'a> {
@@ -690,6 +688,8 @@ impl Packing {
     }
 }
 
+/// Additive mask for the composite path: 0 where attended, the most negative float where
+/// padded (as transformers does), shaped `(batch, 1, 1, seq)`.
 fn composite_mask_bias(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
     ((mask.ones_like()? - mask)? * f32::MIN as f64)?.reshape((b, 1, 1, s))
 }
