@@ -586,23 +586,36 @@ impl CustomOp3 for TrainLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = w.dims2()?;
-        let rows = x.elem_count() / k.max(1);
-        let g = grad.contiguous()?.reshape((rows, n))?;
+        let (g, rows, db) = output_gradient(grad, w, b, x.elem_count())?;
         let dx = x
             .track_op()
             .then(|| g.matmul(w)?.reshape(x.shape()))
             .transpose()?;
         let dw = w
             .track_op()
-            .then(|| g.t()?.matmul(&x.reshape((rows, k))?))
-            .transpose()?;
-        let db = b
-            .track_op()
-            .then(|| g.apply_op1_no_bwd(&ColumnSum { weighted: false }))
+            .then(|| g.t()?.matmul(&x.reshape((rows, w.dim(1)?))?))
             .transpose()?;
         Ok((dx, dw, db))
     }
+}
+
+/// For a linear layer with weight `w` `(n, k)` applied to an input of `input_len` values: the
+/// output gradient as `(rows, n)`, the number of rows, and the bias gradient when `b` tracks
+/// one.
+fn output_gradient(
+    grad: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    input_len: usize,
+) -> Result<(Tensor, usize, Option<Tensor>)> {
+    let (n, k) = w.dims2()?;
+    let rows = input_len / k.max(1);
+    let g = grad.contiguous()?.reshape((rows, n))?;
+    let db = b
+        .track_op()
+        .then(|| g.apply_op1_no_bwd(&ColumnSum { weighted: false }))
+        .transpose()?;
+    Ok((g, rows, db))
 }
 
 /// `(h, w, b) → GELU(h)·wᵀ + b` (exact GELU) as one graph node: the feed-forward contraction
@@ -639,9 +652,7 @@ impl CustomOp3 for TrainGeluLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = w.dims2()?;
-        let rows = h.elem_count() / k.max(1);
-        let g = grad.contiguous()?.reshape((rows, n))?;
+        let (g, rows, db) = output_gradient(grad, w, b, h.elem_count())?;
         let dh = h
             .track_op()
             .then(|| {
@@ -652,13 +663,9 @@ impl CustomOp3 for TrainGeluLinear {
         let dw = w
             .track_op()
             .then(|| {
-                let activation = h.apply_op1_no_bwd(&Gelu)?.reshape((rows, k))?;
+                let activation = h.apply_op1_no_bwd(&Gelu)?.reshape((rows, w.dim(1)?))?;
                 g.t()?.matmul(&activation)
             })
-            .transpose()?;
-        let db = b
-            .track_op()
-            .then(|| g.apply_op1_no_bwd(&ColumnSum { weighted: false }))
             .transpose()?;
         Ok((dh, dw, db))
     }
