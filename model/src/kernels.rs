@@ -510,9 +510,12 @@ pub(crate) mod tests {
     /// Largest absolute element-wise difference of two same-shaped tensors (the model crate's
     /// tests share it).
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+        max_abs(&(a - b).unwrap())
+    }
+
+    /// The largest magnitude in `t`.
+    pub(crate) fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()

@@ -836,13 +836,7 @@ mod tests {
         let (got, want) = (grads(fused), grads(plain));
         for var in [&x, &w, &b] {
             let want = want.get(var).unwrap();
-            let size = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let size = crate::kernels::tests::max_abs(want);
             assert!(size > 0.1, "the test exercises real gradients");
             let d = max_abs_diff(got.get(var).unwrap(), want);
             assert!(d <= 1e-4 * size.max(1.0), "gradient differs by {d}");
