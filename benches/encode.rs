@@ -9,8 +9,11 @@
 use std::path::PathBuf;
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
+use std::sync::Arc;
+
+use attune_model::bf16::{self, Bf16Backend, Bf16Linear};
 use attune_model::kernels::{attention, feed_forward, linear, Epilogue};
-use attune_model::{Encoder, EncoderSettings, ModelDir, TextKind};
+use attune_model::{Encoder, EncoderSettings, ModelDir, Precision, TextKind};
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -46,6 +49,13 @@ fn sgemm(c: &mut Criterion) {
             )
         })
     });
+    // The same product with bf16 operands and f32 sums (AMX tiles where the CPU has them).
+    let weight = Tensor::from_vec(b.clone(), (n, n), &Device::Cpu).unwrap();
+    let bias = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let layer = Bf16Linear::new(&weight, &bias, Bf16Backend::detect()).unwrap();
+    group.bench_function(format!("bf16_{:?}_1024", Bf16Backend::detect()), |bench| {
+        bench.iter(|| layer.apply_rows(&a, Epilogue::None, &mut dst))
+    });
     group.finish();
 }
 
@@ -73,6 +83,16 @@ fn kernels(c: &mut Criterion) {
     });
     group.bench_function("feed_forward", |bench| {
         bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b).unwrap())
+    });
+    let backend = Bf16Backend::detect();
+    let qkv_bf16 = Arc::new(Bf16Linear::new(&w_qkv, &b_qkv, backend).unwrap());
+    let up_bf16 = Arc::new(Bf16Linear::new(&up, &up_b, backend).unwrap());
+    let down_bf16 = Arc::new(Bf16Linear::new(&down, &down_b, backend).unwrap());
+    group.bench_function(format!("qkv_projection_bf16_{backend:?}"), |bench| {
+        bench.iter(|| qkv_bf16.forward(&x, Epilogue::None).unwrap())
+    });
+    group.bench_function(format!("feed_forward_bf16_{backend:?}"), |bench| {
+        bench.iter(|| bf16::feed_forward(&x, &up_bf16, &down_bf16).unwrap())
     });
     group.finish();
 }
@@ -116,10 +136,16 @@ fn encoder(c: &mut Criterion) {
             );
             continue;
         };
-        let enc = Encoder::load(&model, &Device::Cpu, EncoderSettings::default()).unwrap();
-        group.bench_function(format!("{name}_256_texts"), |bench| {
-            bench.iter(|| enc.embed(&texts, TextKind::Plain).unwrap())
-        });
+        for precision in [Precision::F32, Precision::Bf16] {
+            let settings = EncoderSettings {
+                precision,
+                ..EncoderSettings::default()
+            };
+            let enc = Encoder::load(&model, &Device::Cpu, settings).unwrap();
+            group.bench_function(format!("{name}_{precision}_256_texts"), |bench| {
+                bench.iter(|| enc.embed(&texts, TextKind::Plain).unwrap())
+            });
+        }
     }
     group.finish();
 }

@@ -7,9 +7,12 @@
 //! layers here are reachable for LoRA, and each forward pass takes a [`Mode`] that selects fused
 //! kernels (inference) or differentiable ones with dropout (training).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::bf16::{self, Bf16Backend, Bf16Linear};
 use crate::config::{BertConfig, BertFlavor, HiddenAct};
 use crate::family::{InputConventions, InputEmbeddingHook, TransformerModel};
 use crate::kernels::{self, Epilogue};
@@ -150,6 +153,57 @@ struct BertLayer {
     head_size: usize,
     /// The dtype of the attention products `Q·Kᵀ` and `P·V` (the linear layers keep their own).
     matmul_dtype: DType,
+    /// The linear layers rounded and packed for bf16 products on the CPU, when the products
+    /// are bf16 and the weights are fixed (see [`Bf16Layer::pack`]).
+    bf16: Option<Arc<Bf16Layer>>,
+}
+
+/// A block's linear layers for bf16 products on the CPU ([`crate::bf16`]), packed once.
+struct Bf16Layer {
+    qkv: Arc<Bf16Linear>,
+    attention_output: Arc<Bf16Linear>,
+    intermediate: Arc<Bf16Linear>,
+    output: Arc<Bf16Linear>,
+}
+
+impl Bf16Layer {
+    /// Packs `layer`'s weights, or `None` where the fused CPU path cannot run them: weights off
+    /// the CPU, training variables (they change every step), adapters or missing biases.
+    fn pack(layer: &BertLayer) -> Result<Option<Bf16Layer>> {
+        let linears = [
+            &layer.query,
+            &layer.key,
+            &layer.value,
+            &layer.attention_output,
+            &layer.intermediate,
+            &layer.output,
+        ];
+        let packable = linears.iter().all(|l| {
+            l.lora().is_none()
+                && l.bias().is_some()
+                && l.weight().device().is_cpu()
+                && !l.weight().is_variable()
+        });
+        if !packable {
+            return Ok(None);
+        }
+        let backend = Bf16Backend::detect();
+        let parts = |l: &Linear| (l.weight().clone(), l.bias().expect("checked").clone());
+        let one = |l: &Linear| -> Result<Arc<Bf16Linear>> {
+            let (w, b) = parts(l);
+            Ok(Arc::new(Bf16Linear::new(&w, &b, backend)?))
+        };
+        let (q, k, v) = (parts(&layer.query), parts(&layer.key), parts(&layer.value));
+        Ok(Some(Bf16Layer {
+            qkv: Arc::new(Bf16Linear::concatenated(
+                &[(&q.0, &q.1), (&k.0, &k.1), (&v.0, &v.1)],
+                backend,
+            )?),
+            attention_output: one(&layer.attention_output)?,
+            intermediate: one(&layer.intermediate)?,
+            output: one(&layer.output)?,
+        }))
+    }
 }
 
 impl BertLayer {
@@ -177,10 +231,14 @@ impl BertLayer {
             num_heads: cfg.num_attention_heads,
             head_size: cfg.head_size(),
             matmul_dtype: DType::F32,
+            bf16: None,
         })
     }
 
+    /// A linear layer, to change: its packed bf16 copy is dropped (the layer runs through the
+    /// composite path until the products are set again).
     fn linear_mut(&mut self, target: LinearTarget) -> &mut Linear {
+        self.bf16 = None;
         match target {
             LinearTarget::Query => &mut self.query,
             LinearTarget::Key => &mut self.key,
@@ -210,9 +268,12 @@ impl BertLayer {
         ]
     }
 
-    /// Whether the fused CPU kernels can run this layer: plain f32 weights (no LoRA adapter, no
-    /// narrowed products) with biases.
+    /// Whether the fused CPU kernels can run this layer: weights with biases and no LoRA
+    /// adapter, with f32 products or packed for bf16 ones.
     fn fusable(&self) -> bool {
+        if self.bf16.is_some() {
+            return self.matmul_dtype == DType::BF16;
+        }
         self.matmul_dtype == DType::F32
             && [
                 &self.query,
@@ -233,6 +294,24 @@ impl BertLayer {
         lengths: &[usize],
         position_bias: Option<&kernels::PositionBias>,
     ) -> Result<Tensor> {
+        let scale = 1.0 / (self.head_size as f32).sqrt();
+        if let Some(packed) = &self.bf16 {
+            let qkv = packed.qkv.forward(xs, Epilogue::None)?;
+            let context = kernels::attention(&qkv, lengths, self.num_heads, scale, position_bias)?;
+            let attended = packed.attention_output.forward(&context, Epilogue::None)?;
+            let xs = self
+                .attention_norm
+                .forward(&(attended + xs)?, Mode::Inference)?;
+            let out = if self.activation == HiddenAct::Gelu {
+                bf16::feed_forward(&xs, &packed.intermediate, &packed.output)?
+            } else {
+                let inner = packed.intermediate.forward(&xs, Epilogue::None)?;
+                packed
+                    .output
+                    .forward(&self.activation.apply(&inner)?, Epilogue::None)?
+            };
+            return self.output_norm.forward(&(out + xs)?, Mode::Inference);
+        }
         let bias = |l: &Linear| l.bias().expect("fusable() checked the biases").clone();
         let w_qkv = Tensor::cat(
             &[self.query.weight(), self.key.weight(), self.value.weight()],
@@ -240,7 +319,6 @@ impl BertLayer {
         )?;
         let b_qkv = Tensor::cat(&[bias(&self.query), bias(&self.key), bias(&self.value)], 0)?;
         let qkv = kernels::linear(xs, &w_qkv, &b_qkv, Epilogue::None)?;
-        let scale = 1.0 / (self.head_size as f32).sqrt();
         let context = kernels::attention(&qkv, lengths, self.num_heads, scale, position_bias)?;
         let attended = kernels::linear(
             &context,
@@ -438,12 +516,24 @@ impl BertModel {
 
     /// Runs every matrix product of the transformer blocks in `dtype` (mixed precision, see
     /// [`crate::Precision`]); everything else stays f32. `DType::F32` restores exact products.
+    /// bf16 on the CPU with fixed weights packs the linear layers once for [`crate::bf16`]'s
+    /// kernels; training variables keep candle's bf16 products.
     pub fn set_matmul_dtype(&mut self, dtype: DType) {
         for layer in &mut self.layers {
             layer.matmul_dtype = dtype;
             for linear in layer.linears_mut() {
                 linear.set_matmul_dtype(dtype);
             }
+            layer.bf16 = match dtype {
+                DType::BF16 => match Bf16Layer::pack(layer) {
+                    Ok(packed) => packed.map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!("bf16 products fall back to candle's: packing failed: {e}");
+                        None
+                    }
+                },
+                _ => None,
+            };
         }
     }
 

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod bf16;
 pub mod config;
 pub mod dense;
 pub mod device;
