@@ -8,8 +8,13 @@
 #        ../shared/baselines/setup.sh), THREADS (default: all cores), BATCH (default 32),
 #        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request)
 #
-# Documents are `title + " " + text`, max 256 tokens, batch 32, fp32, CPU, same thread count for both.
-# Writes bench-results/encode-*.json and prints a markdown table of medians and ratios.
+# Documents are `title + " " + text`, max 256 tokens, batch 32, CPU, same thread count for all.
+# Each round runs attune in f32, attune with bf16 products (`--precision bf16`: AMX tiles where
+# the CPU has them) and sentence-transformers (fp32). The host is recorded with the runs: CPU
+# model and flags, the load average before and after, and the matrix-product rates at the same
+# thread count (the gemm crate's sgemm and attune's bf16 products via `host_gemm`, torch's sgemm
+# via st_encode.py --sgemm).
+# Writes bench-results/encode-*.jsonl and prints a markdown table of medians and ratios.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-3}
@@ -39,23 +44,45 @@ with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as o:
         o.write(json.dumps({"id": d["_id"], "text": f"{d.get('title') or ''} {d.get('text') or ''}".strip()}) + "\n")
 PY
 
+(cd "$ROOT" && cargo build --release --quiet -p attune-model --example host_gemm)
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 log=$OUT/encode-$MODEL_NAME-$stamp.jsonl
 : > "$log"
-for run in $(seq 1 "$RUNS"); do
-  echo "[bench-encode] round $run/$RUNS: attune" >&2
+host() { # when
+  local gemm
+  gemm=$(RAYON_NUM_THREADS=$THREADS "$ROOT/target/release/examples/host_gemm")
+  python3 - "$1" "$gemm" >> "$log" <<'PY'
+import json, os, sys
+cpu = open("/proc/cpuinfo").read()
+model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("model name")), "?")
+flags = next((l.split(":", 1)[1].split() for l in cpu.splitlines() if l.startswith("flags")), [])
+wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"]
+print(json.dumps({"tool": "host", "when": sys.argv[1], "cpu": model, "cores": os.cpu_count(),
+                  "flags": [f for f in wanted if f in flags], "loadavg": os.getloadavg()[0],
+                  **json.loads(sys.argv[2])}))
+PY
+}
+attune_round() { # tool precision run
+  echo "[bench-encode] round $3/$RUNS: $1" >&2
   summary=$(RAYON_NUM_THREADS=$THREADS "$ROOT/target/release/attune" embed --model "$MODEL" --input "$texts" \
-      --output /dev/null --batch-size "$BATCH" --max-seq-len 256 --device cpu 2>&1 >/dev/null | grep 'texts/s')
-  python3 - "$summary" "$run" >> "$log" <<'PY'
+      --output /dev/null --batch-size "$BATCH" --max-seq-len 256 --device cpu --precision "$2" 2>&1 >/dev/null | grep 'texts/s')
+  python3 - "$summary" "$1" "$3" >> "$log" <<'PY'
 import json, re, sys
 m = re.search(r"(\d+) texts, (\d+) tokens in ([\d.]+) s .*\(([\d.]+) texts/s, (\d+) tokens/s, ([\d.]+) GFLOP/s\)", sys.argv[1])
-print(json.dumps({"tool": "attune", "run": int(sys.argv[2]), "texts": int(m[1]), "tokens": int(m[2]), "seconds": float(m[3]),
+print(json.dumps({"tool": sys.argv[2], "run": int(sys.argv[3]), "texts": int(m[1]), "tokens": int(m[2]), "seconds": float(m[3]),
                   "texts_per_s": float(m[4]), "tokens_per_s": float(m[5]), "gflops_per_s": float(m[6])}))
 PY
+}
+host before
+for run in $(seq 1 "$RUNS"); do
+  attune_round attune f32 "$run"
+  attune_round attune-bf16 bf16 "$run"
   echo "[bench-encode] round $run/$RUNS: sentence-transformers" >&2
   "$VENV/bin/python" "$ROOT/benches/peer/st_encode.py" "$MODEL" "$texts" --batch-size "$BATCH" \
       --threads "$THREADS" --max-seq-len 256 --sgemm 2>/dev/null | tail -1 >> "$log"
 done
+host after
 
 python3 - "$log" "$MODEL_NAME" <<'PY'
 import json, statistics, sys
@@ -63,12 +90,23 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(tool, key):
     vals = [r[key] for r in rows if r["tool"] == tool and key in r]
     return statistics.median(vals) if vals else float("nan")
-a, s = "attune", "sentence-transformers"
+a, b, s = "attune", "attune-bf16", "sentence-transformers"
 n = sum(1 for r in rows if r["tool"] == a)
-print(f"| {sys.argv[2]}: scifact corpus ({rows[0]['texts']} docs, {rows[0]['tokens']} tokens), median of {n} | attune | sentence-transformers | ratio |")
-print("|---|---|---|---|")
+first = next(r for r in rows if r["tool"] == a)
+hosts = [r for r in rows if r["tool"] == "host"]
+print(f"| {sys.argv[2]}: scifact corpus ({first['texts']} docs, {first['tokens']} tokens), median of {n} | attune f32 | attune bf16 | sentence-transformers | f32 / ST | bf16 / f32 | bf16 / ST |")
+print("|---|---|---|---|---|---|---|")
 for key, label in [("texts_per_s", "docs/s"), ("tokens_per_s", "tokens/s"), ("gflops_per_s", "GFLOP/s (matrix products)")]:
-    print(f"| {label} | {med(a, key):.1f} | {med(s, key):.1f} | {med(a, key) / med(s, key):.2f}x |")
-print(f"| torch sgemm n=1024 (GFLOP/s, same threads) | | {med(s, 'sgemm_gflops'):.1f} | |")
+    print(f"| {label} | {med(a, key):.1f} | {med(b, key):.1f} | {med(s, key):.1f} | {med(a, key) / med(s, key):.2f}x "
+          f"| {med(b, key) / med(a, key):.2f}x | {med(b, key) / med(s, key):.2f}x |")
+sgemm = max(h["sgemm_gflops"] for h in hosts)
+torch = med(s, "sgemm_gflops")
+best = max(sgemm, torch)
+print(f"\nhost: {hosts[0]['cpu']}, {hosts[0]['cores']} cores, {' '.join(hosts[0]['flags'])}; "
+      f"load average {hosts[0]['loadavg']:.2f} before, {hosts[-1]['loadavg']:.2f} after; {hosts[0]['threads']} threads")
+print(f"sgemm n=1024: gemm crate {sgemm:.1f} GFLOP/s, torch {torch:.1f}; attune's bf16 products "
+      f"({hosts[0]['bf16_backend']}) {max(h['bf16_gflops'] for h in hosts):.1f}")
+print(f"attune f32 achieves {med(a, 'gflops_per_s') / best:.0%} of the host's best sgemm, "
+      f"sentence-transformers {med(s, 'gflops_per_s') / torch:.0%} of torch's")
 print(f"\nraw runs: {sys.argv[1]}")
 PY

@@ -408,6 +408,39 @@ fn a_space_built_at_a_matryoshka_dimension_is_searched_at_it() {
     );
 }
 
+/// A space built with bf16 products (AMX tiles where the CPU has them): the precision is in the
+/// identity, queries are embedded in bf16 too, and an f32 rebuild is another model, re-embedded
+/// whole, so a space never mixes vectors of two precisions.
+#[test]
+fn a_space_built_with_bf16_products_is_searched_in_bf16_and_never_mixed() {
+    let f = Fixture::new();
+    f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
+    let report = f.build("corpus.jsonl", &["--precision", "bf16"]);
+    assert_eq!(report["embedded"]["base"], 40);
+    let identity = |f: &Fixture| {
+        Store::open(&f.path("store"))
+            .unwrap()
+            .manifest("shop")
+            .unwrap()
+            .spaces["base"]
+            .clone()
+    };
+    let bf16 = identity(&f);
+    assert_eq!(
+        bf16.encoding.as_ref().unwrap().precision.as_deref(),
+        Some("bf16")
+    );
+    f.search_top3_of_base();
+    // Unchanged documents at the same precision are not re-embedded.
+    let report = f.build("corpus.jsonl", &["--precision", "bf16"]);
+    assert_eq!(report["embedded"]["base"], 0, "{report}");
+    let report = f.build("corpus.jsonl", &["--precision", "f32"]);
+    assert_eq!(report["embedded"]["base"], 40, "{report}");
+    let f32 = identity(&f);
+    assert!(f32.encoding.as_ref().unwrap().precision.is_none());
+    assert!(!f32.same_model(&bf16));
+}
+
 /// A store written before identities recorded their encoding (the identity JSON had no
 /// `encoding`; the fingerprint is the same) still serves: `attune index search` recovers the
 /// truncation length from the fingerprint, and the next `attune index build` upgrades the

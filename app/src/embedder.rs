@@ -4,7 +4,7 @@
 //!
 //! An identity's fingerprint hashes the model directory's fingerprint (weights, tokenizer,
 //! config, pooling), the document and query prompts, the truncation length and (when set) the
-//! Matryoshka dimension. Since identities record those explicitly ([`Encoding`]), a loader applies them instead of the model's
+//! Matryoshka dimension and the products' precision (when narrower than f32). Since identities record those explicitly ([`Encoding`]), a loader applies them instead of the model's
 //! defaults, so a space built with `--max-seq-len 128` is served at 128 tokens. Identities written
 //! before that carry only the fingerprint; [`ModelEmbedder::for_identity`] recovers their encoding
 //! by trying the model's prompts at every truncation length it admits.
@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use attune_index::{Embedder, Encoding, ModelIdentity};
-use attune_model::{Device, Encoder, EncoderSettings, ModelDir, ModelError, TextKind};
+use attune_model::{Device, Encoder, EncoderSettings, ModelDir, ModelError, Precision, TextKind};
 use sha2::{Digest, Sha256};
 
 /// Why a model could not be loaded for a space.
@@ -38,6 +38,19 @@ pub enum EmbedderError {
     },
 }
 
+/// What a space chooses about its model's encoding beyond the directory's defaults; every
+/// choice is recorded in the space's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncodingChoice {
+    /// Truncation length in tokens (default: the model's max_seq_length).
+    pub max_seq_len: Option<usize>,
+    /// Matryoshka: keep the first N dimensions, re-normalised (default: the whole vector).
+    pub dimension: Option<usize>,
+    /// Precision of the transformer's products (default auto: f32 on the CPU, bf16 on CUDA).
+    /// bf16 on the CPU runs on AMX tiles where the CPU has them ([`attune_model::bf16`]).
+    pub precision: Precision,
+}
+
 /// A model loaded for indexing or querying, with its identity.
 pub struct ModelEmbedder {
     encoder: Encoder,
@@ -60,22 +73,25 @@ impl ModelEmbedder {
         device: &Device,
         max_seq_len: Option<usize>,
     ) -> Result<Self, EmbedderError> {
-        Self::load_at_dimension(path, device, max_seq_len, None)
+        let choice = EncodingChoice {
+            max_seq_len,
+            ..EncodingChoice::default()
+        };
+        Self::load_with(path, device, &choice)
     }
 
-    /// [`ModelEmbedder::load`], keeping the first `dimension` dimensions of every vector
-    /// (Matryoshka; re-normalised). The dimension becomes part of the identity, so a space
-    /// never mixes vectors of two widths.
-    pub fn load_at_dimension(
+    /// [`ModelEmbedder::load`] with every choice that changes a space's vectors; each becomes
+    /// part of the identity.
+    pub fn load_with(
         path: &Path,
         device: &Device,
-        max_seq_len: Option<usize>,
-        dimension: Option<usize>,
+        choice: &EncodingChoice,
     ) -> Result<Self, EmbedderError> {
         let dir = ModelDir::open(path)?;
         let settings = EncoderSettings {
-            max_seq_length: max_seq_len,
-            truncate_dim: dimension,
+            max_seq_length: choice.max_seq_len,
+            truncate_dim: choice.dimension,
+            precision: choice.precision,
             ..EncoderSettings::default()
         };
         let encoder = Encoder::load(&dir, device, settings)?;
@@ -116,11 +132,16 @@ impl ModelEmbedder {
                 found,
             });
         }
+        let precision = match &encoding.precision {
+            Some(name) => name.parse::<Precision>()?,
+            None => Precision::F32,
+        };
         let settings = EncoderSettings {
             max_seq_length: Some(encoding.max_seq_len),
             query_prefix: Some(encoding.query_prompt.clone()),
             document_prefix: Some(encoding.document_prompt.clone()),
             truncate_dim: encoding.dimension,
+            precision,
             ..EncoderSettings::default()
         };
         let encoder = Encoder::load(&dir, device, settings)?;
@@ -166,6 +187,7 @@ pub fn model_identity(
         query_prompt: encoder.prefix(TextKind::Query).to_string(),
         document_prompt: encoder.prefix(TextKind::Document).to_string(),
         dimension: encoder.settings().truncate_dim,
+        precision: encoder.narrowed_precision().map(|p| p.to_string()),
     };
     Ok(ModelIdentity {
         fingerprint: fingerprint(&dir.fingerprint()?, &encoding),
@@ -180,8 +202,8 @@ pub fn model_identity(
 
 /// The identity fingerprint: 32 hex digits of SHA-256 over the directory fingerprint, the
 /// document prompt, the query prompt, the truncation length and, only when set, the Matryoshka
-/// dimension (that order and layout are what stores on disk hold; changing them orphans every
-/// built space).
+/// dimension and, only when narrower than f32, the products' precision (that order and layout
+/// are what stores on disk hold; changing them orphans every built space).
 fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
     let mut hasher = Sha256::new();
     hasher.update(dir_fingerprint.as_bytes());
@@ -195,6 +217,9 @@ fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
     }
     if let Some(dimension) = encoding.dimension {
         hasher.update(format!("\0dimension={dimension}").as_bytes());
+    }
+    if let Some(precision) = &encoding.precision {
+        hasher.update(format!("\0precision={precision}").as_bytes());
     }
     let digest = hasher.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -214,6 +239,7 @@ fn default_encoding(dir: &ModelDir) -> Encoding {
         query_prompt: prompt(&["query"]),
         document_prompt: prompt(&["document", "passage", "corpus"]),
         dimension: None,
+        precision: None,
     }
 }
 
@@ -327,7 +353,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = model(tmp.path(), 1);
         let full = ModelEmbedder::load(&path, &Device::Cpu, None).unwrap();
-        let built = ModelEmbedder::load_at_dimension(&path, &Device::Cpu, None, Some(8)).unwrap();
+        let built = ModelEmbedder::load_with(&path, &Device::Cpu, &at_dimension(Some(8))).unwrap();
         let identity = built.identity().clone();
         assert_eq!(identity.dim, 8);
         assert_eq!(identity.encoding.as_ref().unwrap().dimension, Some(8));
@@ -351,7 +377,49 @@ mod tests {
         for (a, b) in short.iter().zip(&long[..8]) {
             assert!((a - b / prefix_norm).abs() < 1e-5, "{short:?} vs {long:?}");
         }
-        let too_wide = ModelEmbedder::load_at_dimension(&path, &Device::Cpu, None, Some(10_000));
+        let too_wide = ModelEmbedder::load_with(&path, &Device::Cpu, &at_dimension(Some(10_000)));
         assert!(too_wide.unwrap_err().to_string().contains("truncate_dim"));
+    }
+
+    fn at_dimension(dimension: Option<usize>) -> EncodingChoice {
+        EncodingChoice {
+            dimension,
+            ..EncodingChoice::default()
+        }
+    }
+
+    /// bf16 products are part of the identity: another fingerprint than f32's, recorded, and
+    /// applied when a server reloads the space (so queries are embedded as the documents were).
+    #[test]
+    fn precision_is_part_of_the_identity_and_reloads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = model(tmp.path(), 1);
+        let f32_space = ModelEmbedder::load(&path, &Device::Cpu, None).unwrap();
+        let choice = EncodingChoice {
+            precision: Precision::Bf16,
+            ..EncodingChoice::default()
+        };
+        let built = ModelEmbedder::load_with(&path, &Device::Cpu, &choice).unwrap();
+        let identity = built.identity().clone();
+        assert_eq!(
+            identity.encoding.as_ref().unwrap().precision.as_deref(),
+            Some("bf16")
+        );
+        assert!(!identity.same_model(f32_space.identity()));
+        // f32 identities are what they were before precision was recorded.
+        assert!(!serde_json::to_string(f32_space.identity())
+            .unwrap()
+            .contains("precision"));
+        let served = ModelEmbedder::for_identity(&path, &Device::Cpu, &identity).unwrap();
+        let query = "a query about cells";
+        let from_build = built.embed_query(query).unwrap();
+        assert_eq!(served.embed_query(query).unwrap(), from_build);
+        assert_ne!(f32_space.embed_query(query).unwrap(), from_build);
+        // The fingerprint covers the precision: an identity whose recorded precision was
+        // changed no longer matches the directory.
+        let mut changed = identity.clone();
+        changed.encoding.as_mut().unwrap().precision = Some("f16".into());
+        let err = ModelEmbedder::for_identity(&path, &Device::Cpu, &changed).unwrap_err();
+        assert!(matches!(err, EmbedderError::OtherModel { .. }), "{err}");
     }
 }

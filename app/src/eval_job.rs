@@ -11,7 +11,7 @@ use attune_eval::evaluator::{evaluate_model, query_texts, EvalSettings};
 use attune_eval::gate::{check_gate, GateInput, GateOutcome, GateSettings};
 use attune_eval::report::{DatasetResult, ModelResult, Report};
 use attune_eval::{BeirDataset, Definitions, EvalError, MetricName, MetricsSettings};
-use attune_model::{Device, Encoder, EncoderSettings, ModelDir, ModelError};
+use attune_model::{Device, Encoder, EncoderSettings, ModelDir, ModelError, Precision};
 use serde::{Deserialize, Serialize};
 
 /// What a user tunes in an evaluation. `Default` gives the documented defaults.
@@ -30,6 +30,9 @@ pub struct EvaluationSettings {
     /// Matryoshka: evaluate every model at its first N dimensions, re-normalised (default: the
     /// whole vector), as a space built with `--dimension N` serves them.
     pub dimension: Option<usize>,
+    /// Precision of the models' products (default auto: f32 on the CPU, bf16 on CUDA), as a
+    /// space built with `--precision` serves them.
+    pub precision: Precision,
     /// Resamples of the bootstrap interval and of the randomization test. Default 10,000.
     pub resamples: usize,
     /// Seed of the resampling.
@@ -49,6 +52,7 @@ impl Default for EvaluationSettings {
             batch_size: EncoderSettings::default().batch_size,
             max_seq_len: None,
             dimension: None,
+            precision: Precision::Auto,
             resamples: comparison.resamples,
             seed: comparison.seed,
             max_general_drop: GateSettings::default().max_general_drop,
@@ -214,6 +218,7 @@ impl LoadedModel {
             batch_size: settings.batch_size,
             max_seq_length: settings.max_seq_len,
             truncate_dim: settings.dimension,
+            precision: settings.precision,
             ..EncoderSettings::default()
         };
         Ok(Self {

@@ -45,7 +45,7 @@ pub mod train_job;
 
 pub use check_job::{run_check, CheckInputs, CheckOutcome};
 pub use collection_eval::{evaluate_collection, CollectionEvalError, CollectionEvalInputs};
-pub use embedder::{model_identity, EmbedderError, ModelEmbedder};
+pub use embedder::{model_identity, EmbedderError, EncodingChoice, ModelEmbedder};
 pub use eval_job::{
     evaluate_models, sweep_alphas, DataInput, EvalEvent, EvalJobError, EvaluationInputs,
     EvaluationSettings, ModelInput, Sweep, SweepPoint,

@@ -70,13 +70,18 @@ pub fn corpus_cache_key(encoder: &Encoder, fingerprint: &str, texts: &[String]) 
     CacheKey::new(fingerprint, &tag, texts)
 }
 
-/// The settings part of a cache key for the encoder's whole (untruncated) vectors.
+/// The settings part of a cache key for the encoder's whole (untruncated) vectors; narrowed
+/// products (bf16, f16) are another entry, f32 ones keep their old key.
 fn whole_vector_tag(encoder: &Encoder) -> String {
-    format!(
+    let mut tag = format!(
         "document|prefix={:?}|max_seq_length={}",
         encoder.prefix(TextKind::Document),
         encoder.max_seq_length()
-    )
+    );
+    if let Some(precision) = encoder.narrowed_precision() {
+        tag.push_str(&format!("|precision={precision}"));
+    }
+    tag
 }
 
 /// The cached corpus matrix of `encoder`: its own entry or, for a truncating (Matryoshka)

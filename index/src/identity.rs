@@ -35,6 +35,11 @@ pub struct Encoding {
     /// vector; absent in identities written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimension: Option<usize>,
+    /// The precision of the model's products when narrower than f32 (`"bf16"`, `"f16"`;
+    /// `None`: f32, and absent in identities written before it existed). Vectors of two
+    /// precisions differ, so a space holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 impl ModelIdentity {

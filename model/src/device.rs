@@ -131,6 +131,16 @@ impl Precision {
             Precision::F16 => DType::F16,
         }
     }
+
+    /// The precision the products actually run in on `device` when it is narrower than f32
+    /// (`Bf16` or `F16`), `None` for f32: what a vector space records in its identity.
+    pub fn narrowed(self, device: &Device) -> Option<Precision> {
+        match self.matmul_dtype(device) {
+            DType::BF16 => Some(Precision::Bf16),
+            DType::F16 => Some(Precision::F16),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for Precision {

@@ -268,6 +268,12 @@ impl Encoder {
         &self.settings
     }
 
+    /// The precision of the transformer's products when narrower than f32 on this device
+    /// (see [`Precision::narrowed`]); `None` for f32 products.
+    pub fn narrowed_precision(&self) -> Option<Precision> {
+        self.settings.precision.narrowed(&self.device)
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device

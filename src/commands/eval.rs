@@ -18,7 +18,7 @@ use attune_eval::gate::GateSettings;
 use attune_eval::report::{DatasetResult, ModelResult, Report};
 use attune_eval::{evaluate, Definitions};
 use attune_index::{Fusion, FusionMethod, Retrieval, Store};
-use attune_model::{DeviceRequest, EncoderSettings, ModelDir};
+use attune_model::{DeviceRequest, EncoderSettings, ModelDir, Precision};
 use clap::{Args, ValueEnum};
 
 use super::{progress_bar, GateFailed};
@@ -112,6 +112,10 @@ pub struct EvalArgs {
     /// with `attune index build --dimension N` serves them).
     #[arg(long, value_name = "N")]
     pub dimension: Option<usize>,
+    /// Precision of the models' products: auto (f32 on the CPU, bf16 on CUDA), f32, bf16, f16
+    /// (as a space built with `attune index build --precision` serves them).
+    #[arg(long, default_value_t = EvaluationSettings::default().precision)]
+    pub precision: Precision,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
@@ -171,6 +175,7 @@ impl EvalArgs {
             batch_size: self.batch_size,
             max_seq_len: self.max_seq_len,
             dimension: self.dimension,
+            precision: self.precision,
             resamples: self.resamples,
             seed: self.seed,
             max_general_drop: self.max_general_drop,

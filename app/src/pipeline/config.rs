@@ -309,11 +309,22 @@ impl PipelineConfig {
             Stage::Check => json!({"base": self.base_model, "data": self.data}),
             Stage::Mine => json!(self.mine),
             Stage::Train => json!({"train": self.train, "device": self.device}),
-            // Evaluated at the served Matryoshka dimension, when the index has one.
-            Stage::Eval => match self.index.build.dimension {
-                None => json!(self.gate),
-                Some(dimension) => json!({"gate": self.gate, "dimension": dimension}),
-            },
+            // Evaluated at the served Matryoshka dimension and precision, when the index sets
+            // them (keys of earlier configurations stay as they were).
+            Stage::Eval => {
+                let build = &self.index.build;
+                let mut key = json!({"gate": self.gate});
+                if let Some(dimension) = build.dimension {
+                    key["dimension"] = json!(dimension);
+                }
+                if build.precision != attune_model::Precision::Auto {
+                    key["precision"] = json!(build.precision);
+                }
+                match key.as_object().map(|o| o.len()) {
+                    Some(1) => json!(self.gate),
+                    _ => key,
+                }
+            }
             Stage::Index => json!({"index": self.index, "corpus": self.corpus()}),
             Stage::Report => json!(null),
         }

@@ -539,6 +539,7 @@ impl Run<'_> {
         let defaults = EvaluationSettings::default();
         let settings = EvaluationSettings {
             dimension: config.index.build.dimension,
+            precision: config.index.build.precision,
             require_gain: gate.require_gain,
             max_general_drop: gate.max_general_drop.unwrap_or(defaults.max_general_drop),
             ..defaults

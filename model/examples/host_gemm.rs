@@ -1,0 +1,78 @@
+//! The host's matrix-product rates at the current thread count (`RAYON_NUM_THREADS`), printed
+//! as one JSON line for the benchmark scripts: f32 sgemm through the `gemm` crate (what
+//! attune's f32 kernels call) and attune's bf16 products ([`attune_model::bf16`]: AMX tiles, or
+//! emulated through f32), square n = 1024, best of 7 after a warm-up, in GFLOP/s.
+//!
+//!     cargo run --release -p attune-model --example host_gemm
+
+use std::time::Instant;
+
+use attune_model::bf16::{Bf16Backend, Bf16Linear};
+use attune_model::kernels::Epilogue;
+use candle_core::{DType, Device, Tensor};
+
+const N: usize = 1024;
+
+/// Best rate of `run` (one n×n×n product per call) in GFLOP/s.
+fn best_gflops(mut run: impl FnMut()) -> f64 {
+    run();
+    let best = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (N * N * N) as f64 / best / 1e9
+}
+
+fn main() -> candle_core::Result<()> {
+    let threads = rayon::current_num_threads();
+    let a: Vec<f32> = (0..N * N)
+        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+        .collect();
+    let b: Vec<f32> = (0..N * N)
+        .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
+        .collect();
+    let mut dst = vec![0f32; N * N];
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    };
+    let sgemm = best_gflops(|| {
+        // SAFETY: a, b and dst are N×N row-major; the strides say so.
+        unsafe {
+            gemm::gemm(
+                N,
+                N,
+                N,
+                dst.as_mut_ptr(),
+                1,
+                N as isize,
+                false,
+                a.as_ptr(),
+                1,
+                N as isize,
+                b.as_ptr(),
+                1,
+                N as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    });
+    let backend = Bf16Backend::detect();
+    let weight = Tensor::from_vec(b.clone(), (N, N), &Device::Cpu)?;
+    let bias = Tensor::zeros(N, DType::F32, &Device::Cpu)?;
+    let layer = Bf16Linear::new(&weight, &bias, backend)?;
+    let bf16 = best_gflops(|| layer.apply_rows(&a, Epilogue::None, &mut dst));
+    println!(
+        "{{\"threads\": {threads}, \"sgemm_gflops\": {sgemm:.1}, \"bf16_gflops\": {bf16:.1}, \
+         \"bf16_backend\": \"{backend:?}\"}}"
+    );
+    Ok(())
+}
