@@ -145,6 +145,13 @@ fn encoder(c: &mut Criterion) {
             group.bench_function(format!("{name}_{precision}_256_texts"), |bench| {
                 bench.iter(|| enc.embed(&texts, TextKind::Plain).unwrap())
             });
+            // A search's query: one short text (latency, not throughput).
+            group.bench_function(format!("{name}_{precision}_one_query"), |bench| {
+                bench.iter(|| {
+                    enc.embed(&["red leather running shoes"], TextKind::Query)
+                        .unwrap()
+                })
+            });
         }
     }
     group.finish();

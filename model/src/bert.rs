@@ -7,7 +7,7 @@
 //! layers here are reachable for LoRA, and each forward pass takes a [`Mode`] that selects fused
 //! kernels (inference) or differentiable ones with dropout (training).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -156,6 +156,9 @@ struct BertLayer {
     /// The linear layers rounded and packed for bf16 products on the CPU, when the products
     /// are bf16 and the weights are fixed (see [`Bf16Layer::pack`]).
     bf16: Option<Arc<Bf16Layer>>,
+    /// The Q/K/V weights and biases concatenated for the fused f32 projection, built on first
+    /// use (fixed weights only: training variables change every step).
+    qkv_f32: OnceLock<(Tensor, Tensor)>,
 }
 
 /// A block's linear layers for bf16 products on the CPU ([`crate::bf16`]), packed once.
@@ -232,6 +235,7 @@ impl BertLayer {
             head_size: cfg.head_size(),
             matmul_dtype: DType::F32,
             bf16: None,
+            qkv_f32: OnceLock::new(),
         })
     }
 
@@ -239,6 +243,7 @@ impl BertLayer {
     /// composite path until the products are set again).
     fn linear_mut(&mut self, target: LinearTarget) -> &mut Linear {
         self.bf16 = None;
+        self.qkv_f32 = OnceLock::new();
         match target {
             LinearTarget::Query => &mut self.query,
             LinearTarget::Key => &mut self.key,
@@ -313,11 +318,7 @@ impl BertLayer {
             return self.output_norm.forward(&(out + xs)?, Mode::Inference);
         }
         let bias = |l: &Linear| l.bias().expect("fusable() checked the biases").clone();
-        let w_qkv = Tensor::cat(
-            &[self.query.weight(), self.key.weight(), self.value.weight()],
-            0,
-        )?;
-        let b_qkv = Tensor::cat(&[bias(&self.query), bias(&self.key), bias(&self.value)], 0)?;
+        let (w_qkv, b_qkv) = self.qkv_f32()?;
         let qkv = kernels::linear(xs, &w_qkv, &b_qkv, Epilogue::None)?;
         let context = kernels::attention(&qkv, lengths, self.num_heads, scale, position_bias)?;
         let attended = kernels::linear(
@@ -340,6 +341,24 @@ impl BertLayer {
             kernels::linear(&inner, w2, &b2, Epilogue::None)?
         };
         self.output_norm.forward(&(out + xs)?, Mode::Inference)
+    }
+
+    /// The Q/K/V weights and biases concatenated: cached for fixed weights (a copy of three
+    /// weights per forward pass cost a single query's embedding more than its products).
+    fn qkv_f32(&self) -> Result<(Tensor, Tensor)> {
+        if let Some(cached) = self.qkv_f32.get() {
+            return Ok(cached.clone());
+        }
+        let bias = |l: &Linear| l.bias().expect("fusable() checked the biases").clone();
+        let parts = [&self.query, &self.key, &self.value];
+        let weights: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
+        let biases: Vec<Tensor> = parts.iter().map(|l| bias(l)).collect();
+        let concatenated = (Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?);
+        if !parts.iter().any(|l| l.weight().is_variable()) {
+            // A concurrent first use may have set it; both values are the same.
+            let _ = self.qkv_f32.set(concatenated.clone());
+        }
+        Ok(concatenated)
     }
 
     /// The differentiable path over rows laid out as `rows` says. `position_bias`:

@@ -178,6 +178,9 @@ fn gemm_threads() -> Parallelism {
 /// host. 2048 rows made all-mpnet-base-v2 encode 27% faster there, all-MiniLM-L6-v2 no slower.
 const BLOCK_ROWS: usize = 2048;
 
+/// Inputs of at most this many rows take [`few_rows`] (a search's query, a short batch).
+const FEW_ROWS: usize = 16;
+
 /// `dst ← epilogue(x · wᵀ + bias)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block
 /// by block.
 pub(crate) fn linear_rows(
@@ -189,6 +192,9 @@ pub(crate) fn linear_rows(
     dst: &mut [f32],
 ) {
     let n = bias.len();
+    if x.len() <= FEW_ROWS * k {
+        return few_rows(x, k, w, bias, epilogue, dst);
+    }
     for (xb, db) in x.chunks(BLOCK_ROWS * k).zip(dst.chunks_mut(BLOCK_ROWS * n)) {
         let m = xb.len() / k;
         // SAFETY: db is m×n row-major; xb is m×k row-major; w is n×k row-major, read as its
@@ -227,6 +233,81 @@ pub(crate) fn linear_rows(
                 gelu_erf_in_place(rows);
             }
         });
+    }
+}
+
+/// [`linear_rows`] for a few rows: dot products over the weight's rows as stored. The GEMM
+/// re-packs the whole weight on every call, which cost a one-query embedding 4× its products.
+fn few_rows(x: &[f32], k: usize, w: &[f32], bias: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
+    let (m, n) = (x.len() / k.max(1), bias.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Outputs by weight row (n×m), so each task owns a contiguous part.
+    let mut by_output = vec![0f32; n * m];
+    let per_task = n.div_ceil(4 * rayon::current_num_threads().max(1)).max(16);
+    by_output
+        .par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(task, out)| dot_rows(x, k, &w[task * per_task * k..], out));
+    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+        for ((y, b), j) in row.iter_mut().zip(bias).zip(0..) {
+            *y = by_output[j * m + i] + b;
+        }
+    }
+    if epilogue == Epilogue::GeluErf {
+        gelu_erf_in_place(dst);
+    }
+}
+
+/// `out[j·m + i] ← x_i · w_j` for the `out.len() / m` weight rows of `w` and every row of `x`.
+fn dot_rows(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn v4(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+            dot_rows_generic(x, k, w, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v3(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+            dot_rows_generic(x, k, w, out)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { v4(x, k, w, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { v3(x, k, w, out) };
+        }
+    }
+    dot_rows_generic(x, k, w, out)
+}
+
+#[inline(always)]
+fn dot_rows_generic(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+    let m = x.len() / k;
+    for (w_row, out) in w.chunks_exact(k).zip(out.chunks_exact_mut(m)) {
+        for (x_row, o) in x.chunks_exact(k).zip(out.iter_mut()) {
+            // 64 lanes: four independent vector sums, so the adds do not wait on each other.
+            let mut lanes = [0f32; 64];
+            let (mut xs, mut ws) = (x_row.chunks_exact(64), w_row.chunks_exact(64));
+            for (a, b) in (&mut xs).zip(&mut ws) {
+                for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+                    *l += a * b;
+                }
+            }
+            let tail: f32 = xs
+                .remainder()
+                .iter()
+                .zip(ws.remainder())
+                .map(|(a, b)| a * b)
+                .sum();
+            *o = lanes.iter().sum::<f32>() + tail;
+        }
     }
 }
 
@@ -578,19 +659,23 @@ pub(crate) mod tests {
     #[test]
     fn fused_linear_matches_matmul_plus_bias() {
         let dev = Device::Cpu;
-        let xs = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (40, 24), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 40, &dev).unwrap();
-        let want = xs
-            .broadcast_matmul(&w.t().unwrap())
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap();
-        let got = linear(&xs, &w, &b, Epilogue::None).unwrap();
-        let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-4, "{d}");
-        let got = linear(&xs, &w, &b, Epilogue::GeluErf).unwrap();
-        assert!(max_abs_diff(&got, &want.gelu_erf().unwrap()) < 1e-4);
+        // Few rows (dot products over the weight rows, inputs under and over 64 wide) and
+        // enough rows for the GEMM.
+        for (texts, tokens, k, n) in [(2, 5, 24, 40), (1, FEW_ROWS, 150, 70), (3, 20, 150, 70)] {
+            let xs = Tensor::randn(0f32, 1.0, (texts, tokens, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let want = xs
+                .broadcast_matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let got = linear(&xs, &w, &b, Epilogue::None).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-3, "{texts}×{tokens}×{k}→{n}: {d}");
+            let got = linear(&xs, &w, &b, Epilogue::GeluErf).unwrap();
+            assert!(max_abs_diff(&got, &want.gelu_erf().unwrap()) < 1e-3);
+        }
     }
 
     #[test]
