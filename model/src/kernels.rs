@@ -70,6 +70,15 @@ fn gelu_generic(xs: &mut [f32]) {
 /// `row ← softmax(row)`.
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
+    let inv = exp_shifted_generic(row);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `row ← e^(row − max(row))`; returns `1 / Σ row` (what scales it to a softmax).
+#[inline(always)]
+fn exp_shifted_generic(row: &mut [f32]) -> f32 {
     // Sixteen independent lanes let the max and sum reductions vectorize (a single running
     // max or sum is a strict-order chain that cannot).
     let mut lanes = [f32::NEG_INFINITY; 16];
@@ -98,24 +107,24 @@ fn softmax_generic(row: &mut [f32]) {
         sum += *x;
     }
     sum += partial.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
+    1.0 / sum
 }
 
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($arg:ident: &mut [f32]) => $generic:ident) => {
+        $crate::kernels::dispatch!($(#[$doc])* $vis fn $name($arg: &mut [f32]) -> () => $generic);
+    };
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($arg:ident: &mut [f32]) -> $ret:ty => $generic:ident) => {
         $(#[$doc])*
-        $vis fn $name($arg: &mut [f32]) {
+        $vis fn $name($arg: &mut [f32]) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn v4($arg: &mut [f32]) {
+                unsafe fn v4($arg: &mut [f32]) -> $ret {
                     $generic($arg)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($arg: &mut [f32]) {
+                unsafe fn v3($arg: &mut [f32]) -> $ret {
                     $generic($arg)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
@@ -145,6 +154,11 @@ dispatch!(
 dispatch!(
     /// `row ← softmax(row)` (AVX-512 or AVX2 when the CPU has them).
     pub fn softmax_in_place(row: &mut [f32]) => softmax_generic
+);
+dispatch!(
+    /// `row ← e^(row − max(row))`, returning `1 / Σ row`: a softmax whose last pass (the
+    /// division) is left to the caller (AVX-512 or AVX2 when the CPU has them).
+    fn exp_shifted_in_place(row: &mut [f32]) -> f32 => exp_shifted_generic
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -491,9 +505,9 @@ impl CustomOp1 for AttentionOp {
         let mut out = vec![0f32; b * s * h];
         let out_ptr = SendPtr(out.as_mut_ptr());
         let out_ptr = &out_ptr;
-        (0..b * self.heads)
-            .into_par_iter()
-            .for_each_init(Vec::<f32>::new, |scores, task| {
+        (0..b * self.heads).into_par_iter().for_each_init(
+            Default::default,
+            |(scores, inverse_sums): &mut (Vec<f32>, Vec<f32>), task| {
                 let (text, head) = (task / self.heads, task % self.heads);
                 let l = self.lengths[text];
                 if l == 0 {
@@ -531,9 +545,10 @@ impl CustomOp1 for AttentionOp {
                         Parallelism::None,
                     );
                 }
-                for row in scores.chunks_exact_mut(l) {
-                    softmax_in_place(row);
-                }
+                // The softmax's division is applied to the d-wide output rows instead of the
+                // l-wide probability rows.
+                inverse_sums.clear();
+                inverse_sums.extend(scores.chunks_exact_mut(l).map(exp_shifted_in_place));
                 unsafe {
                     gemm(
                         l,
@@ -556,8 +571,19 @@ impl CustomOp1 for AttentionOp {
                         false,
                         Parallelism::None,
                     );
+                    for (i, inverse_sum) in inverse_sums.iter().enumerate() {
+                        // SAFETY: row i of this task's output block: d values at column head·d.
+                        let row = std::slice::from_raw_parts_mut(
+                            out_ptr.0.add((text * s + i) * h + head * d),
+                            d,
+                        );
+                        for y in row {
+                            *y *= inverse_sum;
+                        }
+                    }
                 }
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, s, h])))
     }
 }
