@@ -196,12 +196,9 @@ impl Bf16Layer {
             let (w, b) = parts(l);
             Ok(Arc::new(Bf16Linear::new(&w, &b, backend)?))
         };
-        let (q, k, v) = (parts(&layer.query), parts(&layer.key), parts(&layer.value));
+        let (w_qkv, b_qkv) = layer.qkv_f32()?;
         Ok(Some(Bf16Layer {
-            qkv: Arc::new(Bf16Linear::concatenated(
-                &[(&q.0, &q.1), (&k.0, &k.1), (&v.0, &v.1)],
-                backend,
-            )?),
+            qkv: Arc::new(Bf16Linear::new(&w_qkv, &b_qkv, backend)?),
             attention_output: one(&layer.attention_output)?,
             intermediate: one(&layer.intermediate)?,
             output: one(&layer.output)?,
