@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use attune_index::{Filter, LexicalRequest, SearchRequest, Store};
+use attune_index::{Filter, LexicalRequest, ModelIdentity, SearchRequest, Store};
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::ModelDir;
 
@@ -47,6 +47,16 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The identity of collection `shop`'s `base` space as stored.
+    fn base_identity(&self) -> ModelIdentity {
+        Store::open(&self.path("store"))
+            .unwrap()
+            .manifest("shop")
+            .unwrap()
+            .spaces["base"]
+            .clone()
+    }
+
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         write_random_bert(&tmp.path().join("model"), &RandomBertSpec::default()).unwrap();
@@ -363,11 +373,7 @@ fn a_space_built_with_max_seq_len_is_searched_at_that_length() {
     f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
     let report = f.build("corpus.jsonl", &["--max-seq-len", "12"]);
     assert_eq!(report["embedded"]["base"], 40);
-    let identity = &Store::open(&f.path("store"))
-        .unwrap()
-        .manifest("shop")
-        .unwrap()
-        .spaces["base"];
+    let identity = f.base_identity();
     assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 12);
     f.search_top3_of_base();
 }
@@ -380,12 +386,7 @@ fn a_space_built_at_a_matryoshka_dimension_is_searched_at_it() {
     f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
     let report = f.build("corpus.jsonl", &["--dimension", "8"]);
     assert_eq!(report["embedded"]["base"], 40);
-    let identity = Store::open(&f.path("store"))
-        .unwrap()
-        .manifest("shop")
-        .unwrap()
-        .spaces["base"]
-        .clone();
+    let identity = f.base_identity();
     assert_eq!(identity.dim, 8);
     assert_eq!(identity.encoding.as_ref().unwrap().dimension, Some(8));
     f.search_top3_of_base();
@@ -393,11 +394,7 @@ fn a_space_built_at_a_matryoshka_dimension_is_searched_at_it() {
     // generation, so a space never mixes two widths.
     let report = f.build("corpus.jsonl", &[]);
     assert_eq!(report["embedded"]["base"], 40, "{report}");
-    let identity = &Store::open(&f.path("store"))
-        .unwrap()
-        .manifest("shop")
-        .unwrap()
-        .spaces["base"];
+    let identity = f.base_identity();
     assert!(identity.dim > 8 && identity.encoding.as_ref().unwrap().dimension.is_none());
     let wide = f.build_args("corpus.jsonl", &["--dimension", "100000"]);
     let out = attune(&wide.iter().map(String::as_str).collect::<Vec<_>>());
@@ -417,15 +414,7 @@ fn a_space_built_with_bf16_products_is_searched_in_bf16_and_never_mixed() {
     f.write_corpus("corpus.jsonl", &corpus_lines(40, 1));
     let report = f.build("corpus.jsonl", &["--precision", "bf16"]);
     assert_eq!(report["embedded"]["base"], 40);
-    let identity = |f: &Fixture| {
-        Store::open(&f.path("store"))
-            .unwrap()
-            .manifest("shop")
-            .unwrap()
-            .spaces["base"]
-            .clone()
-    };
-    let bf16 = identity(&f);
+    let bf16 = f.base_identity();
     assert_eq!(
         bf16.encoding.as_ref().unwrap().precision.as_deref(),
         Some("bf16")
@@ -436,7 +425,7 @@ fn a_space_built_with_bf16_products_is_searched_in_bf16_and_never_mixed() {
     assert_eq!(report["embedded"]["base"], 0, "{report}");
     let report = f.build("corpus.jsonl", &["--precision", "f32"]);
     assert_eq!(report["embedded"]["base"], 40, "{report}");
-    let f32 = identity(&f);
+    let f32 = f.base_identity();
     assert!(f32.encoding.as_ref().unwrap().precision.is_none());
     assert!(!f32.same_model(&bf16));
 }
@@ -449,8 +438,7 @@ fn a_space_built_with_bf16_products_is_searched_in_bf16_and_never_mixed() {
 fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
     use attune_app::ModelEmbedder;
     use attune_index::{
-        build_collection, BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ModelIdentity,
-        SpaceSpec,
+        build_collection, BuildMode, BuildSettings, BuildSource, Corpus, Embedder, SpaceSpec,
     };
 
     /// The model as the old code presented it to the store: same vectors, identity without
@@ -503,11 +491,7 @@ fn a_store_written_before_encodings_were_recorded_is_searched_and_upgraded() {
     // A rebuild with the same model at the same length embeds nothing and records the encoding.
     let report = f.build("corpus.jsonl", &["--max-seq-len", "12"]);
     assert_eq!(report["embedded"]["base"], 0, "{report}");
-    let identity = &Store::open(&f.path("store"))
-        .unwrap()
-        .manifest("shop")
-        .unwrap()
-        .spaces["base"];
+    let identity = f.base_identity();
     assert_eq!(identity.fingerprint, old.fingerprint);
     assert_eq!(identity.encoding.as_ref().unwrap().max_seq_len, 12);
 }

@@ -131,16 +131,6 @@ impl Bf16Linear {
         )
     }
 
-    /// Output features.
-    pub fn out_features(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
     /// `dst ← epilogue(bf16(x)·bf16(w)ᵀ + bias)` for row-major `x` (m×k) and `dst` (m×n).
     pub fn apply_rows(&self, x: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
         // SAFETY: f32 and MaybeUninit<f32> have one layout, and every element written through
@@ -654,14 +644,7 @@ mod tests {
         let fused = feed_forward(&xs, &up, &down).unwrap();
         let inner = up.forward(&xs, Epilogue::GeluErf).unwrap();
         let two_steps = down.forward(&inner, Epilogue::None).unwrap();
-        let diff = (fused - two_steps)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::kernels::tests::max_abs_diff(&fused, &two_steps);
         assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -313,17 +313,18 @@ impl PipelineConfig {
             // them (keys of earlier configurations stay as they were).
             Stage::Eval => {
                 let build = &self.index.build;
+                let precision_set = build.precision != attune_model::Precision::Auto;
+                if build.dimension.is_none() && !precision_set {
+                    return json!(self.gate);
+                }
                 let mut key = json!({"gate": self.gate});
                 if let Some(dimension) = build.dimension {
                     key["dimension"] = json!(dimension);
                 }
-                if build.precision != attune_model::Precision::Auto {
+                if precision_set {
                     key["precision"] = json!(build.precision);
                 }
-                match key.as_object().map(|o| o.len()) {
-                    Some(1) => json!(self.gate),
-                    _ => key,
-                }
+                key
             }
             Stage::Index => json!({"index": self.index, "corpus": self.corpus()}),
             Stage::Report => json!(null),
