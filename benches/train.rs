@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the training step's parts on an all-MiniLM-L6-v2-shaped random model
 //! (6 layers, 384 wide, 12 heads, feed-forward 1536): the forward passes and loss of a batch, the
 //! backward pass, and the AdamW update of all 22.6 million weights; and the fused training kernels
-//! against candle's compositions of the same math at that shape (`train_kernels` group).
+//! against candle's compositions of the same math at that shape, and the hidden dropout with its
+//! residual add (`train_kernels` group).
 //!
 //! `cargo bench --bench train`. The end-to-end comparison with sentence-transformers (examples/s
 //! with the scifact recipe) is `scripts/bench-train.sh`; see `benches/README.md`.
@@ -170,6 +171,19 @@ fn train_kernels(c: &mut Criterion) {
         bench.iter(|| {
             let active = attune_model::train_kernels::gelu_erf(&expanded).unwrap();
             let y = attune_model::train_kernels::linear(&active, &w_down, &b_down).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    // Hidden dropout and the residual add of every sub-layer: the mask drawn from its hash per
+    // element (forward) and again for the gradient (backward).
+    let hidden = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * s, h), &dev).unwrap()).unwrap();
+    let residual = Tensor::randn(0f32, 1.0, (b * s, h), &dev).unwrap();
+    group.bench_function("dropout_add_forward_backward", |bench| {
+        bench.iter(|| {
+            let ctx = TrainContext::new(1);
+            let y = dropout
+                .forward_add(&hidden, &residual, Mode::Train(&ctx))
+                .unwrap();
             y.sum_all().unwrap().backward().unwrap()
         })
     });

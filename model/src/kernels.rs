@@ -111,36 +111,36 @@ fn exp_shifted_generic(row: &mut [f32]) -> f32 {
 }
 
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident($arg:ident: &mut [f32]) => $generic:ident) => {
-        $crate::kernels::dispatch!($(#[$doc])* $vis fn $name($arg: &mut [f32]) -> () => $generic);
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),+) => $generic:ident) => {
+        $crate::kernels::dispatch!($(#[$doc])* $vis fn $name($($arg: $ty),+) -> () => $generic);
     };
-    ($(#[$doc:meta])* $vis:vis fn $name:ident($arg:ident: &mut [f32]) -> $ret:ty => $generic:ident) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),+) -> $ret:ty => $generic:ident) => {
         $(#[$doc])*
-        $vis fn $name($arg: &mut [f32]) -> $ret {
+        $vis fn $name($($arg: $ty),+) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn v4($arg: &mut [f32]) -> $ret {
-                    $generic($arg)
+                unsafe fn v4($($arg: $ty),+) -> $ret {
+                    $generic($($arg),+)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($arg: &mut [f32]) -> $ret {
-                    $generic($arg)
+                unsafe fn v3($($arg: $ty),+) -> $ret {
+                    $generic($($arg),+)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
                     // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { v4($arg) };
+                    return unsafe { v4($($arg),+) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
                     // SAFETY: as above.
-                    return unsafe { v3($arg) };
+                    return unsafe { v3($($arg),+) };
                 }
             }
-            $generic($arg)
+            $generic($($arg),+)
         }
     };
 }

@@ -34,6 +34,38 @@ dispatch!(
     fn gelu_grad_in_place(xs: &mut [f32]) => gelu_grad_generic
 );
 
+/// `(x, d) ← (GELU(x), d·GELU'(x))` element by element: the value and the derivative share one
+/// `erf` (and `Φ(x)`), so a backward pass that needs both evaluates it once.
+#[inline(always)]
+fn gelu_and_gradient_generic(xs: &mut [f32], ds: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (x, d) in xs.iter_mut().zip(ds.iter_mut()) {
+        let v = *x;
+        let cdf = 0.5 * (1.0 + erf_approx(v * std::f32::consts::FRAC_1_SQRT_2));
+        *d *= cdf + v * INV_SQRT_2PI * exp_approx(-0.5 * v * v);
+        *x = v * cdf;
+    }
+}
+
+dispatch!(
+    /// `(x, d) ← (GELU(x), d·GELU'(x))` for every element pair.
+    fn gelu_and_gradient_in_place(xs: &mut [f32], ds: &mut [f32]) => gelu_and_gradient_generic
+);
+
+/// `(GELU(h), d·GELU'(h))` for `h` and `d` of one shape (f32, CPU), in one parallel pass.
+fn gelu_and_gradient(h: &Tensor, d: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mut activation = h.flatten_all()?.to_vec1::<f32>()?;
+    let mut gradient = d.flatten_all()?.to_vec1::<f32>()?;
+    activation
+        .par_chunks_mut(CHUNK)
+        .zip(gradient.par_chunks_mut(CHUNK))
+        .for_each(|(xs, ds)| gelu_and_gradient_in_place(xs, ds));
+    Ok((
+        Tensor::from_vec(activation, h.shape(), h.device())?,
+        Tensor::from_vec(gradient, h.shape(), h.device())?,
+    ))
+}
+
 fn output(data: Vec<f32>, layout: &Layout) -> (CpuStorage, Shape) {
     (CpuStorage::F32(data), layout.shape().clone())
 }
@@ -653,20 +685,24 @@ impl CustomOp3 for TrainGeluLinear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (g, rows, db) = output_gradient(grad, w, b, h.elem_count())?;
-        let dh = h
-            .track_op()
-            .then(|| {
+        let weight_gradient =
+            |activation: &Tensor| g.t()?.matmul(&activation.reshape((rows, w.dim(1)?))?);
+        let (dh, dw) = match (h.track_op(), w.track_op()) {
+            (true, true) => {
                 let d_activation = g.matmul(w)?.reshape(h.shape())?;
-                h.apply_op2_no_bwd(&d_activation, &GeluBackward)
-            })
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| {
-                let activation = h.apply_op1_no_bwd(&Gelu)?.reshape((rows, w.dim(1)?))?;
-                g.t()?.matmul(&activation)
-            })
-            .transpose()?;
+                let (activation, dh) = gelu_and_gradient(h, &d_activation)?;
+                (Some(dh), Some(weight_gradient(&activation)?))
+            }
+            (true, false) => {
+                let d_activation = g.matmul(w)?.reshape(h.shape())?;
+                (
+                    Some(h.apply_op2_no_bwd(&d_activation, &GeluBackward)?),
+                    None,
+                )
+            }
+            (false, true) => (None, Some(weight_gradient(&h.apply_op1_no_bwd(&Gelu)?)?)),
+            (false, false) => (None, None),
+        };
         Ok((dh, dw, db))
     }
 }
@@ -841,6 +877,24 @@ mod tests {
             let d = max_abs_diff(got.get(var).unwrap(), want);
             assert!(d <= 1e-4 * size.max(1.0), "gradient differs by {d}");
         }
+        // A frozen weight (LoRA trains beside it): the input's gradient alone, the same.
+        let frozen = w.as_tensor().detach();
+        let fused = gelu_linear(&x, &frozen, b.as_tensor()).unwrap();
+        let plain = x
+            .gelu_erf()
+            .unwrap()
+            .broadcast_matmul(&frozen.t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let (got, want) = (grads(fused), grads(plain));
+        assert!(got.get(&frozen).is_none());
+        let want = want.get(&x).unwrap();
+        let d = max_abs_diff(got.get(&x).unwrap(), want);
+        assert!(
+            d <= 1e-4 * crate::kernels::tests::max_abs(want).max(1.0),
+            "input gradient differs by {d}"
+        );
     }
 
     #[test]
