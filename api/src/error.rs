@@ -150,7 +150,8 @@ impl From<IndexError> for ApiError {
             }
             IndexError::NotBuilt { .. }
             | IndexError::InUse { .. }
-            | IndexError::Superseded { .. } => Self::Unavailable(err.to_string()),
+            | IndexError::Superseded { .. }
+            | IndexError::Qdrant { .. } => Self::Unavailable(err.to_string()),
             _ if err.is_user_error() => Self::Invalid(err.to_string()),
             _ => Self::Internal(err.to_string()),
         }

@@ -49,6 +49,9 @@ pub struct ServeSettings {
     pub ab: AbSettings,
     /// The feedback log of plain searches, exploration, and drift (`[feedback]`).
     pub feedback: FeedbackSettings,
+    /// Where the collections live (`[store]`): the embedded store in the `--store` directory
+    /// (default), or a Qdrant deployment (`backend = "qdrant"`, `[store.qdrant] url = ...`).
+    pub store: attune_index::StoreSettings,
 }
 
 impl Default for ServeSettings {
@@ -69,6 +72,7 @@ impl Default for ServeSettings {
             inference: InferenceSettings::default(),
             ab: AbSettings::default(),
             feedback: FeedbackSettings::default(),
+            store: attune_index::StoreSettings::default(),
         }
     }
 }
@@ -204,6 +208,11 @@ impl ServeSettings {
         };
         if self.workers == 0 {
             return invalid("workers", "at least 1");
+        }
+        if self.store.backend == attune_index::StoreBackend::Qdrant {
+            if let Err(e) = self.store.qdrant.validate() {
+                return invalid("store.qdrant", &e.to_string());
+            }
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes", "at least 1024");

@@ -54,6 +54,9 @@ pub struct AppState {
     device: Device,
     collections: RwLock<BTreeMap<String, Arc<Served>>>,
     problems: RwLock<BTreeMap<String, String>>,
+    /// Why the store could not be read at the last check (Qdrant unreachable, say); `None`
+    /// when it could.
+    store_problem: RwLock<Option<String>>,
     models: Mutex<HashMap<String, Arc<InferenceQueue>>>,
     events: Mutex<HashMap<String, Arc<dyn AbEventLog>>>,
     /// Per collection: writes hold it shared, a generation switch exclusively (see
@@ -78,6 +81,13 @@ impl AppState {
     /// stopping the server.
     pub fn open(store: &Path, settings: ServeSettings) -> Result<Arc<Self>, StartError> {
         Self::with_store(Arc::new(Store::open(store)?), settings)
+    }
+
+    /// Opens the store `settings.store` names (the embedded one in `dir`, or a Qdrant
+    /// deployment) and serves it as [`AppState::open`] does.
+    pub fn connect(dir: Option<&Path>, settings: ServeSettings) -> Result<Arc<Self>, StartError> {
+        let store = settings.store.open(dir, false)?;
+        Self::with_store(store, settings)
     }
 
     /// Serves the collections of `store` (any implementation of the vector-store seam).
@@ -105,6 +115,7 @@ impl AppState {
             device,
             collections: RwLock::new(BTreeMap::new()),
             problems: RwLock::new(BTreeMap::new()),
+            store_problem: RwLock::new(None),
             models: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
@@ -220,6 +231,11 @@ impl AppState {
             .collect()
     }
 
+    /// Why the store could not be read at the last check, if it could not.
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_problem.read().expect("lock").clone()
+    }
+
     /// Collections in the store that cannot be served, and why.
     pub fn problems(&self) -> BTreeMap<String, String> {
         self.problems.read().expect("lock").clone()
@@ -243,9 +259,13 @@ impl AppState {
     /// models); called at start and by the watcher thread.
     pub fn refresh(&self) {
         let names = match self.store.collection_names() {
-            Ok(names) => names,
+            Ok(names) => {
+                *self.store_problem.write().expect("lock") = None;
+                names
+            }
             Err(e) => {
                 tracing::error!("reading the store: {e}");
+                *self.store_problem.write().expect("lock") = Some(e.to_string());
                 return;
             }
         };

@@ -12,8 +12,8 @@ use actix_web::test::{self, TestRequest};
 use attune_api::{app, AppState, ServeSettings};
 use attune_app::{ModelEmbedder, PipelineReport};
 use attune_index::{
-    BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ExactStore, SpaceSpec, Store,
-    VectorStore,
+    BuildMode, BuildSettings, BuildSource, Corpus, Embedder, ExactStore, QdrantSettings,
+    QdrantStore, SpaceSpec, Store, VectorStore,
 };
 use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
@@ -36,6 +36,9 @@ struct Fixture {
     max_seq_len: Option<usize>,
     backend: Backend,
     exact: Arc<ExactStore>,
+    /// The fixture's store on the test binary's Qdrant server (its own prefix there), for
+    /// [`StoreKind::Qdrant`].
+    qdrant: Option<Arc<QdrantStore>>,
 }
 
 /// What a test runs against: every test runs against both implementations of the vector-store
@@ -53,6 +56,21 @@ enum StoreKind {
     Embedded,
     /// Exact search in memory ([`ExactStore`]).
     Exact,
+    /// A Qdrant server ([`QdrantStore`]), started by the test binary.
+    Qdrant,
+}
+
+/// True (and the test reported skipped) when `test` cannot run against Qdrant: no Qdrant
+/// binary, and `ATTUNE_REQUIRE_QDRANT` unset.
+fn qdrant_missing(test: &str) -> bool {
+    let missing = attune_index::fixtures::shared_qdrant_url().is_none();
+    if missing {
+        attune_model::fixtures::report_skipped(
+            &format!("api/tests/http.rs::{test}::qdrant_store_bert"),
+            "no Qdrant binary (../shared/tools/qdrant/qdrant or ATTUNE_QDRANT_BIN)",
+        );
+    }
+    missing
 }
 
 /// An implementation of the model-architecture seam.
@@ -107,6 +125,14 @@ impl Fixture {
             max_seq_len,
             backend,
             exact: Arc::new(ExactStore::new()),
+            qdrant: matches!(backend.store, StoreKind::Qdrant).then(|| {
+                let url = attune_index::fixtures::shared_qdrant_url().expect("checked by the test");
+                let settings = QdrantSettings {
+                    prefix: format!("t{:016x}", rand::random::<u64>()),
+                    ..QdrantSettings::at(&url)
+                };
+                Arc::new(QdrantStore::connect(settings).unwrap())
+            }),
         };
         fixture.build(n, 0);
         fixture
@@ -168,6 +194,7 @@ impl Fixture {
         match self.backend.store {
             StoreKind::Embedded => Arc::new(Store::open_or_create(&self.path("store")).unwrap()),
             StoreKind::Exact => self.exact.clone(),
+            StoreKind::Qdrant => self.qdrant.clone().expect("a Qdrant fixture has its store"),
         }
     }
 }
@@ -1818,6 +1845,14 @@ macro_rules! against_both_implementations {
                 #[actix_web::test]
                 async fn exact_store_mixer() {
                     super::$test(Backend { store: StoreKind::Exact, family: Family::Mixer }).await
+                }
+
+                #[actix_web::test]
+                async fn qdrant_store_bert() {
+                    if super::qdrant_missing(stringify!($test)) {
+                        return;
+                    }
+                    super::$test(Backend { store: StoreKind::Qdrant, family: Family::Bert }).await
                 }
 
                 #[actix_web::test]

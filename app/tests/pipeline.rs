@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use attune_app::pipeline::Stage;
 use attune_app::{run_pipeline, ModelEmbedder, PipelineConfig, PipelineObserver, PipelineReport};
-use attune_index::{ExactStore, Filter, IndexError, SearchRequest, Store, VectorStore};
+use attune_index::{ExactStore, Filter, IndexError, SearchRequest, VectorStore};
 use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{BertFlavor, Device};
@@ -21,6 +21,9 @@ use attune_trainer::targets::GradeWeighting;
 enum StoreKind {
     Embedded,
     Exact,
+    /// The test binary's Qdrant server, under a prefix of the test's own, chosen through the
+    /// pipeline's `[store]` settings.
+    Qdrant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +104,20 @@ fn run(store: StoreKind, family: Family) {
     write_synthetic_beir(&root.join("data"), &SyntheticSpec::default()).unwrap();
     let exact = Arc::new(ExactStore::new());
     let store_dir = root.join("store");
+    let mut config = config(root);
+    if let StoreKind::Qdrant = store {
+        let url = attune_index::fixtures::shared_qdrant_url().expect("checked by the test");
+        let prefix = format!("p{:016x}", rand::random::<u64>());
+        let text = format!("[store]\nbackend = \"qdrant\"\n[store.qdrant]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n");
+        config.store = toml::from_str::<Settings>(&text).unwrap().store;
+    }
+    // A fresh connection per stage, as separate processes would open it.
     let open_store = || -> Result<Arc<dyn VectorStore>, IndexError> {
-        Ok(match store {
-            StoreKind::Embedded => Arc::new(Store::open_or_create(&store_dir)?),
-            StoreKind::Exact => exact.clone(),
-        })
+        match store {
+            StoreKind::Embedded | StoreKind::Qdrant => config.store.open(Some(&store_dir), true),
+            StoreKind::Exact => Ok(exact.clone()),
+        }
     };
-    let config = config(root);
 
     let mut seen = Seen::default();
     let outcome = run_pipeline(&config, None, &open_store, &mut seen).unwrap();
@@ -261,6 +271,24 @@ fn embedded_store_bert() {
 #[test]
 fn exact_store_bert() {
     run(StoreKind::Exact, Family::Bert);
+}
+
+#[test]
+fn qdrant_store_bert() {
+    if attune_index::fixtures::shared_qdrant_url().is_none() {
+        attune_model::fixtures::report_skipped(
+            "app/tests/pipeline.rs::qdrant_store_bert",
+            "no Qdrant binary (../shared/tools/qdrant/qdrant or ATTUNE_QDRANT_BIN)",
+        );
+        return;
+    }
+    run(StoreKind::Qdrant, Family::Bert);
+}
+
+/// The `[store]` table of a pipeline file.
+#[derive(serde::Deserialize)]
+struct Settings {
+    store: attune_index::StoreSettings,
 }
 
 #[test]

@@ -172,6 +172,15 @@ pub enum IndexError {
         /// What could not be done.
         what: String,
     },
+    /// The Qdrant deployment a store lives in could not be reached, or refused a request
+    /// (after the retries its settings allow). Nothing was acknowledged.
+    #[error("Qdrant at {url}: {message}")]
+    Qdrant {
+        /// Qdrant's URL.
+        url: String,
+        /// The request and what went wrong.
+        message: String,
+    },
     /// The embedding backend failed.
     #[error("embedding with the model of space {space:?} failed: {message}")]
     Embedding {

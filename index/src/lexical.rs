@@ -121,7 +121,7 @@ impl LexicalSettings {
 
     /// The analyzer: tokens of letters and digits, long ones dropped, then lowercasing, ASCII
     /// folding and stemming as set.
-    fn analyzer(&self) -> Result<TextAnalyzer> {
+    pub(crate) fn analyzer(&self) -> Result<TextAnalyzer> {
         let mut builder = TextAnalyzer::builder(SimpleTokenizer::default())
             .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
             .dynamic();

@@ -64,6 +64,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod backend;
 pub mod build;
 pub mod corpus;
 pub mod distance;
@@ -77,11 +78,13 @@ pub mod identity;
 pub mod journal;
 pub mod keys;
 pub mod lexical;
+pub mod qdrant;
 mod reports;
 pub mod retrieval;
 pub mod store;
 pub mod vector_store;
 
+pub use backend::{StoreBackend, StoreSettings};
 pub use build::{
     build_collection, BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, Embedder,
     SpaceSpec,
@@ -95,6 +98,7 @@ pub use graph::{exact_top_k, Graph, GraphPoint, HnswParams, SlotHit};
 pub use identity::{Encoding, ModelIdentity};
 pub use journal::SpaceEmbedder;
 pub use lexical::{LexicalIndex, LexicalSettings, LEXICAL_SPACE};
+pub use qdrant::{QdrantCollection, QdrantSettings, QdrantStore};
 pub use retrieval::{
     fuse, retrieve, DenseQuery, Fusion, FusionMethod, LexicalRequest, Retrieval, RetrievalRequest,
     FUSION_DEPTH, HYBRID_PREFIX,

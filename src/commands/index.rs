@@ -29,9 +29,9 @@ pub enum IndexCommand {
 /// Arguments of `attune index build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Store directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store (created if missing).
+    #[command(flatten)]
+    pub store: super::StoreArgs,
     /// Collection name (letters, digits, '_', '-', '.').
     #[arg(long)]
     pub collection: String,
@@ -57,9 +57,9 @@ pub struct BuildArgs {
 /// Arguments of `attune index search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Store directory.
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: super::StoreArgs,
     /// Collection name.
     #[arg(long)]
     pub collection: String,
@@ -104,9 +104,9 @@ pub struct SearchArgs {
 /// Arguments of `attune index stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Store directory.
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: super::StoreArgs,
     /// Only this collection.
     #[arg(long)]
     pub collection: Option<String>,
@@ -118,9 +118,9 @@ pub struct StatsArgs {
 /// Arguments of `attune index drop`.
 #[derive(Debug, Args)]
 pub struct DropArgs {
-    /// Store directory.
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: super::StoreArgs,
     /// Collection to delete.
     #[arg(long)]
     pub collection: String,
@@ -211,8 +211,8 @@ fn build(args: BuildArgs) -> Result<()> {
             eprintln!("attune: building the lexical space ({documents} documents)");
         }
     };
-    let store = Store::open_or_create(&args.store)?;
-    let report = job.run(&store, &mut progress)?;
+    let store = args.store.open(true)?;
+    let report = job.run(store.as_ref(), &mut progress)?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -291,10 +291,11 @@ fn search(args: SearchArgs) -> Result<()> {
         weight: args.fusion_weight,
     };
     fusion.validate()?;
-    let store = Store::open(&args.store)?;
+    let store = args.store.open(false)?;
     let collection = store.open_collection(&args.collection)?;
+    let collection = collection.as_ref();
     let retrieval = Retrieval::parse(&args.space);
-    retrieval.check(&collection)?;
+    retrieval.check(collection)?;
     let embedder = match retrieval.dense_space() {
         Some(space) => {
             let identity = &collection.spaces()[space];
@@ -314,7 +315,7 @@ fn search(args: SearchArgs) -> Result<()> {
         None => None,
     };
     let hits = retrieve(
-        &collection,
+        collection,
         &RetrievalRequest {
             retrieval: &retrieval,
             text: &args.query,
@@ -355,7 +356,13 @@ fn search(args: SearchArgs) -> Result<()> {
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
-    let store = Store::open(&args.store)?;
+    if args.store.settings(&Default::default()).backend != attune_index::StoreBackend::Embedded {
+        return remote_stats(&args);
+    }
+    let Some(dir) = args.store.store.clone() else {
+        bail!("--store DIR is required with the embedded backend");
+    };
+    let store = Store::open(&dir)?;
     let names = match &args.collection {
         Some(name) => vec![name.clone()],
         None => store.collection_names()?,
@@ -437,17 +444,61 @@ fn stats(args: StatsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::Value::Array(all));
     } else if names.is_empty() {
-        println!("no collections in {}", args.store.display());
+        println!("no collections in {}", dir.display());
     }
     Ok(())
 }
 
 fn drop_collection(args: DropArgs) -> Result<()> {
-    let store = Store::open(&args.store)?;
+    let store = args.store.open(false)?;
     // Unknown names are an error (with the list of collections), not a silent no-op.
-    store.manifest(&args.collection)?;
+    store.current_generation(&args.collection)?;
     store.drop_collection(&args.collection)?;
     println!("dropped collection {:?}", args.collection);
+    Ok(())
+}
+
+/// `attune index stats` over a store that is not a directory (Qdrant): each collection's
+/// generation, documents and spaces.
+fn remote_stats(args: &StatsArgs) -> Result<()> {
+    let store = args.store.open(false)?;
+    let names = match &args.collection {
+        Some(name) => vec![name.clone()],
+        None => store.collection_names()?,
+    };
+    let mut all = Vec::new();
+    for name in &names {
+        let stats = match store.current_generation(name)? {
+            Some(_) => Some(store.open_collection(name)?.stats()?),
+            None => None,
+        };
+        if !args.json {
+            match &stats {
+                None => println!("{name}: no finished build yet"),
+                Some(s) => {
+                    println!(
+                        "{name}: generation {}, {} documents",
+                        s.generation, s.documents
+                    );
+                    for space in &s.spaces {
+                        println!(
+                            "  space {}: dim {}, model {} ({})",
+                            space.name,
+                            space.model.dim,
+                            space.model.fingerprint,
+                            space.model.source
+                        );
+                    }
+                }
+            }
+        }
+        all.push(serde_json::json!({"name": name, "stats": stats}));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(all));
+    } else if names.is_empty() {
+        println!("no collections in {}", store.location());
+    }
     Ok(())
 }
 

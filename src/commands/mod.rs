@@ -65,3 +65,55 @@ impl std::fmt::Display for GateFailed {
 }
 
 impl std::error::Error for GateFailed {}
+
+/// Where a command finds the collections: the embedded store's directory, or another backend.
+/// Each flag also reads the environment variable named in its help.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Store directory of the embedded backend.
+    #[arg(long, value_name = "DIR", env = "ATTUNE_STORE")]
+    pub store: Option<std::path::PathBuf>,
+    /// Where collections live: embedded (hnsw_rs + sled in --store) or qdrant (the Qdrant at
+    /// --qdrant-url) [default: embedded, or the settings file's `[store] backend`].
+    #[arg(long, value_name = "BACKEND", env = "ATTUNE_BACKEND")]
+    pub backend: Option<attune_index::StoreBackend>,
+    /// Qdrant's REST URL, for --backend qdrant [default: http://127.0.0.1:6333, or the
+    /// settings file's `[store.qdrant] url`].
+    #[arg(long, value_name = "URL", env = "ATTUNE_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// `base` (a settings file's `[store]`) with the flags applied over it.
+    pub fn settings(&self, base: &attune_index::StoreSettings) -> attune_index::StoreSettings {
+        let mut settings = base.clone();
+        if let Some(backend) = self.backend {
+            settings.backend = backend;
+        }
+        if let Some(url) = &self.qdrant_url {
+            settings.qdrant.url = url.trim_end_matches('/').to_string();
+        }
+        settings
+    }
+
+    /// Opens the store the flags name (creating an embedded one when `create`).
+    pub fn open(
+        &self,
+        create: bool,
+    ) -> anyhow::Result<std::sync::Arc<dyn attune_index::VectorStore>> {
+        let settings = self.settings(&attune_index::StoreSettings::default());
+        Ok(settings.open(self.store.as_deref(), create)?)
+    }
+
+    /// The store for messages: its directory or its URL.
+    pub fn describe(&self, settings: &attune_index::StoreSettings) -> String {
+        match settings.backend {
+            attune_index::StoreBackend::Qdrant => format!("qdrant {}", settings.qdrant.url),
+            attune_index::StoreBackend::Embedded => self
+                .store
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(no --store)".into()),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use attune_app::{
     run_pipeline, CheckOutcome, EvalEvent, MineSettings, PipelineConfig, PipelineObserver, Stage,
 };
 use attune_eval::report::Report;
-use attune_index::{BuildEvent, BuildReport, Store, VectorStore};
+use attune_index::{BuildEvent, BuildReport, VectorStore};
 use attune_trainer::train::{Event, TrainSummary};
 use clap::Args;
 
@@ -144,8 +144,9 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     let config = PipelineConfig::read(&args.config)?;
     let started = Instant::now();
     let store_dir = config.index.store.clone();
+    let store_settings = config.store.clone();
     let open_store = move || -> Result<Arc<dyn VectorStore>, attune_index::IndexError> {
-        Ok(Arc::new(Store::open_or_create(&store_dir)?))
+        store_settings.open(Some(&store_dir), true)
     };
     let outcome = run_pipeline(&config, args.from, &open_store, &mut Printer::default())?;
     eprintln!(

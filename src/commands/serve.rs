@@ -11,9 +11,9 @@ use clap::Args;
 /// a flag or variable overrides the settings file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Store directory (built by `attune index build`).
-    #[arg(long, value_name = "DIR", env = "ATTUNE_STORE")]
-    pub store: PathBuf,
+    /// The store (built by `attune index build`).
+    #[command(flatten)]
+    pub store: super::StoreArgs,
     /// Settings file (TOML; keys as in `ServeSettings`, e.g. `bind`, `api_key`,
     /// `[inference] dynamic_batching`, `[ab] treatment_share`, `[models] tuned = "DIR"`).
     #[arg(long, value_name = "FILE", env = "ATTUNE_CONFIG")]
@@ -69,6 +69,7 @@ impl ServeArgs {
         if let Some(device) = &self.device {
             settings.device = device.clone();
         }
+        settings.store = self.store.settings(&settings.store);
         settings.validate()?;
         Ok(settings)
     }
@@ -77,8 +78,9 @@ impl ServeArgs {
 /// Runs `attune serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = args.settings()?;
-    let state = AppState::open(&args.store, settings)
-        .with_context(|| format!("cannot serve store {}", args.store.display()))?;
+    let location = args.store.describe(&settings.store);
+    let state = AppState::connect(args.store.store.as_deref(), settings)
+        .with_context(|| format!("cannot serve store {location}"))?;
     for (name, problem) in state.problems() {
         tracing::warn!("collection {name:?} is not served: {problem}");
         eprintln!("attune: warning: collection {name:?} is not served: {problem}");
@@ -86,7 +88,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     eprintln!(
         "attune: serving {} collection(s) from {} on http://{} (press Ctrl-C to stop)",
         state.collection_names().len(),
-        args.store.display(),
+        location,
         state.settings.bind
     );
     actix_web::rt::System::new().block_on(serve(state))?;

@@ -58,10 +58,15 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Ready {
-    /// True when every collection of the store is served with its models loaded.
+    /// True when the store answers and every collection of it is served with its models
+    /// loaded.
     pub ready: bool,
-    /// The store directory.
+    /// The store: its directory, or `qdrant URL`.
     pub store: String,
+    /// Why the store could not be read at the last check (e.g. Qdrant unreachable); absent
+    /// when it could.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
     /// Served collections and their generations.
     pub collections: BTreeMap<String, u64>,
     /// Loaded models.
@@ -78,9 +83,11 @@ pub struct Ready {
     ))]
 pub async fn readyz(state: State) -> HttpResponse {
     let problems = state.problems();
+    let store_error = state.store_problem();
     let body = Ready {
-        ready: problems.is_empty(),
+        ready: problems.is_empty() && store_error.is_none(),
         store: state.store_location(),
+        store_error,
         collections: state
             .all()
             .iter()

@@ -92,6 +92,11 @@ pub struct PipelineConfig {
     pub gate: GateConfig,
     /// Where the corpus is indexed.
     pub index: IndexConfig,
+    /// `[store]`: which backend holds the collection. Default: the embedded store in
+    /// `[index] store`; `backend = "qdrant"` with `[store.qdrant] url = ...` puts it on Qdrant
+    /// (`[index] store` then only names nothing the index stage writes).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub store: attune_index::StoreSettings,
 }
 
 /// `[data]`.
