@@ -187,13 +187,13 @@ impl AppState {
     }
 
     /// The served collection `name` for a write prepared against `prepared` (vectors from its
-    /// models): the current one, or 503 when a switch since changed a space's model. Call with
-    /// the write gate held.
+    /// models): the current one, or `None` when a switch since changed a space's model (embed
+    /// again with the current one's models). Call with the write gate held.
     pub fn collection_for_write(
         &self,
         name: &str,
         prepared: &Served,
-    ) -> Result<Arc<Served>, ApiError> {
+    ) -> Result<Option<Arc<Served>>, ApiError> {
         let current = self.collection(name)?;
         let same_models = current.models.len() == prepared.models.len()
             && current.models.iter().all(|(space, queue)| {
@@ -202,13 +202,7 @@ impl AppState {
                     .get(space)
                     .is_some_and(|q| q.identity().same_model(queue.identity()))
             });
-        if !same_models {
-            return Err(ApiError::Unavailable(format!(
-                "collection {name:?} switched to a generation with other models during this \
-                 write; nothing was written, retry"
-            )));
-        }
-        Ok(current)
+        Ok(same_models.then_some(current))
     }
 
     /// Names of the served collections.

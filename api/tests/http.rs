@@ -60,6 +60,18 @@ enum StoreKind {
     Qdrant,
 }
 
+/// Settings of a test's own store on the Qdrant at `url` (a prefix of its own; few, quick
+/// retries).
+fn qdrant_settings(url: &str) -> QdrantSettings {
+    QdrantSettings {
+        prefix: format!("t{:016x}", rand::random::<u64>()),
+        retries: 1,
+        backoff_ms: 10,
+        timeout_ms: 5_000,
+        ..QdrantSettings::at(url)
+    }
+}
+
 /// True (and the test reported skipped) when `test` cannot run against Qdrant: no Qdrant
 /// binary, and `ATTUNE_REQUIRE_QDRANT` unset.
 fn qdrant_missing(test: &str) -> bool {
@@ -101,6 +113,21 @@ impl Fixture {
         max_seq_len: Option<usize>,
         prepare: impl FnOnce(&Path),
     ) -> Self {
+        let qdrant = matches!(backend.store, StoreKind::Qdrant).then(|| {
+            let url = attune_index::fixtures::shared_qdrant_url().expect("checked by the test");
+            Arc::new(QdrantStore::connect(qdrant_settings(&url)).unwrap())
+        });
+        Self::with_models_on(backend, n, max_seq_len, prepare, qdrant)
+    }
+
+    /// [`Fixture::with_models`] on a Qdrant store of the test's own.
+    fn with_models_on(
+        backend: Backend,
+        n: usize,
+        max_seq_len: Option<usize>,
+        prepare: impl FnOnce(&Path),
+        qdrant: Option<Arc<QdrantStore>>,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         for (name, seed) in [("base-model", 1), ("tuned-model", 2)] {
             let spec = RandomBertSpec {
@@ -125,14 +152,7 @@ impl Fixture {
             max_seq_len,
             backend,
             exact: Arc::new(ExactStore::new()),
-            qdrant: matches!(backend.store, StoreKind::Qdrant).then(|| {
-                let url = attune_index::fixtures::shared_qdrant_url().expect("checked by the test");
-                let settings = QdrantSettings {
-                    prefix: format!("t{:016x}", rand::random::<u64>()),
-                    ..QdrantSettings::at(&url)
-                };
-                Arc::new(QdrantStore::connect(settings).unwrap())
-            }),
+            qdrant,
         };
         fixture.build(n, 0);
         fixture
@@ -1817,6 +1837,83 @@ async fn a_collection_without_a_lexical_space_refuses_lexical_searches(backend: 
     let (_, info) = call(&service, TestRequest::get().uri("/v1/collections/plain")).await;
     assert_eq!(info["searchable"], json!(["base"]));
     assert!(info["lexical"].is_null());
+}
+
+/// When Qdrant stops answering, `/readyz` says so (503, naming Qdrant), searches and writes get
+/// 503 naming it, and nothing is acknowledged; when it is back, the server answers again.
+#[actix_web::test]
+async fn an_unreachable_qdrant_makes_readyz_and_requests_fail_clearly() {
+    let Some(binary) = attune_index::fixtures::QdrantServer::binary() else {
+        assert!(!attune_index::fixtures::QdrantServer::required());
+        attune_model::fixtures::report_skipped(
+            "api/tests/http.rs::an_unreachable_qdrant_makes_readyz_and_requests_fail_clearly",
+            "no Qdrant binary (../shared/tools/qdrant/qdrant or ATTUNE_QDRANT_BIN)",
+        );
+        return;
+    };
+    let mut server = attune_index::fixtures::QdrantServer::start(&binary).unwrap();
+    let store = Arc::new(QdrantStore::connect(qdrant_settings(&server.url())).unwrap());
+    let backend = Backend {
+        store: StoreKind::Qdrant,
+        family: Family::Bert,
+    };
+    let fixture = Fixture::with_models_on(backend, 12, None, |_| {}, Some(store));
+    let settings = ServeSettings {
+        api_key: Some("sesame".into()),
+        ..ServeSettings::default()
+    };
+    let state = fixture.state(settings);
+    let service = test::init_service(app(state.clone())).await;
+    let search = || {
+        post(
+            "/v1/collections/shop/search",
+            json!({"query": "red shoe", "k": 3}),
+        )
+    };
+    let (status, _) = call(&service, TestRequest::get().uri("/readyz")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    server.kill();
+    state.refresh();
+    let (status, body) = call(&service, TestRequest::get().uri("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["store_error"].as_str().unwrap().contains("Qdrant at"),
+        "{body}"
+    );
+    let (status, body) = call(&service, search()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Qdrant at"),
+        "{body}"
+    );
+    let put = TestRequest::put()
+        .uri("/v1/collections/shop/documents")
+        .insert_header(("authorization", "Bearer sesame"))
+        .set_json(
+            json!({"documents": [{"id": "lost", "title": "t", "text": "never acknowledged"}]}),
+        );
+    let (status, _) = call(&service, put).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    server.launch().unwrap();
+    state.refresh();
+    let (status, body) = call(&service, TestRequest::get().uri("/readyz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&service, search()).await;
+    assert_eq!(
+        (status, body["results"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(3))
+    );
+    let (status, _) = call(
+        &service,
+        TestRequest::get().uri("/v1/collections/shop/documents/lost"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 /// Runs each test against both implementations of each seam: the embedded and the exact store,

@@ -81,6 +81,14 @@ pub struct StoreArgs {
     /// settings file's `[store.qdrant] url`].
     #[arg(long, value_name = "URL", env = "ATTUNE_QDRANT_URL")]
     pub qdrant_url: Option<String>,
+    /// Shards of each new generation's Qdrant collection [default: 1, or `[store.qdrant]
+    /// shard_number`].
+    #[arg(long, value_name = "N", env = "ATTUNE_QDRANT_SHARDS")]
+    pub qdrant_shards: Option<u32>,
+    /// Copies of each shard on a Qdrant cluster [default: 1, or `[store.qdrant]
+    /// replication_factor`]; 2 or more survive the loss of a node.
+    #[arg(long, value_name = "N", env = "ATTUNE_QDRANT_REPLICATION")]
+    pub qdrant_replication: Option<u32>,
 }
 
 impl StoreArgs {
@@ -92,6 +100,12 @@ impl StoreArgs {
         }
         if let Some(url) = &self.qdrant_url {
             settings.qdrant.url = url.trim_end_matches('/').to_string();
+        }
+        if let Some(shards) = self.qdrant_shards {
+            settings.qdrant.shard_number = shards;
+        }
+        if let Some(copies) = self.qdrant_replication {
+            settings.qdrant.replication_factor = copies;
         }
         settings
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use attune_index::{Document, UpsertDocument};
+use attune_index::{Document, ModelIdentity, UpsertDocument};
 use attune_model::TextKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,6 +16,7 @@ use super::{blocking, check_len, ok_json, State};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::error::{ApiError, BodyErrors, ErrorBody};
 use crate::inference::Lane;
+use crate::state::{AppState, Served};
 
 /// Registers upserts and deletes.
 pub fn config_documents(cfg: &mut web::ServiceConfig) {
@@ -130,7 +131,58 @@ pub async fn upsert(
         })
         .collect();
     let name = path.into_inner();
-    let served = state.collection(&name)?;
+    let state = state.into_inner();
+    let mut served = state.collection(&name)?;
+    // A generation switch with other models between embedding and writing: embed again with
+    // the new models (a switch is rare; two in a row during one write rarer still).
+    for _ in 0..WRITE_ATTEMPTS {
+        let (upserts, models) = embed_documents(&state, &served, &documents).await?;
+        let (shared, collection, prepared) = (state.clone(), name.clone(), served.clone());
+        let written = blocking(move || {
+            let (state, name) = (shared, collection);
+            let gate = state.write_gate(&name);
+            let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
+            let Some(served) = state.collection_for_write(&name, &prepared)? else {
+                return Ok(None);
+            };
+            let report = served.collection.upsert(&upserts, &models)?;
+            let documents = served.collection.len();
+            let generation = served.collection.generation();
+            state
+                .metrics
+                .collection(served.collection.name(), documents, generation);
+            Ok(Some(UpsertResponse {
+                added: report.added,
+                updated: report.updated,
+                unchanged: report.unchanged,
+                compacted: report.compacted,
+                documents,
+                generation,
+            }))
+        })
+        .await?;
+        match written {
+            Some(response) => return Ok(ok_json(&response, "")),
+            None => served = state.collection(&name)?,
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "collection {name:?} switched to generations with other models {WRITE_ATTEMPTS} times \
+         during this write; nothing was written, retry"
+    )))
+}
+
+/// Times an upsert embeds and tries to write before it gives up on a collection whose models
+/// keep changing under it.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// The upserts of `documents` with a vector per space of `served`, and the models that
+/// embedded them.
+async fn embed_documents(
+    state: &AppState,
+    served: &Served,
+    documents: &[Document],
+) -> Result<(Vec<UpsertDocument>, BTreeMap<String, ModelIdentity>), ApiError> {
     let texts: Vec<String> = documents.iter().map(Document::embedding_text).collect();
     let mut vectors: Vec<BTreeMap<String, Vec<f32>>> = vec![BTreeMap::new(); documents.len()];
     let mut models = BTreeMap::new();
@@ -153,33 +205,13 @@ pub async fn upsert(
         }
         models.insert(space.clone(), model.identity().clone());
     }
-    let upserts: Vec<UpsertDocument> = documents
-        .into_iter()
+    let upserts = documents
+        .iter()
+        .cloned()
         .zip(vectors)
         .map(|(document, vectors)| UpsertDocument { document, vectors })
         .collect();
-    let state = state.into_inner();
-    let response = blocking(move || {
-        let gate = state.write_gate(&name);
-        let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
-        let served = state.collection_for_write(&name, &served)?;
-        let report = served.collection.upsert(&upserts, &models)?;
-        let documents = served.collection.len();
-        let generation = served.collection.generation();
-        state
-            .metrics
-            .collection(served.collection.name(), documents, generation);
-        Ok(UpsertResponse {
-            added: report.added,
-            updated: report.updated,
-            unchanged: report.unchanged,
-            compacted: report.compacted,
-            documents,
-            generation,
-        })
-    })
-    .await?;
-    Ok(ok_json(&response, ""))
+    Ok((upserts, models))
 }
 
 /// A stored document.

@@ -17,8 +17,9 @@ use crate::error::{IndexError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QdrantSettings {
-    /// Base URL of Qdrant's REST API (any node of a cluster, or a load balancer in front of
-    /// them). Default `http://127.0.0.1:6333`.
+    /// Base URL of Qdrant's REST API: one node, a load balancer in front of a cluster, or
+    /// several nodes separated by commas (a request that gets no answer from one goes to the
+    /// next at once, and later requests stay there). Default `http://127.0.0.1:6333`.
     pub url: String,
     /// Sent as `api-key` when set. Default none.
     pub api_key: Option<String>,
@@ -64,6 +65,15 @@ impl QdrantSettings {
             url: url.trim_end_matches('/').to_string(),
             ..Self::default()
         }
+    }
+
+    /// The nodes of [`QdrantSettings::url`], in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     /// Checks ranges.
@@ -125,6 +135,9 @@ impl Method {
 pub(crate) struct Client {
     agent: ureq::Agent,
     settings: QdrantSettings,
+    urls: Vec<String>,
+    /// The node requests go to (an index into `urls`), moved on when one does not answer.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Client {
@@ -135,7 +148,16 @@ impl Client {
             .timeout_global(Some(Duration::from_millis(settings.timeout_ms)))
             .build()
             .into();
-        Ok(Self { agent, settings })
+        let urls = settings.urls();
+        if urls.is_empty() {
+            return Err(IndexError::InvalidSetting("qdrant url is empty".into()));
+        }
+        Ok(Self {
+            agent,
+            settings,
+            urls,
+            current: Default::default(),
+        })
     }
 
     pub(crate) fn settings(&self) -> &QdrantSettings {
@@ -161,6 +183,9 @@ impl Client {
         let what = format!("{} {path}", method.name());
         let mut wait = Duration::from_millis(self.settings.backoff_ms);
         let mut attempt = 0;
+        // Nodes tried since the last wait: a node that does not answer hands over to the next
+        // without waiting, once per node.
+        let mut unanswered = 0;
         loop {
             let failure = match self.send(method, path, body) {
                 Ok((200, value)) => {
@@ -173,8 +198,23 @@ impl Client {
                 Ok((status, value)) => {
                     return Err(self.error(&what, format!("HTTP {status}: {}", message_of(&value))))
                 }
-                Err(e) => format!("{e} (is Qdrant running there?)"),
+                Err(e) => {
+                    unanswered += 1;
+                    let node = self.node();
+                    if unanswered < self.urls.len() {
+                        self.current
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            "qdrant {node} did not answer {what} ({e}); trying the next node"
+                        );
+                        continue;
+                    }
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    format!("{e} from {node} (is Qdrant running there?)")
+                }
             };
+            unanswered = 0;
             if attempt >= self.settings.retries {
                 return Err(self.error(
                     &what,
@@ -194,13 +234,19 @@ impl Client {
             .ok_or_else(|| self.error(&format!("{} {path}", method.name()), "not found"))
     }
 
+    /// The node requests go to now.
+    fn node(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len();
+        &self.urls[i]
+    }
+
     fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> std::result::Result<(u16, Value), ureq::Error> {
-        let url = format!("{}{path}", self.settings.url);
+        let url = format!("{}{path}", self.node());
         let key = self.settings.api_key.as_deref();
         let mut response = match method {
             Method::Get | Method::Delete => {

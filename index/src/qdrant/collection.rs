@@ -914,6 +914,15 @@ pub(crate) fn build(
         }
     }
     create_field_indexes(client, &physical, &fields)?;
+    let graph_started = Instant::now();
+    for space in identities.keys() {
+        progress(BuildEvent::Graph {
+            space: space.clone(),
+            points: target.len(),
+        });
+    }
+    wait_until_indexed(client, &physical)?;
+    let graph_seconds = graph_started.elapsed().as_secs_f64();
     // Writes acknowledged while this build ran, then the switch, then those that landed on
     // the old generation meanwhile.
     let mut embedder = SpecEmbedder(spaces);
@@ -968,8 +977,30 @@ pub(crate) fn build(
             BuildSource::Collection => 0,
         },
         embed_seconds,
-        graph_seconds: 0.0,
+        graph_seconds,
         lexical_seconds: 0.0,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Longest wait for Qdrant to index a new generation before the build gives up on it.
+const INDEXING_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Waits until Qdrant has built the new generation's HNSW graphs (the collection is green), so
+/// the switch never puts an unindexed generation behind searches.
+fn wait_until_indexed(client: &Client, physical: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let info = client.expect(Method::Get, &format!("/collections/{physical}"), None)?;
+        if info["status"] == "green" {
+            return Ok(());
+        }
+        if started.elapsed() > INDEXING_LIMIT {
+            return Err(client.error(
+                &format!("indexing {physical}"),
+                format!("still {} after {INDEXING_LIMIT:?}", info["status"]),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

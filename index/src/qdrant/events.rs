@@ -53,7 +53,7 @@ impl QdrantEvents {
         self.client.expect(
             super::client::Method::Put,
             &format!(
-                "/collections/{}/points?wait=true&ordering=strong",
+                "/collections/{}/points?wait=true&ordering=medium",
                 self.collection
             ),
             Some(

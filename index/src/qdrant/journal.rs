@@ -51,10 +51,7 @@ impl QdrantJournal {
                           "order_by": {"key": "record", "direction": "desc"}});
         let page = self.client.expect(
             Method::Post,
-            &format!(
-                "/collections/{}/points/scroll?consistency=majority",
-                self.collection
-            ),
+            &format!("/collections/{}/points/scroll", self.collection),
             Some(&body),
         )?;
         Ok(page["points"][0]["payload"]["record"].as_u64().unwrap_or(0))
@@ -80,7 +77,7 @@ impl QdrantJournal {
             self.client.expect(
                 Method::Put,
                 &format!(
-                    "/collections/{}/points?wait=true&ordering=strong",
+                    "/collections/{}/points?wait=true&ordering=medium",
                     self.collection
                 ),
                 Some(&json!({"points": [point], "update_mode": "insert_only"})),

@@ -118,7 +118,7 @@ pub(crate) fn retrieve<Id: serde::Serialize>(
     let body = json!({"ids": ids, "with_payload": with_payload, "with_vector": with_vector});
     let result = client.expect(
         Method::Post,
-        &format!("/collections/{collection}/points?consistency=majority"),
+        &format!("/collections/{collection}/points"),
         Some(&body),
     )?;
     Ok(result.as_array().cloned().unwrap_or_default())
@@ -156,7 +156,7 @@ pub(crate) fn upsert_newer(
         .collect();
     client.expect(
         Method::Post,
-        &format!("/collections/{collection}/points/batch?wait=true&ordering=strong"),
+        &format!("/collections/{collection}/points/batch?wait=true&ordering=medium"),
         Some(&json!({"operations": operations})),
     )?;
     Ok(())
@@ -203,7 +203,7 @@ pub(crate) fn scroll(
         }
         let page = client.expect(
             Method::Post,
-            &format!("/collections/{collection}/points/scroll?consistency=majority"),
+            &format!("/collections/{collection}/points/scroll"),
             Some(&body),
         )?;
         let points = page["points"].as_array().cloned().unwrap_or_default();
