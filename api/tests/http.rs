@@ -1916,6 +1916,89 @@ async fn an_unreachable_qdrant_makes_readyz_and_requests_fail_clearly() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Two servers over one Qdrant (each with its own connection, as two machines would have) answer
+/// alike, see each other's writes, assign a user the same variant, and one A/B report counts
+/// the traffic and feedback of both.
+#[actix_web::test]
+async fn two_servers_over_one_qdrant_answer_alike_and_share_the_ab_log() {
+    if qdrant_missing("two_servers_over_one_qdrant_answer_alike_and_share_the_ab_log") {
+        return;
+    }
+    let backend = Backend {
+        store: StoreKind::Qdrant,
+        family: Family::Bert,
+    };
+    let fixture = Fixture::new(backend, 20);
+    let settings = ServeSettings {
+        api_key: Some("sesame".into()),
+        ..ServeSettings::default()
+    };
+    let own_connection = || {
+        let store = fixture.qdrant.as_ref().expect("a Qdrant fixture");
+        let again = QdrantStore::connect(store.settings().clone()).unwrap();
+        AppState::with_store(Arc::new(again), settings.clone()).unwrap()
+    };
+    let first = test::init_service(app(own_connection())).await;
+    let second = test::init_service(app(own_connection())).await;
+    let search = "/v1/collections/shop/search";
+    let plain = json!({"query": "red shoe", "k": 5, "space": "tuned", "filter": {"colour": "red"}});
+    let (_, a) = call(&first, post(search, plain.clone())).await;
+    let (_, b) = call(&second, post(search, plain.clone())).await;
+    assert_eq!(result_ids(&a), result_ids(&b));
+    assert_eq!(a["results"], b["results"]);
+
+    let put = TestRequest::put()
+        .uri("/v1/collections/shop/documents")
+        .insert_header(("authorization", "Bearer sesame"))
+        .set_json(
+            json!({"documents": [{"id": "new", "title": "red velvet slipper", "text": "red",
+                                        "metadata": {"colour": "red"}}]}),
+        );
+    let (status, body) = call(&first, put).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(
+        &second,
+        TestRequest::get().uri("/v1/collections/shop/documents/new"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["title"].as_str()),
+        (StatusCode::OK, Some("red velvet slipper"))
+    );
+
+    let mut clicks = 0;
+    for u in 0..12 {
+        let request =
+            json!({"query": "red shoe", "k": 5, "space": "auto", "user": format!("user-{u}")});
+        let (_, one) = call(&first, post(search, request.clone())).await;
+        let (_, two) = call(&second, post(search, request)).await;
+        assert_eq!(
+            one["variant"], two["variant"],
+            "a user's variant is the same on both"
+        );
+        // Feedback on a request served by the first server, sent to the second.
+        let feedback = json!({"request_id": one["request_id"], "doc_id": one["results"][0]["id"],
+                              "event": "click"});
+        let request = post("/v1/collections/shop/feedback", feedback)
+            .insert_header(("authorization", "Bearer sesame"));
+        let (status, body) = call(&second, request).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        clicks += 1;
+    }
+    for service in [&first, &second] {
+        let (status, report) = call(
+            service,
+            TestRequest::get().uri("/v1/collections/shop/ab-report"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        let rows = report["variants"].as_array().unwrap();
+        let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        let clicked: u64 = rows.iter().map(|r| r["clicks"].as_u64().unwrap()).sum();
+        assert_eq!((requests, clicked), (24, clicks), "{report}");
+    }
+}
+
 /// Runs each test against both implementations of each seam: the embedded and the exact store,
 /// BERT and the tiny mixer.
 macro_rules! against_both_implementations {

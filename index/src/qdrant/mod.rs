@@ -116,30 +116,23 @@ impl QdrantStore {
             client: Client::new(settings)?,
         };
         let meta = store.names().meta();
-        store.ensure_payload_collection(&meta, &[("kind", "keyword"), ("name", "keyword")])?;
+        ensure_payload_collection(
+            &store.client,
+            &meta,
+            &[("kind", "keyword"), ("name", "keyword")],
+        )?;
         Ok(store)
+    }
+
+    /// The settings it connected with.
+    pub fn settings(&self) -> &QdrantSettings {
+        self.client.settings()
     }
 
     pub(crate) fn names(&self) -> Names {
         Names {
             prefix: self.client.settings().prefix.clone(),
         }
-    }
-
-    /// True when Qdrant answers and reports itself ready (what `/readyz` relays).
-    pub fn ready(&self) -> Result<()> {
-        self.client.expect(Method::Get, "/collections", None)?;
-        Ok(())
-    }
-
-    /// Creates a collection without vectors (a registry, a journal, an event log) with keyword
-    /// or integer indexes on `fields`, unless it exists.
-    pub(crate) fn ensure_payload_collection(
-        &self,
-        name: &str,
-        fields: &[(&str, &str)],
-    ) -> Result<()> {
-        ensure_payload_collection(&self.client, name, fields)
     }
 
     fn registration_id(name: &str) -> String {
@@ -226,6 +219,8 @@ impl QdrantStore {
     }
 }
 
+/// Creates a collection without vectors (a registry, a journal, an event log) with keyword or
+/// integer indexes on `fields`, unless it exists.
 pub(crate) fn ensure_payload_collection(
     client: &Client,
     name: &str,
