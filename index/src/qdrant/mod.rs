@@ -25,9 +25,9 @@
 //! (a point without vectors) for the same reason; a rebuild drops tombstones.
 //!
 //! **Builds.** A build notes the journal's end, reads the current generation, embeds into a new
-//! Qdrant collection (reusing vectors whose content hash and model are unchanged), replays the
-//! journal records that arrived meanwhile (embedding them with the new models), switches the
-//! alias, and replays once more. A server still writing to the old generation after the switch
+//! Qdrant collection (reusing vectors whose content hash and model are unchanged), waits until
+//! Qdrant has indexed it, replays the journal records that arrived meanwhile (embedding them
+//! with the new models), switches the alias, and replays once more. A server still writing to the old generation after the switch
 //! journals its writes; it applies them to the new generation when it switches (see
 //! [`crate::ServedCollection::catch_up`]).
 
