@@ -860,17 +860,7 @@ pub(crate) fn build(
         .iter()
         .map(|s| (s.name.clone(), s.embedder.identity().clone()))
         .collect();
-    let lexicon = match &settings.lexical {
-        Some(lexical) => {
-            let probe = Lexicon::new(lexical, 1.0)?;
-            let total: usize = target.iter().map(|d| probe.length(d)).sum();
-            Some(Lexicon::new(
-                lexical,
-                total as f32 / target.len().max(1) as f32,
-            )?)
-        }
-        None => None,
-    };
+    let lexicon = lexicon_for(settings.lexical.as_ref(), &target)?;
     let mut info = GenerationInfo {
         generation,
         spaces: identities.clone(),
@@ -882,81 +872,30 @@ pub(crate) fn build(
     };
     create_generation(client, &physical, &info)?;
     let previous_physical = previous.map(|g| names.generation(name, g));
-    let previous_pair = previous_physical.as_deref().zip(previous_info.as_ref());
     let writer = Writer {
         client,
         physical: &physical,
         spaces: &identities,
         lexicon: lexicon.as_ref(),
     };
-    let mut embedded = BTreeMap::new();
-    let mut done = 0;
-    for chunk in target.chunks(settings.batch_size.max(1)) {
-        let vectors = chunk_vectors(client, previous_pair, &old, chunk, spaces, &mut embedded)?;
-        let points: Vec<Value> = chunk
-            .iter()
-            .zip(&vectors)
-            .map(|(document, vectors)| writer.point(document, vectors, base_seq))
-            .collect();
-        for part in points.chunks(WRITE_BATCH) {
-            payload::upsert(client, &physical, part)?;
-        }
-        done += chunk.len();
-        progress(BuildEvent::Embedded { done });
-    }
+    let fill = Fill {
+        writer: &writer,
+        previous: previous_physical.as_deref().zip(previous_info.as_ref()),
+        old: &old,
+        seq: base_seq,
+        batch_size: settings.batch_size.max(1),
+    };
+    let embedded = fill.write(&target, spaces, progress)?;
     let embed_seconds = started.elapsed().as_secs_f64();
-    let mut fields = BTreeMap::new();
-    for document in &target {
-        for (field, value) in &document.metadata {
-            if let (false, Some(schema)) = (fields.contains_key(field), field_schema(value)) {
-                fields.insert(field.clone(), schema);
-            }
-        }
-    }
-    create_field_indexes(client, &physical, &fields)?;
     let graph_started = Instant::now();
-    for space in identities.keys() {
-        progress(BuildEvent::Graph {
-            space: space.clone(),
-            points: target.len(),
-        });
-    }
-    wait_until_indexed(client, &physical)?;
+    index_generation(client, &physical, &target, &identities, progress)?;
     let graph_seconds = graph_started.elapsed().as_secs_f64();
-    // Writes acknowledged while this build ran, then the switch, then those that landed on
-    // the old generation meanwhile.
-    let mut embedder = SpecEmbedder(spaces);
-    let records = journal.read_after(base_seq)?;
-    let (mut replayed, covered) = writer.replay(&records, Some(&mut embedder), base_seq)?;
-    info.journal_seq = covered;
-    client.expect(
-        Method::Patch,
-        &format!("/collections/{physical}"),
-        Some(&json!({"metadata": {"attune": info}})),
-    )?;
-    let alias = names.alias(name);
-    client.expect(
-        Method::Post,
-        "/collections/aliases",
-        Some(&json!({"actions": [{"delete_alias": {"alias_name": alias}},
-                                 {"create_alias": {"collection_name": physical, "alias_name": alias}}]})),
-    )?;
-    let late = journal.read_after(covered)?;
-    replayed += writer.replay(&late, Some(&mut embedder), covered)?.0;
+    let replayed = switch(&writer, &journal, &names.alias(name), &mut info, spaces)?;
     // The generation before the previous one serves nobody now.
     if let Some(older) = previous.and_then(|g| g.checked_sub(1)).filter(|&g| g > 0) {
         store.drop_qdrant_collection(&names.generation(name, older))?;
     }
-    let (mut added, mut updated, mut unchanged) = (0, 0, 0);
-    for document in &target {
-        match old.get(&document.id) {
-            None => added += 1,
-            Some(before) if before.hash == hex(&content_hash(&document.embedding_text())) => {
-                unchanged += 1
-            }
-            Some(_) => updated += 1,
-        }
-    }
+    let (added, updated, unchanged) = change_counts(&target, &old);
     let documents = payload::count(client, &physical, &json!({"must": [payload::live()]}))?;
     Ok(BuildReport {
         collection: name.to_string(),
@@ -981,6 +920,140 @@ pub(crate) fn build(
         lexical_seconds: 0.0,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The lexical space of a new generation of `target`, with its mean document length.
+fn lexicon_for(settings: Option<&LexicalSettings>, target: &[Document]) -> Result<Option<Lexicon>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    let probe = Lexicon::new(settings, 1.0)?;
+    let total: usize = target.iter().map(|d| probe.length(d)).sum();
+    Ok(Some(Lexicon::new(
+        settings,
+        total as f32 / target.len().max(1) as f32,
+    )?))
+}
+
+/// Writes a new generation's documents with their vectors.
+struct Fill<'a> {
+    writer: &'a Writer<'a>,
+    /// The previous generation's Qdrant collection and manifest, whose vectors are reused.
+    previous: Option<(&'a str, &'a GenerationInfo)>,
+    old: &'a BTreeMap<String, StoredDocument>,
+    /// The journal position the documents reflect (their points' `seq`).
+    seq: u64,
+    batch_size: usize,
+}
+
+impl Fill<'_> {
+    /// Writes `target` in batches; returns the texts embedded per space.
+    fn write(
+        &self,
+        target: &[Document],
+        spaces: &mut [SpaceSpec<'_>],
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BTreeMap<String, usize>> {
+        let client = self.writer.client;
+        let mut embedded = BTreeMap::new();
+        let mut done = 0;
+        for chunk in target.chunks(self.batch_size) {
+            let vectors = chunk_vectors(
+                client,
+                self.previous,
+                self.old,
+                chunk,
+                spaces,
+                &mut embedded,
+            )?;
+            let points: Vec<Value> = chunk
+                .iter()
+                .zip(&vectors)
+                .map(|(document, vectors)| self.writer.point(document, vectors, self.seq))
+                .collect();
+            for part in points.chunks(WRITE_BATCH) {
+                payload::upsert(client, self.writer.physical, part)?;
+            }
+            done += chunk.len();
+            progress(BuildEvent::Embedded { done });
+        }
+        Ok(embedded)
+    }
+}
+
+/// Payload indexes for the metadata fields of `target`, then Qdrant's HNSW graphs.
+fn index_generation(
+    client: &Client,
+    physical: &str,
+    target: &[Document],
+    spaces: &BTreeMap<String, ModelIdentity>,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<()> {
+    let mut fields = BTreeMap::new();
+    for document in target {
+        for (field, value) in &document.metadata {
+            if let (false, Some(schema)) = (fields.contains_key(field), field_schema(value)) {
+                fields.insert(field.clone(), schema);
+            }
+        }
+    }
+    create_field_indexes(client, physical, &fields)?;
+    for space in spaces.keys() {
+        progress(BuildEvent::Graph {
+            space: space.clone(),
+            points: target.len(),
+        });
+    }
+    wait_until_indexed(client, physical)
+}
+
+/// Replays the writes acknowledged while the build ran, records the journal position in the
+/// generation's manifest, switches `alias` to it, then replays the writes that landed on the
+/// old generation meanwhile. Returns how many writes were replayed.
+fn switch(
+    writer: &Writer<'_>,
+    journal: &QdrantJournal,
+    alias: &str,
+    info: &mut GenerationInfo,
+    spaces: &mut [SpaceSpec<'_>],
+) -> Result<usize> {
+    let (client, physical) = (writer.client, writer.physical);
+    let mut embedder = SpecEmbedder(spaces);
+    let records = journal.read_after(info.journal_seq)?;
+    let (mut replayed, covered) = writer.replay(&records, Some(&mut embedder), info.journal_seq)?;
+    info.journal_seq = covered;
+    client.expect(
+        Method::Patch,
+        &format!("/collections/{physical}"),
+        Some(&json!({"metadata": {"attune": info}})),
+    )?;
+    client.expect(
+        Method::Post,
+        "/collections/aliases",
+        Some(&json!({"actions": [{"delete_alias": {"alias_name": alias}},
+                                 {"create_alias": {"collection_name": physical, "alias_name": alias}}]})),
+    )?;
+    let late = journal.read_after(covered)?;
+    replayed += writer.replay(&late, Some(&mut embedder), covered)?.0;
+    Ok(replayed)
+}
+
+/// (added, updated, unchanged) documents of `target` against the collection's `old` ones.
+fn change_counts(
+    target: &[Document],
+    old: &BTreeMap<String, StoredDocument>,
+) -> (usize, usize, usize) {
+    let (mut added, mut updated, mut unchanged) = (0, 0, 0);
+    for document in target {
+        match old.get(&document.id) {
+            None => added += 1,
+            Some(before) if before.hash == hex(&content_hash(&document.embedding_text())) => {
+                unchanged += 1
+            }
+            Some(_) => updated += 1,
+        }
+    }
+    (added, updated, unchanged)
 }
 
 /// Longest wait for Qdrant to index a new generation before the build gives up on it.
