@@ -141,16 +141,27 @@ fn through_api(
             .filter_map(|r| r["id"].as_str().map(str::to_string))
             .collect()
     };
-    let results: Vec<Vec<String>> = texts.iter().map(|t| search(t)).collect();
+    recall_and_qps(texts.len(), |i| search(&texts[i]), truth, repeats)
+}
+
+/// Recall@10 of `search` (query index → ids, best first) over `queries` queries against
+/// `truth`, and its single-client QPS: the median of `repeats` passes, one query at a time.
+fn recall_and_qps(
+    queries: usize,
+    search: impl Fn(usize) -> Vec<String>,
+    truth: &[Vec<String>],
+    repeats: usize,
+) -> (f64, f64) {
+    let results: Vec<Vec<String>> = (0..queries).map(&search).collect();
     let recall = recall_of(&results, truth, 10);
     let qps = median(
         (0..repeats)
             .map(|_| {
                 let t = Instant::now();
-                for text in texts {
-                    std::hint::black_box(search(text));
+                for i in 0..queries {
+                    std::hint::black_box(search(i));
                 }
-                texts.len() as f64 / t.elapsed().as_secs_f64()
+                queries as f64 / t.elapsed().as_secs_f64()
             })
             .collect(),
     );
@@ -241,20 +252,11 @@ fn measure(
             .collect()
     };
     let nq = queries.len() / dim;
-    let results: Vec<Vec<String>> = (0..nq)
-        .map(|i| search(&queries[i * dim..(i + 1) * dim]))
-        .collect();
-    let recall = recall_of(&results, truth, 10);
-    let qps = median(
-        (0..repeats)
-            .map(|_| {
-                let t = Instant::now();
-                for i in 0..nq {
-                    std::hint::black_box(search(&queries[i * dim..(i + 1) * dim]));
-                }
-                nq as f64 / t.elapsed().as_secs_f64()
-            })
-            .collect(),
+    let (recall, qps) = recall_and_qps(
+        nq,
+        |i| search(&queries[i * dim..(i + 1) * dim]),
+        truth,
+        repeats,
     );
     Measured {
         build_docs_per_s,
@@ -338,22 +340,12 @@ fn direct_qdrant(
             .collect()
     };
     let nq = queries.len() / dim;
-    let results: Vec<Vec<String>> = (0..nq)
-        .map(|i| search(&queries[i * dim..(i + 1) * dim]))
-        .collect();
-    let recall = recall_of(&results, truth, 10);
-    let qps = median(
-        (0..repeats)
-            .map(|_| {
-                let t = Instant::now();
-                for i in 0..nq {
-                    std::hint::black_box(search(&queries[i * dim..(i + 1) * dim]));
-                }
-                nq as f64 / t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
-    (recall, qps)
+    recall_and_qps(
+        nq,
+        |i| search(&queries[i * dim..(i + 1) * dim]),
+        truth,
+        repeats,
+    )
 }
 
 fn main() {

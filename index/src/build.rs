@@ -263,23 +263,20 @@ fn read_base_once(store: &Store, manifest: &CollectionManifest) -> Result<Base> 
 
 /// The documents the new generation holds (before writes that arrive during the build) and
 /// the ids a replace build removes.
-fn target_documents(
+pub(crate) fn target_documents(
     source: &BuildSource<'_>,
-    base: &Base,
+    current: &BTreeMap<String, StoredDocument>,
     collection: &str,
 ) -> Result<(Vec<Document>, Vec<String>, usize)> {
     match source {
         BuildSource::Collection => {
-            if base.documents.is_empty() {
+            if current.is_empty() {
                 return Err(IndexError::InvalidSetting(format!(
                     "collection {collection:?} has no documents to re-embed; build it from a corpus"
                 )));
             }
             Ok((
-                base.documents
-                    .values()
-                    .map(StoredDocument::to_document)
-                    .collect(),
+                current.values().map(StoredDocument::to_document).collect(),
                 Vec::new(),
                 0,
             ))
@@ -287,10 +284,7 @@ fn target_documents(
         BuildSource::Corpus { corpus, mode } => {
             let wanted: std::collections::HashSet<&str> =
                 corpus.documents.iter().map(|d| d.id.as_str()).collect();
-            let others = base
-                .documents
-                .values()
-                .filter(|d| !wanted.contains(d.id.as_str()));
+            let others = current.values().filter(|d| !wanted.contains(d.id.as_str()));
             let mut documents = corpus.documents.clone();
             match mode {
                 BuildMode::Merge => {
@@ -383,7 +377,7 @@ pub fn build_collection(
     // Read after the building marker is written: a server checkpoints its journal only while
     // no build is marked (see `Collection::checkpoint_journal_if_due`).
     let base = read_base(store, &manifest)?;
-    let (documents, removed, kept) = target_documents(&source, &base, collection)?;
+    let (documents, removed, kept) = target_documents(&source, &base.documents, collection)?;
     let dir = store.generation_dir(collection, generation);
     std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
     let db = GenerationDb::open(&dir)?;

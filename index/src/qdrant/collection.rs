@@ -1,7 +1,7 @@
 //! One collection's generation in Qdrant, searched and written ([`QdrantCollection`]), and the
 //! build of a new generation ([`build`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use super::journal::QdrantJournal;
 use super::payload::{self, point_id};
 use super::{GenerationInfo, Names, QdrantStore};
 use crate::build::{
-    BuildEvent, BuildMode, BuildReport, BuildSettings, BuildSource, SpaceSpec, SpecEmbedder,
+    target_documents, BuildEvent, BuildReport, BuildSettings, BuildSource, SpaceSpec, SpecEmbedder,
 };
 use crate::corpus::Document;
 use crate::error::{IndexError, Result};
@@ -163,17 +163,21 @@ impl QdrantCollection {
         self.info
             .spaces
             .get(space)
-            .ok_or_else(|| IndexError::UnknownSpace {
-                collection: self.name.clone(),
-                space: space.to_string(),
-                available: self
-                    .info
-                    .spaces
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+            .ok_or_else(|| self.unknown_space(space))
+    }
+
+    fn unknown_space(&self, space: &str) -> IndexError {
+        IndexError::UnknownSpace {
+            collection: self.name.clone(),
+            space: space.to_string(),
+            available: self
+                .info
+                .spaces
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
     }
 
     fn check_model(&self, space: &str, model: &ModelIdentity) -> Result<()> {
@@ -283,17 +287,7 @@ impl QdrantCollection {
     fn lexical_query(&self, request: &LexicalRequest<'_>, fields: Value) -> Result<Vec<Value>> {
         check_search(request.filter, request.k)?;
         let Some(lexicon) = &self.lexicon else {
-            return Err(IndexError::UnknownSpace {
-                collection: self.name.clone(),
-                space: LEXICAL_SPACE.into(),
-                available: self
-                    .info
-                    .spaces
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(self.unknown_space(LEXICAL_SPACE));
         };
         let query = lexicon.query_vector(request.text);
         if query["indices"].as_array().is_none_or(Vec::is_empty) {
@@ -671,36 +665,6 @@ fn read_documents(
     Ok(documents)
 }
 
-/// The documents a build writes, the ids it removes, and how many it kept from the collection.
-fn target_documents(
-    source: &BuildSource<'_>,
-    old: &BTreeMap<String, StoredDocument>,
-) -> (Vec<Document>, Vec<String>, usize) {
-    match source {
-        BuildSource::Collection => (
-            old.values().map(StoredDocument::to_document).collect(),
-            Vec::new(),
-            0,
-        ),
-        BuildSource::Corpus { corpus, mode } => {
-            let mut target = corpus.documents.clone();
-            let listed: HashSet<&str> = target.iter().map(|d| d.id.as_str()).collect();
-            let others: Vec<&StoredDocument> = old
-                .values()
-                .filter(|d| !listed.contains(d.id.as_str()))
-                .collect();
-            match mode {
-                BuildMode::Merge => {
-                    let kept = others.len();
-                    target.extend(others.into_iter().map(StoredDocument::to_document));
-                    (target, Vec::new(), kept)
-                }
-                BuildMode::Replace => (target, others.iter().map(|d| d.id.clone()).collect(), 0),
-            }
-        }
-    }
-}
-
 /// The Qdrant collection of a new generation: one dense vector per space (cosine), the sparse
 /// lexical vector (IDF by Qdrant) when asked, the generation's manifest as its metadata.
 fn create_generation(client: &Client, physical: &str, info: &GenerationInfo) -> Result<()> {
@@ -845,7 +809,7 @@ pub(crate) fn build(
         Some(info) => read_documents(store, name, info, &journal, base_seq)?,
         None => BTreeMap::new(),
     };
-    let (target, removed, kept) = target_documents(&source, &old);
+    let (target, removed, kept) = target_documents(&source, &old, name)?;
     let generation = previous.map_or(1, |g| g + 1);
     let physical = names.generation(name, generation);
     // What an interrupted build left under this name is started over.
