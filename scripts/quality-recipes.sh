@@ -18,7 +18,9 @@
 #   env: ATTUNE_SHARED_DIR (default ../shared), RECIPES (default "standard masked masked-graded masked-guided"),
 #        SEEDS (default 42; each other seed runs in <recipe>-seed<N>/ with `seed = N`, and the
 #        table adds each recipe's mean over the seeds run),
-#        TABLE_ONLY=1 (print the table of the runs already made; run nothing)
+#        TABLE_ONLY=1 (print the table of the runs already made; run nothing),
+#        MINI_BATCH=N (GradCache: embed each batch N texts at a time; exact gradients with the
+#        memory of N texts, other dropout draws, so another run than without it)
 #
 # General set: scifact for cranfield, cranfield for the others. Prints a markdown table and
 # writes it to out/recipes/table.md. Finished pipelines are reused (delete a run's directory
@@ -74,6 +76,7 @@ $extra_data
 [train]
 $extra_train
 $seed_key
+${MINI_BATCH:+mini_batch = $MINI_BATCH}
 $(recipe_keys "$recipe")
 
 [gate]

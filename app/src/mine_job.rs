@@ -130,7 +130,14 @@ impl MineJob {
     pub fn prepare(inputs: MineJobInputs, settings: MineSettings) -> Result<Self, TrainError> {
         let (input, warnings) = if inputs.data.is_dir() {
             let dataset = BeirDataset::load(&inputs.data, &inputs.split)?;
-            let warnings = dataset.report.warnings(&inputs.data.display().to_string());
+            let mut warnings = dataset.report.warnings(&inputs.data.display().to_string());
+            let empty = MiningInput::empty_documents(&dataset);
+            if empty > 0 {
+                warnings.push(format!(
+                    "{}: {empty} documents without title and text are left out of mining",
+                    inputs.data.display()
+                ));
+            }
             (MiningInput::from_beir(&dataset), warnings)
         } else {
             let data = TrainingData::load(&inputs.data, &inputs.split)?;

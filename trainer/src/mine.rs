@@ -8,7 +8,7 @@
 //! [`MineSettings::margin`] of that positive: a document the model finds as close as a judged
 //! answer is more likely an unjudged answer than a negative.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use attune_eval::retrieval::{exact_top_k, id_order_ranks, EmbeddingMatrix, ExactSearchSettings};
@@ -99,28 +99,39 @@ pub struct PairLabel {
 
 impl MiningInput {
     /// A BEIR directory: its corpus, and the queries of `split` with their relevant documents.
+    /// Documents without title and text are left out (neither a positive nor a negative, as
+    /// training skips them); [`MiningInput::empty_documents`] counts them. Documents with the
+    /// same text share one row (the first one's id), so a copy of a judged answer is judged too
+    /// and never mined as its query's negative; a query judging several copies keeps the
+    /// highest grade.
     pub fn from_beir(dataset: &BeirDataset) -> Self {
-        let row: HashMap<&str, usize> = dataset
-            .corpus
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id.as_str(), i))
-            .collect();
-        let mut input = MiningInput {
-            corpus: dataset.document_texts(),
-            corpus_ids: dataset.corpus.iter().map(|d| d.id.clone()).collect(),
-            ..MiningInput::default()
-        };
+        let mut input = MiningInput::default();
+        let mut row_of_text: HashMap<String, usize> = HashMap::new();
+        let mut row: HashMap<&str, usize> = HashMap::new();
+        for (document, text) in dataset.corpus.iter().zip(dataset.document_texts()) {
+            if text.trim().is_empty() {
+                continue;
+            }
+            let next = input.corpus.len();
+            let r = *row_of_text.entry(text.clone()).or_insert(next);
+            if r == next {
+                input.corpus.push(text);
+                input.corpus_ids.push(document.id.clone());
+            }
+            row.insert(document.id.as_str(), r);
+        }
         for query in &dataset.queries {
             let Some(judged) = dataset.qrels.get(&query.id) else {
                 continue;
             };
-            let mut positives: Vec<(usize, u32)> = judged
-                .iter()
-                .filter(|(_, grade)| **grade > 0)
-                .filter_map(|(doc, grade)| Some((*row.get(doc.as_str())?, *grade as u32)))
-                .collect();
-            positives.sort_unstable();
+            let mut graded: BTreeMap<usize, u32> = BTreeMap::new();
+            for (doc, grade) in judged.iter().filter(|(_, grade)| **grade > 0) {
+                if let Some(&r) = row.get(doc.as_str()) {
+                    let best = graded.entry(r).or_insert(0);
+                    *best = (*best).max(*grade as u32);
+                }
+            }
+            let positives: Vec<(usize, u32)> = graded.into_iter().collect();
             if !positives.is_empty() {
                 input.queries.push(query.text.clone());
                 input.labels.push(
@@ -139,6 +150,15 @@ impl MiningInput {
             }
         }
         input
+    }
+
+    /// Documents of `dataset` left out of mining because they have no title and text.
+    pub fn empty_documents(dataset: &BeirDataset) -> usize {
+        dataset
+            .document_texts()
+            .iter()
+            .filter(|text| text.trim().is_empty())
+            .count()
     }
 
     /// A pairs file: the corpus is every distinct positive and negative text; a query's
@@ -379,6 +399,38 @@ mod tests {
             ),
             (1, 1.0, None)
         );
+    }
+
+    #[test]
+    fn empty_documents_are_left_out_and_copies_share_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("qrels")).unwrap();
+        std::fs::write(
+            root.join("corpus.jsonl"),
+            "{\"_id\":\"d1\",\"title\":\"wings\",\"text\":\"lift\"}\n\
+             {\"_id\":\"d2\",\"title\":\"\",\"text\":\" \"}\n\
+             {\"_id\":\"d3\",\"title\":\"flaps\",\"text\":\"drag\"}\n\
+             {\"_id\":\"d4\",\"title\":\"wings\",\"text\":\"lift\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("queries.jsonl"),
+            "{\"_id\":\"q1\",\"text\":\"lift of wings\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("qrels/train.tsv"),
+            "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t1\nq1\td4\t3\n",
+        )
+        .unwrap();
+        let dataset = BeirDataset::load(root, "train").unwrap();
+        let input = MiningInput::from_beir(&dataset);
+        // d2 has no text; d4 is a copy of d1, so it is judged with it and never a candidate.
+        assert_eq!(input.corpus_ids, vec!["d1", "d3"]);
+        assert_eq!(input.positives, vec![vec![0]]);
+        assert_eq!(input.labels[0][0].grade, 3);
+        assert_eq!(MiningInput::empty_documents(&dataset), 1);
     }
 
     #[test]
