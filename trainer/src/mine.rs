@@ -86,6 +86,11 @@ pub struct MiningInput {
     pub labels: Vec<Vec<PairLabel>>,
 }
 
+/// Whether a document's embedding text has anything to embed (training skips those without).
+fn has_text(text: &str) -> bool {
+    !text.trim().is_empty()
+}
+
 /// What a mined pair keeps of its input pair: the grade, the loss weight and the source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairLabel {
@@ -109,7 +114,7 @@ impl MiningInput {
         let mut row_of_text: HashMap<String, usize> = HashMap::new();
         let mut row: HashMap<&str, usize> = HashMap::new();
         for (document, text) in dataset.corpus.iter().zip(dataset.document_texts()) {
-            if text.trim().is_empty() {
+            if !has_text(&text) {
                 continue;
             }
             let next = input.corpus.len();
@@ -157,7 +162,7 @@ impl MiningInput {
         dataset
             .document_texts()
             .iter()
-            .filter(|text| text.trim().is_empty())
+            .filter(|text| !has_text(text))
             .count()
     }
 
