@@ -162,6 +162,16 @@ pub enum BuildSource<'a> {
     Collection,
 }
 
+impl BuildSource<'_> {
+    /// Document ids the corpus repeated (0 for a re-embed of the collection).
+    pub(crate) fn duplicate_ids(&self) -> usize {
+        match self {
+            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
+            BuildSource::Collection => 0,
+        }
+    }
+}
+
 /// What a corpus build does with documents of the collection that the corpus lacks (written
 /// through the API, or by an earlier corpus).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -403,10 +413,7 @@ pub fn build_collection(
         generation,
         previous_generation: previous,
         resumed,
-        duplicate_ids: match source {
-            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
-            BuildSource::Collection => 0,
-        },
+        duplicate_ids: source.duplicate_ids(),
         kept,
         deleted: removed.len(),
         removed,

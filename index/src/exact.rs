@@ -313,10 +313,7 @@ impl VectorStore for ExactStore {
             kept,
             replayed,
             embedded,
-            duplicate_ids: match source {
-                BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
-                BuildSource::Collection => 0,
-            },
+            duplicate_ids: source.duplicate_ids(),
             embed_seconds,
             graph_seconds: 0.0,
             lexical_seconds: 0.0,

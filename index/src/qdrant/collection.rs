@@ -875,10 +875,7 @@ pub(crate) fn build(
         kept,
         replayed,
         embedded,
-        duplicate_ids: match source {
-            BuildSource::Corpus { corpus, .. } => corpus.duplicates.len(),
-            BuildSource::Collection => 0,
-        },
+        duplicate_ids: source.duplicate_ids(),
         embed_seconds,
         graph_seconds,
         lexical_seconds: 0.0,
