@@ -82,7 +82,7 @@ fn kernels(c: &mut Criterion) {
         bench.iter(|| attention(&qkv, &lengths, heads, 0.176, None).unwrap())
     });
     group.bench_function("feed_forward", |bench| {
-        bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b).unwrap())
+        bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b, None).unwrap())
     });
     let backend = Bf16Backend::detect();
     let qkv_bf16 = Arc::new(Bf16Linear::new(&w_qkv, &b_qkv, backend).unwrap());

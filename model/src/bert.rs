@@ -318,26 +318,23 @@ impl BertLayer {
         let (w_qkv, b_qkv) = self.qkv_f32()?;
         let qkv = kernels::linear(xs, &w_qkv, &b_qkv, Epilogue::None)?;
         let context = kernels::attention(&qkv, lengths, self.num_heads, scale, position_bias)?;
-        let attended = kernels::linear(
+        let xs = kernels::linear_add_norm(
             &context,
             self.attention_output.weight(),
             &bias(&self.attention_output),
-            Epilogue::None,
+            xs,
+            &self.attention_norm.host_weights()?,
         )?;
-        let xs = self
-            .attention_norm
-            .forward(&(attended + xs)?, Mode::Inference)?;
         let (w1, b1) = (self.intermediate.weight(), bias(&self.intermediate));
         let (w2, b2) = (self.output.weight(), bias(&self.output));
-        let out = if self.activation == HiddenAct::Gelu {
-            kernels::feed_forward(&xs, w1, &b1, w2, &b2)?
-        } else {
-            let inner = self
-                .activation
-                .apply(&kernels::linear(&xs, w1, &b1, Epilogue::None)?)?;
-            kernels::linear(&inner, w2, &b2, Epilogue::None)?
-        };
-        self.output_norm.forward(&(out + xs)?, Mode::Inference)
+        let output_norm = self.output_norm.host_weights()?;
+        if self.activation == HiddenAct::Gelu {
+            return kernels::feed_forward(&xs, w1, &b1, w2, &b2, Some(&output_norm));
+        }
+        let inner = self
+            .activation
+            .apply(&kernels::linear(&xs, w1, &b1, Epilogue::None)?)?;
+        kernels::linear_add_norm(&inner, w2, &b2, &xs, &output_norm)
     }
 
     /// The Q/K/V weights and biases concatenated: cached for fixed weights (a copy of three

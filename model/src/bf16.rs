@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous, gelu_erf_in_place, linear_rows, Epilogue};
+use crate::kernels::{contiguous, gelu_erf_in_place, linear_rows, Epilogue, RowEpilogue};
 
 /// How this process runs bf16 products on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +147,11 @@ impl Bf16Linear {
             PackedWeight::Tiles(tiles) => tiles.linear(x, &self.bias, epilogue, dst),
             PackedWeight::Rounded(w) => {
                 let rounded: Vec<f32> = x.par_iter().map(|&v| round_to_bf16(v)).collect();
-                dst.fill(MaybeUninit::new(0.0));
-                // SAFETY: every element was just initialized.
-                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                linear_rows(&rounded, self.k, w, &self.bias, epilogue, dst);
+                let epilogue = RowEpilogue::Bias {
+                    bias: &self.bias,
+                    activation: epilogue,
+                };
+                linear_rows(&rounded, self.k, w, &epilogue, dst);
             }
         }
     }

@@ -12,6 +12,8 @@
 //! [`crate::layers::Mode`]). Both are checked against the composite path in tests.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -64,6 +66,67 @@ pub(crate) fn erf_approx(x: f32) -> f32 {
 fn gelu_generic(xs: &mut [f32]) {
     for x in xs.iter_mut() {
         *x = 0.5 * *x * (1.0 + erf_approx(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `row ← row + bias`.
+#[inline(always)]
+fn add_bias_generic(row: &mut [f32], bias: &[f32]) {
+    for (x, b) in row.iter_mut().zip(bias) {
+        *x += b;
+    }
+}
+
+/// `row ← gelu(row + bias)`, exact (erf) GELU.
+#[inline(always)]
+fn bias_gelu_generic(row: &mut [f32], bias: &[f32]) {
+    for (x, b) in row.iter_mut().zip(bias) {
+        let y = *x + b;
+        *x = 0.5 * y * (1.0 + erf_approx(y * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `row ← layer_norm(row + bias + residual)` with the norm's `weight`, `shift` and `eps`; the
+/// mean and variance in two passes over the row (it is in cache).
+#[inline(always)]
+fn add_norm_generic(
+    row: &mut [f32],
+    bias: &[f32],
+    residual: &[f32],
+    weight: &[f32],
+    shift: &[f32],
+    eps: f32,
+) {
+    // Sixteen independent lanes, so the sums vectorize (see `exp_shifted_generic`).
+    let n = row.len();
+    let split = n - n % 16;
+    let (head, tail) = row.split_at_mut(split);
+    let mut lanes = [0f32; 16];
+    let inputs = bias.chunks_exact(16).zip(residual.chunks_exact(16));
+    for (chunk, (b, r)) in head.chunks_exact_mut(16).zip(inputs) {
+        for j in 0..16 {
+            chunk[j] += b[j] + r[j];
+            lanes[j] += chunk[j];
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for (j, x) in tail.iter_mut().enumerate() {
+        *x += bias[split + j] + residual[split + j];
+        sum += *x;
+    }
+    let mean = sum / n as f32;
+    let mut lanes = [0f32; 16];
+    for chunk in head.chunks_exact(16) {
+        for j in 0..16 {
+            let d = chunk[j] - mean;
+            lanes[j] += d * d;
+        }
+    }
+    let squares =
+        lanes.iter().sum::<f32>() + tail.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>();
+    let inverse_std = 1.0 / (squares / n as f32 + eps).sqrt();
+    for ((x, w), s) in row.iter_mut().zip(weight).zip(shift) {
+        *x = (*x - mean) * inverse_std * w + s;
     }
 }
 
@@ -152,6 +215,25 @@ dispatch!(
     pub fn gelu_erf_in_place(xs: &mut [f32]) => gelu_generic
 );
 dispatch!(
+    /// `row ← row + bias` (AVX-512 or AVX2 when the CPU has them).
+    fn add_bias(row: &mut [f32], bias: &[f32]) => add_bias_generic
+);
+dispatch!(
+    /// `row ← gelu(row + bias)` (AVX-512 or AVX2 when the CPU has them).
+    fn bias_gelu(row: &mut [f32], bias: &[f32]) => bias_gelu_generic
+);
+dispatch!(
+    /// `row ← layer_norm(row + bias + residual)` (AVX-512 or AVX2 when the CPU has them).
+    fn add_norm(
+        row: &mut [f32],
+        bias: &[f32],
+        residual: &[f32],
+        weight: &[f32],
+        shift: &[f32],
+        eps: f32
+    ) => add_norm_generic
+);
+dispatch!(
     /// `row ← softmax(row)` (AVX-512 or AVX2 when the CPU has them).
     pub fn softmax_in_place(row: &mut [f32]) => softmax_generic
 );
@@ -195,30 +277,99 @@ const BLOCK_ROWS: usize = 2048;
 /// Inputs of at most this many rows take [`few_rows`] (a search's query, a short batch).
 const FEW_ROWS: usize = 16;
 
-/// `dst ← epilogue(x · wᵀ + bias)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block
-/// by block.
+/// A layer norm's parameters on the host, for the fused epilogues.
+#[derive(Debug, Clone)]
+pub struct NormWeights {
+    /// Scale, one per column.
+    pub weight: Vec<f32>,
+    /// Shift, one per column.
+    pub bias: Vec<f32>,
+    /// Added to the variance before its square root.
+    pub eps: f32,
+}
+
+/// What [`linear_rows`] does to each output row after the product, while the row is in cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RowEpilogue<'a> {
+    /// `row + bias`, then the activation.
+    Bias {
+        bias: &'a [f32],
+        activation: Epilogue,
+    },
+    /// `layer_norm(row + bias + residual_i)` for output row `i`: the end of a post-norm
+    /// sub-layer. `residual` is `m × n` row-major, the shape of the output.
+    AddNorm {
+        bias: &'a [f32],
+        residual: &'a [f32],
+        norm: &'a NormWeights,
+    },
+}
+
+impl RowEpilogue<'_> {
+    /// The output width `n`.
+    fn width(&self) -> usize {
+        match self {
+            RowEpilogue::Bias { bias, .. } | RowEpilogue::AddNorm { bias, .. } => bias.len(),
+        }
+    }
+
+    /// Applies the epilogue to output row `index` (`row.len()` is the width).
+    fn apply(&self, index: usize, row: &mut [f32]) {
+        match *self {
+            RowEpilogue::Bias {
+                bias,
+                activation: Epilogue::None,
+            } => add_bias(row, bias),
+            RowEpilogue::Bias {
+                bias,
+                activation: Epilogue::GeluErf,
+            } => bias_gelu(row, bias),
+            RowEpilogue::AddNorm {
+                bias,
+                residual,
+                norm,
+            } => {
+                let n = row.len();
+                let residual = &residual[index * n..(index + 1) * n];
+                add_norm(row, bias, residual, &norm.weight, &norm.bias, norm.eps);
+            }
+        }
+    }
+}
+
+/// Output rows per task of [`linear_rows`]' epilogue: enough to amortize a task, few enough
+/// that both cores finish together.
+const EPILOGUE_ROWS: usize = 32;
+
+/// `dst ← epilogue(x · wᵀ)` for row-major `x` (m×k), `w` (n×k) and `dst` (m×n), block by
+/// block; every element of `dst` is written (it need not be initialized).
 pub(crate) fn linear_rows(
     x: &[f32],
     k: usize,
     w: &[f32],
-    bias: &[f32],
-    epilogue: Epilogue,
-    dst: &mut [f32],
+    epilogue: &RowEpilogue<'_>,
+    dst: &mut [MaybeUninit<f32>],
 ) {
-    let n = bias.len();
+    let n = epilogue.width();
     if x.len() <= FEW_ROWS * k {
-        return few_rows(x, k, w, bias, epilogue, dst);
+        let dst = few_rows(x, k, w, n, dst);
+        for (i, row) in dst.chunks_exact_mut(n.max(1)).enumerate() {
+            epilogue.apply(i, row);
+        }
+        return;
     }
-    for (xb, db) in x.chunks(BLOCK_ROWS * k).zip(dst.chunks_mut(BLOCK_ROWS * n)) {
+    let blocks = x.chunks(BLOCK_ROWS * k).zip(dst.chunks_mut(BLOCK_ROWS * n));
+    for (block, (xb, db)) in blocks.enumerate() {
         let m = xb.len() / k;
         // SAFETY: db is m×n row-major; xb is m×k row-major; w is n×k row-major, read as its
         // transpose k×n (row stride 1, column stride k). The slices have exactly those lengths.
+        // The product does not read dst (read_dst is false) and writes all of it.
         unsafe {
             gemm(
                 m,
                 n,
                 k,
-                db.as_mut_ptr(),
+                db.as_mut_ptr().cast::<f32>(),
                 1,
                 n as isize,
                 false,
@@ -236,42 +387,70 @@ pub(crate) fn linear_rows(
                 gemm_threads(),
             );
         }
-        let rows_per_task = m.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        db.par_chunks_mut(rows_per_task * n).for_each(|rows| {
-            for row in rows.chunks_exact_mut(n) {
-                for (y, b) in row.iter_mut().zip(bias) {
-                    *y += b;
+        // SAFETY: the product above wrote every element of the block.
+        let db = unsafe { assume_init_mut(db) };
+        let first = block * BLOCK_ROWS;
+        db.par_chunks_mut(EPILOGUE_ROWS * n)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+                    epilogue.apply(first + task * EPILOGUE_ROWS + i, row);
                 }
-            }
-            if epilogue == Epilogue::GeluErf {
-                gelu_erf_in_place(rows);
-            }
-        });
+            });
     }
 }
 
-/// [`linear_rows`] for a few rows: dot products over the weight's rows as stored. The GEMM
-/// re-packs the whole weight on every call, which cost a one-query embedding 4× its products.
-fn few_rows(x: &[f32], k: usize, w: &[f32], bias: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
-    let (m, n) = (x.len() / k.max(1), bias.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Outputs by weight row (n×m), so each task owns a contiguous part.
-    let mut by_output = vec![0f32; n * m];
-    let per_task = n.div_ceil(4 * rayon::current_num_threads().max(1)).max(16);
-    by_output
-        .par_chunks_mut(per_task * m)
-        .enumerate()
-        .for_each(|(task, out)| dot_rows(x, k, &w[task * per_task * k..], out));
-    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
-        for ((y, b), j) in row.iter_mut().zip(bias).zip(0..) {
-            *y = by_output[j * m + i] + b;
+/// `xs` read as initialized.
+///
+/// # Safety
+/// Every element of `xs` has been written.
+pub(crate) unsafe fn assume_init_mut(xs: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> and f32 have one layout; the caller vouches for the values.
+    unsafe { &mut *(xs as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A vector of `len` floats that `fill` writes in full, without clearing it first (a pass
+/// over memory the products overwrite anyway).
+///
+/// # Safety
+/// `fill` writes every element of the slice it is given.
+pub(crate) unsafe fn filled_vec(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller vouches that `fill` wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `x · wᵀ` for a few rows: dot products over the weight's rows as stored. The GEMM re-packs
+/// the whole weight on every call, which cost a one-query embedding 4× its products.
+fn few_rows<'d>(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+    dst: &'d mut [MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    let m = x.len() / k.max(1);
+    if m > 0 && n > 0 {
+        // Outputs by weight row (n×m), so each task owns a contiguous part.
+        let mut by_output = vec![0f32; n * m];
+        let per_task = n.div_ceil(4 * rayon::current_num_threads().max(1)).max(16);
+        by_output
+            .par_chunks_mut(per_task * m)
+            .enumerate()
+            .for_each(|(task, out)| dot_rows(x, k, &w[task * per_task * k..], out));
+        for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+            for (y, j) in row.iter_mut().zip(0..) {
+                y.write(by_output[j * m + i]);
+            }
         }
     }
-    if epilogue == Epilogue::GeluErf {
-        gelu_erf_in_place(dst);
-    }
+    // SAFETY: every one of the m×n elements was written above (none when m or n is zero).
+    unsafe { assume_init_mut(dst) }
 }
 
 /// `out[j·m + i] ← x_i · w_j` for the `out.len() / m` weight rows of `w` and every row of `x`.
@@ -342,23 +521,45 @@ impl CustomOp2 for LinearOp {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(xs, xs_layout, "linear input")?;
-        let w = contiguous(w, w_layout, "linear weight")?;
-        let (n, k) = w_layout.shape().dims2()?;
-        let dims = xs_layout.shape().dims();
-        if dims.last() != Some(&k) || self.bias.len() != n {
-            candle_core::bail!(
-                "linear: input {dims:?}, weight ({n}, {k}), bias {}",
-                self.bias.len()
-            );
-        }
-        let m = x.len() / k.max(1);
-        let mut dst = vec![0f32; m * n];
-        linear_rows(x, k, w, &self.bias, self.epilogue, &mut dst);
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(dst), Shape::from_dims(&out_dims)))
+        let epilogue = RowEpilogue::Bias {
+            bias: &self.bias,
+            activation: self.epilogue,
+        };
+        linear_op_fwd(xs, xs_layout, w, w_layout, &epilogue)
     }
+}
+
+/// The forward pass of [`LinearOp`] and [`LinearAddNormOp`]: checks the shapes, then
+/// [`linear_rows`] into a new buffer.
+fn linear_op_fwd(
+    xs: &CpuStorage,
+    xs_layout: &Layout,
+    w: &CpuStorage,
+    w_layout: &Layout,
+    epilogue: &RowEpilogue<'_>,
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous(xs, xs_layout, "linear input")?;
+    let w = contiguous(w, w_layout, "linear weight")?;
+    let (n, k) = w_layout.shape().dims2()?;
+    let dims = xs_layout.shape().dims();
+    let m = x.len() / k.max(1);
+    let residual_fits = match epilogue {
+        RowEpilogue::AddNorm { residual, norm, .. } => {
+            residual.len() == m * n && norm.weight.len() == n && norm.bias.len() == n
+        }
+        RowEpilogue::Bias { .. } => true,
+    };
+    if dims.last() != Some(&k) || epilogue.width() != n || !residual_fits {
+        candle_core::bail!(
+            "linear: input {dims:?}, weight ({n}, {k}), bias {}",
+            epilogue.width()
+        );
+    }
+    // SAFETY: linear_rows writes every element of its output.
+    let dst = unsafe { filled_vec(m * n, |dst| linear_rows(x, k, w, epilogue, dst)) };
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    Ok((CpuStorage::F32(dst), Shape::from_dims(&out_dims)))
 }
 
 /// `xs · wᵀ + bias`, then the epilogue. `xs`: `(..., k)`; `w`: `(n, k)`; `bias`: `(n)`; f32 on CPU.
@@ -368,9 +569,57 @@ pub fn linear(xs: &Tensor, w: &Tensor, bias: &Tensor, epilogue: Epilogue) -> Res
         .apply_op2_no_bwd(&w.contiguous()?, &LinearOp { bias, epilogue })
 }
 
+struct LinearAddNormOp {
+    bias: Vec<f32>,
+    norm: NormWeights,
+}
+
+impl CustomOp3 for LinearAddNormOp {
+    fn name(&self) -> &'static str {
+        "attune-linear-add-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let epilogue = RowEpilogue::AddNorm {
+            bias: &self.bias,
+            residual: contiguous(residual, residual_layout, "linear residual")?,
+            norm: &self.norm,
+        };
+        linear_op_fwd(xs, xs_layout, w, w_layout, &epilogue)
+    }
+}
+
+/// `layer_norm(xs · wᵀ + bias + residual)`: a post-norm sub-layer's output projection,
+/// residual add and norm in one pass over each output row while it is in cache. `xs`:
+/// `(..., k)`; `w`: `(n, k)`; `bias`: `(n)`; `residual`: the output's shape `(..., n)`; f32 on
+/// CPU.
+pub fn linear_add_norm(
+    xs: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    norm: &NormWeights,
+) -> Result<Tensor> {
+    let op = LinearAddNormOp {
+        bias: bias.to_vec1::<f32>()?,
+        norm: norm.clone(),
+    };
+    xs.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &residual.contiguous()?, &op)
+}
+
 struct FeedForwardOp {
     up_bias: Vec<f32>,
     down_bias: Vec<f32>,
+    norm: Option<NormWeights>,
 }
 
 impl CustomOp3 for FeedForwardOp {
@@ -392,40 +641,70 @@ impl CustomOp3 for FeedForwardOp {
         let down = contiguous(down, down_layout, "feed-forward down weight")?;
         let (ff, h) = up_layout.shape().dims2()?;
         let dims = xs_layout.shape().dims();
+        let norm_fits = self
+            .norm
+            .as_ref()
+            .map_or(true, |n| n.weight.len() == h && n.bias.len() == h);
         if dims.last() != Some(&h)
             || down_layout.shape().dims2()? != (h, ff)
             || self.up_bias.len() != ff
             || self.down_bias.len() != h
+            || !norm_fits
         {
             candle_core::bail!(
                 "feed-forward: input {dims:?}, up ({ff}, {h}), down {:?}",
                 down_layout.shape()
             );
         }
-        let mut dst = vec![0f32; x.len()];
-        let mut inner = vec![0f32; BLOCK_ROWS * ff];
-        for (xb, db) in x.chunks(BLOCK_ROWS * h).zip(dst.chunks_mut(BLOCK_ROWS * h)) {
-            let inner = &mut inner[..xb.len() / h * ff];
-            linear_rows(xb, h, up, &self.up_bias, Epilogue::GeluErf, inner);
-            linear_rows(inner, ff, down, &self.down_bias, Epilogue::None, db);
-        }
+        let up_epilogue = RowEpilogue::Bias {
+            bias: &self.up_bias,
+            activation: Epilogue::GeluErf,
+        };
+        let mut inner = Vec::with_capacity(BLOCK_ROWS * ff);
+        let inner = inner.spare_capacity_mut();
+        let fill = |dst: &mut [MaybeUninit<f32>]| {
+            for (xb, db) in x.chunks(BLOCK_ROWS * h).zip(dst.chunks_mut(BLOCK_ROWS * h)) {
+                let inner = &mut inner[..xb.len() / h * ff];
+                linear_rows(xb, h, up, &up_epilogue, inner);
+                // SAFETY: linear_rows wrote every element of `inner`.
+                let inner = unsafe { assume_init_mut(inner) };
+                let down_epilogue = match &self.norm {
+                    // The block's residual is its own input.
+                    Some(norm) => RowEpilogue::AddNorm {
+                        bias: &self.down_bias,
+                        residual: xb,
+                        norm,
+                    },
+                    None => RowEpilogue::Bias {
+                        bias: &self.down_bias,
+                        activation: Epilogue::None,
+                    },
+                };
+                linear_rows(inner, ff, down, &down_epilogue, db);
+            }
+        };
+        // SAFETY: the blocks cover the output, and linear_rows writes every element of each.
+        let dst = unsafe { filled_vec(x.len(), fill) };
         Ok((CpuStorage::F32(dst), xs_layout.shape().clone()))
     }
 }
 
 /// BERT's feed-forward block `gelu(xs · upᵀ + up_bias) · downᵀ + down_bias`, row block by row
-/// block so the wide intermediate never leaves the cache. `xs`: `(..., h)`; `up`: `(ff, h)`;
-/// `down`: `(h, ff)`; f32 on CPU.
+/// block so the wide intermediate never leaves the cache; with `norm`, the sub-layer's end too:
+/// `layer_norm(block(xs) + xs)`, applied to each output row while it is in cache. `xs`:
+/// `(..., h)`; `up`: `(ff, h)`; `down`: `(h, ff)`; f32 on CPU.
 pub fn feed_forward(
     xs: &Tensor,
     up: &Tensor,
     up_bias: &Tensor,
     down: &Tensor,
     down_bias: &Tensor,
+    norm: Option<&NormWeights>,
 ) -> Result<Tensor> {
     let op = FeedForwardOp {
         up_bias: up_bias.to_vec1::<f32>()?,
         down_bias: down_bias.to_vec1::<f32>()?,
+        norm: norm.cloned(),
     };
     xs.contiguous()?
         .apply_op3_no_bwd(&up.contiguous()?, &down.contiguous()?, &op)
@@ -704,6 +983,54 @@ pub(crate) mod tests {
         }
     }
 
+    /// A layer norm with random scale and shift, width `n`.
+    fn test_norm(n: usize) -> NormWeights {
+        let dev = Device::Cpu;
+        let vec = |std| {
+            Tensor::randn(0f32, std, n, &dev)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let weight: Vec<f32> = vec(0.3).iter().map(|w: &f32| 1.0 + w).collect();
+        NormWeights {
+            weight,
+            bias: vec(0.3),
+            eps: 1e-12,
+        }
+    }
+
+    /// candle-nn's layer norm of `out + residual`.
+    fn composite_add_norm(out: &Tensor, residual: &Tensor, norm: &NormWeights) -> Tensor {
+        let dev = Device::Cpu;
+        let weight = Tensor::new(norm.weight.as_slice(), &dev).unwrap();
+        let bias = Tensor::new(norm.bias.as_slice(), &dev).unwrap();
+        candle_nn::ops::layer_norm(&(out + residual).unwrap(), &weight, &bias, norm.eps).unwrap()
+    }
+
+    #[test]
+    fn fused_linear_add_norm_matches_the_composite_sub_layer_end() {
+        let dev = Device::Cpu;
+        // Few rows, GEMM rows over more than one block, and widths with and without a tail
+        // after the 16-lane sums.
+        for (texts, tokens, k, n) in [(2, 5, 24, 40), (3, 20, 150, 70), (2, 1100, 8, 32)] {
+            let xs = Tensor::randn(0f32, 1.0, (texts, tokens, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.3, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.3, n, &dev).unwrap();
+            let residual = Tensor::randn(0f32, 1.0, (texts, tokens, n), &dev).unwrap();
+            let norm = test_norm(n);
+            let out = xs
+                .broadcast_matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let want = composite_add_norm(&out, &residual, &norm);
+            let got = linear_add_norm(&xs, &w, &b, &residual, &norm).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{texts}×{tokens}×{k}→{n}: {d}");
+        }
+    }
+
     #[test]
     fn fused_feed_forward_matches_the_composite_block_across_row_blocks() {
         let dev = Device::Cpu;
@@ -726,7 +1053,13 @@ pub(crate) mod tests {
             .unwrap()
             .broadcast_add(&down_b)
             .unwrap();
-        let got = feed_forward(&xs, &up, &up_b, &down, &down_b).unwrap();
+        let got = feed_forward(&xs, &up, &up_b, &down, &down_b, None).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "{d}");
+        // With the sub-layer's end: layer_norm(block(xs) + xs).
+        let norm = test_norm(16);
+        let got = feed_forward(&xs, &up, &up_b, &down, &down_b, Some(&norm)).unwrap();
+        let want = composite_add_norm(&want, &xs, &norm);
         let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{d}");
     }

@@ -211,6 +211,16 @@ impl LayerNorm {
         Ok(LayerNorm { weight, bias, eps })
     }
 
+    /// The scale, shift and ε on the host, for the fused inference epilogues
+    /// ([`crate::kernels::linear_add_norm`]).
+    pub fn host_weights(&self) -> Result<crate::kernels::NormWeights> {
+        Ok(crate::kernels::NormWeights {
+            weight: self.weight.to_dtype(DType::F32)?.to_vec1()?,
+            bias: self.bias.to_dtype(DType::F32)?.to_vec1()?,
+            eps: self.eps as f32,
+        })
+    }
+
     /// The fused kernel for inference; a composition of differentiable ops for training.
     pub fn forward(&self, xs: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         if mode.is_train() {

@@ -603,8 +603,17 @@ impl CustomOp3 for TrainLinear {
                 b.len()
             );
         }
-        let mut out = vec![0f32; x.len() / k.max(1) * n];
-        crate::kernels::linear_rows(x, k, w, b, crate::kernels::Epilogue::None, &mut out);
+        let epilogue = crate::kernels::RowEpilogue::Bias {
+            bias: b,
+            activation: crate::kernels::Epilogue::None,
+        };
+        let len = x.len() / k.max(1) * n;
+        // SAFETY: linear_rows writes every element of its output.
+        let out = unsafe {
+            crate::kernels::filled_vec(len, |dst| {
+                crate::kernels::linear_rows(x, k, w, &epilogue, dst)
+            })
+        };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = n;
         Ok((CpuStorage::F32(out), Shape::from_dims(&out_dims)))
