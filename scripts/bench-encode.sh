@@ -6,7 +6,9 @@
 #     LIMIT  embed only the first LIMIT documents (default 0 = all 5,183)
 #   env: ATTUNE_SHARED_DIR (default ../shared), VENV (default ~/.cache/attune-baselines/venv, made by
 #        ../shared/baselines/setup.sh), THREADS (default: all cores), BATCH (default 32),
-#        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request)
+#        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request),
+#        PRECISIONS (attune's rounds, default "f32 bf16"; "f32" skips bf16 where the CPU would
+#        only emulate it)
 #
 # Documents are `title + " " + text`, max 256 tokens, batch 32, CPU, same thread count for all.
 # Each round runs attune in f32, attune with bf16 products (`--precision bf16`: AMX tiles where
@@ -24,6 +26,7 @@ VENV=${VENV:-$HOME/.cache/attune-baselines/venv}
 THREADS=${THREADS:-$(nproc)}
 BATCH=${BATCH:-32}
 MODEL_NAME=${MODEL_NAME:-all-MiniLM-L6-v2}
+PRECISIONS=${PRECISIONS:-f32 bf16}
 MODEL=$ROOT/models/$MODEL_NAME
 OUT=$ROOT/bench-results
 mkdir -p "$OUT"
@@ -76,8 +79,13 @@ PY
 }
 host before
 for run in $(seq 1 "$RUNS"); do
-  attune_round attune f32 "$run"
-  attune_round attune-bf16 bf16 "$run"
+  for precision in $PRECISIONS; do
+    case $precision in
+      f32) attune_round attune f32 "$run" ;;
+      bf16) attune_round attune-bf16 bf16 "$run" ;;
+      *) echo "PRECISIONS: unknown precision $precision (f32, bf16)" >&2; exit 2 ;;
+    esac
+  done
   echo "[bench-encode] round $run/$RUNS: sentence-transformers" >&2
   "$VENV/bin/python" "$ROOT/benches/peer/st_encode.py" "$MODEL" "$texts" --batch-size "$BATCH" \
       --threads "$THREADS" --max-seq-len 256 --sgemm 2>/dev/null | tail -1 >> "$log"
@@ -91,14 +99,17 @@ def med(tool, key):
     vals = [r[key] for r in rows if r["tool"] == tool and key in r]
     return statistics.median(vals) if vals else float("nan")
 a, b, s = "attune", "attune-bf16", "sentence-transformers"
-n = sum(1 for r in rows if r["tool"] == a)
-first = next(r for r in rows if r["tool"] == a)
+n = sum(1 for r in rows if r["tool"] == s)
+first = next(r for r in rows if r["tool"] in (a, b))
 hosts = [r for r in rows if r["tool"] == "host"]
 print(f"| {sys.argv[2]}: scifact corpus ({first['texts']} docs, {first['tokens']} tokens), median of {n} | attune f32 | attune bf16 | sentence-transformers | f32 / ST | bf16 / f32 | bf16 / ST |")
 print("|---|---|---|---|---|---|---|")
+def num(v, form, unit=""):  # a figure, or a dash for a precision that was not run
+    return "–" if v != v else format(v, form) + unit
 for key, label in [("texts_per_s", "docs/s"), ("tokens_per_s", "tokens/s"), ("gflops_per_s", "GFLOP/s (matrix products)")]:
-    print(f"| {label} | {med(a, key):.1f} | {med(b, key):.1f} | {med(s, key):.1f} | {med(a, key) / med(s, key):.2f}x "
-          f"| {med(b, key) / med(a, key):.2f}x | {med(b, key) / med(s, key):.2f}x |")
+    print(f"| {label} | {num(med(a, key), '.1f')} | {num(med(b, key), '.1f')} | {num(med(s, key), '.1f')} "
+          f"| {num(med(a, key) / med(s, key), '.2f', 'x')} | {num(med(b, key) / med(a, key), '.2f', 'x')} "
+          f"| {num(med(b, key) / med(s, key), '.2f', 'x')} |")
 sgemm = max(h["sgemm_gflops"] for h in hosts)
 torch = med(s, "sgemm_gflops")
 best = max(sgemm, torch)
