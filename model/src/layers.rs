@@ -104,12 +104,17 @@ impl DropoutMask {
     }
 
     /// `xs[j] ← xs[j] · factor(start + j)`: the mask over a run of consecutive elements, in
-    /// one vectorized loop (AVX-512's 64-bit multiplies where the CPU has them).
+    /// one vectorized loop (AVX-512's 64-bit multiplies where the CPU has them; AVX2 builds
+    /// each from three 32-bit ones).
     pub(crate) fn apply(&self, start: usize, xs: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
             unsafe fn v4(mask: &DropoutMask, start: usize, xs: &mut [f32]) {
+                mask.apply_generic(start, xs)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v3(mask: &DropoutMask, start: usize, xs: &mut [f32]) {
                 mask.apply_generic(start, xs)
             }
             if std::arch::is_x86_feature_detected!("avx512f")
@@ -118,6 +123,12 @@ impl DropoutMask {
             {
                 // SAFETY: the CPU has the features the function was compiled for.
                 return unsafe { v4(self, start, xs) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { v3(self, start, xs) };
             }
         }
         self.apply_generic(start, xs)
