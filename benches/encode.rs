@@ -12,7 +12,9 @@ use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use std::sync::Arc;
 
 use attune_model::bf16::{self, Bf16Backend, Bf16Linear};
-use attune_model::kernels::{attention, feed_forward, linear, Epilogue};
+use attune_model::kernels::{
+    attention, feed_forward, linear, linear_add_norm, Epilogue, NormWeights,
+};
 use attune_model::{Encoder, EncoderSettings, ModelDir, Precision, TextKind};
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -83,6 +85,25 @@ fn kernels(c: &mut Criterion) {
     });
     group.bench_function("feed_forward", |bench| {
         bench.iter(|| feed_forward(&x, &up, &up_b, &down, &down_b, None).unwrap())
+    });
+    // The attention sub-layer's end: output projection, residual add and layer norm, fused
+    // into the projection's row epilogue against the same as three ops.
+    let w_out = Tensor::randn(0f32, 0.05, (h, h), &dev).unwrap();
+    let norm_w = Tensor::ones(h, candle_core::DType::F32, &dev).unwrap();
+    let norm_b = Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap();
+    let norm = NormWeights {
+        weight: vec![1.0; h],
+        bias: vec![0.0; h],
+        eps: 1e-12,
+    };
+    group.bench_function("output_add_norm_fused", |bench| {
+        bench.iter(|| linear_add_norm(&x, &w_out, &down_b, &x, &norm).unwrap())
+    });
+    group.bench_function("output_add_norm_three_ops", |bench| {
+        bench.iter(|| {
+            let out = linear(&x, &w_out, &down_b, Epilogue::None).unwrap();
+            candle_nn::ops::layer_norm(&(out + &x).unwrap(), &norm_w, &norm_b, 1e-12).unwrap()
+        })
     });
     let backend = Bf16Backend::detect();
     let qkv_bf16 = Arc::new(Bf16Linear::new(&w_qkv, &b_qkv, backend).unwrap());
