@@ -14,8 +14,8 @@
 # Each round runs attune in f32, attune with bf16 products (`--precision bf16`: AMX tiles where
 # the CPU has them) and sentence-transformers (fp32). The host is recorded with the runs: CPU
 # model and flags, the load average before and after, and the matrix-product rates at the same
-# thread count (the gemm crate's sgemm and attune's bf16 products via `host_gemm`, torch's sgemm
-# via st_encode.py --sgemm).
+# thread count (scripts/bench-host.sh: the gemm crate's sgemm and attune's bf16 products; torch's
+# sgemm via st_encode.py --sgemm).
 # Writes bench-results/encode-*.jsonl and prints a markdown table of medians and ratios.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,24 +47,11 @@ with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as o:
         o.write(json.dumps({"id": d["_id"], "text": f"{d.get('title') or ''} {d.get('text') or ''}".strip()}) + "\n")
 PY
 
-(cd "$ROOT" && cargo build --release --quiet -p attune-model --example host_gemm)
-
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 log=$OUT/encode-$MODEL_NAME-$stamp.jsonl
 : > "$log"
 host() { # when
-  local gemm
-  gemm=$(RAYON_NUM_THREADS=$THREADS "$ROOT/target/release/examples/host_gemm")
-  python3 - "$1" "$gemm" >> "$log" <<'PY'
-import json, os, sys
-cpu = open("/proc/cpuinfo").read()
-model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("model name")), "?")
-flags = next((l.split(":", 1)[1].split() for l in cpu.splitlines() if l.startswith("flags")), [])
-wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"]
-print(json.dumps({"tool": "host", "when": sys.argv[1], "cpu": model, "cores": os.cpu_count(),
-                  "flags": [f for f in wanted if f in flags], "loadavg": os.getloadavg()[0],
-                  **json.loads(sys.argv[2])}))
-PY
+  THREADS=$THREADS "$ROOT/scripts/bench-host.sh" "$1" >> "$log"
 }
 attune_round() { # tool precision run
   echo "[bench-encode] round $3/$RUNS: $1" >&2

@@ -12,8 +12,9 @@
 #        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request)
 #
 # examples/s = pairs trained / wall seconds of the training loop (first step included, for both);
-# peak memory is each process's peak RSS. Writes bench-results/train-*.jsonl and prints a markdown
-# table of medians and the ratio.
+# peak memory is each process's peak RSS. The host is recorded before and after the rounds
+# (scripts/bench-host.sh: CPU, flags, load average, sgemm). Writes bench-results/train-*.jsonl and
+# prints a markdown table of medians and the ratio.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-3}
@@ -74,10 +75,12 @@ PY
 # The tools alternate which goes first: on a VM, the first of two processes pays for touching
 # memory the host has not backed recently (seconds to a minute in its first step), the second
 # reuses the pages the first just freed.
+THREADS=$THREADS "$ROOT/scripts/bench-host.sh" before >> "$log"
 for run in $(seq 1 "$RUNS"); do
   if [ $((run % 2)) -eq 1 ]; then run_attune; run_st; else run_st; run_attune; fi
   tail -2 "$log" >&2
 done
+THREADS=$THREADS "$ROOT/scripts/bench-host.sh" after >> "$log"
 
 python3 - "$log" "$MODEL_NAME" <<'PY'
 import json, statistics, sys
@@ -88,11 +91,15 @@ def med(tool, key):
 n = sum(1 for r in rows if r["tool"] == a)
 ratios = [x["examples_per_s"] / y["examples_per_s"] for x, y in
           zip([r for r in rows if r["tool"] == a], [r for r in rows if r["tool"] == s])]
-print(f"| {sys.argv[2]}: scifact recipe, {rows[0]['steps']} steps of 32 pairs, median of {n} rounds | attune | sentence-transformers | ratio |")
+print(f"| {sys.argv[2]}: scifact recipe, {next(r for r in rows if r['tool'] == a)['steps']} steps of 32 pairs, median of {n} rounds | attune | sentence-transformers | ratio |")
 print("|---|---|---|---|")
 print(f"| examples/s | {med(a, 'examples_per_s'):.2f} | {med(s, 'examples_per_s'):.2f} | {med(a, 'examples_per_s') / med(s, 'examples_per_s'):.2f}x |")
 print(f"| real tokens/s | {med(a, 'real_tokens_per_s'):.0f} | {med(s, 'real_tokens_per_s'):.0f} | {med(a, 'real_tokens_per_s') / med(s, 'real_tokens_per_s'):.2f}x |")
 print(f"| median step (s) | {med(a, 'median_step_s'):.2f} | {med(s, 'median_step_s'):.2f} | |")
 print(f"| peak memory (MiB) | {med(a, 'peak_rss_mib'):.0f} | {med(s, 'peak_rss_mib'):.0f} | {med(a, 'peak_rss_mib') / med(s, 'peak_rss_mib'):.2f}x |")
-print(f"\nper-round examples/s ratios: {', '.join(f'{r:.2f}' for r in ratios)}; raw runs: {sys.argv[1]}")
+hosts = [r for r in rows if r["tool"] == "host"]
+print(f"\nhost: {hosts[0]['cpu']} (family/model {hosts[0]['family_model']}), {hosts[0]['cores']} cores, "
+      f"{' '.join(hosts[0]['flags'])}; load average {hosts[0]['loadavg']:.2f} before, {hosts[-1]['loadavg']:.2f} after; "
+      f"sgemm n=1024 (gemm crate, {hosts[0]['threads']} threads) {hosts[0]['sgemm_gflops']:.1f} / {hosts[-1]['sgemm_gflops']:.1f} GFLOP/s")
+print(f"per-round examples/s ratios: {', '.join(f'{r:.2f}' for r in ratios)}; raw runs: {sys.argv[1]}")
 PY
