@@ -543,17 +543,21 @@ fn linear_op_fwd(
     let (n, k) = w_layout.shape().dims2()?;
     let dims = xs_layout.shape().dims();
     let m = x.len() / k.max(1);
-    let residual_fits = match epilogue {
-        RowEpilogue::AddNorm { residual, norm, .. } => {
-            residual.len() == m * n && norm.weight.len() == n && norm.bias.len() == n
-        }
-        RowEpilogue::Bias { .. } => true,
-    };
-    if dims.last() != Some(&k) || epilogue.width() != n || !residual_fits {
+    if dims.last() != Some(&k) || epilogue.width() != n {
         candle_core::bail!(
             "linear: input {dims:?}, weight ({n}, {k}), bias {}",
             epilogue.width()
         );
+    }
+    if let RowEpilogue::AddNorm { residual, norm, .. } = epilogue {
+        if residual.len() != m * n || norm.weight.len() != n || norm.bias.len() != n {
+            candle_core::bail!(
+                "linear: output ({m}, {n}), residual of {} values, norm widths {} and {}",
+                residual.len(),
+                norm.weight.len(),
+                norm.bias.len()
+            );
+        }
     }
     // SAFETY: linear_rows writes every element of its output.
     let dst = unsafe { filled_vec(m * n, |dst| linear_rows(x, k, w, epilogue, dst)) };
