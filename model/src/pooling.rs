@@ -9,9 +9,10 @@ use crate::config::PoolingMode;
 /// 1 for a token, 0 for padding). Several modes are concatenated in the given order, giving
 /// `(batch, dim × modes)`. Differentiable.
 pub fn pool(hidden: &Tensor, mask: &Tensor, modes: &[PoolingMode]) -> Result<Tensor> {
-    let mask3 = mask.unsqueeze(2)?; // (batch, seq, 1)
     let counts = || mask.sum_keepdim(1); // (batch, 1)
-    let summed = || hidden.broadcast_mul(&mask3)?.sum(1); // (batch, dim)
+                                         // Σ over real tokens as one batched product (batch, 1, seq) · (batch, seq, dim): candle's
+                                         // sum over the middle axis of a masked copy took a pass and a copy more, on one thread.
+    let summed = || mask.unsqueeze(1)?.matmul(&hidden.contiguous()?)?.squeeze(1); // (batch, dim)
     let parts = modes
         .iter()
         .map(|mode| match mode {
@@ -22,6 +23,7 @@ pub fn pool(hidden: &Tensor, mask: &Tensor, modes: &[PoolingMode]) -> Result<Ten
             }
             PoolingMode::Max => {
                 // Padding is pushed to -1e9 (sentence-transformers' value) so it never wins.
+                let mask3 = mask.unsqueeze(2)?; // (batch, seq, 1)
                 let pad_penalty = ((mask3.ones_like()? - &mask3)? * -1e9)?;
                 hidden.broadcast_add(&pad_penalty)?.max(1)
             }
