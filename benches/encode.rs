@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use attune_model::bf16::{self, Bf16Backend, Bf16Linear};
 use attune_model::kernels::{
-    attention, feed_forward, linear, linear_add_norm, Epilogue, NormWeights,
+    attention, feed_forward, gelu_erf_in_place, linear, linear_add_norm, softmax_in_place,
+    Epilogue, NormWeights,
 };
 use attune_model::{Encoder, EncoderSettings, ModelDir, Precision, TextKind};
 use candle_core::{Device, Tensor};
@@ -118,6 +119,39 @@ fn kernels(c: &mut Criterion) {
     group.finish();
 }
 
+/// The element-wise kernels on one thread: exact GELU over one text's feed-forward activation
+/// (256 tokens × 1,536, all-MiniLM-L6-v2) and the softmax of one head's scores (256 rows of 256).
+/// Throughput in elements.
+fn elementwise(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let activation = Tensor::randn(0f32, 2.0, 256 * 1536, &dev)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let scores = Tensor::randn(0f32, 3.0, 256 * 256, &dev)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut group = c.benchmark_group("kernels_elementwise");
+    group.throughput(Throughput::Elements(activation.len() as u64));
+    group.bench_function("gelu_erf_256x1536", |bench| {
+        let mut xs = activation.clone();
+        bench.iter(|| {
+            xs.copy_from_slice(&activation);
+            gelu_erf_in_place(&mut xs);
+        })
+    });
+    group.throughput(Throughput::Elements(scores.len() as u64));
+    group.bench_function("softmax_256x256", |bench| {
+        let mut xs = scores.clone();
+        bench.iter(|| {
+            xs.copy_from_slice(&scores);
+            xs.chunks_exact_mut(256).for_each(softmax_in_place);
+        })
+    });
+    group.finish();
+}
+
 fn sample_texts(n: usize) -> Vec<String> {
     let words = [
         "shoe", "running", "size", "return", "policy", "leather", "study", "cell", "protein",
@@ -178,5 +212,5 @@ fn encoder(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sgemm, kernels, encoder);
+criterion_group!(benches, sgemm, kernels, elementwise, encoder);
 criterion_main!(benches);

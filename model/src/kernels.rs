@@ -29,19 +29,30 @@ pub enum Epilogue {
 // ---------------------------------------------------------------------------------------------
 // Vector math: branch-free, so LLVM vectorizes the loops under AVX2/AVX-512 target features.
 
+/// `a·b + c`, rounded once. Inside the AVX2/AVX-512 kernels below (compiled with `fma`) this is
+/// one `vfmadd` per vector; the polynomials here are chains of it. Without the instruction
+/// (x86-64 CPUs older than AVX2, which take the generic kernels) it is the C library's `fmaf`:
+/// slower, same result.
+#[inline(always)]
+pub(crate) fn fma(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+
 /// `e^x` with a relative error below 2e-7 (Cephes' single-precision polynomial).
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
     // Bounds keep n in [-126, 127], so 2^n below is a normal float.
     let x = x.clamp(-87.336_55, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let y = p * r2 + r + 1.0;
+    let n = fma(x, std::f32::consts::LOG2_E, 0.5).floor();
+    // x − n·ln 2, with ln 2 in two parts (the second corrects the first's rounding).
+    let r = fma(n, -0.693_359_4, x);
+    let r = fma(n, 2.121_944_4e-4, r);
+    let p = fma(1.987_569_1e-4, r, 1.398_199_9e-3);
+    let p = fma(p, r, 8.333_452e-3);
+    let p = fma(p, r, 4.166_579_6e-2);
+    let p = fma(p, r, 1.666_666_5e-1);
+    let p = fma(p, r, 0.5);
+    let y = fma(p, r * r, r) + 1.0;
     // 2^n through the exponent bits, without a float→int conversion (which does not vectorize):
     // n + 127 is an integer in [1, 254]; adding 2^23 puts it in the low mantissa bits, and the
     // shift moves those bits into the exponent field (the 2^23 marker bits shift out).
@@ -54,18 +65,38 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn erf_approx(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t
-        + 0.254_829_6)
-        * t;
-    let magnitude = 1.0 - poly * exp_approx(-a * a);
+    let t = 1.0 / fma(0.327_591_1, a, 1.0);
+    let poly = fma(1.061_405_4, t, -1.453_152);
+    let poly = fma(poly, t, 1.421_413_8);
+    let poly = fma(poly, t, -0.284_496_72);
+    let poly = fma(poly, t, 0.254_829_6);
+    let magnitude = fma(-poly * t, exp_approx(-a * a), 1.0);
     magnitude.copysign(x)
 }
 
+/// Exact (erf) GELU of one value: `x·Φ(x) = h + h·erf(x/√2)` with `h = x/2`.
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    let half = 0.5 * x;
+    fma(half, erf_approx(x * std::f32::consts::FRAC_1_SQRT_2), half)
+}
+
+/// Elements per step of the loops over `exp` and `erf`: four AVX2 vectors (two AVX-512) whose
+/// long dependency chains (exp's polynomial, erf's division) interleave. With one vector per
+/// step the core waits on each chain: GELU ran 1.27× faster at 32 than at 8 on an AVX2 host, and
+/// 1.07× faster than at 16; at 64 it spills registers and slows down.
+pub(crate) const INTERLEAVE: usize = 32;
+
 #[inline(always)]
 fn gelu_generic(xs: &mut [f32]) {
-    for x in xs.iter_mut() {
-        *x = 0.5 * *x * (1.0 + erf_approx(*x * std::f32::consts::FRAC_1_SQRT_2));
+    let mut chunks = xs.chunks_exact_mut(INTERLEAVE);
+    for chunk in &mut chunks {
+        for x in chunk.iter_mut() {
+            *x = gelu_erf(*x);
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = gelu_erf(*x);
     }
 }
 
@@ -80,9 +111,15 @@ fn add_bias_generic(row: &mut [f32], bias: &[f32]) {
 /// `row ← gelu(row + bias)`, exact (erf) GELU.
 #[inline(always)]
 fn bias_gelu_generic(row: &mut [f32], bias: &[f32]) {
-    for (x, b) in row.iter_mut().zip(bias) {
-        let y = *x + b;
-        *x = 0.5 * y * (1.0 + erf_approx(y * std::f32::consts::FRAC_1_SQRT_2));
+    let mut rows = row.chunks_exact_mut(INTERLEAVE);
+    let mut biases = bias.chunks_exact(INTERLEAVE);
+    for (chunk, b) in (&mut rows).zip(&mut biases) {
+        for (x, b) in chunk.iter_mut().zip(b) {
+            *x = gelu_erf(*x + b);
+        }
+    }
+    for (x, b) in rows.into_remainder().iter_mut().zip(biases.remainder()) {
+        *x = gelu_erf(*x + b);
     }
 }
 
@@ -148,7 +185,9 @@ fn exp_shifted_generic(row: &mut [f32]) -> f32 {
     let mut chunks = row.chunks_exact(16);
     for chunk in &mut chunks {
         for (m, x) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(*x);
+            // A plain comparison is one `vmaxps`; `f32::max` adds NaN handling (two more
+            // instructions) that scores do not need.
+            *m = if *x > *m { *x } else { *m };
         }
     }
     let max = lanes
@@ -785,7 +824,12 @@ impl CustomOp1 for AttentionOp {
             );
         }
         let d = self.head_size;
-        let mut out = vec![0f32; b * s * h];
+        // Rows of padding positions are zero; the tasks below write every other element.
+        let mut out: Vec<f32> = Vec::with_capacity(b * s * h);
+        let rows = out.spare_capacity_mut();
+        for (text, &l) in self.lengths.iter().enumerate() {
+            rows[(text * s + l) * h..(text + 1) * s * h].fill(MaybeUninit::new(0.0));
+        }
         let out_ptr = SendPtr(out.as_mut_ptr());
         let out_ptr = &out_ptr;
         (0..b * self.heads).into_par_iter().for_each_init(
@@ -867,6 +911,9 @@ impl CustomOp1 for AttentionOp {
                 }
             },
         );
+        // SAFETY: padding rows were zeroed above; each (text, head) task wrote its real rows'
+        // d columns (the product does not read its destination), and the heads cover h.
+        unsafe { out.set_len(b * s * h) };
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, s, h])))
     }
 }
