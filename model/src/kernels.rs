@@ -81,10 +81,11 @@ fn gelu_erf(x: f32) -> f32 {
     fma(half, erf_approx(x * std::f32::consts::FRAC_1_SQRT_2), half)
 }
 
-/// Elements per step of the loops over `exp` and `erf`: four AVX2 vectors (two AVX-512) whose
-/// long dependency chains (exp's polynomial, erf's division) interleave. With one vector per
-/// step the core waits on each chain: GELU ran 1.27× faster at 32 than at 8 on an AVX2 host, and
-/// 1.07× faster than at 16; at 64 it spills registers and slows down.
+/// Elements per step of the GELU loops: four AVX2 vectors (two AVX-512) whose long dependency
+/// chains (erf's division, exp, the polynomials) interleave. With one vector per step the core
+/// waits on each chain: on an AVX2 host GELU ran 1.16× faster at 32 than at 8 and 1.07× faster
+/// than at 16; at 64 it ran 1.16× slower (AVX2 has 16 vector registers). The softmax's `exp`,
+/// without a division, is fastest at 16.
 pub(crate) const INTERLEAVE: usize = 32;
 
 #[inline(always)]
