@@ -10,8 +10,9 @@ use crate::config::PoolingMode;
 /// `(batch, dim × modes)`. Differentiable.
 pub fn pool(hidden: &Tensor, mask: &Tensor, modes: &[PoolingMode]) -> Result<Tensor> {
     let counts = || mask.sum_keepdim(1); // (batch, 1)
-                                         // Σ over real tokens as one batched product (batch, 1, seq) · (batch, seq, dim): candle's
-                                         // sum over the middle axis of a masked copy took a pass and a copy more, on one thread.
+
+    // Σ over real tokens as one batched product (batch, 1, seq) · (batch, seq, dim): candle's
+    // sum over the middle axis of a masked copy took a pass and a copy more, on one thread.
     let summed = || mask.unsqueeze(1)?.matmul(&hidden.contiguous()?)?.squeeze(1); // (batch, dim)
     let parts = modes
         .iter()
