@@ -19,12 +19,13 @@ use crate::layers::DropoutMask;
 /// Elements per parallel task of element-wise ops.
 const CHUNK: usize = 1 << 14;
 
-/// `x ← Φ(x) + x·φ(x)`, the derivative of exact GELU `x·Φ(x)`.
+/// `(Φ(x), Φ(x) + x·φ(x))`: the standard normal CDF, which scales `x` to exact GELU
+/// `x·Φ(x)`, and GELU's derivative. One `erf` and one `exp`.
 #[inline(always)]
-fn gelu_grad(x: f32) -> f32 {
+fn gelu_cdf_and_grad(x: f32) -> (f32, f32) {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let cdf = fma(0.5, erf_approx(x * std::f32::consts::FRAC_1_SQRT_2), 0.5);
-    fma(x * INV_SQRT_2PI, exp_approx(-0.5 * x * x), cdf)
+    (cdf, fma(x * INV_SQRT_2PI, exp_approx(-0.5 * x * x), cdf))
 }
 
 /// `x ← GELU'(x)` over `xs`, [`INTERLEAVE`] elements per step.
@@ -33,11 +34,11 @@ fn gelu_grad_generic(xs: &mut [f32]) {
     let mut chunks = xs.chunks_exact_mut(INTERLEAVE);
     for chunk in &mut chunks {
         for x in chunk.iter_mut() {
-            *x = gelu_grad(*x);
+            *x = gelu_cdf_and_grad(*x).1;
         }
     }
     for x in chunks.into_remainder() {
-        *x = gelu_grad(*x);
+        *x = gelu_cdf_and_grad(*x).1;
     }
 }
 
@@ -50,12 +51,10 @@ dispatch!(
 /// `erf` (and `Φ(x)`), so a backward pass that needs both evaluates it once.
 #[inline(always)]
 fn gelu_and_gradient_generic(xs: &mut [f32], ds: &mut [f32]) {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
     let both = |x: &mut f32, d: &mut f32| {
-        let v = *x;
-        let cdf = fma(0.5, erf_approx(v * std::f32::consts::FRAC_1_SQRT_2), 0.5);
-        *d *= fma(v * INV_SQRT_2PI, exp_approx(-0.5 * v * v), cdf);
-        *x = v * cdf;
+        let (cdf, grad) = gelu_cdf_and_grad(*x);
+        *d *= grad;
+        *x *= cdf;
     };
     let mut x_chunks = xs.chunks_exact_mut(INTERLEAVE);
     let mut d_chunks = ds.chunks_exact_mut(INTERLEAVE);
