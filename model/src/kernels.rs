@@ -88,17 +88,23 @@ fn gelu_erf(x: f32) -> f32 {
 /// without a division, is fastest at 16.
 pub(crate) const INTERLEAVE: usize = 32;
 
+/// `x ← f(x)` for every element, [`INTERLEAVE`] elements per step.
 #[inline(always)]
-fn gelu_generic(xs: &mut [f32]) {
+pub(crate) fn map_interleaved(xs: &mut [f32], f: impl Fn(f32) -> f32) {
     let mut chunks = xs.chunks_exact_mut(INTERLEAVE);
     for chunk in &mut chunks {
         for x in chunk.iter_mut() {
-            *x = gelu_erf(*x);
+            *x = f(*x);
         }
     }
     for x in chunks.into_remainder() {
-        *x = gelu_erf(*x);
+        *x = f(*x);
     }
+}
+
+#[inline(always)]
+fn gelu_generic(xs: &mut [f32]) {
+    map_interleaved(xs, gelu_erf);
 }
 
 /// `row ← row + bias`.

@@ -11,8 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use crate::kernels::{
-    contiguous, dispatch, erf_approx, exp_approx, fma, gelu_erf_in_place, softmax_in_place,
-    INTERLEAVE,
+    contiguous, dispatch, erf_approx, exp_approx, fma, gelu_erf_in_place, map_interleaved,
+    softmax_in_place, INTERLEAVE,
 };
 use crate::layers::DropoutMask;
 
@@ -28,18 +28,10 @@ fn gelu_cdf_and_grad(x: f32) -> (f32, f32) {
     (cdf, fma(x * INV_SQRT_2PI, exp_approx(-0.5 * x * x), cdf))
 }
 
-/// `x ← GELU'(x)` over `xs`, [`INTERLEAVE`] elements per step.
+/// `x ← GELU'(x)` over `xs`.
 #[inline(always)]
 fn gelu_grad_generic(xs: &mut [f32]) {
-    let mut chunks = xs.chunks_exact_mut(INTERLEAVE);
-    for chunk in &mut chunks {
-        for x in chunk.iter_mut() {
-            *x = gelu_cdf_and_grad(*x).1;
-        }
-    }
-    for x in chunks.into_remainder() {
-        *x = gelu_cdf_and_grad(*x).1;
-    }
+    map_interleaved(xs, |x| gelu_cdf_and_grad(x).1);
 }
 
 dispatch!(
