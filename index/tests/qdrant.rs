@@ -1,9 +1,9 @@
 //! The Qdrant store's own guarantees, with the deterministic fake model, against a Qdrant server
 //! the test binary starts: a rebuild embeds only what changed, writes from several connections
 //! (as from several attune servers) get distinct sequence numbers and the last acknowledged one
-//! wins, a late replay never brings back an older write, and the journal carries writes made on
-//! an old generation into the new one. Skipped without the Qdrant binary, unless
-//! `ATTUNE_REQUIRE_QDRANT=1`.
+//! wins, a late replay never brings back an older write, the journal carries writes made on
+//! an old generation into the new one, and a rebuild trims the journal to what the generations
+//! it keeps lack. Skipped without the Qdrant binary, unless `ATTUNE_REQUIRE_QDRANT=1`.
 
 use std::collections::BTreeMap;
 
@@ -271,4 +271,76 @@ impl attune_index::SpaceEmbedder for Models {
             .ok_or("no such space")?;
         model.embed_documents(texts).map_err(|e| e.to_string())
     }
+}
+
+/// Points in the collection's journal (one per journaled write call), counted through Qdrant's
+/// HTTP API.
+fn journal_records(store: &QdrantStore, collection: &str) -> u64 {
+    let settings = store.settings();
+    let url = format!(
+        "{}/collections/{}~{collection}~journal/points/count",
+        settings.url.trim_end_matches('/'),
+        settings.prefix
+    );
+    let body: serde_json::Value = ureq::post(&url)
+        .send_json(serde_json::json!({"exact": true}))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    body["result"]["count"].as_u64().unwrap()
+}
+
+#[test]
+fn a_rebuild_trims_the_journal_to_what_the_kept_generations_lack() {
+    let Some(store) = store("a_rebuild_trims_the_journal_to_what_the_kept_generations_lack") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus(tmp.path(), &(0..5).map(product).collect::<Vec<_>>());
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    build(&store, &corpus, &mut base, &mut tuned);
+    let stale = store.open_collection("shop").unwrap();
+    let first = store.open_collection("shop").unwrap();
+    for i in 0..4 {
+        upsert(
+            first.as_ref(),
+            &format!("a{i}"),
+            &format!("first batch {i}"),
+        );
+    }
+    // Generation 2 holds records 1–4; generation 1 (kept beside it) holds none: nothing goes.
+    build(&store, &corpus, &mut base, &mut tuned);
+    assert_eq!(journal_records(&store, "shop"), 4);
+    let second = store.open_collection("shop").unwrap();
+    for i in 0..3 {
+        upsert(
+            second.as_ref(),
+            &format!("b{i}"),
+            &format!("second batch {i}"),
+        );
+    }
+    // Generation 3 drops generation 1; generations 2 and 3 both hold records 1–3.
+    build(&store, &corpus, &mut base, &mut tuned);
+    assert_eq!(journal_records(&store, "shop"), 4, "records 4–7 stay");
+    // A server on generation 2 still catches up; one on the dropped generation 1 is told so.
+    assert!(second.catch_up(None).is_ok());
+    let error = stale.catch_up(None).unwrap_err();
+    assert!(
+        matches!(error, attune_index::IndexError::Superseded { .. }),
+        "{error}"
+    );
+    // Numbering goes on after the trim, and every write reaches the next generation.
+    let third = store.open_collection("shop").unwrap();
+    upsert(third.as_ref(), "c0", "third batch");
+    assert_eq!(journal_records(&store, "shop"), 5);
+    let report = build(&store, &corpus, &mut base, &mut tuned);
+    assert_eq!(report.generation, 4);
+    let fresh = store.open_collection("shop").unwrap();
+    assert_eq!(fresh.len(), 5 + 4 + 3 + 1);
+    assert_eq!(fresh.document("c0").unwrap().unwrap().title, "third batch");
+    assert_eq!(
+        fresh.document("a0").unwrap().unwrap().title,
+        "first batch 0"
+    );
 }

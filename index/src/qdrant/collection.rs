@@ -855,9 +855,13 @@ pub(crate) fn build(
     index_generation(client, &physical, &target, &identities, progress)?;
     let graph_seconds = graph_started.elapsed().as_secs_f64();
     let replayed = switch(&writer, &journal, &names.alias(name), &mut info, spaces)?;
-    // The generation before the previous one serves nobody now.
+    // The generation before the previous one serves nobody now, and the journal records both
+    // kept generations hold are needed by no reader.
     if let Some(older) = previous.and_then(|g| g.checked_sub(1)).filter(|&g| g > 0) {
         store.drop_qdrant_collection(&names.generation(name, older))?;
+    }
+    if let Some(kept) = &previous_info {
+        journal.trim(kept.journal_seq)?;
     }
     let (added, updated, unchanged) = change_counts(&target, &old);
     let documents = payload::count(client, &physical, &json!({"must": [payload::live()]}))?;

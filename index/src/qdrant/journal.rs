@@ -3,6 +3,11 @@
 //! number with Qdrant's `insert_only` and read the point back: a writer that finds another's
 //! token there lost the race and tries the next number. The i-th write of record N has the
 //! sequence number `N << 16 | i`, which orders every write of every server.
+//!
+//! Record numbers have no gaps: a writer tries number N + 1 only after seeing N taken. A build
+//! removes the records that both generations it keeps already hold ([`QdrantJournal::trim`]),
+//! never the newest one, so the numbering never starts over; a reader that still needs a
+//! removed record (a generation no longer kept) gets [`IndexError::Superseded`].
 
 use serde_json::{json, Value};
 
@@ -16,6 +21,8 @@ use crate::journal::{JournalOp, JournalRecord, JournalVector};
 pub(crate) const OPS_PER_RECORD: usize = 256;
 /// Bits of a sequence number that number the write inside its record.
 const OP_BITS: u32 = 16;
+/// The bits of [`OP_BITS`]: all set in a watermark that covers its whole record.
+const OP_MASK: u64 = (1 << OP_BITS) - 1;
 /// Claims tried before an append gives up (each lost only to another writer's claim).
 const CLAIM_ATTEMPTS: usize = 64;
 
@@ -42,7 +49,7 @@ impl QdrantJournal {
         Ok(if last == 0 {
             0
         } else {
-            (last << OP_BITS) | 0xffff
+            (last << OP_BITS) | OP_MASK
         })
     }
 
@@ -94,7 +101,24 @@ impl QdrantJournal {
         ))
     }
 
-    /// The writes with sequence numbers above `after`, in order.
+    /// Removes the records before the one that holds sequence number `seq`: every write of
+    /// them is at or below `seq`. The record of `seq` and every later one stay, so the newest
+    /// record is never removed. Returns how many records were removed.
+    pub(crate) fn trim(&self, seq: u64) -> Result<usize> {
+        let filter = json!({"must": [{"key": "record", "range": {"lt": seq >> OP_BITS}}]});
+        let removed = payload::count(&self.client, &self.collection, &filter)?;
+        if removed > 0 {
+            self.client.expect(
+                Method::Post,
+                &format!("/collections/{}/points/delete?wait=true", self.collection),
+                Some(&json!({ "filter": filter })),
+            )?;
+        }
+        Ok(removed)
+    }
+
+    /// The writes with sequence numbers above `after`, in order. Fails with
+    /// [`IndexError::Superseded`] when records holding some of them were removed.
     pub(crate) fn read_after(&self, after: u64) -> Result<Vec<JournalRecord>> {
         let first = after >> OP_BITS;
         let filter = json!({"must": [{"key": "record", "range": {"gte": first}}]});
@@ -105,6 +129,24 @@ impl QdrantJournal {
             false,
             Some("record"),
         )?;
+        // Records are numbered without gaps, so a first record past the first one needed
+        // means the ones between were removed.
+        let needed = if after & OP_MASK == OP_MASK {
+            first + 1
+        } else {
+            first.max(1)
+        };
+        if let Some(oldest) = points.first().and_then(|p| p["payload"]["record"].as_u64()) {
+            if oldest > needed {
+                return Err(IndexError::Superseded {
+                    what: format!(
+                        "journal {}: records {needed}..{} were removed",
+                        self.collection,
+                        oldest - 1
+                    ),
+                });
+            }
+        }
         let mut out = Vec::new();
         for point in points {
             let record = point["payload"]["record"].as_u64().unwrap_or(0);
