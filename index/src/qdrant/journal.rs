@@ -21,7 +21,8 @@ use crate::journal::{JournalOp, JournalRecord, JournalVector};
 pub(crate) const OPS_PER_RECORD: usize = 256;
 /// Bits of a sequence number that number the write inside its record.
 const OP_BITS: u32 = 16;
-/// The bits of [`OP_BITS`]: all set in a watermark that covers its whole record.
+/// Mask of the low [`OP_BITS`] bits (the write inside a record); all set in a watermark
+/// that covers its whole record.
 const OP_MASK: u64 = (1 << OP_BITS) - 1;
 /// Claims tried before an append gives up (each lost only to another writer's claim).
 const CLAIM_ATTEMPTS: usize = 64;
