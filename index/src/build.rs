@@ -145,6 +145,23 @@ pub struct BuildReport {
     pub lexical_seconds: f64,
     /// Seconds in total.
     pub seconds: f64,
+    /// Clean-up after the switch that failed, one message each (older generations, journal
+    /// records no reader needs). The new generation is served all the same, and the next
+    /// build retries the clean-up. Empty when it all went.
+    pub cleanup_errors: Vec<String>,
+}
+
+/// The messages of the clean-up steps after a switch that failed, each also logged. Past the
+/// commit point a failure must not fail the build: its generation is already served.
+pub(crate) fn cleanup_failures(steps: impl IntoIterator<Item = Result<()>>) -> Vec<String> {
+    steps
+        .into_iter()
+        .filter_map(|step| step.err())
+        .map(|error| {
+            tracing::warn!(%error, "clean-up after a switch failed; the next build retries");
+            error.to_string()
+        })
+        .collect()
 }
 
 /// Where a build's documents come from.
@@ -508,8 +525,10 @@ pub fn build_collection(
     manifest.documents = report.documents;
     manifest.committed_unix = now_unix();
     store.write_manifest(&manifest)?;
-    store.remove_stale_generations(&manifest)?;
-    journal::trim(&journal_dir, seq)?;
+    report.cleanup_errors = cleanup_failures([
+        store.remove_stale_generations(&manifest),
+        journal::trim(&journal_dir, seq).map(drop),
+    ]);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

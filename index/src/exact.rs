@@ -318,6 +318,7 @@ impl VectorStore for ExactStore {
             graph_seconds: 0.0,
             lexical_seconds: 0.0,
             seconds: started.elapsed().as_secs_f64(),
+            cleanup_errors: Vec::new(),
         })
     }
 

@@ -217,6 +217,44 @@ fn builds_never_delete_the_generation_a_server_still_serves() {
 }
 
 #[test]
+fn a_clean_up_that_fails_after_the_switch_does_not_fail_the_build() {
+    let f = Fixture::new(10);
+    for _ in 0..3 {
+        f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));
+    }
+    // Something that cannot be removed as a directory where a stale generation lies.
+    let blocker = f.tmp.path().join("store/collections/shop/gen-000001");
+    std::fs::write(&blocker, "not a generation").unwrap();
+    let report = f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));
+    assert_eq!(report.generation, 4);
+    assert_eq!(
+        report.cleanup_errors.len(),
+        1,
+        "{:?}",
+        report.cleanup_errors
+    );
+    assert!(
+        report.cleanup_errors[0].contains("gen-000001"),
+        "{:?}",
+        report.cleanup_errors
+    );
+    // The switch stands: generation 4 is served, and generation 2 still went.
+    assert_eq!(f.store.manifest("shop").unwrap().current, Some(4));
+    assert!(!f.generation_exists(2));
+    assert_eq!(f.store.open_collection("shop").unwrap().len(), 10);
+    // Once the obstacle is gone, the next build's clean-up removes what is stale.
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    let report = f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));
+    assert!(
+        report.cleanup_errors.is_empty(),
+        "{:?}",
+        report.cleanup_errors
+    );
+    assert!(!f.generation_exists(1) && !f.generation_exists(3));
+}
+
+#[test]
 fn writes_made_while_a_build_runs_are_applied_after_the_corpus() {
     let f = Fixture::new(40);
     f.build(BuildMode::Merge, &mut WordHash::new("tuned", 2));

@@ -3,7 +3,7 @@
 //! (as from several attune servers) get distinct sequence numbers and the last acknowledged one
 //! wins, a late replay never brings back an older write, the journal carries writes made on
 //! an old generation into the new one, and a rebuild trims the journal to what the generations
-//! it keeps lack. Skipped without the Qdrant binary, unless `ATTUNE_REQUIRE_QDRANT=1`.
+//! it keeps lack and drops every generation before the previous one. Skipped without the Qdrant binary, unless `ATTUNE_REQUIRE_QDRANT=1`.
 
 use std::collections::BTreeMap;
 
@@ -271,6 +271,68 @@ impl attune_index::SpaceEmbedder for Models {
             .ok_or("no such space")?;
         model.embed_documents(texts).map_err(|e| e.to_string())
     }
+}
+
+/// The attune collections of `store` on its Qdrant server, through Qdrant's HTTP API.
+fn qdrant_collections(store: &QdrantStore) -> Vec<String> {
+    let settings = store.settings();
+    let url = format!("{}/collections", settings.url.trim_end_matches('/'));
+    let body: serde_json::Value = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let mut names: Vec<String> = body["result"]["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|name| name.starts_with(&format!("{}~", settings.prefix)))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_rebuild_drops_every_generation_before_the_previous_one() {
+    let Some(store) = store("a_rebuild_drops_every_generation_before_the_previous_one") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus(tmp.path(), &(0..5).map(product).collect::<Vec<_>>());
+    let (mut base, mut tuned) = (WordHash::new("base", 1), WordHash::new("tuned", 2));
+    for _ in 0..3 {
+        build(&store, &corpus, &mut base, &mut tuned);
+    }
+    let prefix = store.settings().prefix.clone();
+    let generation = |g: u64| format!("{prefix}~shop~g{g}");
+    let generations = |store: &QdrantStore| -> Vec<String> {
+        qdrant_collections(store)
+            .into_iter()
+            .filter(|c| c.starts_with(&format!("{prefix}~shop~g")))
+            .collect()
+    };
+    assert_eq!(generations(&store), [generation(2), generation(3)]);
+    // Generation 1 as a clean-up that failed would have left it.
+    let url = format!(
+        "{}/collections/{}",
+        store.settings().url.trim_end_matches('/'),
+        generation(1)
+    );
+    ureq::put(&url)
+        .send_json(serde_json::json!({"vectors": {}}))
+        .unwrap();
+    assert_eq!(generations(&store).len(), 3);
+    let report = build(&store, &corpus, &mut base, &mut tuned);
+    assert!(
+        report.cleanup_errors.is_empty(),
+        "{:?}",
+        report.cleanup_errors
+    );
+    assert_eq!(generations(&store), [generation(3), generation(4)]);
+    assert_eq!(store.open_collection("shop").unwrap().len(), 5);
 }
 
 /// Points in the collection's journal (one per journaled write call), counted through Qdrant's

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use attune_app::{IndexInputs, IndexJob, IndexSettings, ModelEmbedder, SpaceModel};
 use attune_index::{
-    retrieve, BuildEvent, Corpus, DenseQuery, Filter, Fusion, FusionMethod, Retrieval,
+    retrieve, BuildEvent, BuildReport, Corpus, DenseQuery, Filter, Fusion, FusionMethod, Retrieval,
     RetrievalRequest, Store,
 };
 use attune_model::DeviceRequest;
@@ -214,6 +214,7 @@ fn build(args: BuildArgs) -> Result<()> {
     let store = args.store.open(true)?;
     let report = job.run(store.as_ref(), &mut progress)?;
     bar.finish_and_clear();
+    warn_cleanup_errors(&report);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -242,6 +243,16 @@ fn build(args: BuildArgs) -> Result<()> {
         print_removed(&report.removed);
     }
     Ok(())
+}
+
+/// Warns about clean-up after a switch that failed (shared with the pipeline's index stage).
+pub(crate) fn warn_cleanup_errors(report: &BuildReport) {
+    for error in &report.cleanup_errors {
+        eprintln!(
+            "attune: warning: generation {} of {:?} is served, but clean-up after the switch failed (the next build retries): {error}",
+            report.generation, report.collection
+        );
+    }
 }
 
 /// Warns about duplicate ids and empty documents (shared with the pipeline's index stage).

@@ -134,6 +134,7 @@ impl PipelineObserver for Printer {
             "attune: collection {:?} generation {}: {} documents, embedded {:?}",
             report.collection, report.generation, report.documents, report.embedded
         );
+        super::index::warn_cleanup_errors(report);
     }
 }
 

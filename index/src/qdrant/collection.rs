@@ -855,14 +855,15 @@ pub(crate) fn build(
     index_generation(client, &physical, &target, &identities, progress)?;
     let graph_seconds = graph_started.elapsed().as_secs_f64();
     let replayed = switch(&writer, &journal, &names.alias(name), &mut info, spaces)?;
-    // The generation before the previous one serves nobody now, and the journal records both
-    // kept generations hold are needed by no reader.
-    if let Some(older) = previous.and_then(|g| g.checked_sub(1)).filter(|&g| g > 0) {
-        store.drop_qdrant_collection(&names.generation(name, older))?;
-    }
-    if let Some(kept) = &previous_info {
-        journal.trim(kept.journal_seq)?;
-    }
+    // Past the commit point. Generations before the previous one serve nobody now (those an
+    // earlier clean-up failed to drop among them), and the journal records both kept
+    // generations hold are needed by no reader.
+    let cleanup_errors = crate::build::cleanup_failures([
+        previous.map_or(Ok(()), |kept| store.drop_generations_before(name, kept)),
+        previous_info
+            .as_ref()
+            .map_or(Ok(()), |kept| journal.trim(kept.journal_seq).map(drop)),
+    ]);
     let (added, updated, unchanged) = change_counts(&target, &old);
     let documents = payload::count(client, &physical, &json!({"must": [payload::live()]}))?;
     Ok(BuildReport {
@@ -884,6 +885,7 @@ pub(crate) fn build(
         graph_seconds,
         lexical_seconds: 0.0,
         seconds: started.elapsed().as_secs_f64(),
+        cleanup_errors,
     })
 }
 

@@ -207,6 +207,22 @@ impl QdrantStore {
         })
     }
 
+    /// Drops every generation of `name` numbered below `kept`.
+    pub(crate) fn drop_generations_before(&self, name: &str, kept: u64) -> Result<()> {
+        let listing = self.client.expect(Method::Get, "/collections", None)?;
+        let names = self.names();
+        let older = listing["collections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .filter(|c| names.parse_generation(name, c).is_some_and(|g| g < kept));
+        for collection in older {
+            self.drop_qdrant_collection(collection)?;
+        }
+        Ok(())
+    }
+
     /// Drops the Qdrant collection `collection` if it exists.
     pub(crate) fn drop_qdrant_collection(&self, collection: &str) -> Result<()> {
         self.client

@@ -352,9 +352,11 @@ impl Store {
 
     /// Removes generation directories that are neither current, previous nor building, and that
     /// no live process holds a lease on (a server may still serve one while it picks up a newer
-    /// generation).
+    /// generation). One that cannot be removed does not keep the others: the first error is
+    /// returned after every removal was tried.
     pub(crate) fn remove_stale_generations(&self, manifest: &CollectionManifest) -> Result<()> {
         let leased = leased_generations(self, &manifest.name)?;
+        let mut first_error = None;
         for n in self.generation_numbers(&manifest.name)? {
             if Some(n) != manifest.current
                 && Some(n) != manifest.building
@@ -362,10 +364,12 @@ impl Store {
                 && !leased.contains(&n)
             {
                 let dir = self.generation_dir(&manifest.name, n);
-                fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+                if let Err(e) = fs::remove_dir_all(&dir) {
+                    first_error.get_or_insert(IndexError::io(&dir, e));
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Bytes on disk under collection `name` (every generation).
