@@ -2,10 +2,13 @@
 //! the server logs plain searches for feedback, `attune feedback simulate` sends shoppers
 //! through the public API, query drift rises on a shifted mix and not on the same volume of
 //! in-distribution queries, and bad input (unknown requests, malformed since-times, a
-//! collection without events) gives clear errors while nothing is exported or trained.
+//! collection without events) gives clear errors while nothing is exported or trained. On a
+//! Qdrant store (skipped without the Qdrant binary, unless `ATTUNE_REQUIRE_QDRANT=1`), `attune
+//! eval --collection` and `attune feedback export` work as on an embedded one.
 //!
 //! Needs the model (`scripts/fetch-model.sh`, or `ATTUNE_MODEL_DIR`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -360,4 +363,159 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
         "{stderr}"
     );
     assert!(!work.join("tuned").exists());
+}
+
+/// The demo collection's nDCG@10 per space as `attune eval --collection` reports it, with
+/// `store` naming the store.
+fn collection_ndcg(store: &[&str]) -> (Value, BTreeMap<String, f64>) {
+    let data = built().data();
+    let args = [
+        "eval",
+        "--collection",
+        "demo",
+        "--data",
+        data.to_str().unwrap(),
+        "--spaces",
+        "base,lexical",
+        "--k",
+        "10",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let answer: Value =
+        serde_json::from_str(ok(attune(&[&args[..], store].concat())).trim()).unwrap();
+    let spaces = answer["evaluations"][0]["spaces"].as_array().unwrap();
+    let ndcg = ["base", "lexical"]
+        .iter()
+        .zip(spaces)
+        .map(|(name, space)| {
+            (
+                name.to_string(),
+                space["metrics"]["ndcg@10"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    (answer, ndcg)
+}
+
+/// On the Qdrant store the CLI does what it does on an embedded one: `attune eval --collection`
+/// searches the collection built there (the same figures within HNSW's noise), and `attune
+/// feedback export --backend qdrant` reads the log, while the server runs too, and gives the
+/// pairs the server gives.
+#[test]
+fn a_qdrant_collection_is_evaluated_and_its_feedback_exported_by_the_cli() {
+    let test = "tests/cli_feedback.rs::a_qdrant_collection_is_evaluated_and_its_feedback_exported_by_the_cli";
+    let Some(url) = attune_index::fixtures::shared_qdrant_url() else {
+        attune_model::fixtures::report_skipped(test, "no Qdrant binary");
+        return;
+    };
+    let built = built();
+    let data = built.data();
+    let qdrant = ["--backend", "qdrant", "--qdrant-url", url.as_str()];
+    let space = format!("base={}", model_dir().display());
+    let build = [
+        "index",
+        "build",
+        "--collection",
+        "demo",
+        "--corpus",
+        data.to_str().unwrap(),
+        "--space",
+        &space,
+        "--device",
+        "cpu",
+    ];
+    ok(attune(&[&build[..], &qdrant].concat()));
+
+    let store = built.store_copy("qdrant-eval-store");
+    let (embedded, embedded_ndcg) = collection_ndcg(&["--store", store.to_str().unwrap()]);
+    let (on_qdrant, qdrant_ndcg) = collection_ndcg(&qdrant);
+    assert_eq!(on_qdrant["store"], format!("qdrant {url}"));
+    assert_eq!(
+        on_qdrant["evaluations"][0]["evaluated_queries"],
+        embedded["evaluations"][0]["evaluated_queries"]
+    );
+    for (space, ndcg) in &embedded_ndcg {
+        let other = qdrant_ndcg[space];
+        assert!(*ndcg > 0.2, "{space}: {embedded}");
+        assert!(
+            (ndcg - other).abs() < 0.01,
+            "{space}: {ndcg} embedded, {other} on Qdrant"
+        );
+    }
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let settings = out_dir.path().join("serve.toml");
+    std::fs::write(
+        &settings,
+        "[feedback]\nlog = [\"demo\"]\nexplore_share = 0.3\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_attune"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&settings)
+            .args(qdrant)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while ureq::get(&format!("{base}/readyz")).call().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    simulate(&base, "shoppers", 200, 7);
+    let export = |source: &[&str], file: &str| {
+        let path = out_dir.path().join(file);
+        let args = ["feedback", "export", "--collection", "demo", "--out"];
+        let summary = ok(attune(
+            &[&args[..], &[path.to_str().unwrap()], source].concat(),
+        ));
+        (summary, path)
+    };
+    let (_, from_server) = export(&["--url", &base], "from-server.jsonl");
+    // The Qdrant log is read while the server that writes it runs.
+    let (summary, _) = export(&qdrant, "while-running.jsonl");
+    assert!(summary.contains("swap exploration"), "{summary}");
+    // After a graceful stop (which writes the searches no feedback flushed), the same pairs.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.0.wait().unwrap();
+    let (summary, from_qdrant) = export(&qdrant, "from-qdrant.jsonl");
+    let read = |path: &Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (lines, served) = (read(&from_qdrant), read(&from_server));
+    assert!(lines.len() > 20, "{summary}");
+    assert_eq!(lines.len(), served.len());
+    for (a, b) in lines.iter().zip(&served) {
+        for field in ["query", "positive", "negatives", "grade", "source"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+        let (wa, wb) = (a["weight"].as_f64().unwrap(), b["weight"].as_f64().unwrap());
+        assert!((wa - wb).abs() < 1e-9, "{wa} vs {wb}");
+    }
+    // Without a store, a URL or a backend, the command says what it needs.
+    let nowhere = out_dir.path().join("nowhere.jsonl");
+    let out = attune(&[
+        "feedback",
+        "export",
+        "--collection",
+        "demo",
+        "--out",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success() && !nowhere.exists());
 }

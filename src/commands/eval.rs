@@ -17,11 +17,11 @@ use attune_eval::evaluator::Timings;
 use attune_eval::gate::GateSettings;
 use attune_eval::report::{DatasetResult, ModelResult, Report};
 use attune_eval::{evaluate, Definitions};
-use attune_index::{Fusion, FusionMethod, Retrieval, Store};
+use attune_index::{Fusion, FusionMethod, Retrieval};
 use attune_model::{DeviceRequest, EncoderSettings, ModelDir, Precision};
 use clap::{Args, ValueEnum};
 
-use super::{progress_bar, GateFailed};
+use super::{progress_bar, GateFailed, StoreArgs};
 
 /// Which metric definitions to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,15 +133,16 @@ pub struct EvalArgs {
     /// With --sweep-alphas: write the picked merged model here.
     #[arg(long, value_name = "DIR", requires = "sweep_alphas")]
     pub sweep_out: Option<PathBuf>,
-    /// Evaluate by searching this built collection (of --store) instead of embedding the
-    /// corpus: its vector spaces as served (HNSW), `lexical` (BM25) and `hybrid:<space>`.
-    /// Queries from --queries (default DATA/queries.jsonl), judgments from DATA/qrels/SPLIT.tsv;
-    /// one evaluation per cutoff of -k (each at that depth).
-    #[arg(long, requires_all = ["store", "data"], conflicts_with_all = ["model", "baseline", "run"])]
+    /// Evaluate by searching this built collection (of --store, or of the Qdrant store
+    /// --backend qdrant names) instead of embedding the corpus: its vector spaces as served
+    /// (HNSW), `lexical` (BM25) and `hybrid:<space>`. Queries from --queries (default
+    /// DATA/queries.jsonl), judgments from DATA/qrels/SPLIT.tsv; one evaluation per cutoff of
+    /// -k (each at that depth).
+    #[arg(long, requires = "data", conflicts_with_all = ["model", "baseline", "run"])]
     pub collection: Option<String>,
-    /// Store directory of --collection.
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
+    /// Where --collection lives.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// With --collection: spaces, baseline first (default: every space it serves).
     #[arg(
         long,
@@ -458,8 +459,8 @@ fn sweep(args: &EvalArgs, inputs: &EvaluationInputs) -> Result<()> {
 /// `attune eval --collection`: judged queries searched in a built collection, per space and
 /// cutoff; prints a markdown table (or JSON) and writes `collection-metrics.json` to --out.
 fn eval_collection(args: &EvalArgs, name: &str) -> Result<()> {
-    let (Some(store), Some(data)) = (&args.store, &args.data) else {
-        bail!("--collection needs --store and --data");
+    let Some(data) = &args.data else {
+        bail!("--collection needs --data");
     };
     let fusion = Fusion {
         method: args.fusion,
@@ -467,7 +468,7 @@ fn eval_collection(args: &EvalArgs, name: &str) -> Result<()> {
         weight: args.fusion_weight,
     };
     fusion.validate()?;
-    let store = Store::open(store)?;
+    let store = args.store.open(false)?;
     let collection = store.open_collection(name)?;
     let spaces: Vec<Retrieval> = if args.spaces.is_empty() {
         Retrieval::all(
@@ -491,12 +492,12 @@ fn eval_collection(args: &EvalArgs, name: &str) -> Result<()> {
     let mut evaluations = Vec::new();
     for &k in &args.k {
         inputs.k = k;
-        evaluations.push(evaluate_collection(&collection, &inputs)?);
+        evaluations.push(evaluate_collection(collection.as_ref(), &inputs)?);
     }
     let body = serde_json::json!({
         "collection": name,
         "generation": collection.generation(),
-        "store": store.root(),
+        "store": store.location(),
         "searched": "the built collection: vector spaces through their HNSW graphs, lexical by \
                      BM25 (tantivy), hybrid fused",
         "fusion": fusion,
@@ -517,7 +518,7 @@ fn eval_collection(args: &EvalArgs, name: &str) -> Result<()> {
         "Searched in collection {name:?} (generation {}) of {}: vector spaces through their \
          HNSW graphs, lexical by BM25, hybrid fused by {} ({} judged queries).\n",
         collection.generation(),
-        store.root().display(),
+        store.location(),
         fusion.method.name(),
         evaluations.first().map_or(0, |e| e.evaluated_queries)
     );

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use attune_app::feedback::{export_from_store, write_pairs, Export, ExportSettings};
+use attune_app::feedback::{export_from, export_from_store, write_pairs, Export, ExportSettings};
 use attune_eval::data::{read_qrels_rows, read_queries, DataReport};
 use clap::{Args, Subcommand};
+
+use super::StoreArgs;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -28,12 +30,19 @@ pub enum FeedbackCommand {
 
 /// Arguments of `attune feedback export`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("log").required(true).args(["store", "url"])))]
+#[command(group(
+    clap::ArgGroup::new("log")
+        .required(true)
+        .multiple(true)
+        .args(["store", "backend", "url"])
+))]
 pub struct ExportArgs {
-    /// The store directory (the server that holds its log must be stopped).
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// Or a running server's base URL (`GET /v1/collections/{c}/feedback/pairs`).
+    /// The store that holds the log: an embedded store's directory (the server that holds its
+    /// log must be stopped), or a Qdrant store (`--backend qdrant`; read while servers run).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Or a running server's base URL (`GET /v1/collections/{c}/feedback/pairs`); read instead
+    /// of any store.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// API key, with --url when the server has one.
@@ -56,10 +65,9 @@ pub fn run(command: FeedbackCommand) -> Result<()> {
 }
 
 fn run_export(args: ExportArgs) -> Result<()> {
-    let export = match (&args.store, &args.url) {
-        (Some(store), _) => export_from_store(store, &args.settings)?,
-        (None, Some(url)) => export_from_server(url, args.api_key.as_deref(), &args.settings)?,
-        (None, None) => unreachable!("clap requires --store or --url"),
+    let export = match &args.url {
+        Some(url) => export_from_server(url, args.api_key.as_deref(), &args.settings)?,
+        None => export_from_stored_log(&args.store, &args.settings)?,
     };
     write_pairs(&args.out, &export.pairs)?;
     let report = &export.report;
@@ -83,6 +91,19 @@ fn run_export(args: ExportArgs) -> Result<()> {
         None => println!("position bias: not corrected (--position-correction false)"),
     }
     Ok(())
+}
+
+/// The export of a store's log: the embedded store's through its directory, any other
+/// backend's through the vector-store seam.
+fn export_from_stored_log(store: &StoreArgs, settings: &ExportSettings) -> Result<Export> {
+    let backend = store.settings(&Default::default()).backend;
+    if backend == attune_index::StoreBackend::Embedded {
+        let Some(dir) = &store.store else {
+            bail!("feedback export needs --store DIR (or --backend qdrant, or --url)");
+        };
+        return Ok(export_from_store(dir, settings)?);
+    }
+    Ok(export_from(store.open(false)?.as_ref(), settings)?)
 }
 
 /// The export of a running server.
