@@ -9,11 +9,11 @@ use anyhow::{bail, Context, Result};
 use attune_app::feedback::{export_from, export_from_store, write_pairs, Export, ExportSettings};
 use attune_eval::data::{read_qrels_rows, read_queries, DataReport};
 use clap::{Args, Subcommand};
-
-use super::StoreArgs;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+use super::StoreArgs;
 
 /// `attune feedback …`
 #[derive(Debug, Subcommand)]
