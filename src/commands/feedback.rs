@@ -20,8 +20,9 @@ use super::StoreArgs;
 pub enum FeedbackCommand {
     /// Training pairs from what shoppers did with logged searches: graded positives
     /// (purchase > add-to-cart > click), skipped-above negatives, one vote per (user, query),
-    /// inverse-propensity weights from the server's swap exploration. Reads the store's log:
-    /// stop the server that holds it first.
+    /// inverse-propensity weights from the server's swap exploration. Reads a running server's
+    /// log, or the store's: an embedded store's once the server that holds it has stopped, a
+    /// Qdrant store's at any time.
     Export(ExportArgs),
     /// Simulated shoppers: searches a running server with judged queries and sends clicks,
     /// add-to-carts and purchases through the public API, by a position-based click model.
