@@ -92,6 +92,17 @@ def paired_interval(deltas):
     half = T975.get(n - 1, 1.96) * sd / n ** 0.5
     return f"; mean difference {mean:+.4f} (95% interval over seeds {mean - half:+.4f}…{mean + half:+.4f})"
 
+def welch_interval(a, b):
+    """The difference of the means of two independent samples and its 95% Welch interval."""
+    mean = sum(a) / len(a) - sum(b) / len(b)
+    if min(len(a), len(b)) < 2:
+        return f"; difference of means {mean:+.4f}"
+    var = lambda x: sum((v - sum(x) / len(x)) ** 2 for v in x) / (len(x) - 1)
+    va, vb = var(a) / len(a), var(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
+    half = T975.get(max(1, int(df)), 1.96) * (va + vb) ** 0.5
+    return f"; difference of means {mean:+.4f} (95% Welch interval {mean - half:+.4f}…{mean + half:+.4f})"
+
 for s in sets:
     runs = {}
     base = None
@@ -117,13 +128,22 @@ for s in sets:
     for recipe in runs:
         if not recipe.startswith("masked"):
             continue
-        for name, other in [("the standard recipe", "standard" + recipe[len("masked"):]),
-                            ("sentence-transformers' own fine-tune", "st")]:
+        # The standard recipe draws the same batches and dropout at a seed (paired); the st runs
+        # draw their own (unpaired).
+        for name, other, paired in [
+            ("the standard recipe", "standard" + recipe[len("masked"):], True),
+            ("sentence-transformers' own fine-tune", "st", False),
+        ]:
             common = sorted(set(runs.get(other, {})) & set(runs[recipe]))
-            if common:
-                won = sum(runs[recipe][k] > runs[other][k] for k in common)
-                line = f"{s} {recipe}: above {name} ({other}) at {won} of {len(common)} seeds"
-                wins.append(line + paired_interval([runs[recipe][k] - runs[other][k] for k in common]))
+            if not common:
+                continue
+            won = sum(runs[recipe][k] > runs[other][k] for k in common)
+            line = f"{s} {recipe}: above {name} ({other}) at {won} of {len(common)} seeds"
+            if paired:
+                line += paired_interval([runs[recipe][k] - runs[other][k] for k in common])
+            else:
+                line += welch_interval([runs[recipe][k] for k in common], [runs[other][k] for k in common])
+            wins.append(line)
 print()
 print("\n".join(wins))
 PY
