@@ -90,14 +90,20 @@ fn built() -> &'static Built {
 fn serve(store: &Path, config: &str) -> (Server, String) {
     let settings = store.with_extension("toml");
     std::fs::write(&settings, config).unwrap();
+    serve_with(&["--store", store.to_str().unwrap()], &settings)
+}
+
+/// Serves the store the flags `store` name with the settings file `settings`; returns the
+/// server and its URL once it is ready.
+fn serve_with(store: &[&str], settings: &Path) -> (Server, String) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_attune"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--store"])
-            .arg(store)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(store)
             .arg("--config")
-            .arg(&settings)
+            .arg(settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -452,23 +458,7 @@ fn a_qdrant_collection_is_evaluated_and_its_feedback_exported_by_the_cli() {
         "[feedback]\nlog = [\"demo\"]\nexplore_share = 0.3\n",
     )
     .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_attune"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&settings)
-            .args(qdrant)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while ureq::get(&format!("{base}/readyz")).call().is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no server");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut server, base) = serve_with(&qdrant, &settings);
     simulate(&base, "shoppers", 400, 7);
     let export = |source: &[&str], file: &str| {
         let path = out_dir.path().join(file);
