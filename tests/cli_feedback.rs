@@ -117,6 +117,38 @@ fn serve_with(store: &[&str], settings: &Path) -> (Server, String) {
     (server, base)
 }
 
+/// Stops a server with SIGTERM and waits: a graceful stop writes the searches no feedback has
+/// flushed yet.
+fn stop_gracefully(server: &mut Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.0.wait().unwrap();
+}
+
+/// The pairs of an exported JSONL file.
+fn read_pairs(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Two exports hold the same pairs in the same order (weights equal up to float rounding).
+fn assert_same_pairs(a: &[Value], b: &[Value]) {
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
+        for field in ["query", "positive", "negatives", "grade", "source"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+        let (wa, wb) = (a["weight"].as_f64().unwrap(), b["weight"].as_f64().unwrap());
+        assert!((wa - wb).abs() < 1e-9, "{wa} vs {wb}");
+    }
+}
+
 /// GET `url`, or POST `body` to it; the status and the JSON answer.
 fn request(url: &str, body: Option<&Value>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -273,12 +305,7 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
         assert_eq!(report["variants"][0]["requests"], 0, "{report}");
         // A graceful stop writes the searches no feedback has flushed yet (a kill would lose
         // those, and the swap counts with them).
-        let status = Command::new("kill")
-            .args(["-TERM", &server.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        server.0.wait().unwrap();
+        stop_gracefully(&mut server);
     }
     let store_arg = store.to_str().unwrap();
     let export = |extra: &[&str]| {
@@ -317,24 +344,12 @@ fn shoppers_become_pairs_and_bad_input_is_refused_without_writing() {
     // The export itself.
     let summary = ok(export(&["--collection", "demo", "--since", "1h"]));
     assert!(summary.contains("swap exploration"), "{summary}");
-    let read = |path: &Path| -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let lines = read(&pairs);
-    // The running server exported the same pairs (weights equal up to float rounding).
-    let from_server = read(&out_dir.path().join("from-server.jsonl"));
-    assert_eq!(lines.len(), from_server.len());
-    for (a, b) in lines.iter().zip(&from_server) {
-        for field in ["query", "positive", "negatives", "grade"] {
-            assert_eq!(a[field], b[field], "{field}");
-        }
-        let (wa, wb) = (a["weight"].as_f64().unwrap(), b["weight"].as_f64().unwrap());
-        assert!((wa - wb).abs() < 1e-9, "{wa} vs {wb}");
-    }
+    let lines = read_pairs(&pairs);
+    // The running server exported the same pairs.
+    assert_same_pairs(
+        &lines,
+        &read_pairs(&out_dir.path().join("from-server.jsonl")),
+    );
     assert!(lines.len() > 20, "{summary}");
     for pair in &lines {
         assert_eq!(pair["source"], "feedback:demo");
@@ -473,32 +488,13 @@ fn a_qdrant_collection_is_evaluated_and_its_feedback_exported_by_the_cli() {
     let (summary, _) = export(&qdrant, "while-running.jsonl");
     assert!(summary.contains("swap exploration"), "{summary}");
     // After a graceful stop (which writes the searches no feedback flushed), the same pairs.
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    server.0.wait().unwrap();
+    stop_gracefully(&mut server);
     let (summary, from_qdrant) = export(&qdrant, "from-qdrant.jsonl");
-    let read = |path: &Path| -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let (lines, served) = (read(&from_qdrant), read(&from_server));
+    let lines = read_pairs(&from_qdrant);
     // The shoppers engaged enough to export pairs (the server explores at random, so the count
     // varies from run to run; the comparison below is what matters).
     assert!(lines.len() >= 5, "{summary}");
-    assert_eq!(lines.len(), served.len());
-    for (a, b) in lines.iter().zip(&served) {
-        for field in ["query", "positive", "negatives", "grade", "source"] {
-            assert_eq!(a[field], b[field], "{field}");
-        }
-        let (wa, wb) = (a["weight"].as_f64().unwrap(), b["weight"].as_f64().unwrap());
-        assert!((wa - wb).abs() < 1e-9, "{wa} vs {wb}");
-    }
+    assert_same_pairs(&lines, &read_pairs(&from_server));
     // Without a store, a URL or a backend, the command says what it needs.
     let nowhere = out_dir.path().join("nowhere.jsonl");
     let out = attune(&[
