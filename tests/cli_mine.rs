@@ -177,3 +177,53 @@ fn mined_negatives_never_include_a_judged_positive() {
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("--range"));
 }
+
+/// A pipeline's `[mine]` ranks at the model's own length, not at a shorter `[train]
+/// max_seq_len`: it mines what `attune mine` mines with its defaults, and not what mining at
+/// the training length gives.
+#[test]
+fn the_pipeline_mines_at_the_models_own_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model) = (tmp.path().join("beir"), tmp.path().join("model"));
+    write_synthetic_beir(&data, &SyntheticSpec::default()).unwrap();
+    write_random_bert(&model, &RandomBertSpec::default()).unwrap();
+    let config = tmp.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "work_dir = \"work\"\nbase_model = {model:?}\ndevice = \"cpu\"\n\n[data]\npath = {data:?}\n\n\
+             [mine]\n\n[train]\nmax_steps = 2\nbatch_size = 8\nmax_seq_len = 4\n\n\
+             [index]\nstore = \"store\"\ncollection = \"shop\"\n"
+        ),
+    )
+    .unwrap();
+    // The gate may refuse two steps of a random model; the mined pairs are written before.
+    attune(&["pipeline", "--config", config.to_str().unwrap()]);
+    let piped = tmp.path().join("work/mined.jsonl");
+    assert!(piped.exists(), "the pipeline wrote no mined pairs");
+    let mine = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "mine",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let result = attune(&args);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        lines(&out)
+    };
+    let whole = mine("whole.jsonl", &[]);
+    assert_eq!(lines(&piped), whole);
+    assert_ne!(mine("short.jsonl", &["--max-seq-len", "4"]), whole);
+}

@@ -60,8 +60,8 @@ pub struct MineSettings {
     /// positives. Default 0.05.
     #[cfg_attr(feature = "cli", arg(long, value_name = "F", default_value_t = MineSettings::default().margin, allow_hyphen_values = true))]
     pub margin: f32,
-    /// Truncate texts to this many tokens (default: the model's max_seq_length; in a pipeline,
-    /// `[train] max_seq_len`).
+    /// Truncate texts to this many tokens (default: the model's max_seq_length, also in a
+    /// pipeline whose `[train] max_seq_len` is shorter).
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_seq_len: Option<usize>,
 }

@@ -451,9 +451,10 @@ impl Run<'_> {
 
     fn mine(&mut self) -> Result<MineRecord, PipelineError> {
         let config = self.config;
-        let mut settings = config.mine.clone().unwrap_or_default();
-        // Mined at the length trained at, unless [mine] says otherwise.
-        settings.max_seq_len = settings.max_seq_len.or(config.train.max_seq_len);
+        // Mined at the model's own length unless [mine] max_seq_len says otherwise, not at
+        // [train] max_seq_len: the base model ranks whole texts better than truncated ones
+        // (scifact, 128-token training: 0.7045 mined at 256 tokens, 0.6984 at 128).
+        let settings = config.mine.clone().unwrap_or_default();
         let (data, split) = self.training_data(false);
         let inputs = MineJobInputs {
             model: config.base_model.clone(),
