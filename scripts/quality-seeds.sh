@@ -5,6 +5,10 @@
 # index. Each (set, recipe, seed) trains all-MiniLM-L6-v2 once in out/seeds/<set>/<recipe>-s<seed>/.
 #   standard  sentence-transformers' MNRL (--mask-judged-positives false)
 #   masked    judged positives of a query are never its negatives (the trainer's default)
+#   mined-masked, mined-standard
+#             the same on hard negatives mined once per set with `attune mine`'s defaults (the
+#             pipeline's `[mine]` defaults; out/seeds/<set>/mined.jsonl), a query's judged
+#             answers being its lines of that file
 #   st        sentence-transformers' own MNRL fine-tune (../shared/baselines/st_finetune.py: the
 #             issue's standard recipe, 128 training tokens; ST_ARGS adds its flags, e.g.
 #             "--max-seq-length 256"), its model scored by `attune eval` the same way
@@ -46,6 +50,8 @@ for set in "${SETS[@]}"; do
       case "$recipe" in
         standard) mask=false ;;
         masked) mask=true ;;
+        mined-standard) mask=false ;;
+        mined-masked) mask=true ;;
         st) ;;
         *) echo "quality-seeds: unknown recipe $recipe" >&2; exit 2 ;;
       esac
@@ -64,7 +70,17 @@ for set in "${SETS[@]}"; do
         touch "$dir/done"
         continue
       fi
-      "$ATTUNE" train --model "$ROOT/models/all-MiniLM-L6-v2" --data "$SHARED/data/$set" \
+      data=$SHARED/data/$set
+      if [ "${recipe#mined-}" != "$recipe" ]; then
+        data=$OUT/$set/mined.jsonl
+        if [ ! -f "$data" ]; then
+          "$ATTUNE" mine --model "$ROOT/models/all-MiniLM-L6-v2" --data "$SHARED/data/$set" \
+            --out "$data.part" > "$OUT/$set/mine.log" 2>&1 \
+            || { echo "[quality-seeds] mining failed; see $OUT/$set/mine.log" >&2; exit 1; }
+          mv "$data.part" "$data"
+        fi
+      fi
+      "$ATTUNE" train --model "$ROOT/models/all-MiniLM-L6-v2" --data "$data" \
         --out "$dir/model" --eval-data "$SHARED/data/$set" --eval-split test --seed "$seed" \
         --mask-judged-positives "$mask" "${EXTRA[@]}" > "$dir/train.log" 2>&1 \
         || { echo "[quality-seeds] failed; see $dir/train.log" >&2; exit 1; }
@@ -126,14 +142,19 @@ for s in sets:
         shown = "–" if base is None else f"{base:.4f}"
         print(f"| {s} | {recipe} | {cells} | {mean:.4f} | {shown} |")
     for recipe in runs:
-        if not recipe.startswith("masked"):
+        mined = recipe.startswith("mined-")
+        rest = recipe[len("mined-"):] if mined else recipe
+        if not rest.startswith("masked"):
             continue
-        # The standard recipe draws the same batches and dropout at a seed (paired); the st runs
-        # draw their own (unpaired).
-        for name, other, paired in [
-            ("the standard recipe", "standard" + recipe[len("masked"):], True),
-            ("sentence-transformers' own fine-tune", "st", False),
-        ]:
+        tag = rest[len("masked"):]
+        # A recipe without the mask on the same data draws the same batches and dropout at a
+        # seed (paired); the in-batch standard recipe at the same seed is paired by seed only
+        # (other data) and the st runs draw their own (unpaired).
+        others = [("the standard recipe", "standard" + tag, True)]
+        if mined:
+            others.insert(0, ("the same without the mask", "mined-standard" + tag, True))
+        others.append(("sentence-transformers' own fine-tune", "st", False))
+        for name, other, paired in others:
             common = sorted(set(runs.get(other, {})) & set(runs[recipe]))
             if not common:
                 continue

@@ -342,6 +342,30 @@ fn recipe_options_are_pipeline_keys() {
     );
 }
 
+/// The configs shipped in `scripts/pipelines/` parse, and each runs the recipe its comment and
+/// the README name: cranfield mines hard negatives, haystack_icecat does not, both mask judged
+/// positives.
+#[test]
+fn shipped_pipeline_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pipelines");
+    let read = |name: &str| {
+        PipelineConfig::read(&dir.join(format!("{name}.toml")))
+            .unwrap_or_else(|e| panic!("{name}.toml: {e}"))
+    };
+    for (name, mines) in [
+        ("cranfield", true),
+        ("haystack_icecat", false),
+        ("scifact", false),
+    ] {
+        let config = read(name);
+        assert_eq!(config.mine.is_some(), mines, "{name}.toml: [mine]");
+        let settings = config.train.engine_settings().unwrap();
+        assert!(settings.targets.mask_judged_positives, "{name}.toml");
+    }
+    let shipped = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(shipped, 3, "a new config in {dir:?} belongs in this test");
+}
+
 /// `[data] feedback` is a training source of its own: it excludes `train_pairs`, `mix_judged`
 /// needs it, and a malformed `since` or a zero `min_events` is refused naming the key.
 #[test]
