@@ -48,10 +48,8 @@ for set in "${SETS[@]}"; do
     for recipe in "${RECIPES[@]}"; do
       [ -n "${TABLE_ONLY:-}" ] && break
       case "$recipe" in
-        standard) mask=false ;;
-        masked) mask=true ;;
-        mined-standard) mask=false ;;
-        mined-masked) mask=true ;;
+        standard|mined-standard) mask=false ;;
+        masked|mined-masked) mask=true ;;
         st) ;;
         *) echo "quality-seeds: unknown recipe $recipe" >&2; exit 2 ;;
       esac

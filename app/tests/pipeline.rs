@@ -343,8 +343,8 @@ fn recipe_options_are_pipeline_keys() {
 }
 
 /// The configs shipped in `scripts/pipelines/` parse, and each runs the recipe its comment and
-/// the README name: cranfield mines hard negatives, haystack_icecat does not, both mask judged
-/// positives.
+/// the README name: cranfield mines hard negatives, haystack_icecat and scifact do not, all
+/// three mask judged positives.
 #[test]
 fn shipped_pipeline_configs_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pipelines");
