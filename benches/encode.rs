@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use std::sync::Arc;
 
-use attune_model::bf16::{self, Bf16Backend, Bf16Linear};
+use attune_model::int8::{Int8Backend, Int8Options};
 use attune_model::kernels::{
     attention, feed_forward, gelu_erf_in_place, linear, linear_add_norm, softmax_in_place,
     Epilogue, NormWeights,
 };
+use attune_model::packed::{self, Bf16Backend, PackedLinear, Scheme};
 use attune_model::{Encoder, EncoderSettings, ModelDir, Precision, TextKind};
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -55,8 +56,15 @@ fn sgemm(c: &mut Criterion) {
     // The same product with bf16 operands and f32 sums (AMX tiles where the CPU has them).
     let weight = Tensor::from_vec(b.clone(), (n, n), &Device::Cpu).unwrap();
     let bias = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let layer = Bf16Linear::new(&weight, &bias, Bf16Backend::detect()).unwrap();
+    let scheme = Scheme::Bf16(Bf16Backend::detect());
+    let layer = PackedLinear::new(&weight, &bias, &scheme).unwrap();
     group.bench_function(format!("bf16_{:?}_1024", Bf16Backend::detect()), |bench| {
+        bench.iter(|| layer.apply_rows(&a, Epilogue::None, &mut dst))
+    });
+    // int8 operands (activations quantized per call) and exact i32 sums (AVX-512 VNNI).
+    let scheme = Scheme::Int8(Int8Backend::detect(), Int8Options::default());
+    let layer = PackedLinear::new(&weight, &bias, &scheme).unwrap();
+    group.bench_function(format!("int8_{:?}_1024", Int8Backend::detect()), |bench| {
         bench.iter(|| layer.apply_rows(&a, Epilogue::None, &mut dst))
     });
     group.finish();
@@ -106,16 +114,51 @@ fn kernels(c: &mut Criterion) {
             candle_nn::ops::layer_norm(&(out + &x).unwrap(), &norm_w, &norm_b, 1e-12).unwrap()
         })
     });
-    let backend = Bf16Backend::detect();
-    let qkv_bf16 = Arc::new(Bf16Linear::new(&w_qkv, &b_qkv, backend).unwrap());
-    let up_bf16 = Arc::new(Bf16Linear::new(&up, &up_b, backend).unwrap());
-    let down_bf16 = Arc::new(Bf16Linear::new(&down, &down_b, backend).unwrap());
-    group.bench_function(format!("qkv_projection_bf16_{backend:?}"), |bench| {
-        bench.iter(|| qkv_bf16.forward(&x, Epilogue::None).unwrap())
-    });
-    group.bench_function(format!("feed_forward_bf16_{backend:?}"), |bench| {
-        bench.iter(|| bf16::feed_forward(&x, &up_bf16, &down_bf16).unwrap())
-    });
+    let bf16 = Scheme::Bf16(Bf16Backend::detect());
+    // int8 as all-MiniLM-L6-v2 packs it: V's and the intermediate's activations and the down
+    // projection's weights take a second plane (model/src/bert.rs, `int8_scheme`; the smoothing
+    // costs nothing measurable and needs the model's norms, so it is left out here).
+    let int8 = Int8Backend::detect();
+    let qkv_int8 = Scheme::Int8(
+        int8,
+        Int8Options {
+            fine_activations_from: Some(2 * 384),
+            ..Int8Options::default()
+        },
+    );
+    let up_int8 = Scheme::Int8(
+        int8,
+        Int8Options {
+            fine_activations_from: Some(0),
+            ..Int8Options::default()
+        },
+    );
+    let down_int8 = Scheme::Int8(
+        int8,
+        Int8Options {
+            fine_weights: true,
+            ..Int8Options::default()
+        },
+    );
+    for (name, qkv_scheme, up_scheme, down_scheme) in [
+        (
+            format!("bf16_{:?}", Bf16Backend::detect()),
+            &bf16,
+            &bf16,
+            &bf16,
+        ),
+        (format!("int8_{int8:?}"), &qkv_int8, &up_int8, &down_int8),
+    ] {
+        let qkv = Arc::new(PackedLinear::new(&w_qkv, &b_qkv, qkv_scheme).unwrap());
+        let up = Arc::new(PackedLinear::new(&up, &up_b, up_scheme).unwrap());
+        let down = Arc::new(PackedLinear::new(&down, &down_b, down_scheme).unwrap());
+        group.bench_function(format!("qkv_projection_{name}"), |bench| {
+            bench.iter(|| qkv.forward(&x, Epilogue::None).unwrap())
+        });
+        group.bench_function(format!("feed_forward_{name}"), |bench| {
+            bench.iter(|| packed::feed_forward(&x, &up, &down, None).unwrap())
+        });
+    }
     group.finish();
 }
 
@@ -191,7 +234,7 @@ fn encoder(c: &mut Criterion) {
             );
             continue;
         };
-        for precision in [Precision::F32, Precision::Bf16] {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
             let settings = EncoderSettings {
                 precision,
                 ..EncoderSettings::default()

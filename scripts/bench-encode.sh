@@ -7,12 +7,13 @@
 #   env: ATTUNE_SHARED_DIR (default ../shared), VENV (default ~/.cache/attune-baselines/venv, made by
 #        ../shared/baselines/setup.sh), THREADS (default: all cores), BATCH (default 32),
 #        MODEL_NAME (default all-MiniLM-L6-v2; all-mpnet-base-v2 is fetched on request),
-#        PRECISIONS (attune's rounds, default "f32 bf16"; "f32" skips bf16 where the CPU would
-#        only emulate it)
+#        PRECISIONS (attune's rounds, default "f32 bf16 int8"; leave out a reduced precision
+#        the CPU would only emulate: bf16 needs AMX, int8 AVX-512 VNNI)
 #
 # Documents are `title + " " + text`, max 256 tokens, batch 32, CPU, same thread count for all.
 # Each round runs attune in f32, attune with bf16 products (`--precision bf16`: AMX tiles where
-# the CPU has them) and sentence-transformers (fp32). The host is recorded with the runs: CPU
+# the CPU has them), attune with int8 products (`--precision int8`: AVX-512 VNNI where the CPU
+# has it) and sentence-transformers (fp32). The host is recorded with the runs: CPU
 # model and flags, the load average before and after, and the matrix-product rates at the same
 # thread count (scripts/bench-host.sh: the gemm crate's sgemm and attune's bf16 products; torch's
 # sgemm via st_encode.py --sgemm).
@@ -26,7 +27,7 @@ VENV=${VENV:-$HOME/.cache/attune-baselines/venv}
 THREADS=${THREADS:-$(nproc)}
 BATCH=${BATCH:-32}
 MODEL_NAME=${MODEL_NAME:-all-MiniLM-L6-v2}
-PRECISIONS=${PRECISIONS:-f32 bf16}
+PRECISIONS=${PRECISIONS:-f32 bf16 int8}
 MODEL=$ROOT/models/$MODEL_NAME
 OUT=$ROOT/bench-results
 mkdir -p "$OUT"
@@ -70,7 +71,8 @@ for run in $(seq 1 "$RUNS"); do
     case $precision in
       f32) attune_round attune f32 "$run" ;;
       bf16) attune_round attune-bf16 bf16 "$run" ;;
-      *) echo "PRECISIONS: unknown precision $precision (f32, bf16)" >&2; exit 2 ;;
+      int8) attune_round attune-int8 int8 "$run" ;;
+      *) echo "PRECISIONS: unknown precision $precision (f32, bf16, int8)" >&2; exit 2 ;;
     esac
   done
   echo "[bench-encode] round $run/$RUNS: sentence-transformers" >&2
@@ -85,25 +87,32 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(tool, key):
     vals = [r[key] for r in rows if r["tool"] == tool and key in r]
     return statistics.median(vals) if vals else float("nan")
-a, b, s = "attune", "attune-bf16", "sentence-transformers"
+a, s = "attune", "sentence-transformers"
+reduced = [t for t in ("attune-bf16", "attune-int8") if any(r["tool"] == t for r in rows)]
 n = sum(1 for r in rows if r["tool"] == s)
-first = next(r for r in rows if r["tool"] in (a, b))
+first = next(r for r in rows if r["tool"].startswith("attune"))
 hosts = [r for r in rows if r["tool"] == "host"]
-print(f"| {sys.argv[2]}: scifact corpus ({first['texts']} docs, {first['tokens']} tokens), median of {n} | attune f32 | attune bf16 | sentence-transformers | f32 / ST | bf16 / f32 | bf16 / ST |")
-print("|---|---|---|---|---|---|---|")
-def num(v, form, unit=""):  # a figure, or a dash for a precision that was not run
+names = [t.split("-")[1] for t in reduced]
+print(f"| {sys.argv[2]}: scifact corpus ({first['texts']} docs, {first['tokens']} tokens), median of {n} "
+      f"| attune f32 | " + "".join(f"attune {p} | " for p in names) + "sentence-transformers | f32 / ST | "
+      + "".join(f"{p} / f32 | {p} / ST | " for p in names))
+print("|---" * (4 + 3 * len(names)) + "|")
+def num(v, form, unit=""):  # a figure, or a dash for a tool that was not run
     return "–" if v != v else format(v, form) + unit
 for key, label in [("texts_per_s", "docs/s"), ("tokens_per_s", "tokens/s"), ("gflops_per_s", "GFLOP/s (matrix products)")]:
-    print(f"| {label} | {num(med(a, key), '.1f')} | {num(med(b, key), '.1f')} | {num(med(s, key), '.1f')} "
-          f"| {num(med(a, key) / med(s, key), '.2f', 'x')} | {num(med(b, key) / med(a, key), '.2f', 'x')} "
-          f"| {num(med(b, key) / med(s, key), '.2f', 'x')} |")
+    cells = [num(med(a, key), '.1f')] + [num(med(t, key), '.1f') for t in reduced] + [num(med(s, key), '.1f'),
+             num(med(a, key) / med(s, key), '.2f', 'x')]
+    for t in reduced:
+        cells += [num(med(t, key) / med(a, key), '.2f', 'x'), num(med(t, key) / med(s, key), '.2f', 'x')]
+    print(f"| {label} | " + " | ".join(cells) + " |")
 sgemm = max(h["sgemm_gflops"] for h in hosts)
 torch = med(s, "sgemm_gflops")
 best = max(sgemm, torch)
 print(f"\nhost: {hosts[0]['cpu']}, {hosts[0]['cores']} cores, {' '.join(hosts[0]['flags'])}; "
       f"load average {hosts[0]['loadavg']:.2f} before, {hosts[-1]['loadavg']:.2f} after; {hosts[0]['threads']} threads")
 print(f"sgemm n=1024: gemm crate {sgemm:.1f} GFLOP/s, torch {torch:.1f}; attune's bf16 products "
-      f"({hosts[0]['bf16_backend']}) {max(h['bf16_gflops'] for h in hosts):.1f}")
+      f"({hosts[0]['bf16_backend']}) {max(h['bf16_gflops'] for h in hosts):.1f}; int8 products "
+      f"({hosts[0].get('int8_backend', '?')}) {max(h.get('int8_gops', float('nan')) for h in hosts):.1f} GOP/s")
 print(f"attune f32 achieves {med(a, 'gflops_per_s') / best:.0%} of the host's best sgemm, "
       f"sentence-transformers {med(s, 'gflops_per_s') / torch:.0%} of torch's")
 print(f"\nraw runs: {sys.argv[1]}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One JSON line describing the host for a benchmark log: CPU model, family/model numbers and the
 # vector flags that matter to attune's kernels, cores, the 1-minute load average, and the
-# matrix-product rates at THREADS threads (the gemm crate's sgemm and attune's bf16 products,
+# matrix-product rates at THREADS threads (the gemm crate's sgemm, attune's bf16 and int8 products,
 # through the `host_gemm` example).
 #
 #   scripts/bench-host.sh WHEN      # WHEN: a label, e.g. "before" or "after"

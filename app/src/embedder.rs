@@ -47,7 +47,8 @@ pub struct EncodingChoice {
     /// Matryoshka: keep the first N dimensions, re-normalised (default: the whole vector).
     pub dimension: Option<usize>,
     /// Precision of the transformer's products (default auto: f32 on the CPU, bf16 on CUDA).
-    /// bf16 on the CPU runs on AMX tiles where the CPU has them ([`attune_model::bf16`]).
+    /// bf16 on the CPU runs on AMX tiles where the CPU has them ([`attune_model::packed`]); int8
+    /// on AVX-512 VNNI ([`attune_model::int8`]).
     pub precision: Precision,
 }
 
@@ -421,5 +422,37 @@ mod tests {
         changed.encoding.as_mut().unwrap().precision = Some("f16".into());
         let err = ModelEmbedder::for_identity(&path, &Device::Cpu, &changed).unwrap_err();
         assert!(matches!(err, EmbedderError::OtherModel { .. }), "{err}");
+    }
+
+    /// int8 is a precision of its own: recorded, another space than bf16's and f32's, and
+    /// applied again when a server reloads the space.
+    #[test]
+    fn int8_spaces_record_their_precision_and_reload_in_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = model(tmp.path(), 1);
+        let load = |precision| {
+            let choice = EncodingChoice {
+                precision,
+                ..EncodingChoice::default()
+            };
+            ModelEmbedder::load_with(&path, &Device::Cpu, &choice).unwrap()
+        };
+        let (int8, bf16, f32_space) = (
+            load(Precision::Int8),
+            load(Precision::Bf16),
+            load(Precision::F32),
+        );
+        let identity = int8.identity().clone();
+        assert_eq!(
+            identity.encoding.as_ref().unwrap().precision.as_deref(),
+            Some("int8")
+        );
+        assert!(!identity.same_model(bf16.identity()));
+        assert!(!identity.same_model(f32_space.identity()));
+        let served = ModelEmbedder::for_identity(&path, &Device::Cpu, &identity).unwrap();
+        let query = "a query about cells";
+        let from_build = int8.embed_query(query).unwrap();
+        assert_eq!(served.embed_query(query).unwrap(), from_build);
+        assert_ne!(f32_space.embed_query(query).unwrap(), from_build);
     }
 }

@@ -47,10 +47,10 @@ pub struct IndexSettings {
     /// alike and a space never mixes two widths. Suits models trained with --matryoshka-dims.
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub dimension: Option<usize>,
-    /// Precision of the models' products: auto (f32 on the CPU, bf16 on CUDA), f32, bf16 or
-    /// f16. bf16 on the CPU runs on AMX tiles where the CPU has them (about twice f32's
-    /// speed), else emulated at f32 speed. Recorded in each space's identity: a space never
-    /// mixes precisions, and queries are embedded in the space's.
+    /// Precision of the models' products: auto (f32 on the CPU, bf16 on CUDA), f32, bf16, f16
+    /// or int8. On the CPU, bf16 runs on AMX tiles and int8 on AVX-512 VNNI where the CPU has
+    /// them (about twice f32's speed), else emulated at f32 speed. Recorded in each space's
+    /// identity: a space never mixes precisions, and queries are embedded in the space's.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = IndexSettings::default().precision))]
     pub precision: Precision,
     /// Build the collection's lexical space (BM25 over title, text and --lexical-fields, for

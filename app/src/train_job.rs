@@ -128,7 +128,8 @@ pub struct TrainSettings {
     #[cfg_attr(feature = "cli", arg(long, value_name = "POLICY", default_value_t = TrainSettings::default().leakage))]
     pub leakage: LeakagePolicy,
     /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU; the default), f32,
-    /// bf16, f16. Weights, optimizer state, gradients and the loss stay f32.
+    /// bf16, f16 (int8 is for inference only). Weights, optimizer state, gradients and the loss
+    /// stay f32.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = TrainSettings::default().precision))]
     pub precision: Precision,
 }

@@ -1,14 +1,17 @@
 //! The host's matrix-product rates at the current thread count (`RAYON_NUM_THREADS`), printed
 //! as one JSON line for the benchmark scripts: f32 sgemm through the `gemm` crate (what
-//! attune's f32 kernels call) and attune's bf16 products ([`attune_model::bf16`]: AMX tiles, or
-//! emulated through f32), square n = 1024, best of 7 after a warm-up, in GFLOP/s.
+//! attune's f32 kernels call), attune's bf16 products ([`attune_model::packed`]: AMX tiles, or
+//! emulated through f32) and its int8 products ([`attune_model::int8`]: AVX-512 VNNI, or
+//! emulated), square n = 1024, best of 7 after a warm-up, in GFLOP/s (int8: 10⁹ multiply-adds
+//! × 2 per second, quantizing the activations included).
 //!
 //!     cargo run --release -p attune-model --example host_gemm
 
 use std::time::Instant;
 
-use attune_model::bf16::{Bf16Backend, Bf16Linear};
+use attune_model::int8::Int8Backend;
 use attune_model::kernels::Epilogue;
+use attune_model::packed::{Bf16Backend, PackedLinear, Scheme};
 use candle_core::{DType, Device, Tensor};
 
 const N: usize = 1024;
@@ -65,14 +68,22 @@ fn main() -> candle_core::Result<()> {
             )
         }
     });
-    let backend = Bf16Backend::detect();
     let weight = Tensor::from_vec(b.clone(), (N, N), &Device::Cpu)?;
     let bias = Tensor::zeros(N, DType::F32, &Device::Cpu)?;
-    let layer = Bf16Linear::new(&weight, &bias, backend)?;
+    let backend = Bf16Backend::detect();
+    let layer = PackedLinear::new(&weight, &bias, &Scheme::Bf16(backend))?;
     let bf16 = best_gflops(|| layer.apply_rows(&a, Epilogue::None, &mut dst));
+    let int8_backend = Int8Backend::detect();
+    let layer = PackedLinear::new(
+        &weight,
+        &bias,
+        &Scheme::Int8(int8_backend, Default::default()),
+    )?;
+    let int8 = best_gflops(|| layer.apply_rows(&a, Epilogue::None, &mut dst));
     println!(
         "{{\"threads\": {threads}, \"sgemm_gflops\": {sgemm:.1}, \"bf16_gflops\": {bf16:.1}, \
-         \"bf16_backend\": \"{backend:?}\"}}"
+         \"bf16_backend\": \"{backend:?}\", \"int8_gops\": {int8:.1}, \
+         \"int8_backend\": \"{int8_backend:?}\"}}"
     );
     Ok(())
 }

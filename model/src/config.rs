@@ -337,7 +337,9 @@ impl BertConfig {
                 format!("{} is below 4", self.relative_attention_num_buckets),
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(field_err(
                 "num_attention_heads",
                 format!(

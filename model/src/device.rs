@@ -119,6 +119,10 @@ pub enum Precision {
     Bf16,
     /// Products in IEEE half precision.
     F16,
+    /// Products of 8-bit integers, for inference on the CPU only: weights quantized once per
+    /// output, activations per row at each call, exact i32 sums scaled to f32 (AVX-512 VNNI;
+    /// emulated at f32 speed elsewhere). Everything outside the linear layers stays f32.
+    Int8,
 }
 
 impl Precision {
@@ -126,15 +130,18 @@ impl Precision {
     pub fn matmul_dtype(self, device: &Device) -> DType {
         match self {
             Precision::Auto if device.is_cuda() => DType::BF16,
-            Precision::Auto | Precision::F32 => DType::F32,
+            Precision::Auto | Precision::F32 | Precision::Int8 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
         }
     }
 
     /// The precision the products actually run in on `device` when it is narrower than f32
-    /// (`Bf16` or `F16`), `None` for f32: what a vector space records in its identity.
+    /// (`Bf16`, `F16` or `Int8`), `None` for f32: what a vector space records in its identity.
     pub fn narrowed(self, device: &Device) -> Option<Precision> {
+        if self == Precision::Int8 {
+            return Some(Precision::Int8);
+        }
         match self.matmul_dtype(device) {
             DType::BF16 => Some(Precision::Bf16),
             DType::F16 => Some(Precision::F16),
@@ -152,9 +159,10 @@ impl FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::F16),
+            "int8" => Ok(Precision::Int8),
             _ => Err(ModelError::InvalidSetting {
                 name: "precision",
-                problem: format!("`{s}`: expected one of auto, f32, bf16, f16"),
+                problem: format!("`{s}`: expected one of auto, f32, bf16, f16, int8"),
             }),
         }
     }
@@ -167,11 +175,12 @@ impl fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         })
     }
 }
 
-// Written and read as on the command line (`"auto"`, `"f32"`, `"bf16"`, `"f16"`).
+// Written and read as on the command line (`"auto"`, `"f32"`, `"bf16"`, `"f16"`, `"int8"`).
 attune_core::serde_via_str!(Precision);
 
 /// A short human-readable name of an opened device (`cpu`, `cuda:0`).
@@ -267,18 +276,27 @@ mod tests {
         assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
         assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
-        let err = "int8".parse::<Precision>().unwrap_err().to_string();
+        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+        let err = "int4".parse::<Precision>().unwrap_err().to_string();
         assert!(
-            err.contains("precision") && err.contains("auto, f32, bf16, f16"),
+            err.contains("precision") && err.contains("auto, f32, bf16, f16, int8"),
             "{err}"
         );
         assert_eq!(Precision::Auto.matmul_dtype(&Device::Cpu), DType::F32);
         assert_eq!(Precision::Bf16.matmul_dtype(&Device::Cpu), DType::BF16);
+        // int8 narrows only the packed linear layers; the rest runs in f32.
+        assert_eq!(Precision::Int8.matmul_dtype(&Device::Cpu), DType::F32);
+        assert_eq!(
+            Precision::Int8.narrowed(&Device::Cpu),
+            Some(Precision::Int8)
+        );
+        assert_eq!(Precision::Auto.narrowed(&Device::Cpu), None);
         for p in [
             Precision::Auto,
             Precision::F32,
             Precision::Bf16,
             Precision::F16,
+            Precision::Int8,
         ] {
             assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
         }

@@ -151,6 +151,19 @@ impl Encoder {
             crate::device::flush_denormals();
         }
         model.set_matmul_dtype(settings.precision.matmul_dtype(device));
+        if settings.precision == Precision::Int8 {
+            let problem = if device.is_cpu() {
+                model.quantize_int8().err()
+            } else {
+                Some("int8 products run on the CPU only (bf16 is the GPU's)".to_string())
+            };
+            if let Some(problem) = problem {
+                return Err(ModelError::InvalidSetting {
+                    name: "precision",
+                    problem,
+                });
+            }
+        }
         // A soft prompt is the encoder's to install (with its tokenizer slots), not the model's.
         model.set_input_embedding_hook(None);
         let tokenizer = TextTokenizer::new(dir, settings.max_seq_length)?;

@@ -58,6 +58,11 @@ pub trait TransformerModel: Send + Sync {
     fn conventions(&self) -> InputConventions;
     /// Runs the blocks' matrix products in `dtype` (mixed precision); `F32` restores exact ones.
     fn set_matmul_dtype(&mut self, dtype: DType);
+    /// Quantizes the blocks' linear layers for int8 products on the CPU (inference only; see
+    /// [`crate::Precision::Int8`]); the error says why it cannot, and nothing changes then.
+    fn quantize_int8(&mut self) -> std::result::Result<(), String> {
+        Err("this model family has no int8 path (BERT, MPNet and XLM-RoBERTa have one)".into())
+    }
     /// The linear layer `target` of block `layer`, when the family has it (LoRA attaches here).
     fn linear_mut(&mut self, layer: usize, target: LinearTarget) -> Option<&mut Linear>;
     /// The checkpoint name of that linear layer (without `.weight`), when the family has it.

@@ -360,7 +360,7 @@ impl RowEpilogue<'_> {
     }
 
     /// Applies the epilogue to output row `index` (`row.len()` is the width).
-    fn apply(&self, index: usize, row: &mut [f32]) {
+    pub(crate) fn apply(&self, index: usize, row: &mut [f32]) {
         match *self {
             RowEpilogue::Bias {
                 bias,
@@ -694,7 +694,7 @@ impl CustomOp3 for FeedForwardOp {
         let norm_fits = self
             .norm
             .as_ref()
-            .map_or(true, |n| n.weight.len() == h && n.bias.len() == h);
+            .is_none_or(|n| n.weight.len() == h && n.bias.len() == h);
         if dims.last() != Some(&h)
             || down_layout.shape().dims2()? != (h, ff)
             || self.up_bias.len() != ff
@@ -818,7 +818,7 @@ impl CustomOp1 for AttentionOp {
         let bias_fits = self
             .position_bias
             .as_ref()
-            .map_or(true, |p| p.heads == self.heads && p.seq >= s);
+            .is_none_or(|p| p.heads == self.heads && p.seq >= s);
         if three_h != 3 * h
             || self.lengths.len() != b
             || self.lengths.iter().any(|&l| l > s)

@@ -29,7 +29,6 @@
 #![warn(missing_docs)]
 
 pub mod bert;
-pub mod bf16;
 pub mod config;
 pub mod dense;
 pub mod device;
@@ -37,10 +36,12 @@ pub mod encoder;
 pub mod error;
 pub mod family;
 pub mod fixtures;
+pub mod int8;
 pub mod kernels;
 pub mod layers;
 pub mod model_dir;
 pub mod modernbert;
+pub mod packed;
 pub mod pooling;
 pub mod soft_prompt;
 pub mod tokenize;

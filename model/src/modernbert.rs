@@ -143,7 +143,10 @@ impl ModernBertConfig {
             problem,
         };
         let heads = self.num_attention_heads;
-        if heads == 0 || self.hidden_size % heads != 0 || (self.hidden_size / heads) % 2 != 0 {
+        if heads == 0
+            || !self.hidden_size.is_multiple_of(heads)
+            || !(self.hidden_size / heads).is_multiple_of(2)
+        {
             return Err(field_err(
                 "num_attention_heads",
                 format!(
@@ -199,7 +202,7 @@ impl ModernBertConfig {
     pub fn is_global(&self, layer: usize) -> bool {
         match &self.layer_types {
             Some(types) => types[layer] == "full_attention",
-            None => layer % self.global_attn_every_n_layers.unwrap_or(3) == 0,
+            None => layer.is_multiple_of(self.global_attn_every_n_layers.unwrap_or(3)),
         }
     }
 

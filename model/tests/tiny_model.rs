@@ -443,6 +443,44 @@ fn bf16_and_f16_products_embed_close_to_f32() {
     }
 }
 
+/// int8 products embed close to f32 on BERT; a family without an int8 path refuses it with an
+/// error naming the setting, instead of running f32 under an int8 identity.
+#[test]
+fn int8_products_embed_close_to_f32_and_other_families_refuse_them() {
+    use attune_model::fixtures::tiny_mixer::write_random_tiny_mixer;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "int8", &RandomBertSpec::default());
+    let int8 = EncoderSettings {
+        precision: attune_model::Precision::Int8,
+        ..EncoderSettings::default()
+    };
+    let exact = encoder(&dir, EncoderSettings::default())
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+    let quantized = encoder(&dir, int8.clone())
+        .embed(TEXTS, TextKind::Plain)
+        .unwrap();
+    for (e, q) in exact.embeddings.iter().zip(&quantized.embeddings) {
+        let cosine: f32 = e.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() / (norm(e) * norm(q));
+        assert!(cosine > 0.999, "cosine {cosine}");
+        assert!(
+            max_abs_diff(e, q) > 0.0,
+            "identical to f32: int8 did not run"
+        );
+    }
+    let mixer = tmp.path().join("mixer");
+    write_random_tiny_mixer(&mixer, &RandomBertSpec::default()).unwrap();
+    let Err(err) = Encoder::load(&ModelDir::open(&mixer).unwrap(), &Device::Cpu, int8) else {
+        panic!("the tiny mixer has no int8 path, yet loaded with int8");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("precision") && err.contains("no int8 path"),
+        "{err}"
+    );
+}
+
 /// The model seam's second implementation: the tiny mixer loads through the family registry,
 /// embeds batches exactly like single texts (the mask is honoured), and its input-embedding
 /// hook reaches the forward pass; BERT's hook does too.

@@ -73,7 +73,8 @@ pub struct EmbedArgs {
     /// Device: auto (a CUDA GPU if built with --features cuda and present, else CPU), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16.
+    /// Dtype of the matrix products: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16, or
+    /// int8 (CPU: 8-bit products on AVX-512 VNNI, about twice f32's speed).
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
     /// Texts read, length-sorted and embedded at a time before their lines are written; bounds

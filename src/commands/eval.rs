@@ -112,8 +112,8 @@ pub struct EvalArgs {
     /// with `attune index build --dimension N` serves them).
     #[arg(long, value_name = "N")]
     pub dimension: Option<usize>,
-    /// Precision of the models' products: auto (f32 on the CPU, bf16 on CUDA), f32, bf16, f16
-    /// (as a space built with `attune index build --precision` serves them).
+    /// Precision of the models' products: auto (f32 on the CPU, bf16 on CUDA), f32, bf16, f16,
+    /// int8 (CPU) (as a space built with `attune index build --precision` serves them).
     #[arg(long, default_value_t = EvaluationSettings::default().precision)]
     pub precision: Precision,
     /// Device: auto, cpu, cuda, cuda:N.

@@ -159,6 +159,13 @@ impl TrainSettings {
                 problem: problem.to_string(),
             })
         };
+        if self.precision == Precision::Int8 {
+            return invalid(
+                "precision",
+                "int8 quantizes fixed weights for inference; train in f32, bf16 or f16, then \
+                 embed or index the tuned model with --precision int8",
+            );
+        }
         if let Some(lora) = &self.lora {
             lora.validate()?;
         }
@@ -1521,6 +1528,13 @@ mod tests {
                     ..Default::default()
                 },
                 "eval-every",
+            ),
+            (
+                TrainSettings {
+                    precision: Precision::Int8,
+                    ..Default::default()
+                },
+                "precision",
             ),
         ] {
             let err = settings.validate().unwrap_err().to_string();

@@ -1,9 +1,12 @@
-//! bf16 products for inference on the CPU (the reduced-precision path, opt-in per model and
-//! per collection through [`crate::Precision::Bf16`]).
+//! Linear layers packed once for reduced-precision products on the CPU (opt-in per model and per
+//! collection through [`crate::Precision::Bf16`] and [`crate::Precision::Int8`]).
 //!
-//! A [`Bf16Linear`] holds a layer's weight rounded to bfloat16 once, when the model is set to
-//! bf16; each call rounds the activations (round to nearest even) and sums the products in f32.
-//! Two backends give the same values up to the order of the f32 sums:
+//! A [`PackedLinear`] holds a layer's weight narrowed once, when the model is set to a reduced
+//! precision ([`Scheme`]); each call narrows the activations the same way and sums the products
+//! in f32 (int8: exactly in i32, then scaled; see [`crate::int8`]).
+//!
+//! bf16 rounds both operands to nearest even. Two backends give the same values up to the order
+//! of the f32 sums:
 //! - [`Bf16Backend::Amx`]: the weight packed into AMX tiles and the products run on the tile
 //!   unit (`TDPBF16PS`: 16×16 f32 sums of 32 bf16 pairs per instruction), on CPUs with AMX-BF16
 //!   (Intel Sapphire Rapids and later) where the OS grants the tile state;
@@ -17,10 +20,13 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous, gelu_erf_in_place, linear_rows, Epilogue, RowEpilogue};
+use crate::int8::{Int8Backend, Int8Options, Int8Weight};
+use crate::kernels::{
+    contiguous, gelu_erf_in_place, linear_rows, Epilogue, NormWeights, RowEpilogue,
+};
 
 /// How this process runs bf16 products on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +78,19 @@ pub fn round_to_bf16(x: f32) -> f32 {
     f32::from_bits((to_bf16_bits(x) as u32) << 16)
 }
 
-/// A linear layer `y = x·wᵀ + b` whose products run in bf16. The weight is rounded (and packed
-/// for the backend) once; the bias stays f32.
-pub struct Bf16Linear {
+/// How a [`PackedLinear`] narrows its products' operands, and on which backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scheme {
+    /// Both operands rounded to bfloat16.
+    Bf16(Bf16Backend),
+    /// Weights quantized per output, activations per row, to 8 bits, finer where the options
+    /// say ([`crate::int8`]).
+    Int8(Int8Backend, Int8Options),
+}
+
+/// A linear layer `y = x·wᵀ + b` whose products run in reduced precision. The weight is
+/// narrowed (and packed for the backend) once; the bias stays f32.
+pub struct PackedLinear {
     /// Output features.
     n: usize,
     /// Input features.
@@ -86,15 +102,17 @@ pub struct Bf16Linear {
 enum PackedWeight {
     Tiles(amx::Tiles),
     Rounded(Vec<f32>),
+    Int8(Int8Weight),
 }
 
-impl std::fmt::Debug for Bf16Linear {
+impl std::fmt::Debug for PackedLinear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = match self.weight {
-            PackedWeight::Tiles(_) => "amx",
-            PackedWeight::Rounded(_) => "emulated",
+            PackedWeight::Tiles(_) => "bf16 amx",
+            PackedWeight::Rounded(_) => "bf16 emulated",
+            PackedWeight::Int8(_) => "int8",
         };
-        f.debug_struct("Bf16Linear")
+        f.debug_struct("PackedLinear")
             .field("n", &self.n)
             .field("k", &self.k)
             .field("backend", &backend)
@@ -102,36 +120,40 @@ impl std::fmt::Debug for Bf16Linear {
     }
 }
 
-impl Bf16Linear {
-    /// Rounds and packs `weight` (`(n, k)`, f32 on the CPU) for `backend`; `bias`: `(n)`.
-    pub fn new(weight: &Tensor, bias: &Tensor, backend: Bf16Backend) -> Result<Self> {
+impl PackedLinear {
+    /// Narrows and packs `weight` (`(n, k)`, f32 on the CPU) as `scheme` says; `bias`: `(n)`.
+    pub fn new(weight: &Tensor, bias: &Tensor, scheme: &Scheme) -> Result<Self> {
         let (n, k) = weight.dims2()?;
         let bias = bias.to_vec1::<f32>()?;
         if bias.len() != n {
             candle_core::bail!("bf16 linear: weight ({n}, {k}), bias {}", bias.len());
         }
         let w = weight.flatten_all()?.to_vec1::<f32>()?;
-        let weight = match backend {
-            Bf16Backend::Amx => PackedWeight::Tiles(amx::Tiles::pack(&w, n, k)),
-            Bf16Backend::Emulated => {
+        let weight = match scheme {
+            Scheme::Bf16(Bf16Backend::Amx) => PackedWeight::Tiles(amx::Tiles::pack(&w, n, k)),
+            Scheme::Bf16(Bf16Backend::Emulated) => {
                 PackedWeight::Rounded(w.iter().map(|&x| round_to_bf16(x)).collect())
             }
+            Scheme::Int8(backend, options) => {
+                PackedWeight::Int8(Int8Weight::new(&w, n, k, *backend, options))
+            }
         };
-        Ok(Bf16Linear { n, k, bias, weight })
+        Ok(PackedLinear { n, k, bias, weight })
     }
 
     /// The layer's `[bf16(w), bias]` concatenated along the outputs (the fused Q/K/V projection).
-    pub fn concatenated(parts: &[(&Tensor, &Tensor)], backend: Bf16Backend) -> Result<Self> {
+    pub fn concatenated(parts: &[(&Tensor, &Tensor)], scheme: &Scheme) -> Result<Self> {
         let weights: Vec<&Tensor> = parts.iter().map(|(w, _)| *w).collect();
         let biases: Vec<&Tensor> = parts.iter().map(|(_, b)| *b).collect();
         Self::new(
             &Tensor::cat(&weights, 0)?,
             &Tensor::cat(&biases, 0)?,
-            backend,
+            scheme,
         )
     }
 
-    /// `dst ← epilogue(bf16(x)·bf16(w)ᵀ + bias)` for row-major `x` (m×k) and `dst` (m×n).
+    /// `dst ← epilogue(x̂·ŵᵀ + bias)` for row-major `x` (m×k) and `dst` (m×n), `x̂` and `ŵ` the
+    /// narrowed operands.
     pub fn apply_rows(&self, x: &[f32], epilogue: Epilogue, dst: &mut [f32]) {
         // SAFETY: f32 and MaybeUninit<f32> have one layout, and every element written through
         // `init_rows` is an initialized f32.
@@ -139,7 +161,7 @@ impl Bf16Linear {
         self.init_rows(x, epilogue, dst);
     }
 
-    /// [`Bf16Linear::apply_rows`] into an uninitialized `dst`; every element is written (the
+    /// [`PackedLinear::apply_rows`] into an uninitialized `dst`; every element is written (the
     /// output buffer is not cleared first: a pass over memory the products overwrite anyway).
     pub fn init_rows(&self, x: &[f32], epilogue: Epilogue, dst: &mut [MaybeUninit<f32>]) {
         debug_assert_eq!(x.len() / self.k.max(1) * self.n, dst.len());
@@ -153,10 +175,67 @@ impl Bf16Linear {
                 };
                 linear_rows(&rounded, self.k, w, &epilogue, dst);
             }
+            PackedWeight::Int8(weight) => weight.linear(
+                x,
+                &RowEpilogue::Bias {
+                    bias: &self.bias,
+                    activation: epilogue,
+                },
+                dst,
+            ),
         }
     }
 
-    /// `epilogue(bf16(x)·bf16(w)ᵀ + bias)` for row-major `x` (m×k), as a new m×n buffer.
+    /// `dst ← layer_norm(x̂·ŵᵀ + bias + residual)` row by row (a post-norm sub-layer's end);
+    /// `residual` is m×n like `dst`. int8 applies the norm while each row is in cache; bf16
+    /// after its products.
+    fn init_rows_add_norm(
+        &self,
+        x: &[f32],
+        residual: &[f32],
+        norm: &NormWeights,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        let epilogue = RowEpilogue::AddNorm {
+            bias: &self.bias,
+            residual,
+            norm,
+        };
+        if let PackedWeight::Int8(weight) = &self.weight {
+            return weight.linear(x, &epilogue, dst);
+        }
+        self.init_rows(x, Epilogue::None, dst);
+        // SAFETY: `init_rows` wrote every element.
+        let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let zeros = vec![0f32; self.n];
+        let epilogue = RowEpilogue::AddNorm {
+            bias: &zeros,
+            residual,
+            norm,
+        };
+        dst.par_chunks_mut(self.n.max(1))
+            .enumerate()
+            .for_each(|(i, row)| epilogue.apply(i, row));
+    }
+
+    /// `layer_norm(xs·ŵᵀ + bias + residual)` for `xs` (`(..., k)`) and `residual` (`(..., n)`),
+    /// f32 on the CPU.
+    pub fn forward_add_norm(
+        self: &Arc<Self>,
+        xs: &Tensor,
+        residual: &Tensor,
+        norm: &NormWeights,
+    ) -> Result<Tensor> {
+        xs.contiguous()?.apply_op2_no_bwd(
+            &residual.contiguous()?,
+            &AddNormOp {
+                layer: self.clone(),
+                norm: norm.clone(),
+            },
+        )
+    }
+
+    /// `epilogue(x̂·ŵᵀ + bias)` for row-major `x` (m×k), as a new m×n buffer.
     fn apply(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
         let len = x.len() / self.k.max(1) * self.n;
         let mut dst = Vec::with_capacity(len);
@@ -176,21 +255,21 @@ impl Bf16Linear {
 }
 
 struct LinearOp {
-    layer: Arc<Bf16Linear>,
+    layer: Arc<PackedLinear>,
     epilogue: Epilogue,
 }
 
 impl CustomOp1 for LinearOp {
     fn name(&self) -> &'static str {
-        "attune-bf16-linear"
+        "attune-packed-linear"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(xs, layout, "bf16 linear input")?;
+        let x = contiguous(xs, layout, "packed linear input")?;
         let (n, k) = (self.layer.n, self.layer.k);
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
-            candle_core::bail!("bf16 linear: input {dims:?}, weight ({n}, {k})");
+            candle_core::bail!("packed linear: input {dims:?}, weight ({n}, {k})");
         }
         let dst = self.layer.apply(x, self.epilogue);
         let mut out_dims = dims.to_vec();
@@ -199,25 +278,63 @@ impl CustomOp1 for LinearOp {
     }
 }
 
+struct AddNormOp {
+    layer: Arc<PackedLinear>,
+    norm: NormWeights,
+}
+
+impl CustomOp2 for AddNormOp {
+    fn name(&self) -> &'static str {
+        "attune-packed-linear-add-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(xs, layout, "packed linear input")?;
+        let residual = contiguous(residual, residual_layout, "packed linear residual")?;
+        let (n, k) = (self.layer.n, self.layer.k);
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) || residual.len() != x.len() / k * n {
+            candle_core::bail!(
+                "packed linear with norm: input {dims:?}, weight ({n}, {k}), residual {:?}",
+                residual_layout.shape()
+            );
+        }
+        let mut dst = Vec::with_capacity(residual.len());
+        let out = &mut dst.spare_capacity_mut()[..residual.len()];
+        self.layer.init_rows_add_norm(x, residual, &self.norm, out);
+        // SAFETY: `init_rows_add_norm` wrote every element.
+        unsafe { dst.set_len(residual.len()) };
+        Ok((CpuStorage::F32(dst), residual_layout.shape().clone()))
+    }
+}
+
 /// Rows per feed-forward block: the `rows × ff` intermediate stays within the caches.
 const FEED_FORWARD_ROWS: usize = 512;
 
 struct FeedForwardOp {
-    up: Arc<Bf16Linear>,
-    down: Arc<Bf16Linear>,
+    up: Arc<PackedLinear>,
+    down: Arc<PackedLinear>,
+    /// The sub-layer's norm, applied with the input as the residual; `None`: no residual.
+    norm: Option<NormWeights>,
 }
 
 impl CustomOp1 for FeedForwardOp {
     fn name(&self) -> &'static str {
-        "attune-bf16-feed-forward"
+        "attune-packed-feed-forward"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(xs, layout, "bf16 feed-forward input")?;
+        let x = contiguous(xs, layout, "packed feed-forward input")?;
         let (h, ff) = (self.up.k, self.up.n);
         if layout.shape().dims().last() != Some(&h) || (self.down.n, self.down.k) != (h, ff) {
             candle_core::bail!(
-                "bf16 feed-forward: input {:?}, up ({ff}, {h}), down ({}, {})",
+                "packed feed-forward: input {:?}, up ({ff}, {h}), down ({}, {})",
                 layout.shape(),
                 self.down.n,
                 self.down.k
@@ -230,7 +347,10 @@ impl CustomOp1 for FeedForwardOp {
         for (xb, db) in blocks.zip(out.chunks_mut(FEED_FORWARD_ROWS * h)) {
             let inner = &mut inner[..xb.len() / h * ff];
             self.up.apply_rows(xb, Epilogue::GeluErf, inner);
-            self.down.init_rows(inner, Epilogue::None, db);
+            match &self.norm {
+                Some(norm) => self.down.init_rows_add_norm(inner, xb, norm, db),
+                None => self.down.init_rows(inner, Epilogue::None, db),
+            }
         }
         // SAFETY: the blocks cover all of `x.len()` outputs, and `init_rows` wrote each.
         unsafe { dst.set_len(x.len()) };
@@ -238,12 +358,19 @@ impl CustomOp1 for FeedForwardOp {
     }
 }
 
-/// BERT's feed-forward block `gelu(xs·upᵀ + b_up)·downᵀ + b_down` in bf16 products, row block
-/// by row block. `xs`: `(..., h)`; `up`: h → ff; `down`: ff → h.
-pub fn feed_forward(xs: &Tensor, up: &Arc<Bf16Linear>, down: &Arc<Bf16Linear>) -> Result<Tensor> {
+/// BERT's feed-forward block `gelu(xs·upᵀ + b_up)·downᵀ + b_down` in packed products, row block
+/// by row block, then with `norm` the sub-layer's end `layer_norm(… + xs)`. `xs`: `(..., h)`;
+/// `up`: h → ff; `down`: ff → h.
+pub fn feed_forward(
+    xs: &Tensor,
+    up: &Arc<PackedLinear>,
+    down: &Arc<PackedLinear>,
+    norm: Option<&NormWeights>,
+) -> Result<Tensor> {
     xs.contiguous()?.apply_op1_no_bwd(&FeedForwardOp {
         up: up.clone(),
         down: down.clone(),
+        norm: norm.cloned(),
     })
 }
 
@@ -544,7 +671,7 @@ mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -593,7 +720,7 @@ mod tests {
         let (x, w, bias) = (random(m * k, 1), random(n * k, 2), random(n, 3));
         let weight = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
         let b = Tensor::from_vec(bias.clone(), n, &Device::Cpu).unwrap();
-        let layer = Arc::new(Bf16Linear::new(&weight, &b, backend).unwrap());
+        let layer = Arc::new(PackedLinear::new(&weight, &b, &Scheme::Bf16(backend)).unwrap());
         let xs = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
         let got = layer.forward(&xs, epilogue).unwrap();
         assert_eq!(got.dims(), &[m, n]);
@@ -648,13 +775,66 @@ mod tests {
         let down_w = Tensor::from_vec(random(h * ff, 6), (h, ff), &Device::Cpu).unwrap();
         let down_b = Tensor::from_vec(random(h, 7), h, &Device::Cpu).unwrap();
         let xs = Tensor::from_vec(random(m * h, 8), (m, h), &Device::Cpu).unwrap();
-        let backend = Bf16Backend::detect();
-        let up = Arc::new(Bf16Linear::new(&up_w, &up_b, backend).unwrap());
-        let down = Arc::new(Bf16Linear::new(&down_w, &down_b, backend).unwrap());
-        let fused = feed_forward(&xs, &up, &down).unwrap();
-        let inner = up.forward(&xs, Epilogue::GeluErf).unwrap();
-        let two_steps = down.forward(&inner, Epilogue::None).unwrap();
-        let diff = crate::kernels::tests::max_abs_diff(&fused, &two_steps);
-        assert!(diff < 1e-5, "{diff}");
+        for scheme in [
+            Scheme::Bf16(Bf16Backend::detect()),
+            Scheme::Int8(Int8Backend::detect(), Int8Options::default()),
+        ] {
+            let up = Arc::new(PackedLinear::new(&up_w, &up_b, &scheme).unwrap());
+            let down = Arc::new(PackedLinear::new(&down_w, &down_b, &scheme).unwrap());
+            let fused = feed_forward(&xs, &up, &down, None).unwrap();
+            let inner = up.forward(&xs, Epilogue::GeluErf).unwrap();
+            let two_steps = down.forward(&inner, Epilogue::None).unwrap();
+            let diff = crate::kernels::tests::max_abs_diff(&fused, &two_steps);
+            assert!(diff < 1e-5, "{scheme:?}: {diff}");
+        }
+    }
+
+    /// The fused sub-layer end gives `layer_norm(linear(x) + residual)` for both schemes.
+    #[test]
+    fn add_norm_is_the_linear_then_the_residual_and_norm() {
+        let (m, n, k) = (13, 48, 64);
+        let w = Tensor::from_vec(random(n * k, 12), (n, k), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(random(n, 13), n, &Device::Cpu).unwrap();
+        let xs = Tensor::from_vec(random(m * k, 14), (m, k), &Device::Cpu).unwrap();
+        let residual = Tensor::from_vec(random(m * n, 15), (m, n), &Device::Cpu).unwrap();
+        let norm = NormWeights {
+            weight: random(n, 16).iter().map(|v| 1.0 + v / 2.0).collect(),
+            bias: random(n, 17),
+            eps: 1e-12,
+        };
+        let gamma = Tensor::from_vec(norm.weight.clone(), n, &Device::Cpu).unwrap();
+        let beta = Tensor::from_vec(norm.bias.clone(), n, &Device::Cpu).unwrap();
+        for scheme in [
+            Scheme::Bf16(Bf16Backend::detect()),
+            Scheme::Int8(Int8Backend::detect(), Int8Options::default()),
+        ] {
+            let layer = Arc::new(PackedLinear::new(&w, &b, &scheme).unwrap());
+            let fused = layer.forward_add_norm(&xs, &residual, &norm).unwrap();
+            let sum = (layer.forward(&xs, Epilogue::None).unwrap() + &residual).unwrap();
+            let want = candle_nn::ops::layer_norm(&sum, &gamma, &beta, 1e-12).unwrap();
+            let diff = crate::kernels::tests::max_abs_diff(&fused, &want);
+            assert!(diff < 1e-4, "{scheme:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn int8_layers_add_the_bias_and_gelu_in_f32() {
+        let (m, n, k) = (9, 70, 64);
+        let w = Tensor::from_vec(random(n * k, 9), (n, k), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(random(n, 10), n, &Device::Cpu).unwrap();
+        let zero = Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let xs = Tensor::from_vec(random(m * k, 11), (m, k), &Device::Cpu).unwrap();
+        let scheme = Scheme::Int8(Int8Backend::detect(), Int8Options::default());
+        let with_bias = Arc::new(PackedLinear::new(&w, &b, &scheme).unwrap());
+        let without = Arc::new(PackedLinear::new(&w, &zero, &scheme).unwrap());
+        let plain = without.forward(&xs, Epilogue::None).unwrap();
+        let biased = plain.broadcast_add(&b).unwrap();
+        let got = with_bias.forward(&xs, Epilogue::None).unwrap();
+        assert!(crate::kernels::tests::max_abs_diff(&got, &biased) < 1e-6);
+        let mut want = biased.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        gelu_erf_in_place(&mut want);
+        let got = with_bias.forward(&xs, Epilogue::GeluErf).unwrap();
+        let want = Tensor::from_vec(want, (m, n), &Device::Cpu).unwrap();
+        assert!(crate::kernels::tests::max_abs_diff(&got, &want) < 1e-6);
     }
 }
