@@ -19,6 +19,28 @@ use crate::model_dir::{write_model_dir, ModelFiles, SentenceBertConfig};
 
 pub mod tiny_mixer;
 
+/// Whether test `test`, which needs a CPU feature, can run: `true` where `available`.
+/// Otherwise it fails if the environment variable `required_by` is `1` (CI sets it where
+/// `/proc/cpuinfo` lists the feature, so a kernel that should run is never skipped there), and
+/// else reports the test skipped with `why_not` and returns `false`.
+pub fn cpu_feature_test_runs(
+    test: &str,
+    available: bool,
+    required_by: &str,
+    why_not: &str,
+) -> bool {
+    if available {
+        return true;
+    }
+    let required = std::env::var(required_by).is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{required_by}=1, but {test} cannot run: {why_not}"
+    );
+    report_skipped(test, why_not);
+    false
+}
+
 /// Records that test `test` did not run, and why: printed, and appended to the file named by
 /// `ATTUNE_SKIP_LOG` (which `scripts/test.sh` sets, so its summary line counts skipped tests
 /// apart from passed ones).

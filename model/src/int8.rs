@@ -134,6 +134,9 @@ pub(crate) struct Int8Weight {
     planes: Vec<WeightPlane>,
     /// The first output that also takes the activations' second plane (`n`: none).
     fine_from: usize,
+    /// Emulated with two weight planes: their sum, `(n, k)` (the products of the first
+    /// activation plane use both).
+    summed: Option<Vec<f32>>,
 }
 
 /// `row` quantized per output: `(scale, q)` with `row ≈ scale·q`.
@@ -199,7 +202,7 @@ impl Int8Weight {
         options: &Int8Options,
     ) -> Int8Weight {
         let smoothing = options.smoothing.as_deref();
-        let planes = quantize_weight(w, k, smoothing, options.fine_weights)
+        let planes: Vec<WeightPlane> = quantize_weight(w, k, smoothing, options.fine_weights)
             .into_iter()
             .map(|rows| WeightPlane {
                 scales: rows.iter().map(|(s, _)| *s).collect(),
@@ -220,12 +223,23 @@ impl Int8Weight {
         let fine_from = options
             .fine_activations_from
             .map_or(n, |from| (from / PANEL * PANEL).min(n));
+        let summed = match &planes[..] {
+            [WeightPlane {
+                layout: Layout::Dequantized(coarse),
+                ..
+            }, WeightPlane {
+                layout: Layout::Dequantized(fine),
+                ..
+            }] => Some(coarse.iter().zip(fine).map(|(c, f)| c + f).collect()),
+            _ => None,
+        };
         Int8Weight {
             n,
             k,
             inv_smoothing: smoothing.map(|s| s.iter().map(|v| 1.0 / v).collect()),
             planes,
             fine_from,
+            summed,
         }
     }
 
@@ -289,16 +303,11 @@ impl Int8Weight {
     /// The emulated products of one task: the dequantized operands through the f32 GEMM.
     fn emulated_rows(&self, rows: &QuantizedRows, dst: &mut [MaybeUninit<f32>]) {
         let (n, k, stride) = (self.n, self.k, self.k.div_ceil(4) * 4);
-        let weight = |plane: &WeightPlane| match &plane.layout {
-            Layout::Dequantized(w) => w.clone(),
+        let coarse_weight = match &self.planes[0].layout {
+            Layout::Dequantized(w) => w.as_slice(),
             Layout::Panels(_) => unreachable!("one backend per weight"),
         };
-        let mut full = weight(&self.planes[0]);
-        if let Some(fine) = self.planes.get(1) {
-            for (w, f) in full.iter_mut().zip(weight(fine)) {
-                *w += f;
-            }
-        }
+        let full = self.summed.as_deref().unwrap_or(coarse_weight);
         let dequantize = |values: &[u8], step: f32, zero: i32| -> Vec<f32> {
             values[..k]
                 .iter()
@@ -319,10 +328,10 @@ impl Int8Weight {
             bias: &zeros,
             activation: crate::kernels::Epilogue::None,
         };
-        linear_rows(&coarse, k, &full, &plain, dst);
+        linear_rows(&coarse, k, full, &plain, dst);
         if self.fine_activations() {
             let cols = n - self.fine_from;
-            let w = &weight(&self.planes[0])[self.fine_from * k..];
+            let w = &coarse_weight[self.fine_from * k..];
             let mut extra = vec![MaybeUninit::uninit(); rows.steps.len() * cols];
             let plain = RowEpilogue::Bias {
                 bias: &zeros[..cols],
@@ -739,18 +748,7 @@ mod vnni {
 mod tests {
     use super::*;
     use crate::kernels::Epilogue;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::packed::tests::random;
 
     /// The exact outputs of the quantized operands: i64 sums of the integers, then scaled.
     fn reference(x: &[f32], w: &[f32], n: usize, k: usize, options: &Int8Options) -> Vec<f32> {
@@ -890,16 +888,12 @@ mod tests {
 
     #[test]
     fn vnni_gives_the_exact_sums_for_any_shape() {
-        if Int8Backend::detect() != Int8Backend::Vnni {
-            let required = std::env::var("ATTUNE_REQUIRE_VNNI").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "ATTUNE_REQUIRE_VNNI=1, but the int8 products are emulated"
-            );
-            crate::fixtures::report_skipped(
-                "int8::tests::vnni_gives_the_exact_sums_for_any_shape",
-                "this CPU has no AVX-512 VNNI (the emulated path is tested)",
-            );
+        if !crate::fixtures::cpu_feature_test_runs(
+            "int8::tests::vnni_gives_the_exact_sums_for_any_shape",
+            Int8Backend::detect() == Int8Backend::Vnni,
+            "ATTUNE_REQUIRE_VNNI",
+            "this CPU has no AVX-512 VNNI (the emulated path is tested)",
+        ) {
             return;
         }
         // Rows, outputs and inputs off every edge (6-row kernels, 64-output panels, 4-input

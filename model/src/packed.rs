@@ -669,11 +669,11 @@ mod amx {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn random(len: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {
@@ -744,17 +744,12 @@ mod tests {
 
     #[test]
     fn amx_tiles_give_the_emulated_values_for_any_shape() {
-        if Bf16Backend::detect() != Bf16Backend::Amx {
-            // CI sets ATTUNE_REQUIRE_AMX=1 where the CPU lists AMX-BF16: there, the tiles must run.
-            let required = std::env::var("ATTUNE_REQUIRE_AMX").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "ATTUNE_REQUIRE_AMX=1, but the bf16 products are emulated"
-            );
-            crate::fixtures::report_skipped(
-                "bf16::tests::amx_tiles_give_the_emulated_values_for_any_shape",
-                "this CPU or OS offers no AMX-BF16 (the emulated path is tested)",
-            );
+        if !crate::fixtures::cpu_feature_test_runs(
+            "packed::tests::amx_tiles_give_the_emulated_values_for_any_shape",
+            Bf16Backend::detect() == Bf16Backend::Amx,
+            "ATTUNE_REQUIRE_AMX",
+            "this CPU or OS offers no AMX-BF16 (the emulated path is tested)",
+        ) {
             return;
         }
         // Shapes off every tile edge: rows, outputs and inputs not multiples of 16 or 32, a
