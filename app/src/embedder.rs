@@ -203,9 +203,21 @@ pub fn model_identity(
 
 /// The identity fingerprint: 32 hex digits of SHA-256 over the directory fingerprint, the
 /// document prompt, the query prompt, the truncation length and, only when set, the Matryoshka
-/// dimension and, only when narrower than f32, the products' precision (that order and layout
-/// are what stores on disk hold; changing them orphans every built space).
+/// dimension and, only when narrower than f32, the products' precision and its quantization
+/// recipe after the first (that order and layout are what stores on disk hold; changing them
+/// orphans every built space).
 fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
+    let recipe = encoding
+        .precision
+        .as_ref()
+        .and_then(|p| p.parse::<Precision>().ok())
+        .and_then(Precision::recipe_version);
+    fingerprint_under(dir_fingerprint, encoding, recipe)
+}
+
+/// [`fingerprint`] with the precision's quantization recipe `recipe` (recipe 1 and `None` add
+/// nothing).
+fn fingerprint_under(dir_fingerprint: &str, encoding: &Encoding, recipe: Option<u32>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(dir_fingerprint.as_bytes());
     for part in [
@@ -221,6 +233,10 @@ fn fingerprint(dir_fingerprint: &str, encoding: &Encoding) -> String {
     }
     if let Some(precision) = &encoding.precision {
         hasher.update(format!("\0precision={precision}").as_bytes());
+        // int8 spaces of recipe 1 were fingerprinted without it.
+        if let Some(recipe) = recipe.filter(|&v| v > 1) {
+            hasher.update(format!("\0recipe={recipe}").as_bytes());
+        }
     }
     let digest = hasher.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -454,5 +470,23 @@ mod tests {
         let from_build = int8.embed_query(query).unwrap();
         assert_eq!(served.embed_query(query).unwrap(), from_build);
         assert_ne!(f32_space.embed_query(query).unwrap(), from_build);
+        // A space built under the first int8 recipe is another space: its vectors would not
+        // match today's queries.
+        let dir_fingerprint = ModelDir::open(&path).unwrap().fingerprint().unwrap();
+        let encoding = identity.encoding.clone().unwrap();
+        assert_eq!(
+            fingerprint_under(
+                &dir_fingerprint,
+                &encoding,
+                Precision::Int8.recipe_version()
+            ),
+            identity.fingerprint
+        );
+        let first_recipe = ModelIdentity {
+            fingerprint: fingerprint_under(&dir_fingerprint, &encoding, Some(1)),
+            ..identity.clone()
+        };
+        let err = ModelEmbedder::for_identity(&path, &Device::Cpu, &first_recipe).unwrap_err();
+        assert!(matches!(err, EmbedderError::OtherModel { .. }), "{err}");
     }
 }

@@ -220,6 +220,13 @@ impl PackedLayer {
     }
 }
 
+/// How many of the intermediate layer's input channels stay f32 under int8
+/// ([`Int8Options::exact_channels`]).
+pub const INT8_INTERMEDIATE_EXACT_CHANNELS: usize = 8;
+
+/// Inputs per weight scale of the down projection under int8 ([`Int8Options::weight_group`]).
+pub const INT8_OUTPUT_WEIGHT_GROUP: usize = 128;
+
 /// How finely int8 quantizes each of a block's layers. Measured on the 49 reference texts, where
 /// plain 8 bits everywhere left the worst text at cosine 0.996 to f32 (all-MiniLM-L6-v2), and
 /// each choice below was needed to keep every text of both all-MiniLM-L6-v2 and
@@ -227,12 +234,19 @@ impl PackedLayer {
 /// - inputs that come out of a layer norm (Q/K/V after the previous block's, the intermediate
 ///   after the attention's) are smoothed by the norm's reach ([`int8::smoothing_after_norm`]);
 /// - V's activations take a second plane: V's output enters the residual stream directly, and
-///   its rounding was the largest single error (Q and K pass through the softmax);
-/// - the intermediate's activations take a second plane (the next largest, on short texts);
-/// - the down projection's weights take a second plane: the largest error among the weights.
+///   its rounding was the largest single error (Q and K pass through the softmax; keeping
+///   Q/K/V's widest input channels exact instead left the worst text at 0.9989 in simulation);
+/// - the intermediate's [`INT8_INTERMEDIATE_EXACT_CHANNELS`] widest input channels (the norm's
+///   reach after smoothing) stay f32 (the next largest error, on short texts; in simulation as
+///   accurate as a second activation plane, at 8 f32 multiply-adds per output instead of
+///   doubling the layer's products);
+/// - the down projection's weights take one scale per [`INT8_OUTPUT_WEIGHT_GROUP`] inputs: the
+///   largest error among the weights (one scale per output left the worst text at 0.9927 on
+///   all-mpnet-base-v2 in simulation; groups of 256 left all-MiniLM-L6-v2's at 0.999025).
 ///
-/// In products: 21 units of plain int8 against 12; at VNNI's four times the f32 rate, about 45%
-/// of the f32 products' time.
+/// In products: about 14 units of plain int8 against 12 (recipe 1's second planes took 21; its
+/// feed-forward took 1.5 times this one's). Changing any choice here moves int8 vectors: bump
+/// [`int8::RECIPE_VERSION`].
 ///
 /// `input_norm` is the layer norm whose output feeds Q/K/V; `hidden` the model's width.
 fn int8_scheme(
@@ -259,13 +273,22 @@ fn int8_scheme(
             ..Int8Options::default()
         },
         PackedRole::AttentionOutput => Int8Options::default(),
-        PackedRole::Intermediate => Int8Options {
-            smoothing: smoothing(attention_norm)?,
-            fine_activations_from: Some(0),
-            ..Int8Options::default()
-        },
+        PackedRole::Intermediate => {
+            let smoothing = smoothing(attention_norm)?;
+            let exact_channels = int8::outlier_channels_after_norm(
+                &attention_norm.weight,
+                &attention_norm.bias,
+                smoothing.as_deref(),
+                INT8_INTERMEDIATE_EXACT_CHANNELS,
+            );
+            Int8Options {
+                smoothing,
+                exact_channels,
+                ..Int8Options::default()
+            }
+        }
         PackedRole::Output => Int8Options {
-            fine_weights: true,
+            weight_group: Some(INT8_OUTPUT_WEIGHT_GROUP),
             ..Int8Options::default()
         },
     };

@@ -136,6 +136,13 @@ impl Precision {
         }
     }
 
+    /// The version of this precision's quantization recipe, for precisions that have one
+    /// (int8: [`crate::int8::RECIPE_VERSION`]). A vector space's fingerprint records it, so a
+    /// space built under an earlier recipe is not served with queries embedded under a later.
+    pub fn recipe_version(self) -> Option<u32> {
+        (self == Precision::Int8).then_some(crate::int8::RECIPE_VERSION)
+    }
+
     /// The precision the products actually run in on `device` when it is narrower than f32
     /// (`Bf16`, `F16` or `Int8`), `None` for f32: what a vector space records in its identity.
     pub fn narrowed(self, device: &Device) -> Option<Precision> {

@@ -7,6 +7,9 @@
 //! - The products `Σᵢ u·q` are exact in i32 (at most 255·127·k < 2³¹ for k < 66,000); each
 //!   output is `step[r]·scale[j]·(Σᵢ u·q − zero[r]·Σᵢ q[j][i])`, in f32, then the bias and the
 //!   epilogue in f32.
+//! - [`Int8Options`] refines a layer where its rounding reaches the embeddings: smoothing per
+//!   input channel, second planes of the weight or the activations, one weight scale per group
+//!   of inputs (each group summed on its own, then scaled), and input channels kept in f32.
 //!
 //! Two backends give the same values up to the order of the f32 sums:
 //! - [`Int8Backend::Vnni`]: AVX-512 VNNI (`VPDPBUSD`: 16 sums of 4 u8·i8 products per
@@ -16,6 +19,7 @@
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -53,6 +57,14 @@ impl Int8Backend {
     }
 }
 
+/// The version of the int8 recipe: which layers take which [`Int8Options`] (the families'
+/// choices: `bert.rs`'s `int8_scheme` and its constants) and how they are quantized. Bump it whenever a
+/// change moves int8 vectors: spaces record it ([`crate::Precision::recipe_version`]).
+/// 1: second planes for V's and the intermediate's activations and the down projection's
+/// weights; 2: V's second plane, the intermediate's widest channels exact, the down
+/// projection's weights in groups of 128 inputs.
+pub const RECIPE_VERSION: u32 = 2;
+
 /// Largest quantized weight magnitude.
 const WEIGHT_LEVELS: f32 = 127.0;
 /// Largest quantized activation (the smallest is 0).
@@ -79,6 +91,16 @@ pub struct Int8Options {
     /// Outputs from this one on (rounded down to a multiple of 64) also take a second plane of
     /// the activations, their rounding residual at 1/254 of the row's step. `None`: no output.
     pub fine_activations_from: Option<usize>,
+    /// Input channels whose products stay f32 (LLM.int8()'s outlier decomposition): they are
+    /// left out of the rows' ranges and the weight's rows, and added exactly, one f32 column
+    /// each. Cheap while few: each adds one f32 multiply-add per output.
+    pub exact_channels: Vec<usize>,
+    /// Inputs per weight scale: each output's weights are quantized in groups of this many
+    /// consecutive inputs (rounded up to a multiple of 4), each group with its own scale, so
+    /// that one large weight coarsens only its group. Each group is its own pass whose scaled
+    /// sums are added to the outputs in f32, so smaller groups cost more. `None`: one scale per
+    /// output.
+    pub weight_group: Option<usize>,
 }
 
 /// How far [`smoothing_after_norm`] moves a channel's range from the activations to the weights
@@ -109,8 +131,33 @@ pub fn smoothing_after_norm(gamma: &[f32], beta: &[f32], w: &[f32], k: usize) ->
         .collect()
 }
 
-/// One plane of a quantized weight: `w ≈ Σ_planes scale[j]·q[j][i]`.
+/// The input channels of `norm`'s output with the largest reach `2|γ_c| + |β_c|` after
+/// `smoothing` (divided by it), `count` of them, for [`Int8Options::exact_channels`]: the
+/// channels that would otherwise set every row's step.
+pub fn outlier_channels_after_norm(
+    gamma: &[f32],
+    beta: &[f32],
+    smoothing: Option<&[f32]>,
+    count: usize,
+) -> Vec<usize> {
+    let reach = |c: usize| {
+        let r = 2.0 * gamma[c].abs() + beta[c].abs();
+        smoothing.map_or(r, |s| r / s[c])
+    };
+    let mut channels: Vec<usize> = (0..gamma.len()).collect();
+    channels.sort_by(|&a, &b| reach(b).total_cmp(&reach(a)));
+    channels.truncate(count);
+    channels.sort_unstable();
+    channels
+}
+
+/// One plane of a quantized weight over a group of its inputs: for `i` in `inputs`,
+/// `w[j][i] ≈ Σ_planes scale[j]·q[j][i]`.
 struct WeightPlane {
+    /// The inputs this plane covers (from a multiple of 4).
+    inputs: Range<usize>,
+    /// A second plane: the rounding residual of the group's first.
+    fine: bool,
     /// `scale[j]`: the weight of one level of output `j`'s row.
     scales: Vec<f32>,
     /// `Σᵢ q[j][i]`: what the activations' zero point adds to output `j`'s sum.
@@ -120,11 +167,20 @@ struct WeightPlane {
 
 enum Layout {
     Panels(vnni::Panels),
-    /// `scale[j]·q[j][i]`, row-major `(n, k)`.
-    Dequantized(Vec<f32>),
+    /// Emulated: dequantized into [`Int8Weight::emulated`].
+    Dequantized,
 }
 
-/// A weight `(n, k)` quantized per output (and smoothed per input), packed for its backend.
+/// The emulated backend's weights, dequantized, `(n, k)` row-major.
+struct Dequantized {
+    /// Every plane summed: what the first activation plane meets.
+    all: Vec<f32>,
+    /// The first planes only, where the activations take a second plane (it meets only these).
+    coarse: Option<Vec<f32>>,
+}
+
+/// A weight `(n, k)` quantized per output (or per output and input group; smoothed per input;
+/// some input channels kept f32), packed for its backend.
 pub(crate) struct Int8Weight {
     n: usize,
     k: usize,
@@ -134,9 +190,72 @@ pub(crate) struct Int8Weight {
     planes: Vec<WeightPlane>,
     /// The first output that also takes the activations' second plane (`n`: none).
     fine_from: usize,
-    /// Emulated with two weight planes: their sum, `(n, k)` (the products of the first
-    /// activation plane use both).
-    summed: Option<Vec<f32>>,
+    /// The emulated backend's dequantized weights.
+    emulated: Option<Dequantized>,
+    /// [`Int8Options::exact_channels`] and their weight columns in f32, `(channels, n)`.
+    exact: Option<ExactChannels>,
+}
+
+/// Input channels computed in f32: `out[r][j] += Σ_o x[r][channels[o]]·columns[o][j]`.
+struct ExactChannels {
+    channels: Vec<usize>,
+    /// `(channels.len(), n)` row-major: the weight's column of each channel.
+    columns: Vec<f32>,
+}
+
+impl ExactChannels {
+    /// Adds the exact channels' products of the rows `x` (m×k) to `dst` (m×n).
+    fn add(&self, x: &[f32], k: usize, dst: &mut [f32]) {
+        let factors: Vec<f32> = x
+            .chunks_exact(k)
+            .flat_map(|row| self.channels.iter().map(|&c| row[c]))
+            .collect();
+        add_columns(dst, &factors, &self.columns, self.channels.len());
+    }
+}
+
+crate::kernels::dispatch!(
+    /// `out[r] ← out[r] + Σ_o factors[r][o]·columns[o]` for each row `r` of `out` (m×n), with
+    /// `factors` m×`channels` and `columns` `channels`×n (AVX-512 or AVX2 when the CPU has
+    /// them).
+    fn add_columns(
+        out: &mut [f32],
+        factors: &[f32],
+        columns: &[f32],
+        channels: usize
+    ) => add_columns_generic
+);
+
+#[inline(always)]
+fn add_columns_generic(out: &mut [f32], factors: &[f32], columns: &[f32], channels: usize) {
+    // 64 outputs at a time: four independent 16-lane sums, so the additions overlap; every row
+    // passes one block before the next, so the block's columns stay in the L1 cache.
+    const BLOCK: usize = 64;
+    let n = columns.len() / channels.max(1);
+    if channels == 0 || n == 0 {
+        return;
+    }
+    let whole = n / BLOCK * BLOCK;
+    for start in (0..whole).step_by(BLOCK) {
+        for (row, factors) in out.chunks_exact_mut(n).zip(factors.chunks_exact(channels)) {
+            let out = &mut row[start..start + BLOCK];
+            let mut acc: [f32; BLOCK] = (&*out).try_into().expect("64 outputs");
+            for (o, &f) in factors.iter().enumerate() {
+                let column = &columns[o * n + start..o * n + start + BLOCK];
+                for (a, w) in acc.iter_mut().zip(column) {
+                    *a += f * w;
+                }
+            }
+            out.copy_from_slice(&acc);
+        }
+    }
+    for (row, factors) in out.chunks_exact_mut(n).zip(factors.chunks_exact(channels)) {
+        for (j, y) in row.iter_mut().enumerate().skip(whole) {
+            for (o, &f) in factors.iter().enumerate() {
+                *y += f * columns[o * n + j];
+            }
+        }
+    }
 }
 
 /// `row` quantized per output: `(scale, q)` with `row ≈ scale·q`.
@@ -158,13 +277,23 @@ fn quantize_at(row: &[f32], scale: f32) -> Vec<i8> {
         .collect()
 }
 
-/// The planes of `w` (smoothed), each as `(scale, q)` per output.
+/// One plane of a weight group: its inputs, whether it is a second plane, and `(scale, q)` per
+/// output.
+struct QuantizedPlane {
+    inputs: Range<usize>,
+    fine: bool,
+    rows: Vec<(f32, Vec<i8>)>,
+}
+
+/// The planes of `w` (smoothed): per group of `group` inputs (the whole row if `None`), the
+/// first plane and, if `fine`, the second.
 fn quantize_weight(
     w: &[f32],
     k: usize,
     smoothing: Option<&[f32]>,
     fine: bool,
-) -> Vec<Vec<(f32, Vec<i8>)>> {
+    group: Option<usize>,
+) -> Vec<QuantizedPlane> {
     let rows: Vec<Vec<f32>> = w
         .chunks(k.max(1))
         .map(|row| match smoothing {
@@ -172,24 +301,60 @@ fn quantize_weight(
             None => row.to_vec(),
         })
         .collect();
-    let coarse: Vec<(f32, Vec<i8>)> = rows.par_iter().map(|r| quantize_weight_row(r)).collect();
-    if !fine {
-        return vec![coarse];
+    let group = group.map_or(k, |g| g.div_ceil(4).max(1) * 4).max(1);
+    let mut planes = Vec::new();
+    for start in (0..k.max(1)).step_by(group) {
+        let inputs = start..(start + group).min(k);
+        let coarse: Vec<(f32, Vec<i8>)> = rows
+            .par_iter()
+            .map(|r| quantize_weight_row(&r[inputs.clone()]))
+            .collect();
+        let residual = fine.then(|| {
+            rows.par_iter()
+                .zip(&coarse)
+                .map(|(row, (scale, q))| {
+                    let fine_scale = scale / FINE;
+                    let rest: Vec<f32> = row[inputs.clone()]
+                        .iter()
+                        .zip(q)
+                        .map(|(v, &q)| v - scale * q as f32)
+                        .collect();
+                    (fine_scale, quantize_at(&rest, fine_scale))
+                })
+                .collect()
+        });
+        planes.push(QuantizedPlane {
+            inputs: inputs.clone(),
+            fine: false,
+            rows: coarse,
+        });
+        if let Some(rows) = residual {
+            planes.push(QuantizedPlane {
+                inputs,
+                fine: true,
+                rows,
+            });
+        }
     }
-    let residual = rows
-        .par_iter()
-        .zip(&coarse)
-        .map(|(row, (scale, q))| {
-            let fine_scale = scale / FINE;
-            let rest: Vec<f32> = row
-                .iter()
-                .zip(q)
-                .map(|(v, &q)| v - scale * q as f32)
-                .collect();
-            (fine_scale, quantize_at(&rest, fine_scale))
-        })
-        .collect();
-    vec![coarse, residual]
+    planes
+}
+
+/// `planes` (those `keep` selects) dequantized and summed into one `(n, k)` weight.
+fn dequantize(
+    planes: &[QuantizedPlane],
+    n: usize,
+    k: usize,
+    keep: impl Fn(&QuantizedPlane) -> bool,
+) -> Vec<f32> {
+    let mut w = vec![0f32; n * k];
+    for plane in planes.iter().filter(|p| keep(p)) {
+        for (row, (scale, q)) in w.chunks_exact_mut(k).zip(&plane.rows) {
+            for (v, &q) in row[plane.inputs.clone()].iter_mut().zip(q) {
+                *v += scale * q as f32;
+            }
+        }
+    }
+    w
 }
 
 impl Int8Weight {
@@ -201,45 +366,68 @@ impl Int8Weight {
         backend: Int8Backend,
         options: &Int8Options,
     ) -> Int8Weight {
-        let smoothing = options.smoothing.as_deref();
-        let planes: Vec<WeightPlane> = quantize_weight(w, k, smoothing, options.fine_weights)
+        let exact = (!options.exact_channels.is_empty()).then(|| ExactChannels {
+            channels: options.exact_channels.clone(),
+            columns: options
+                .exact_channels
+                .iter()
+                .flat_map(|&c| w.chunks_exact(k).map(move |row| row[c]))
+                .collect(),
+        });
+        // The exact channels' columns leave the weight, and their activations the rows: a
+        // smoothing of zero at each.
+        let smoothing: Option<Vec<f32>> = match &exact {
+            None => options.smoothing.clone(),
+            Some(exact) => {
+                let mut s = options.smoothing.clone().unwrap_or_else(|| vec![1.0; k]);
+                for &c in &exact.channels {
+                    s[c] = 0.0;
+                }
+                Some(s)
+            }
+        };
+        let smoothing = smoothing.as_deref();
+        let quantized =
+            quantize_weight(w, k, smoothing, options.fine_weights, options.weight_group);
+        let fine_from = options
+            .fine_activations_from
+            .map_or(n, |from| (from / PANEL * PANEL).min(n));
+        let emulated = (backend == Int8Backend::Emulated).then(|| Dequantized {
+            all: dequantize(&quantized, n, k, |_| true),
+            coarse: (fine_from < n && options.fine_weights)
+                .then(|| dequantize(&quantized, n, k, |p| !p.fine)),
+        });
+        let planes = quantized
             .into_iter()
-            .map(|rows| WeightPlane {
-                scales: rows.iter().map(|(s, _)| *s).collect(),
-                sums: rows
+            .map(|plane| WeightPlane {
+                scales: plane.rows.iter().map(|(s, _)| *s).collect(),
+                sums: plane
+                    .rows
                     .iter()
                     .map(|(_, q)| q.iter().map(|&v| v as i32).sum())
                     .collect(),
                 layout: match backend {
-                    Int8Backend::Vnni => Layout::Panels(vnni::Panels::pack(&rows, n, k)),
-                    Int8Backend::Emulated => Layout::Dequantized(
-                        rows.iter()
-                            .flat_map(|(s, q)| q.iter().map(move |&v| s * v as f32))
-                            .collect(),
-                    ),
+                    Int8Backend::Vnni => {
+                        Layout::Panels(vnni::Panels::pack(&plane.rows, n, plane.inputs.len()))
+                    }
+                    Int8Backend::Emulated => Layout::Dequantized,
                 },
+                inputs: plane.inputs,
+                fine: plane.fine,
             })
             .collect();
-        let fine_from = options
-            .fine_activations_from
-            .map_or(n, |from| (from / PANEL * PANEL).min(n));
-        let summed = match &planes[..] {
-            [WeightPlane {
-                layout: Layout::Dequantized(coarse),
-                ..
-            }, WeightPlane {
-                layout: Layout::Dequantized(fine),
-                ..
-            }] => Some(coarse.iter().zip(fine).map(|(c, f)| c + f).collect()),
-            _ => None,
-        };
         Int8Weight {
             n,
             k,
-            inv_smoothing: smoothing.map(|s| s.iter().map(|v| 1.0 / v).collect()),
+            inv_smoothing: smoothing.map(|s| {
+                s.iter()
+                    .map(|&v| if v == 0.0 { 0.0 } else { 1.0 / v })
+                    .collect()
+            }),
             planes,
             fine_from,
-            summed,
+            emulated,
+            exact,
         }
     }
 
@@ -267,14 +455,18 @@ impl Int8Weight {
                 QUANTIZED_ROWS.with(|rows| {
                     let rows = &mut rows.borrow_mut();
                     self.quantize_rows(x, rows);
-                    match &self.planes[0].layout {
-                        // SAFETY: `Panels` exist only where `vnni::available()` held.
-                        Layout::Panels(_) => unsafe { vnni::rows(self, rows, dst) },
-                        Layout::Dequantized(_) => self.emulated_rows(rows, dst),
+                    match &self.emulated {
+                        Some(weights) => self.emulated_rows(weights, rows, dst),
+                        // SAFETY: without `emulated`, the planes are `Panels`, which exist only
+                        // where `vnni::available()` held.
+                        None => unsafe { vnni::rows(self, rows, dst) },
                     }
                 });
                 // SAFETY: the products wrote every element of this task's `dst`.
                 let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                if let Some(exact) = &self.exact {
+                    exact.add(x, k, dst);
+                }
                 for (i, row) in dst.chunks_exact_mut(n).enumerate() {
                     epilogue.apply(task * per_task + i, row);
                 }
@@ -301,13 +493,15 @@ impl Int8Weight {
     }
 
     /// The emulated products of one task: the dequantized operands through the f32 GEMM.
-    fn emulated_rows(&self, rows: &QuantizedRows, dst: &mut [MaybeUninit<f32>]) {
+    fn emulated_rows(
+        &self,
+        weights: &Dequantized,
+        rows: &QuantizedRows,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
         let (n, k, stride) = (self.n, self.k, self.k.div_ceil(4) * 4);
-        let coarse_weight = match &self.planes[0].layout {
-            Layout::Dequantized(w) => w.as_slice(),
-            Layout::Panels(_) => unreachable!("one backend per weight"),
-        };
-        let full = self.summed.as_deref().unwrap_or(coarse_weight);
+        let full = weights.all.as_slice();
+        let coarse_weight = weights.coarse.as_deref().unwrap_or(full);
         let dequantize = |values: &[u8], step: f32, zero: i32| -> Vec<f32> {
             values[..k]
                 .iter()
@@ -495,6 +689,8 @@ mod vnni {
     /// What one pass adds: which activation plane meets which weight plane.
     struct Pass<'a> {
         values: &'a [u8],
+        /// The plane's first input: its offset in each row of `values`.
+        offset: usize,
         panels: &'a Panels,
         scales: &'a [f32],
         sums: &'a [i32],
@@ -506,12 +702,13 @@ mod vnni {
         match &plane.layout {
             Layout::Panels(panels) => Pass {
                 values,
+                offset: plane.inputs.start,
                 panels,
                 scales: &plane.scales,
                 sums: &plane.sums,
                 fine,
             },
-            Layout::Dequantized(_) => unreachable!("one backend per weight"),
+            Layout::Dequantized => unreachable!("one backend per weight"),
         }
     }
 
@@ -534,7 +731,9 @@ mod vnni {
             .collect();
         let coarse_passes = passes.len();
         if weight.fine_activations() {
-            passes.push(pass(&weight.planes[0], rows.fine.as_slice(), true));
+            for plane in weight.planes.iter().filter(|plane| !plane.fine) {
+                passes.push(pass(plane, rows.fine.as_slice(), true));
+            }
         }
         for p in 0..n.div_ceil(PANEL) {
             let col = p * PANEL;
@@ -559,7 +758,7 @@ mod vnni {
                         (rows_steps, &rows.zeros[first..first + block])
                     };
                     let tile = Tile {
-                        a: pass.values[first * stride..].as_ptr(),
+                        a: pass.values[first * stride + pass.offset..].as_ptr(),
                         stride,
                         panel: pass.panels.panel(p),
                         steps,
@@ -752,11 +951,26 @@ mod tests {
 
     /// The exact outputs of the quantized operands: i64 sums of the integers, then scaled.
     fn reference(x: &[f32], w: &[f32], n: usize, k: usize, options: &Int8Options) -> Vec<f32> {
-        let planes = quantize_weight(w, k, options.smoothing.as_deref(), options.fine_weights);
-        let inv: Option<Vec<f32>> = options
-            .smoothing
-            .as_ref()
-            .map(|s| s.iter().map(|v| 1.0 / v).collect());
+        let exact = &options.exact_channels;
+        let mut smoothing = options.smoothing.clone();
+        if !exact.is_empty() {
+            let s = smoothing.get_or_insert_with(|| vec![1.0; k]);
+            for &c in exact {
+                s[c] = 0.0;
+            }
+        }
+        let planes = quantize_weight(
+            w,
+            k,
+            smoothing.as_deref(),
+            options.fine_weights,
+            options.weight_group,
+        );
+        let inv: Option<Vec<f32>> = smoothing.as_ref().map(|s| {
+            s.iter()
+                .map(|&v| if v == 0.0 { 0.0 } else { 1.0 / v })
+                .collect()
+        });
         let fine_from = options
             .fine_activations_from
             .map_or(n, |f| (f / PANEL * PANEL).min(n));
@@ -775,12 +989,16 @@ mod tests {
             for j in 0..n {
                 let mut y = 0f64;
                 for plane in &planes {
-                    let (scale, q) = &plane[j];
-                    y += (step * scale) as f64 * dot(&u, zero, q);
+                    let (scale, q) = &plane.rows[j];
+                    let inputs = plane.inputs.clone();
+                    y += (step * scale) as f64 * dot(&u[inputs.clone()], zero, q);
+                    if j >= fine_from && !plane.fine {
+                        let fine = fine_step(step).0 * scale;
+                        y += fine as f64 * dot(&f[inputs], FINE_ZERO, q);
+                    }
                 }
-                if j >= fine_from {
-                    let (scale, q) = &planes[0][j];
-                    y += (fine_step(step).0 * scale) as f64 * dot(&f, FINE_ZERO, q);
+                for &c in exact {
+                    y += row[c] as f64 * w[j * k + c] as f64;
                 }
                 out.push(y as f32);
             }
@@ -809,7 +1027,9 @@ mod tests {
         dst
     }
 
-    /// Plain, smoothed, two weight planes, and the activations' second plane from output 64.
+    /// Plain; smoothed with both second planes (activations from output 64) and exact channels
+    /// at both edges and weight groups of 32 inputs (30, rounded up); two weight planes; exact
+    /// channels with groups of 64.
     fn option_sets(k: usize) -> Vec<Int8Options> {
         let smoothing = random(k, 5).iter().map(|v| 0.5 + v.abs()).collect();
         vec![
@@ -818,6 +1038,13 @@ mod tests {
                 smoothing: Some(smoothing),
                 fine_weights: true,
                 fine_activations_from: Some(64),
+                exact_channels: vec![0, 3, k - 1],
+                weight_group: Some(30),
+            },
+            Int8Options {
+                exact_channels: vec![1, k / 2],
+                weight_group: Some(64),
+                ..Int8Options::default()
             },
             Int8Options {
                 fine_weights: true,
@@ -858,6 +1085,50 @@ mod tests {
         assert!(u[..8].iter().all(|&q| q as i32 == zero) && step > 0.0);
         let (weight_scale, q) = quantize_weight_row(&[0.5, -1.0, 0.25]);
         assert_eq!((weight_scale, q), (1.0 / 127.0, vec![64, -127, 32]));
+    }
+
+    #[test]
+    fn outlier_channels_are_the_widest_after_smoothing() {
+        let gamma = [1.0, -9.0, 0.5, 4.0, 1.0];
+        let beta = [0.0, 0.0, 6.0, 0.0, -0.5];
+        // Reach 2|γ| + |β|: 2, 18, 7, 8, 2.5.
+        assert_eq!(outlier_channels_after_norm(&gamma, &beta, None, 2), [1, 3]);
+        // Smoothing divides it: 2, 2, 7, 8, 2.5.
+        let smoothing = [1.0, 9.0, 1.0, 1.0, 1.0];
+        let channels = outlier_channels_after_norm(&gamma, &beta, Some(&smoothing), 3);
+        assert_eq!(channels, [2, 3, 4]);
+    }
+
+    #[test]
+    fn weight_groups_round_trip_within_half_their_step() {
+        let (n, k) = (3, 70);
+        let w: Vec<f32> = random(n * k, 8).iter().map(|v| v * 2.0).collect();
+        for fine in [false, true] {
+            let planes = quantize_weight(&w, k, None, fine, Some(30));
+            // Groups of 32 inputs (30 rounded up to whole quads): 0..32, 32..64, 64..70.
+            let groups: Vec<_> = planes
+                .iter()
+                .filter(|p| !p.fine)
+                .map(|p| &p.inputs)
+                .collect();
+            assert_eq!(groups, [&(0..32), &(32..64), &(64..70)]);
+            let got = dequantize(&planes, n, k, |_| true);
+            for (j, (row, want)) in got.chunks_exact(k).zip(w.chunks_exact(k)).enumerate() {
+                for inputs in &groups {
+                    let max = want[(*inputs).clone()]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs()));
+                    let step = max / WEIGHT_LEVELS / if fine { FINE } else { 1.0 };
+                    for i in (*inputs).clone() {
+                        let d = (row[i] - want[i]).abs();
+                        assert!(
+                            d <= step * 0.5001,
+                            "fine {fine}, output {j}, input {i}: {d}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -942,11 +1213,30 @@ mod tests {
             ..smoothed
         };
         let finest = relative_error(&x, &w, n, &fine);
+        let outlier_exact = Int8Options {
+            exact_channels: vec![7],
+            ..Int8Options::default()
+        };
+        let exact = relative_error(&x, &w, n, &outlier_exact);
         assert!(plain < 0.05, "plain {plain}");
         assert!(smooth < plain / 1.5, "smoothed {smooth} vs plain {plain}");
+        assert!(exact < smooth, "exact outlier {exact} vs smoothed {smooth}");
         assert!(
             finest < smooth / 20.0,
             "both planes {finest} vs smoothed {smooth}"
         );
+        // Weights with one large input column: groups confine its coarse scale to its group.
+        let mut w = random(n * k, 23);
+        for row in w.chunks_exact_mut(k) {
+            row[300] *= 30.0;
+        }
+        let x = random(m * k, 24);
+        let plain = relative_error(&x, &w, n, &Int8Options::default());
+        let grouped = Int8Options {
+            weight_group: Some(128),
+            ..Int8Options::default()
+        };
+        let grouped = relative_error(&x, &w, n, &grouped);
+        assert!(grouped < plain / 1.5, "groups {grouped} vs plain {plain}");
     }
 }
