@@ -162,13 +162,9 @@ struct WeightPlane {
     scales: Vec<f32>,
     /// `Σᵢ q[j][i]`: what the activations' zero point adds to output `j`'s sum.
     sums: Vec<i32>,
-    layout: Layout,
-}
-
-enum Layout {
-    Panels(vnni::Panels),
-    /// Emulated: dequantized into [`Int8Weight::emulated`].
-    Dequantized,
+    /// The plane packed for VNNI; `None` under the emulated backend, whose weight is
+    /// [`Int8Weight::emulated`].
+    panels: Option<vnni::Panels>,
 }
 
 /// The emulated backend's weights, dequantized, `(n, k)` row-major.
@@ -406,12 +402,8 @@ impl Int8Weight {
                     .iter()
                     .map(|(_, q)| q.iter().map(|&v| v as i32).sum())
                     .collect(),
-                layout: match backend {
-                    Int8Backend::Vnni => {
-                        Layout::Panels(vnni::Panels::pack(&plane.rows, n, plane.inputs.len()))
-                    }
-                    Int8Backend::Emulated => Layout::Dequantized,
-                },
+                panels: (backend == Int8Backend::Vnni)
+                    .then(|| vnni::Panels::pack(&plane.rows, n, plane.inputs.len())),
                 inputs: plane.inputs,
                 fine: plane.fine,
             })
@@ -457,7 +449,7 @@ impl Int8Weight {
                     self.quantize_rows(x, rows);
                     match &self.emulated {
                         Some(weights) => self.emulated_rows(weights, rows, dst),
-                        // SAFETY: without `emulated`, the planes are `Panels`, which exist only
+                        // SAFETY: without `emulated`, every plane has `panels`, packed only
                         // where `vnni::available()` held.
                         None => unsafe { vnni::rows(self, rows, dst) },
                     }
@@ -635,7 +627,7 @@ fn fine_step(step: f32) -> (f32, f32) {
 
 /// The AVX-512 VNNI kernels. Everything that needs the instructions is here.
 mod vnni {
-    use super::{fine_step, range_of, Int8Weight, Layout, MaybeUninit, QuantizedRows, WeightPlane};
+    use super::{fine_step, range_of, Int8Weight, MaybeUninit, QuantizedRows, WeightPlane};
     use super::{FINE_ZERO, PANEL};
 
     /// Rows per kernel call (6 × 4 accumulators, 4 weight vectors, 1 broadcast: 29 registers).
@@ -699,16 +691,13 @@ mod vnni {
     }
 
     fn pass<'a>(plane: &'a WeightPlane, values: &'a [u8], fine: bool) -> Pass<'a> {
-        match &plane.layout {
-            Layout::Panels(panels) => Pass {
-                values,
-                offset: plane.inputs.start,
-                panels,
-                scales: &plane.scales,
-                sums: &plane.sums,
-                fine,
-            },
-            Layout::Dequantized => unreachable!("one backend per weight"),
+        Pass {
+            values,
+            offset: plane.inputs.start,
+            panels: plane.panels.as_ref().expect("one backend per weight"),
+            scales: &plane.scales,
+            sums: &plane.sums,
+            fine,
         }
     }
 
