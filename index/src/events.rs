@@ -134,11 +134,7 @@ impl Store {
     pub fn open_events(&self, name: &str) -> Result<EventLog> {
         validate_name(name)?;
         let path = self.collection_dir(name).join(keys::EVENTS_DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(|e| IndexError::storage(&path, e))?;
+        let db = crate::open_sled(&path, 16 << 20)?;
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| IndexError::storage(&path, e))

@@ -110,8 +110,67 @@ pub use store::{
 };
 pub use vector_store::{AbEventLog, ServedCollection, VectorStore};
 
+/// How long [`open_sled`] waits for a database lock held by this process's own handles.
+///
+/// sled releases its file lock only when the last of its background writes, still running
+/// on sled's thread pool after the handles drop, lets go of the file: usually within
+/// milliseconds, longer on a loaded machine. A lock still held after this is another
+/// process's ([`IndexError::InUse`]).
+pub const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens (creating) the sled database at `path` with a cache of `cache_bytes`, waiting up to
+/// [`SLED_LOCK_WAIT`] for a lock that a dropped handle still holds.
+pub(crate) fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| IndexError::storage(path, e));
+        match opened {
+            Err(IndexError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Fsyncs a directory so that renames inside it survive a crash.
 pub(crate) fn fsync_dir(dir: &std::path::Path) -> Result<()> {
     let handle = std::fs::File::open(dir).map_err(|e| IndexError::io(dir, e))?;
     handle.sync_all().map_err(|e| IndexError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_lock_released_soon_is_waited_for_and_one_kept_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let held = open_sled(&path, 1 << 20).unwrap();
+        held.insert(b"k", b"v").unwrap();
+        // The holder lets go a moment later: the second open waits for it.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let reopened = open_sled(&path, 1 << 20).unwrap();
+        releaser.join().unwrap();
+        assert_eq!(reopened.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        // A lock kept past the wait is reported as in use, after the wait and not long after.
+        let started = Instant::now();
+        let err = open_sled(&path, 1 << 20).unwrap_err();
+        assert!(matches!(err, IndexError::InUse { .. }), "{err}");
+        assert!(
+            started.elapsed() >= SLED_LOCK_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(reopened);
+    }
 }

@@ -62,11 +62,7 @@ pub(crate) fn field_prefix(field: &str, value_key: &str) -> Vec<u8> {
 impl GenerationDb {
     pub(crate) fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(keys::DATABASE_DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(128 << 20)
-            .open()
-            .map_err(|e| IndexError::storage(&path, e))?;
+        let db = crate::open_sled(&path, 128 << 20)?;
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| IndexError::storage(&path, e))
