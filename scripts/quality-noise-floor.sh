@@ -78,6 +78,7 @@ def mean_ndcg(score_of):
     return float(np.mean([ndcg(q, score_of(q)) for q in qrels]))
 
 base = mean_ndcg(lambda q: scores["f32"][q])
+reduced_ndcg = mean_ndcg(lambda q: scores[reduced][q])
 error, near_ties = [], 0
 for q in qrels:
     top = np.argsort(-scores["f32"][q], kind="stable")[:10]
@@ -86,8 +87,7 @@ for q in qrels:
     near_ties += any(s[r] - s[r + 1] < 1e-3 and grade[r] != grade[r + 1] for r in range(9))
 sigma = float(np.std(error))
 print(f"{len(qrels)} test queries, {len(ids)} documents; f32 nDCG@10 {base:.4f}, "
-      f"{reduced} {mean_ndcg(lambda q: scores[reduced][q]):.4f} "
-      f"({mean_ndcg(lambda q: scores[reduced][q]) - base:+.4f})")
+      f"{reduced} {reduced_ndcg:.4f} ({reduced_ndcg - base:+.4f})")
 print(f"{reduced} score error on f32's top 10: standard deviation {sigma:.1e}, "
       f"largest {np.abs(error).max():.1e}")
 print(f"queries with neighbours of different grades within 1e-3 in f32's top 10: "
