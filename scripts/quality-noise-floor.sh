@@ -30,24 +30,13 @@ OUT=$ROOT/out/noise-floor/$MODEL_NAME/$SET
 (cd "$ROOT" && cargo build --release --quiet)
 mkdir -p "$OUT"
 
-# The texts as `attune eval` embeds them: title and text, each trimmed, joined by one space.
-python3 - "$DATA" "$OUT" <<'PY'
-import json, sys
-data, out = sys.argv[1], sys.argv[2]
-def text(title, body):
-    return " ".join(part for part in (title.strip(), body.strip()) if part)
-with open(f"{data}/corpus.jsonl") as f, open(f"{out}/docs.jsonl", "w") as o:
-    for d in map(json.loads, f):
-        o.write(json.dumps({"id": d["_id"], "text": text(d.get("title") or "", d.get("text") or "")}) + "\n")
-with open(f"{data}/queries.jsonl") as f, open(f"{out}/queries.jsonl", "w") as o:
-    for q in map(json.loads, f):
-        o.write(json.dumps({"id": q["_id"], "text": q["text"]}) + "\n")
-PY
+# The corpus and the queries read as `attune eval` reads and embeds them (`--input-format corpus`
+# and `queries`: the "_id"s become the output's "id"s).
 for precision in f32 "$REDUCED"; do
-  for what in docs queries; do
-    "$ROOT/target/release/attune" embed --model "$MODEL" --input "$OUT/$what.jsonl" \
-        --output "$OUT/$what-$precision.jsonl" --max-seq-len 256 --precision "$precision" \
-        2> "$OUT/$what-$precision.log"
+  for what in corpus queries; do
+    "$ROOT/target/release/attune" embed --model "$MODEL" --input "$DATA/$what.jsonl" \
+        --input-format "$what" --output "$OUT/$what-$precision.jsonl" --max-seq-len 256 \
+        --precision "$precision" 2> "$OUT/$what-$precision.log"
   done
 done
 
@@ -62,7 +51,7 @@ with open(f"{data}/qrels/test.tsv") as f:
 def vectors(path):
     with open(path) as f:
         return {o["id"]: np.array(o["embedding"], dtype=np.float64) for o in map(json.loads, f)}
-docs = {p: vectors(f"{out}/docs-{p}.jsonl") for p in ("f32", reduced)}
+docs = {p: vectors(f"{out}/corpus-{p}.jsonl") for p in ("f32", reduced)}
 queries = {p: vectors(f"{out}/queries-{p}.jsonl") for p in ("f32", reduced)}
 ids = list(docs["f32"])
 matrix = {p: np.stack([docs[p][i] for i in ids]) for p in docs}

@@ -113,6 +113,74 @@ fn jsonl_ids_are_copied_and_files_work() {
     assert_eq!(embedding(&lines[0]).len(), 32);
 }
 
+/// Embeds `texts` with the library, as plain texts.
+fn library_embeddings(model: &str, texts: &[&str]) -> Vec<Vec<f32>> {
+    let enc = Encoder::load(
+        &ModelDir::open(model).unwrap(),
+        &Device::Cpu,
+        EncoderSettings::default(),
+    )
+    .unwrap();
+    enc.embed(texts, TextKind::Plain).unwrap().embeddings
+}
+
+fn assert_same_vectors(lines: &[serde_json::Value], want: &[Vec<f32>]) {
+    assert_eq!(lines.len(), want.len());
+    for (line, want) in lines.iter().zip(want) {
+        let d = embedding(line)
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-6, "{}: max diff {d}", line["id"]);
+    }
+}
+
+#[test]
+fn a_beir_corpus_is_embedded_as_the_index_embeds_it_and_queries_as_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let corpus = "{\"_id\": \"d1\", \"title\": \" Boot \", \"text\": \"red  leather\\n\"}\n\n\
+                  {\"_id\": 2, \"title\": \"\", \"text\": \" laptop bag\"}\n\
+                  {\"_id\": \"d3\", \"text\": \"no title\"}\n";
+    // Auto reads it as a corpus (its first object has "_id" and "title"); blank lines have no
+    // output line, "_id" becomes "id".
+    for format in [&[][..], &["--input-format", "corpus"][..]] {
+        let args = [&["embed", "--model", &model][..], format].concat();
+        let lines = output_lines(&attune(&args, corpus));
+        let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["d1", "2", "d3"]);
+        let want = [
+            attune_core::embedding_text(" Boot ", "red  leather\n"),
+            attune_core::embedding_text("", " laptop bag"),
+            attune_core::embedding_text("", "no title"),
+        ];
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        assert_same_vectors(&lines, &library_embeddings(&model, &want));
+    }
+
+    let queries =
+        "{\"_id\": \"q1\", \"text\": \" red boots \"}\n{\"_id\": \"q2\", \"text\": \"bag\"}\n";
+    let lines = output_lines(&attune(&["embed", "--model", &model], queries));
+    assert_eq!(lines[1]["id"], "q2");
+    // Untrimmed, as `attune eval` embeds a query.
+    assert_same_vectors(&lines, &library_embeddings(&model, &[" red boots ", "bag"]));
+
+    let out = attune(
+        &["embed", "--model", &model, "--input-format", "corpus"],
+        "{\"_id\": \"d1\", \"text\": \"fine\"}\n{\"title\": \"no id\", \"text\": \"x\"}\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("<stdin>:2: missing field \"_id\""),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "the valid first line was not written alone"
+    );
+}
+
 #[test]
 fn bad_jsonl_names_the_line_and_writes_no_partial_output() {
     let tmp = tempfile::tempdir().unwrap();

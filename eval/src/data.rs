@@ -282,35 +282,66 @@ fn json_text<'a>(
     }
 }
 
-/// Parses the non-empty lines of a JSONL file into objects with an `_id`.
-fn read_jsonl_objects(
+/// One line of a BEIR JSONL file as its `_id` and object; `None` for a blank line.
+fn parse_object_line(
+    text: &str,
+    path: &Path,
+    line: usize,
+) -> Result<Option<(String, serde_json::Map<String, serde_json::Value>)>> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| EvalError::malformed(path, line, format!("not valid JSON: {e}")))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(EvalError::malformed(path, line, "expected a JSON object"));
+    };
+    let Some(id) = json_id(object.get("_id")) else {
+        return Err(EvalError::malformed(
+            path,
+            line,
+            "missing field \"_id\" (a string or a number)",
+        ));
+    };
+    Ok(Some((id, object)))
+}
+
+/// One line of a BEIR `corpus.jsonl` (`{"_id", "title"?, "text"}`) as a [`Document`]; `None`
+/// for a blank line. `path` and `line` (1-based) name the line in errors.
+pub fn parse_corpus_line(text: &str, path: &Path, line: usize) -> Result<Option<Document>> {
+    let Some((id, object)) = parse_object_line(text, path, line)? else {
+        return Ok(None);
+    };
+    Ok(Some(Document {
+        title: json_text(&object, "title", false, path, line)?.to_string(),
+        text: json_text(&object, "text", true, path, line)?.to_string(),
+        id,
+    }))
+}
+
+/// One line of a BEIR `queries.jsonl` (`{"_id", "text"}`) as a [`Query`]; `None` for a blank
+/// line. `path` and `line` (1-based) name the line in errors.
+pub fn parse_query_line(text: &str, path: &Path, line: usize) -> Result<Option<Query>> {
+    let Some((id, object)) = parse_object_line(text, path, line)? else {
+        return Ok(None);
+    };
+    Ok(Some(Query {
+        text: json_text(&object, "text", true, path, line)?.to_string(),
+        id,
+    }))
+}
+
+/// Parses each line of a JSONL file with `parse`, skipping blank lines.
+fn read_jsonl<T>(
     path: &Path,
     what: &'static str,
-    mut each: impl FnMut(String, &serde_json::Map<String, serde_json::Value>, usize) -> Result<()>,
+    parse: impl Fn(&str, &Path, usize) -> Result<Option<T>>,
+    mut each: impl FnMut(T),
 ) -> Result<()> {
     for (index, line) in open_lines(path, what)?.enumerate() {
-        let line_no = index + 1;
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+        if let Some(item) = parse(&line?, path, index + 1)? {
+            each(item);
         }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| EvalError::malformed(path, line_no, format!("not valid JSON: {e}")))?;
-        let Some(object) = value.as_object() else {
-            return Err(EvalError::malformed(
-                path,
-                line_no,
-                "expected a JSON object",
-            ));
-        };
-        let Some(id) = json_id(object.get("_id")) else {
-            return Err(EvalError::malformed(
-                path,
-                line_no,
-                "missing field \"_id\" (a string or a number)",
-            ));
-        };
-        each(id, object, line_no)?;
     }
     Ok(())
 }
@@ -349,16 +380,10 @@ impl<T> LastWins<T> {
 /// line (counted in the report).
 pub fn read_corpus(path: &Path, report: &mut DataReport) -> Result<Vec<Document>> {
     let mut docs = LastWins::new();
-    read_jsonl_objects(path, "corpus.jsonl", |id, object, line| {
-        let doc = Document {
-            title: json_text(object, "title", false, path, line)?.to_string(),
-            text: json_text(object, "text", true, path, line)?.to_string(),
-            id,
-        };
+    read_jsonl(path, "corpus.jsonl", parse_corpus_line, |doc: Document| {
         if docs.insert(&doc.id.clone(), doc) {
             report.duplicate_documents += 1;
         }
-        Ok(())
     })?;
     Ok(docs.items)
 }
@@ -366,15 +391,10 @@ pub fn read_corpus(path: &Path, report: &mut DataReport) -> Result<Vec<Document>
 /// Reads a BEIR `queries.jsonl`: `{"_id", "text"}` per line. Repeated ids keep the last line.
 pub fn read_queries(path: &Path, report: &mut DataReport) -> Result<Vec<Query>> {
     let mut queries = LastWins::new();
-    read_jsonl_objects(path, "queries.jsonl", |id, object, line| {
-        let query = Query {
-            text: json_text(object, "text", true, path, line)?.to_string(),
-            id,
-        };
+    read_jsonl(path, "queries.jsonl", parse_query_line, |query: Query| {
         if queries.insert(&query.id.clone(), query) {
             report.duplicate_queries += 1;
         }
-        Ok(())
     })?;
     Ok(queries.items)
 }

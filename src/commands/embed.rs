@@ -1,11 +1,13 @@
-//! `attune embed`: texts in (plain lines or JSONL), embeddings out (JSONL), in input order.
+//! `attune embed`: texts in (plain lines, JSONL, or a BEIR corpus or queries file), embeddings
+//! out (JSONL), in input order.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use attune_eval::data;
 use attune_model::{
     device_name, DeviceRequest, Encoder, EncoderSettings, ModelDir, Precision, TextKind,
 };
@@ -15,12 +17,21 @@ use serde::Serialize;
 /// How input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
-    /// JSONL when the first non-empty line is a JSON object with a "text" field, else text.
+    /// From the first non-empty line: a JSON object with "_id" and "title" is a BEIR corpus,
+    /// one with "_id" BEIR queries, one with "text" JSONL; anything else is text.
     Auto,
     /// One text per line (an empty line is an empty text).
     Text,
     /// One JSON object per line: {"text": "...", "id": ...}; "id" is optional and copied to the output.
     Jsonl,
+    /// A BEIR corpus.jsonl: {"_id", "title"?, "text"} per line. Each document is embedded as
+    /// `attune index` and `attune eval` embed it (title and text, each trimmed, joined by a
+    /// space); "_id" is copied to the output as "id" (a string). Blank lines are skipped.
+    Corpus,
+    /// A BEIR queries.jsonl: {"_id", "text"} per line. Each text is embedded as given, as
+    /// `attune eval` embeds queries; "_id" is copied to the output as "id". Blank lines are
+    /// skipped.
+    Queries,
 }
 
 /// Which prompt of the model applies.
@@ -41,7 +52,8 @@ pub struct EmbedArgs {
     /// modules.json, 1_Pooling/). Fetch the base model with scripts/fetch-model.sh.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Input: one text per line, or JSONL with a "text" field and an optional "id". `-` is stdin.
+    /// Input: one text per line, JSONL with a "text" field and an optional "id", or a BEIR
+    /// corpus or queries file (see --input-format). `-` is stdin.
     #[arg(long, value_name = "FILE", default_value = "-")]
     pub input: String,
     /// Output: JSONL lines {"id"?, "embedding": [...]}, one per input line, in input order.
@@ -95,25 +107,43 @@ struct InputRecord {
     text: String,
 }
 
-/// Parses one input line; `line_no` is 1-based, for messages.
+/// Parses one input line; `line_no` is 1-based, for messages. `None`: a blank line of a BEIR
+/// file, which has no output line.
 fn parse_line(
     line: &str,
     format: InputFormat,
     source: &str,
     line_no: usize,
-) -> Result<InputRecord> {
-    if format != InputFormat::Jsonl {
-        return Ok(InputRecord {
-            id: None,
-            text: line.to_string(),
-        });
+) -> Result<Option<InputRecord>> {
+    let beir_record = |id: String, text: String| {
+        Some(InputRecord {
+            id: Some(serde_json::Value::String(id)),
+            text,
+        })
+    };
+    match format {
+        InputFormat::Auto | InputFormat::Text => {
+            return Ok(Some(InputRecord {
+                id: None,
+                text: line.to_string(),
+            }))
+        }
+        InputFormat::Corpus => {
+            let doc = data::parse_corpus_line(line, Path::new(source), line_no)?;
+            return Ok(doc.and_then(|doc| beir_record(doc.id.clone(), doc.embedding_text())));
+        }
+        InputFormat::Queries => {
+            let query = data::parse_query_line(line, Path::new(source), line_no)?;
+            return Ok(query.and_then(|query| beir_record(query.id, query.text)));
+        }
+        InputFormat::Jsonl => {}
     }
     if line.trim().is_empty() {
         // Kept, so output line N still answers input line N.
-        return Ok(InputRecord {
+        return Ok(Some(InputRecord {
             id: None,
             text: String::new(),
-        });
+        }));
     }
     let value: serde_json::Value = serde_json::from_str(line)
         .with_context(|| format!("{source}:{line_no}: not valid JSON"))?;
@@ -125,17 +155,21 @@ fn parse_line(
         Some(other) => bail!("{source}:{line_no}: field \"text\" must be a string, found {other}"),
         None => bail!("{source}:{line_no}: missing field \"text\""),
     };
-    Ok(InputRecord {
+    Ok(Some(InputRecord {
         id: object.get("id").cloned(),
         text,
-    })
+    }))
 }
 
-fn looks_like_jsonl(first_line: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(first_line)
-        .ok()
-        .and_then(|v| v.as_object().map(|o| o.contains_key("text")))
-        .unwrap_or(false)
+/// The format [`InputFormat::Auto`] reads, from the first non-empty line.
+fn detect_format(first_line: &str) -> InputFormat {
+    let value = serde_json::from_str::<serde_json::Value>(first_line).ok();
+    match value.as_ref().and_then(|v| v.as_object()) {
+        Some(o) if o.contains_key("_id") && o.contains_key("title") => InputFormat::Corpus,
+        Some(o) if o.contains_key("_id") => InputFormat::Queries,
+        Some(o) if o.contains_key("text") => InputFormat::Jsonl,
+        _ => InputFormat::Text,
+    }
 }
 
 /// Runs `attune embed`.
@@ -199,13 +233,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         for (index, line) in lines.by_ref() {
             let line = line.with_context(|| format!("{source}:{}: cannot read", index + 1))?;
             if format == InputFormat::Auto && !line.trim().is_empty() {
-                format = if looks_like_jsonl(&line) {
-                    InputFormat::Jsonl
-                } else {
-                    InputFormat::Text
-                };
+                format = detect_format(&line);
             }
-            chunk.push(parse_line(&line, format, &source, index + 1)?);
+            chunk.extend(parse_line(&line, format, &source, index + 1)?);
             if chunk.len() == args.chunk_size {
                 break;
             }
