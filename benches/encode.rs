@@ -218,6 +218,16 @@ fn elementwise(c: &mut Criterion) {
             xs.chunks_exact_mut(256).for_each(softmax_in_place);
         })
     });
+    // Rows of a text's length: rarely a multiple of the vector width.
+    let odd = &scores[..237 * 237];
+    group.throughput(Throughput::Elements(odd.len() as u64));
+    group.bench_function("softmax_237x237", |bench| {
+        let mut xs = odd.to_vec();
+        bench.iter(|| {
+            xs.copy_from_slice(odd);
+            xs.chunks_exact_mut(237).for_each(softmax_in_place);
+        })
+    });
     group.finish();
 }
 

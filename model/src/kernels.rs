@@ -174,12 +174,11 @@ fn add_norm_generic(
     }
 }
 
-/// `row ← softmax(row)`.
+/// `row ← factor·row`.
 #[inline(always)]
-fn softmax_generic(row: &mut [f32]) {
-    let inv = exp_shifted_generic(row);
+fn scale_generic(row: &mut [f32], factor: f32) {
     for x in row.iter_mut() {
-        *x *= inv;
+        *x *= factor;
     }
 }
 
@@ -280,14 +279,106 @@ dispatch!(
     ) => add_norm_generic
 );
 dispatch!(
-    /// `row ← softmax(row)` (AVX-512 or AVX2 when the CPU has them).
-    pub fn softmax_in_place(row: &mut [f32]) => softmax_generic
+    /// `row ← factor·row` (AVX-512 or AVX2 when the CPU has them).
+    fn scale_in_place(row: &mut [f32], factor: f32) => scale_generic
 );
 dispatch!(
-    /// `row ← e^(row − max(row))`, returning `1 / Σ row`: a softmax whose last pass (the
-    /// division) is left to the caller (AVX-512 or AVX2 when the CPU has them).
-    fn exp_shifted_in_place(row: &mut [f32]) -> f32 => exp_shifted_generic
+    /// [`exp_shifted_in_place`] where the CPU lacks AVX-512 (AVX2 when it has it).
+    fn exp_shifted_vectorized(row: &mut [f32]) -> f32 => exp_shifted_generic
 );
+
+/// `row ← softmax(row)`.
+pub fn softmax_in_place(row: &mut [f32]) {
+    let inverse_sum = exp_shifted_in_place(row);
+    scale_in_place(row, inverse_sum);
+}
+
+/// `row ← e^(row − max(row))`, returning `1 / Σ row`: a softmax whose last pass (the division)
+/// is left to the caller. AVX-512 ([`avx512::exp_shifted`]) or AVX2 when the CPU has them.
+#[inline]
+fn exp_shifted_in_place(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { avx512::exp_shifted(row) };
+    }
+    exp_shifted_vectorized(row)
+}
+
+/// The softmax's exponentials in AVX-512 intrinsics: what the generic code cannot say.
+/// - A row's last `len % 16` values take one masked vector, not the scalar loop that LLVM
+///   emits for the remainder (attention rows are a text's length, rarely a multiple of 16).
+/// - `2^n` is one `vscalefps` instead of building the exponent bits (an add, a shift and a
+///   multiply).
+///
+/// The values are [`exp_approx`]'s (the same clamp, reduction and polynomial).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// [`super::exp_approx`] on 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.336_55)),
+            _mm512_set1_ps(88.0),
+        );
+        let t = _mm512_fmadd_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(0.5),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
+        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
+        let c = |v: f32| _mm512_set1_ps(v);
+        let p = _mm512_fmadd_ps(c(1.987_569_1e-4), r, c(1.398_199_9e-3));
+        let p = _mm512_fmadd_ps(p, r, c(8.333_452e-3));
+        let p = _mm512_fmadd_ps(p, r, c(4.166_579_6e-2));
+        let p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
+        let p = _mm512_fmadd_ps(p, r, c(0.5));
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// `row ← e^(row − max(row))`, returning `1 / Σ row`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
+        let len = row.len();
+        let whole = len / 16 * 16;
+        let tail = ((1u32 << (len - whole)) - 1) as __mmask16;
+        let p = row.as_mut_ptr();
+        let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..whole).step_by(16) {
+            hi = _mm512_max_ps(hi, _mm512_loadu_ps(p.add(i)));
+        }
+        hi = _mm512_max_ps(hi, _mm512_mask_loadu_ps(hi, tail, p.add(whole)));
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(hi));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..whole).step_by(16) {
+            let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+            _mm512_storeu_ps(p.add(i), y);
+            sum = _mm512_add_ps(sum, y);
+        }
+        if tail != 0 {
+            let y = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(tail, p.add(whole)),
+                max,
+            ));
+            _mm512_mask_storeu_ps(p.add(whole), tail, y);
+            sum = _mm512_mask_add_ps(sum, tail, sum, y);
+        }
+        1.0 / _mm512_reduce_add_ps(sum)
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -981,6 +1072,33 @@ pub(crate) mod tests {
         }
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
         assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+    }
+
+    #[test]
+    fn vector_exponentials_match_the_generic_ones_at_every_tail_length() {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            for len in 0..=70usize {
+                // Spread over [-100, 20): some lanes below the clamp, all shifted by the max.
+                let row: Vec<f32> = (0..len)
+                    .map(|i| ((i * 7919) % 1200) as f32 / 10.0 - 100.0)
+                    .collect();
+                let (mut got, mut want) = (row.clone(), row);
+                let got_inverse = unsafe { avx512::exp_shifted(&mut got) };
+                let want_inverse = exp_shifted_generic(&mut want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * w.abs(),
+                        "len {len}, [{i}]: {g} vs {w}"
+                    );
+                }
+                let gap = (got_inverse - want_inverse).abs();
+                assert!(
+                    len == 0 || gap <= 1e-6 * want_inverse,
+                    "len {len}: 1/Σ {gap}"
+                );
+            }
+        }
     }
 
     #[test]
