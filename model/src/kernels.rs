@@ -38,20 +38,35 @@ pub(crate) fn fma(a: f32, b: f32, c: f32) -> f32 {
     a.mul_add(b, c)
 }
 
+/// [`exp_approx`]'s input range: it keeps `n` in [-126, 127], so `2^n` is a normal float.
+const EXP_INPUT: (f32, f32) = (-87.336_55, 88.0);
+/// ln 2 in two parts, `HIGH − LOW`: the second corrects the first's rounding.
+const LN2_HIGH: f32 = 0.693_359_4;
+const LN2_LOW: f32 = 2.121_944_4e-4;
+/// Cephes' polynomial for `(e^r − 1 − r)/r²`, highest degree first.
+const EXP_POLYNOMIAL: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `e^x` with a relative error below 2e-7 (Cephes' single-precision polynomial).
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
-    // Bounds keep n in [-126, 127], so 2^n below is a normal float.
-    let x = x.clamp(-87.336_55, 88.0);
+    let x = x.clamp(EXP_INPUT.0, EXP_INPUT.1);
     let n = fma(x, std::f32::consts::LOG2_E, 0.5).floor();
-    // x − n·ln 2, with ln 2 in two parts (the second corrects the first's rounding).
-    let r = fma(n, -0.693_359_4, x);
-    let r = fma(n, 2.121_944_4e-4, r);
-    let p = fma(1.987_569_1e-4, r, 1.398_199_9e-3);
-    let p = fma(p, r, 8.333_452e-3);
-    let p = fma(p, r, 4.166_579_6e-2);
-    let p = fma(p, r, 1.666_666_5e-1);
-    let p = fma(p, r, 0.5);
+    // x − n·ln 2.
+    let r = fma(n, -LN2_HIGH, x);
+    let r = fma(n, LN2_LOW, r);
+    let c = EXP_POLYNOMIAL;
+    let p = fma(c[0], r, c[1]);
+    let p = fma(p, r, c[2]);
+    let p = fma(p, r, c[3]);
+    let p = fma(p, r, c[4]);
+    let p = fma(p, r, c[5]);
     let y = fma(p, r * r, r) + 1.0;
     // 2^n through the exponent bits, without a float→int conversion (which does not vectorize):
     // n + 127 is an integer in [1, 254]; adding 2^23 puts it in the low mantissa bits, and the
@@ -314,35 +329,30 @@ fn exp_shifted_in_place(row: &mut [f32]) -> f32 {
 /// The values are [`exp_approx`]'s (the same clamp, reduction and polynomial).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::{EXP_INPUT, EXP_POLYNOMIAL, LN2_HIGH, LN2_LOW};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// [`super::exp_approx`] on 16 lanes.
+    /// [`super::exp_approx`] on 16 lanes, with its constants.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.336_55)),
-            _mm512_set1_ps(88.0),
-        );
-        let t = _mm512_fmadd_ps(
-            x,
-            _mm512_set1_ps(std::f32::consts::LOG2_E),
-            _mm512_set1_ps(0.5),
-        );
+        let v = |value: f32| _mm512_set1_ps(value);
+        let x = _mm512_min_ps(_mm512_max_ps(x, v(EXP_INPUT.0)), v(EXP_INPUT.1));
+        let t = _mm512_fmadd_ps(x, v(std::f32::consts::LOG2_E), v(0.5));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
-        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
-        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
-        let c = |v: f32| _mm512_set1_ps(v);
-        let p = _mm512_fmadd_ps(c(1.987_569_1e-4), r, c(1.398_199_9e-3));
-        let p = _mm512_fmadd_ps(p, r, c(8.333_452e-3));
-        let p = _mm512_fmadd_ps(p, r, c(4.166_579_6e-2));
-        let p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
-        let p = _mm512_fmadd_ps(p, r, c(0.5));
-        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
+        let r = _mm512_fmadd_ps(n, v(-LN2_HIGH), x);
+        let r = _mm512_fmadd_ps(n, v(LN2_LOW), r);
+        let c = EXP_POLYNOMIAL;
+        let p = _mm512_fmadd_ps(v(c[0]), r, v(c[1]));
+        let p = _mm512_fmadd_ps(p, r, v(c[2]));
+        let p = _mm512_fmadd_ps(p, r, v(c[3]));
+        let p = _mm512_fmadd_ps(p, r, v(c[4]));
+        let p = _mm512_fmadd_ps(p, r, v(c[5]));
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), v(1.0));
         _mm512_scalef_ps(y, n)
     }
 
@@ -1077,7 +1087,12 @@ pub(crate) mod tests {
     #[test]
     fn vector_exponentials_match_the_generic_ones_at_every_tail_length() {
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
+        if crate::fixtures::cpu_feature_test_runs(
+            "kernels::tests::vector_exponentials_match_the_generic_ones_at_every_tail_length",
+            avx512::available(),
+            "ATTUNE_REQUIRE_AVX512",
+            "this CPU has no AVX-512 (the AVX2 and generic exponentials are tested)",
+        ) {
             for len in 0..=70usize {
                 // Spread over [-100, 20): some lanes below the clamp, all shifted by the max.
                 let row: Vec<f32> = (0..len)

@@ -115,35 +115,35 @@ fn parse_line(
     source: &str,
     line_no: usize,
 ) -> Result<Option<InputRecord>> {
-    let beir_record = |id: String, text: String| {
-        Some(InputRecord {
-            id: Some(serde_json::Value::String(id)),
-            text,
-        })
+    let beir_record = |id: String, text: String| InputRecord {
+        id: Some(serde_json::Value::String(id)),
+        text,
     };
-    match format {
-        InputFormat::Auto | InputFormat::Text => {
-            return Ok(Some(InputRecord {
-                id: None,
-                text: line.to_string(),
-            }))
-        }
+    Ok(match format {
+        InputFormat::Auto | InputFormat::Text => Some(InputRecord {
+            id: None,
+            text: line.to_string(),
+        }),
+        InputFormat::Jsonl => Some(parse_jsonl_line(line, source, line_no)?),
         InputFormat::Corpus => {
-            let doc = data::parse_corpus_line(line, Path::new(source), line_no)?;
-            return Ok(doc.and_then(|doc| beir_record(doc.id.clone(), doc.embedding_text())));
+            data::parse_corpus_line(line, Path::new(source), line_no)?.map(|doc| {
+                let text = doc.embedding_text();
+                beir_record(doc.id, text)
+            })
         }
-        InputFormat::Queries => {
-            let query = data::parse_query_line(line, Path::new(source), line_no)?;
-            return Ok(query.and_then(|query| beir_record(query.id, query.text)));
-        }
-        InputFormat::Jsonl => {}
-    }
+        InputFormat::Queries => data::parse_query_line(line, Path::new(source), line_no)?
+            .map(|query| beir_record(query.id, query.text)),
+    })
+}
+
+/// One line of [`InputFormat::Jsonl`]; a blank line is an empty text.
+fn parse_jsonl_line(line: &str, source: &str, line_no: usize) -> Result<InputRecord> {
     if line.trim().is_empty() {
         // Kept, so output line N still answers input line N.
-        return Ok(Some(InputRecord {
+        return Ok(InputRecord {
             id: None,
             text: String::new(),
-        }));
+        });
     }
     let value: serde_json::Value = serde_json::from_str(line)
         .with_context(|| format!("{source}:{line_no}: not valid JSON"))?;
@@ -155,10 +155,10 @@ fn parse_line(
         Some(other) => bail!("{source}:{line_no}: field \"text\" must be a string, found {other}"),
         None => bail!("{source}:{line_no}: missing field \"text\""),
     };
-    Ok(Some(InputRecord {
+    Ok(InputRecord {
         id: object.get("id").cloned(),
         text,
-    }))
+    })
 }
 
 /// The format [`InputFormat::Auto`] reads, from the first non-empty line.
