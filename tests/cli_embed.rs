@@ -170,15 +170,15 @@ fn a_beir_corpus_is_embedded_as_the_index_embeds_it_and_queries_as_given() {
         &["embed", "--model", &model, "--input-format", "corpus"],
         "{\"_id\": \"d1\", \"text\": \"fine\"}\n{\"title\": \"no id\", \"text\": \"x\"}\n",
     );
+    assert_refused_with_no_output(&out, "<stdin>:2: missing field \"_id\"");
+}
+
+/// `out` failed, its stderr names `message`, and no line was written (not even the valid ones
+/// before the bad line).
+fn assert_refused_with_no_output(out: &Output, message: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("<stdin>:2: missing field \"_id\""),
-        "{err}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "the valid first line was not written alone"
-    );
+    assert!(!out.status.success() && err.contains(message), "{err}");
+    assert!(out.stdout.is_empty(), "the valid lines were written alone");
 }
 
 #[test]
@@ -190,16 +190,7 @@ fn bad_jsonl_names_the_line_and_writes_no_partial_output() {
         &["embed", "--model", &model, "--input-format", "jsonl"],
         input,
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("<stdin>:2") && err.contains("\"text\" must be a string"),
-        "{err}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "the valid first line was not written alone"
-    );
+    assert_refused_with_no_output(&out, "<stdin>:2: field \"text\" must be a string");
 
     let out = attune(
         &["embed", "--model", &model, "--input-format", "jsonl"],
