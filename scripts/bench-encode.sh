@@ -123,7 +123,7 @@ def round_share(run):  # attune f32 over the better library's median product rat
 shares = [x for x in (round_share(r) for r in range(1, n + 1)) if x is not None]
 print(f"\nhost: {hosts[0]['cpu']}, {hosts[0]['cores']} cores, {' '.join(hosts[0]['flags'])}; "
       f"load average {hosts[0]['loadavg']:.2f} before, {hosts[-1]['loadavg']:.2f} after; {hosts[0]['threads']} threads")
-print(f"sgemm n=1024: gemm crate {sgemm:.1f} GFLOP/s, torch {torch:.1f}; attune's bf16 products "
+print(f"sgemm n=1024: gemm crate {sgemm:.1f} GFLOP/s (best product), torch {torch:.1f} (median); attune's bf16 products "
       f"({hosts[0]['bf16_backend']}) {max(h['bf16_gflops'] for h in hosts):.1f}; int8 products "
       f"({hosts[0].get('int8_backend', '?')}) {max(h.get('int8_gops', float('nan')) for h in hosts):.1f} GOP/s")
 if shares:
