@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use attune_model::fixtures::{write_random_bert, RandomBertSpec};
 use attune_model::{
-    Architecture, BertFlavor, Encoder, EncoderSettings, ModelDir, PoolingMode, TextKind,
+    Architecture, BertFlavor, Encoder, EncoderSettings, ModelDir, PoolingMode, Precision, TextKind,
     TextTokenizer,
 };
 use candle_core::{DType, Device, Tensor};
@@ -548,4 +548,67 @@ fn another_family_embeds_through_the_same_encoder_and_hooks_reach_both() {
         encoder.embed(&texts, TextKind::Plain).unwrap().embeddings,
         plain
     );
+}
+
+/// Batches side by side (one per lane, each on its own thread) give the very embeddings and
+/// counts that one batch at a time over all threads gives, in f32 and in int8.
+#[test]
+fn batches_computed_side_by_side_equal_one_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "lanes", &RandomBertSpec::default());
+    let texts: Vec<String> = (0..23)
+        .map(|i| TEXTS[i % TEXTS.len()].repeat(1 + i % 3))
+        .collect();
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for precision in [Precision::F32, Precision::Int8] {
+        let run = |concurrent_batches| {
+            let settings = EncoderSettings {
+                batch_size: 3,
+                precision,
+                concurrent_batches,
+                ..EncoderSettings::default()
+            };
+            let enc = encoder(&dir, settings);
+            let mut progress = Vec::new();
+            let out = threads.install(|| {
+                enc.embed_with_progress(&texts, TextKind::Plain, &mut |n| progress.push(n))
+                    .unwrap()
+            });
+            (out, progress)
+        };
+        let (alone, steps) = run(Some(1));
+        assert_eq!(steps.len(), 8, "23 texts in batches of 3");
+        for lanes in [None, Some(2), Some(5)] {
+            let (side_by_side, progress) = run(lanes);
+            assert_eq!(
+                side_by_side.embeddings, alone.embeddings,
+                "{precision} {lanes:?}"
+            );
+            assert_eq!(
+                (
+                    side_by_side.tokens,
+                    side_by_side.padded_tokens,
+                    side_by_side.flops
+                ),
+                (alone.tokens, alone.padded_tokens, alone.flops)
+            );
+            assert_eq!(progress.iter().sum::<usize>(), texts.len());
+            assert_eq!(progress.len(), steps.len(), "one report per batch");
+        }
+    }
+    let err = Encoder::load(
+        &ModelDir::open(&dir).unwrap(),
+        &Device::Cpu,
+        EncoderSettings {
+            concurrent_batches: Some(0),
+            ..EncoderSettings::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("concurrent_batches"), "{err}");
 }

@@ -69,6 +69,10 @@ pub struct EmbedArgs {
     /// Most padded tokens (texts x longest text) per forward pass; bounds memory.
     #[arg(long, default_value_t = EncoderSettings::default().max_tokens_per_batch)]
     pub max_tokens: usize,
+    /// Batches computed at once on the CPU, one thread each (default: one per thread); 1
+    /// computes one batch at a time over all threads. The embeddings are the same either way.
+    #[arg(long, value_name = "N")]
+    pub concurrent_batches: Option<usize>,
     /// Truncate texts to this many tokens, special tokens included (default: the model's
     /// max_seq_length from sentence_bert_config.json; at most max_position_embeddings).
     #[arg(long, value_name = "N")]
@@ -193,6 +197,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         document_prefix: args.prefix.clone(),
         precision: args.precision,
         truncate_dim: args.dimension,
+        concurrent_batches: args.concurrent_batches,
     };
     let encoder = Encoder::load(&model, &device, settings)?;
 
