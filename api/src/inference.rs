@@ -97,7 +97,8 @@ impl InferenceQueue {
             .name(format!("attune-bulk-{label}"))
             .spawn(move || {
                 // The bulk lane's forward passes run inside a pool of its own whose threads have
-                // the lowest priority: the kernels split their work over the current pool.
+                // the lowest priority: the kernels split their work over the current pool, and
+                // batches computed side by side get threads at their caller's priority.
                 match rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .thread_name(|i| format!("attune-bulk-{i}"))

@@ -4,9 +4,6 @@
 //! bounded by a text count and a padded-token budget, so padding stays small and memory bounded.
 //! The same [`Encoder::forward_batch`] serves inference and, with [`Mode::Train`], training.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::PoolingMode;
@@ -16,6 +13,7 @@ use crate::family::TransformerModel;
 use crate::layers::Mode;
 use crate::model_dir::ModelDir;
 use crate::pooling::{l2_normalize, pool};
+use crate::side_by_side::{run_side_by_side, BatchThreads};
 use crate::soft_prompt::SoftPrompt;
 use crate::tokenize::{TextTokenizer, TokenizedText};
 
@@ -109,8 +107,8 @@ pub struct Encoder {
     device: Device,
     /// The soft prompt in force (see [`crate::soft_prompt`]), if any.
     soft_prompt: Option<SoftPrompt>,
-    /// One-thread pools for batches computed side by side (see [`Encoder::lane_pools`]).
-    lane_pools: Mutex<Vec<Arc<rayon::ThreadPool>>>,
+    /// The threads of batches computed side by side (see [`crate::side_by_side`]).
+    batch_threads: BatchThreads,
 }
 
 impl Encoder {
@@ -233,7 +231,7 @@ impl Encoder {
             settings,
             device: device.clone(),
             soft_prompt: None,
-            lane_pools: Mutex::default(),
+            batch_threads: BatchThreads::default(),
         };
         encoder.set_soft_prompt(dir.load_soft_prompt(device)?)?;
         Ok(encoder)
@@ -381,19 +379,19 @@ impl Encoder {
             }
             on_batch(batch.len());
         };
-        let lanes = self.lanes(batches.len());
-        if lanes < 2 {
-            for batch in &batches {
-                finished(batch, embed(batch)?);
+        match self.side_by_side(batches.len()) {
+            0 | 1 => {
+                for batch in &batches {
+                    finished(batch, embed(batch)?);
+                }
             }
-        } else {
-            run_in_lanes(&self.lane_pools(lanes), &batches, &embed, &mut finished)?;
+            n => run_side_by_side(&self.batch_threads.get(n), &batches, &embed, &mut finished)?,
         }
         Ok(out)
     }
 
     /// How many of `batches` to compute at once (see [`EncoderSettings::concurrent_batches`]).
-    fn lanes(&self, batches: usize) -> usize {
+    fn side_by_side(&self, batches: usize) -> usize {
         if !self.device.is_cpu() {
             return 1;
         }
@@ -402,22 +400,6 @@ impl Encoder {
             .concurrent_batches
             .unwrap_or_else(rayon::current_num_threads);
         wanted.min(batches)
-    }
-
-    /// `lanes` one-thread pools, made on first use and kept: each lane's thread keeps its
-    /// allocator's pages and its flushed-subnormal state from one call to the next.
-    fn lane_pools(&self, lanes: usize) -> Vec<Arc<rayon::ThreadPool>> {
-        let mut pools = self.lane_pools.lock().unwrap_or_else(|e| e.into_inner());
-        while pools.len() < lanes {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "attune-lane".to_string())
-                .build()
-                .expect("a one-thread pool");
-            pool.broadcast(|_| crate::device::set_flush_denormals_on_this_thread());
-            pools.push(Arc::new(pool));
-        }
-        pools[..lanes].to_vec()
     }
 
     /// Multiply-add work (2 FLOPs each) of one forward pass over `batch` texts padded to `seq`
@@ -482,49 +464,6 @@ impl Encoder {
     }
 }
 
-/// Computes each of `batches` with `embed` in one of `pools` (one thread each), a batch per
-/// pool at a time, and hands the results to `finished` on the calling thread as they come. The
-/// first error stops the lanes from starting new batches and is returned.
-fn run_in_lanes<Embed, Finished>(
-    pools: &[Arc<rayon::ThreadPool>],
-    batches: &[Vec<usize>],
-    embed: &Embed,
-    finished: &mut Finished,
-) -> Result<()>
-where
-    Embed: Fn(&[usize]) -> Result<Vec<Vec<f32>>> + Sync,
-    Finished: FnMut(&[usize], Vec<Vec<f32>>),
-{
-    let next = AtomicUsize::new(0);
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
-        for pool in pools {
-            let (send, next) = (send.clone(), &next);
-            scope.spawn(move || {
-                pool.install(|| loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(batch) = batches.get(index) else {
-                        break;
-                    };
-                    let rows = embed(batch);
-                    let failed = rows.is_err();
-                    if failed {
-                        next.store(batches.len(), Ordering::Relaxed);
-                    }
-                    if send.send((index, rows)).is_err() || failed {
-                        break;
-                    }
-                })
-            });
-        }
-        drop(send);
-        for (index, rows) in receive {
-            finished(&batches[index], rows?);
-        }
-        Ok(())
-    })
-}
-
 /// Groups text indices into batches: longest texts first, each batch at most `batch_size`
 /// texts and at most `max_tokens_per_batch` padded tokens. Every index appears exactly once.
 pub fn plan_batches(lengths: &[usize], settings: &EncoderSettings) -> Vec<Vec<usize>> {
@@ -582,88 +521,5 @@ mod tests {
         };
         assert_eq!(plan_batches(&[50, 3], &settings), vec![vec![0], vec![1]]);
         assert!(plan_batches(&[], &settings).is_empty());
-    }
-
-    fn pools(lanes: usize) -> Vec<Arc<rayon::ThreadPool>> {
-        (0..lanes)
-            .map(|_| {
-                Arc::new(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    /// Counts the caller in and waits (at most 10 s) until `callers` have come; returns how
-    /// many had.
-    fn rendezvous(arrived: &AtomicUsize, callers: usize) -> usize {
-        let mut seen = arrived.fetch_add(1, Ordering::SeqCst) + 1;
-        let start = std::time::Instant::now();
-        while seen < callers && start.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::yield_now();
-            seen = arrived.load(Ordering::SeqCst);
-        }
-        seen
-    }
-
-    #[test]
-    fn lanes_compute_batches_side_by_side_and_hand_every_result_over_once() {
-        let batches: Vec<Vec<usize>> = (0..9).map(|b| vec![2 * b, 2 * b + 1]).collect();
-        let (arrived, least) = (AtomicUsize::new(0), AtomicUsize::new(usize::MAX));
-        let embed = |batch: &[usize]| -> Result<Vec<Vec<f32>>> {
-            // Each call's own pool: one thread, so the products inside run on it alone.
-            assert_eq!(rayon::current_num_threads(), 1);
-            if batch[0] < 4 {
-                // The first two batches (texts 0 to 3): each waits for the other to be in flight.
-                least.fetch_min(rendezvous(&arrived, 2), Ordering::SeqCst);
-            }
-            Ok(batch.iter().map(|&i| vec![i as f32]).collect())
-        };
-        let mut got = vec![None; 18];
-        let mut finished = |batch: &[usize], rows: Vec<Vec<f32>>| {
-            for (&i, row) in batch.iter().zip(rows) {
-                assert!(
-                    got[i].replace(row[0]).is_none(),
-                    "text {i} handed over twice"
-                );
-            }
-        };
-        run_in_lanes(&pools(2), &batches, &embed, &mut finished).unwrap();
-        let expected: Vec<Option<f32>> = (0..18).map(|i| Some(i as f32)).collect();
-        assert_eq!(got, expected);
-        assert_eq!(
-            least.load(Ordering::SeqCst),
-            2,
-            "two batches were in flight at once"
-        );
-    }
-
-    #[test]
-    fn a_failing_batch_stops_the_lanes_and_its_error_is_returned() {
-        let batches: Vec<Vec<usize>> = (0..40).map(|b| vec![b]).collect();
-        let started = AtomicUsize::new(0);
-        let embed = |batch: &[usize]| -> Result<Vec<Vec<f32>>> {
-            started.fetch_add(1, Ordering::SeqCst);
-            if batch[0] == 3 {
-                return Err(ModelError::InvalidSetting {
-                    name: "test",
-                    problem: "batch 3 fails".into(),
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            Ok(vec![vec![0.0]])
-        };
-        let mut handed_over = Vec::new();
-        let err = run_in_lanes(&pools(2), &batches, &embed, &mut |batch, _| {
-            handed_over.push(batch[0])
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("batch 3 fails"), "{err}");
-        assert!(!handed_over.contains(&3));
-        // The other lane finishes the batch it holds and starts no more: not the 36 left.
-        assert!(started.load(Ordering::SeqCst) < 10, "{started:?}");
     }
 }

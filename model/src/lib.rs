@@ -43,6 +43,7 @@ pub mod model_dir;
 pub mod modernbert;
 pub mod packed;
 pub mod pooling;
+mod side_by_side;
 pub mod soft_prompt;
 pub mod tokenize;
 pub mod train_attention;
