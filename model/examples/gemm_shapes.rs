@@ -14,10 +14,11 @@
 //!
 //! Defaults: all-MiniLM-L6-v2 (384, 1536, 12 heads) on 32 texts of 256 tokens.
 
-use std::time::Instant;
-
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+
+#[path = "common/timing.rs"]
+mod timing;
 
 /// Timed passes per shape.
 const REPS: usize = 9;
@@ -25,60 +26,46 @@ const REPS: usize = 9;
 /// Rows per feed-forward block, as in `kernels::feed_forward`.
 const BLOCK_ROWS: usize = 2048;
 
-/// `dst (m×n) = a (m×k) · bᵀ (b is n×k)`, all row-major, as attune's linear layers call it.
-fn linear(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], dst: &mut [f32], par: Parallelism) {
-    // SAFETY: a is m×k, b is n×k and dst m×n, row-major; the strides say so.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
+/// A matrix operand: its first element and its (row, column) strides in elements.
+#[derive(Clone, Copy)]
+struct Operand(*const f32, isize, isize);
 
-/// `dst (m×n) = a (m×k) · b (k×n)`, all row-major.
-fn product(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], dst: &mut [f32], par: Parallelism) {
-    // SAFETY: a is m×k, b is k×n and dst m×n, row-major; the strides say so.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+/// `dst (m×n, rows dst_row_stride apart) = a (m×k) · b (k×n)`.
+///
+/// # Safety
+/// Every element the strides reach lies inside its allocation, and no other thread writes the
+/// part of `dst` they reach.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, k, n): (usize, usize, usize),
+    dst: *mut f32,
+    dst_row_stride: usize,
+    a: Operand,
+    b: Operand,
+    par: Parallelism,
+) {
+    // The gemm crate takes each operand's column stride first, then its row stride.
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row_stride as isize,
+        false,
+        a.0,
+        a.2,
+        a.1,
+        b.0,
+        b.2,
+        b.1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 /// Deterministic values in [-0.5, 0.5).
@@ -89,22 +76,13 @@ fn values(len: usize, period: usize) -> Vec<f32> {
 }
 
 /// Times `run` (`flops` per call) and prints its line.
-fn report(shape: &str, flops: f64, mut run: impl FnMut()) {
-    run();
-    let mut seconds: Vec<f64> = (0..REPS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    seconds.sort_by(f64::total_cmp);
-    let rate = |s: f64| flops / s / 1e9;
+fn report(shape: &str, flops: f64, run: impl FnMut()) {
+    let (best, median) = timing::best_and_median_seconds(REPS, run);
     println!(
         "{{\"tool\": \"gemm\", \"shape\": \"{shape}\", \"flops\": {flops:.0}, \
          \"best_gflops\": {:.1}, \"median_gflops\": {:.1}}}",
-        rate(seconds[0]),
-        rate(seconds[REPS / 2])
+        flops / best / 1e9,
+        flops / median / 1e9
     );
 }
 
@@ -133,32 +111,37 @@ fn main() {
     let n = 1024;
     let (a, b) = (values(n * n, 97), values(n * n, 89));
     let mut dst = vec![0f32; n * n];
-    report("square_1024", 2.0 * (n * n * n) as f64, || {
-        product(n, n, n, &a, &b, &mut dst, par)
+    let (a_op, b_op) = (
+        Operand(a.as_ptr(), n as isize, 1),
+        Operand(b.as_ptr(), n as isize, 1),
+    );
+    // SAFETY: a, b and dst are n×n row-major.
+    report("square_1024", 2.0 * (n * n * n) as f64, || unsafe {
+        product((n, n, n), dst.as_mut_ptr(), n, a_op, b_op, par)
     });
 
     let x = values(rows * ff.max(3 * h), 97);
     let w = values(ff.max(3 * h) * h.max(ff), 89);
     let mut out = vec![0f32; rows * ff.max(3 * h)];
-    let linear_rows = |k: usize, n: usize, block: usize, out: &mut [f32]| {
+    // `xs · wᵀ` (w is n×k row-major, read as its transpose) in blocks of `block` rows.
+    let linear = |k: usize, n: usize, block: usize, out: &mut [f32]| {
         for (xb, ob) in x[..rows * k]
             .chunks(block * k)
             .zip(out.chunks_mut(block * n))
         {
-            linear(xb.len() / k, k, n, xb, &w[..n * k], ob, par);
+            let (xs, wt) = (
+                Operand(xb.as_ptr(), k as isize, 1),
+                Operand(w.as_ptr(), 1, k as isize),
+            );
+            // SAFETY: xb is m×k and ob m×n row-major; w holds at least n×k values.
+            unsafe { product((xb.len() / k, k, n), ob.as_mut_ptr(), n, xs, wt, par) }
         }
     };
     let flops = |k: usize, n: usize| 2.0 * (rows * k * n) as f64;
-    report("qkv", flops(h, 3 * h), || {
-        linear_rows(h, 3 * h, rows, &mut out)
-    });
-    report("output", flops(h, h), || linear_rows(h, h, rows, &mut out));
-    report("up", flops(h, ff), || {
-        linear_rows(h, ff, BLOCK_ROWS, &mut out)
-    });
-    report("down", flops(ff, h), || {
-        linear_rows(ff, h, BLOCK_ROWS, &mut out)
-    });
+    report("qkv", flops(h, 3 * h), || linear(h, 3 * h, rows, &mut out));
+    report("output", flops(h, h), || linear(h, h, rows, &mut out));
+    report("up", flops(h, ff), || linear(h, ff, BLOCK_ROWS, &mut out));
+    report("down", flops(ff, h), || linear(ff, h, BLOCK_ROWS, &mut out));
 
     let d = h / heads;
     let qkv = values(rows * 3 * h, 83);
@@ -171,50 +154,29 @@ fn main() {
             |scores, task| {
                 let (text, head) = (task / heads, task % heads);
                 let base = text * seq * 3 * h + head * d;
-                let (q, k, v) = (&qkv[base..], &qkv[base + h..], &qkv[base + 2 * h..]);
-                // SAFETY: Q, K and V rows are 3h apart in this text's block; the context block
-                // (rows h apart, d wide at column head·d) belongs to this task alone.
+                let row = (3 * h) as isize;
+                let q = Operand(qkv[base..].as_ptr(), row, 1);
+                let kt = Operand(qkv[base + h..].as_ptr(), 1, row);
+                let v = Operand(qkv[base + 2 * h..].as_ptr(), row, 1);
+                let probabilities = Operand(scores.as_ptr(), seq as isize, 1);
+                let context = (context_ptr as *mut f32).wrapping_add(text * seq * h + head * d);
+                // SAFETY: Q, K and V rows are 3h apart in this text's block; scores is seq×seq;
+                // the context block (rows h apart, d wide at column head·d) is this task's alone.
                 unsafe {
-                    gemm(
-                        seq,
-                        seq,
-                        d,
+                    product(
+                        (seq, d, seq),
                         scores.as_mut_ptr(),
-                        1,
-                        seq as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        (3 * h) as isize,
-                        k.as_ptr(),
-                        (3 * h) as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        seq,
+                        q,
+                        kt,
                         Parallelism::None,
                     );
-                    gemm(
-                        seq,
-                        d,
-                        seq,
-                        (context_ptr as *mut f32).add(text * seq * h + head * d),
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        seq as isize,
-                        v.as_ptr(),
-                        1,
-                        (3 * h) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    product(
+                        (seq, seq, d),
+                        context,
+                        h,
+                        probabilities,
+                        v,
                         Parallelism::None,
                     );
                 }

@@ -9,12 +9,13 @@
 //!
 //!     cargo run --release -p attune-model --example host_gemm
 
-use std::time::Instant;
-
 use attune_model::int8::Int8Backend;
 use attune_model::kernels::Epilogue;
 use attune_model::packed::{Bf16Backend, PackedLinear, Scheme};
 use candle_core::{DType, Device, Tensor};
+
+#[path = "common/timing.rs"]
+mod timing;
 
 const N: usize = 1024;
 
@@ -23,18 +24,10 @@ const REPS: usize = 15;
 
 /// The rates of `run` (one n×n×n product per call) over [`REPS`] calls, in GFLOP/s: the best
 /// and the median.
-fn gflops(mut run: impl FnMut()) -> (f64, f64) {
-    run();
-    let mut seconds: Vec<f64> = (0..REPS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    seconds.sort_by(f64::total_cmp);
+fn gflops(run: impl FnMut()) -> (f64, f64) {
+    let (best, median) = timing::best_and_median_seconds(REPS, run);
     let rate = |s: f64| 2.0 * (N * N * N) as f64 / s / 1e9;
-    (rate(seconds[0]), rate(seconds[REPS / 2]))
+    (rate(best), rate(median))
 }
 
 fn main() -> candle_core::Result<()> {
