@@ -44,13 +44,6 @@ impl BatchThreads {
     }
 }
 
-impl std::fmt::Debug for BatchThreads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        write!(f, "BatchThreads({} pools)", pools.len())
-    }
-}
-
 /// A pool of one thread at `priority` (a nice value), with subnormals flushed.
 fn one_thread_pool(priority: i32) -> ThreadPool {
     rayon::ThreadPoolBuilder::new()
