@@ -37,9 +37,9 @@ for round in $(seq 1 "$ROUNDS"); do
     | sed "s/^{/{\"round\": $round, /" >> "$log"
 done
 
-python3 - "$log" "$ROUNDS" <<'PY'
+python3 - "$log" "$ROUNDS" "$THREADS" <<'PY'
 import json, statistics, sys
-log, rounds = sys.argv[1], int(sys.argv[2])
+log, rounds, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [json.loads(line) for line in open(log)]
 tools, layer = ["gemm", "torch"], ["qkv", "output", "up", "down", "attention"]
 rate = {(r["tool"], r["round"], r["shape"]): r["median_gflops"] for r in rows}
@@ -52,7 +52,7 @@ def forward(tool, rnd):  # products-only rate of one layer's forward, GFLOP/s
 def best_square(rnd):
     return max(rate[(t, rnd, "square_1024")] for t in tools)
 
-print(f"gemm shapes: {log}, {rounds} rounds, threads {rows and __import__('os').cpu_count()}")
+print(f"gemm shapes: {log}, {rounds} rounds, {threads} threads")
 print("| shape (median of the rounds' medians, GFLOP/s) | gemm crate | torch | gemm / its square | torch / its square |")
 print("|---|---:|---:|---:|---:|")
 for s in ["square_1024"] + layer + ["forward"]:
